@@ -1,0 +1,667 @@
+import * as pk from "pkcs11js";
+import { createHash } from "node:crypto";
+import { Code, HsmError, precondition, unavailable } from "../errors";
+import {
+  CKM_AES_KEY_WRAP_PAD,
+  CKM_EC_EDWARDS_KEY_PAIR_GEN,
+  CKM_EDDSA,
+  DIGEST_INFO_PREFIX,
+  HASH_MECH,
+  mechanismName,
+} from "./constants";
+import { CKR, ckrOf, isHandleStale, isSessionLost, mapDeviceError } from "./ckr";
+import { SessionPool } from "./pool";
+import { derOctetString, partsFromSpki, spkiFromAttributes } from "./spki";
+import { idAttrs, privateTemplate, publicTemplate, secretTemplate, type TemplateIntent } from "./templates";
+import type { CipherSpec, DeviceObserver, KeyAlgorithm, Part, PoolStats, SignSpec, Usage, WrapSpec, WrappedMaterial } from "./types";
+
+/** How to reach the token. The PIN is held in memory only, never logged. */
+export interface DeviceOptions {
+  module: string;
+  tokenLabel?: string;
+  slot?: number;
+  pin: string;
+  poolSize: number;
+  /** CKA_TOKEN for hsmd's keys: persistent token objects (true) or session objects materialized on demand. */
+  tokenObjects: boolean;
+  observer?: DeviceObserver;
+  log?: (msg: string) => void;
+}
+
+/** Token facts for /v1/status. */
+export interface TokenInfo {
+  label: string;
+  manufacturer: string;
+  model: string;
+  serial: string;
+  slot: string;
+}
+
+/** Thrown when a key's objects are not in the device: the caller materializes it from its record. */
+export class KeyNotMaterializedError extends HsmError {
+  constructor(readonly keyId: string, readonly part: Part) {
+    super(Code.Unavailable, `key ${keyId} is not materialized in the device`, { transient: true });
+  }
+}
+
+type Handles = Partial<Record<Part, Buffer>>;
+
+const CLASS_OF: Record<Part, number> = { secret: pk.CKO_SECRET_KEY, private: pk.CKO_PRIVATE_KEY, public: pk.CKO_PUBLIC_KEY };
+
+/**
+ * The only door to the PKCS#11 module. Loads it once per process (C_Initialize with
+ * CKF_OS_LOCKING_OK), logs in once, keeps a pool of open sessions, runs every crypto call through
+ * pkcs11js' async forms (libuv's thread pool) so the event loop never waits on the device, caches
+ * object handles by key id, and recovers from a lost session or token by reopening and logging in
+ * again. It hands out domain values (key ids, SPKI, wrapped blobs), never raw handles.
+ */
+export class Device {
+  private readonly p11 = new pk.PKCS11();
+  private slot!: Buffer;
+  private readonly pool = new SessionPool();
+  private readonly handles = new Map<string, Handles>();
+  private generation = 0;
+  private recovering: Promise<void> | undefined;
+  private closed = false;
+  private mechs = new Set<number>();
+  token!: TokenInfo;
+
+  private constructor(private readonly opts: DeviceOptions) {}
+
+  /** Opens the module, finds the token, opens the pool and logs in. */
+  static async open(opts: DeviceOptions): Promise<Device> {
+    const d = new Device(opts);
+    try {
+      d.p11.load(opts.module);
+    } catch (e) {
+      throw precondition(`cannot load PKCS#11 module ${opts.module}: ${(e as Error).message}`);
+    }
+    d.initialize();
+    d.openSessions();
+    return d;
+  }
+
+  private initialize(): void {
+    try {
+      this.p11.C_Initialize({ flags: pk.CKF_OS_LOCKING_OK });
+    } catch (e) {
+      if (ckrOf(e) !== 0x191 /* CKR_CRYPTOKI_ALREADY_INITIALIZED */) throw mapDeviceError(e, "C_Initialize");
+    }
+    this.slot = this.findSlot();
+    const ti = this.p11.C_GetTokenInfo(this.slot);
+    this.token = {
+      label: ti.label.trim(),
+      manufacturer: ti.manufacturerID.trim(),
+      model: ti.model.trim(),
+      serial: ti.serialNumber.trim(),
+      slot: this.slot.toString("hex"),
+    };
+    this.mechs = new Set(this.p11.C_GetMechanismList(this.slot));
+  }
+
+  private findSlot(): Buffer {
+    const slots = this.p11.C_GetSlotList(true);
+    if (this.opts.tokenLabel !== undefined) {
+      for (const s of slots) {
+        if (this.p11.C_GetTokenInfo(s).label.trim() === this.opts.tokenLabel) return s;
+      }
+      throw precondition(`no token labelled "${this.opts.tokenLabel}" in ${this.opts.module} (initialize one, e.g. scripts/dev-token.sh)`);
+    }
+    const idx = this.opts.slot ?? 0;
+    if (idx >= slots.length) throw precondition(`slot index ${idx} not present: the module shows ${slots.length} slot(s) with a token`);
+    return slots[idx]!;
+  }
+
+  private openSessions(): void {
+    const sessions: Buffer[] = [];
+    for (let i = 0; i < this.opts.poolSize; i++) {
+      try {
+        sessions.push(this.p11.C_OpenSession(this.slot, pk.CKF_SERIAL_SESSION | pk.CKF_RW_SESSION));
+      } catch (e) {
+        for (const s of sessions) this.safe(() => this.p11.C_CloseSession(s));
+        throw mapDeviceError(e, "C_OpenSession");
+      }
+    }
+    try {
+      this.p11.C_Login(sessions[0]!, pk.CKU_USER, this.opts.pin);
+    } catch (e) {
+      if (ckrOf(e) !== CKR.USER_ALREADY_LOGGED_IN) {
+        for (const s of sessions) this.safe(() => this.p11.C_CloseSession(s));
+        throw mapDeviceError(e, "C_Login");
+      }
+    }
+    this.pool.reset(sessions);
+  }
+
+  private safe(fn: () => void): void {
+    try {
+      fn();
+    } catch {
+      /* best effort */
+    }
+  }
+
+  /** The mechanism list read at start (C_GetMechanismList). */
+  mechanisms(): number[] {
+    return [...this.mechs].sort((a, b) => a - b);
+  }
+
+  supports(mech: number): boolean {
+    return this.mechs.has(mech);
+  }
+
+  /** FAILED_PRECONDITION naming the mechanism when the device lacks it. */
+  requireMechanism(mech: number, purpose: string): void {
+    if (!this.mechs.has(mech)) throw precondition(`the device does not support ${mechanismName(mech)}, needed for ${purpose}`);
+  }
+
+  poolStats(): PoolStats {
+    return this.pool.stats();
+  }
+
+  // ---- session handling ----------------------------------------------------------------------
+
+  /**
+   * Runs `fn` on a pooled session. Session loss triggers one recovery and one retry; a stale object
+   * handle clears the cache and retries once. Every error leaves as an HsmError.
+   */
+  private async run<T>(op: string, mech: number | undefined, fn: (s: Buffer) => Promise<T> | T, retry = true): Promise<T> {
+    if (this.recovering) await this.recovering.catch(() => undefined);
+    const gen = this.generation;
+    const session = await this.pool.acquire();
+    const t0 = process.hrtime.bigint();
+    let ok = false;
+    let released = false;
+    try {
+      const r = await fn(session);
+      ok = true;
+      return r;
+    } catch (e) {
+      const ckr = ckrOf(e);
+      if (retry && !this.closed && isSessionLost(ckr)) {
+        this.pool.release(session, gen !== this.generation);
+        released = true;
+        await this.recover(gen);
+        return this.run(op, mech, fn, false);
+      }
+      if (retry && isHandleStale(ckr)) {
+        this.handles.clear();
+        this.pool.release(session, gen !== this.generation);
+        released = true;
+        return this.run(op, mech, fn, false);
+      }
+      throw mapDeviceError(e, op);
+    } finally {
+      if (!released) this.pool.release(session, gen !== this.generation);
+      if (mech !== undefined && this.opts.observer) {
+        this.opts.observer(mechanismName(mech), Number(process.hrtime.bigint() - t0) / 1e9, ok);
+      }
+    }
+  }
+
+  /**
+   * Reopens every session and logs in again; if the token itself went away, finalizes and
+   * re-initializes the module. Concurrent callers share one recovery.
+   */
+  private recover(seenGeneration: number): Promise<void> {
+    if (seenGeneration !== this.generation) return Promise.resolve();
+    if (this.recovering) return this.recovering;
+    this.recovering = (async () => {
+      this.opts.log?.("pkcs11: device session lost; reopening sessions and logging in again");
+      let lastErr: unknown;
+      for (let attempt = 0; attempt < 6; attempt++) {
+        this.safe(() => this.p11.C_CloseAllSessions(this.slot));
+        try {
+          if (attempt > 0) {
+            this.safe(() => this.p11.C_Finalize());
+            this.initialize();
+          }
+          this.openSessions();
+          this.handles.clear();
+          this.generation++;
+          this.opts.log?.(`pkcs11: recovered after ${attempt + 1} attempt(s)`);
+          return;
+        } catch (e) {
+          lastErr = e;
+          await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
+        }
+      }
+      this.generation++;
+      throw unavailable(`the device did not come back: ${(lastErr as Error)?.message ?? lastErr}`, lastErr);
+    })().finally(() => {
+      this.recovering = undefined;
+    });
+    return this.recovering;
+  }
+
+  /** Health probe for /readyz: a session answers C_GetSessionInfo and is logged in. */
+  async healthy(): Promise<boolean> {
+    try {
+      return await this.run("C_GetSessionInfo", undefined, (s) => {
+        const info = this.p11.C_GetSessionInfo(s);
+        // CKS_RW_USER_FUNCTIONS = 3
+        if (info.state !== 3) throw Object.assign(new Error("CKR_USER_NOT_LOGGED_IN"), { code: CKR.USER_NOT_LOGGED_IN });
+        return true;
+      });
+    } catch {
+      return false;
+    }
+  }
+
+  /** Closes every session and finalizes the module. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.pool.close("the device is shutting down");
+    this.safe(() => this.p11.C_CloseAllSessions(this.slot));
+    this.safe(() => this.p11.C_Finalize());
+  }
+
+  /** Test hook: closes every session behind the pool's back, as a device reset would. */
+  simulateSessionLoss(): void {
+    this.safe(() => this.p11.C_CloseAllSessions(this.slot));
+  }
+
+  // ---- object lookup -------------------------------------------------------------------------
+
+  private findHandles(s: Buffer, id: string, part: Part): Buffer[] {
+    this.p11.C_FindObjectsInit(s, [{ type: pk.CKA_ID, value: Buffer.from(id, "utf8") }, { type: pk.CKA_CLASS, value: CLASS_OF[part] }]);
+    try {
+      return this.p11.C_FindObjects(s, 16);
+    } finally {
+      this.p11.C_FindObjectsFinal(s);
+    }
+  }
+
+  /** The handle of a key's part, from the cache or found once by CKA_ID. */
+  private handle(s: Buffer, id: string, part: Part): Buffer {
+    const cached = this.handles.get(id)?.[part];
+    if (cached) return cached;
+    const found = this.findHandles(s, id, part);
+    if (found.length === 0) throw new KeyNotMaterializedError(id, part);
+    const h = found[0]!;
+    this.handles.set(id, { ...this.handles.get(id), [part]: h });
+    return h;
+  }
+
+  /** Is this part of the key present in the device? */
+  async has(id: string, part: Part): Promise<boolean> {
+    return this.run("C_FindObjects", undefined, (s) => {
+      try {
+        this.handle(s, id, part);
+        return true;
+      } catch (e) {
+        if (e instanceof KeyNotMaterializedError) return false;
+        throw e;
+      }
+    });
+  }
+
+  /** Every CKA_ID of hsmd's objects (label "hsmd:…") in the token, with their classes. */
+  async listObjectIds(): Promise<Map<string, Set<Part>>> {
+    return this.run("C_FindObjects", undefined, (s) => {
+      const out = new Map<string, Set<Part>>();
+      this.p11.C_FindObjectsInit(s, []);
+      let hs: Buffer[] = [];
+      try {
+        for (;;) {
+          const batch = this.p11.C_FindObjects(s, 256);
+          if (batch.length === 0) break;
+          hs = hs.concat(batch);
+        }
+      } finally {
+        this.p11.C_FindObjectsFinal(s);
+      }
+      for (const h of hs) {
+        const [label, id, cls] = this.p11.C_GetAttributeValue(s, h, [{ type: pk.CKA_LABEL }, { type: pk.CKA_ID }, { type: pk.CKA_CLASS }]);
+        const l = (label!.value as Buffer).toString("utf8");
+        if (!l.startsWith("hsmd:")) continue;
+        const c = (cls!.value as Buffer).readUInt32LE(0);
+        const part: Part = c === pk.CKO_SECRET_KEY ? "secret" : c === pk.CKO_PRIVATE_KEY ? "private" : "public";
+        const key = (id!.value as Buffer).toString("utf8");
+        if (!out.has(key)) out.set(key, new Set());
+        out.get(key)!.add(part);
+      }
+      return out;
+    });
+  }
+
+  /** Destroys every object of a key (all parts). Idempotent. */
+  async destroy(id: string): Promise<void> {
+    await this.run("C_DestroyObject", undefined, (s) => {
+      for (const part of ["secret", "private", "public"] as Part[]) {
+        for (const h of this.findHandles(s, id, part)) this.p11.C_DestroyObject(s, h);
+      }
+      this.handles.delete(id);
+    });
+  }
+
+  private intent(id: string, alg: KeyAlgorithm, usages: readonly Usage[], extractable = true): TemplateIntent {
+    return { id, alg, usages, token: this.opts.tokenObjects, extractable };
+  }
+
+  private readPublicSpki(s: Buffer, alg: KeyAlgorithm, pub: Buffer): Buffer {
+    if (alg.type === "rsa") {
+      const [m, e] = this.p11.C_GetAttributeValue(s, pub, [{ type: pk.CKA_MODULUS }, { type: pk.CKA_PUBLIC_EXPONENT }]);
+      return spkiFromAttributes(alg, { modulus: m!.value as Buffer, exponent: e!.value as Buffer });
+    }
+    const [pt] = this.p11.C_GetAttributeValue(s, pub, [{ type: pk.CKA_EC_POINT }]);
+    return spkiFromAttributes(alg, { ecPoint: pt!.value as Buffer });
+  }
+
+  // ---- key creation ----------------------------------------------------------------------------
+
+  /** Generates a key inside the device. Returns the SPKI for key pairs. */
+  async generate(id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<{ spki?: Buffer }> {
+    const t = this.intent(id, alg, usages);
+    if (alg.type === "aes" || alg.type === "hmac") {
+      const mech = alg.type === "aes" ? pk.CKM_AES_KEY_GEN : pk.CKM_GENERIC_SECRET_KEY_GEN;
+      this.requireMechanism(mech, `${alg.type.toUpperCase()} key generation`);
+      return this.run("C_GenerateKey", mech, async (s) => {
+        const h = await this.p11.C_GenerateKeyAsync(s, { mechanism: mech }, secretTemplate(t, true));
+        this.handles.set(id, { secret: h });
+        return {};
+      });
+    }
+    const mech = alg.type === "rsa" ? pk.CKM_RSA_PKCS_KEY_PAIR_GEN : alg.type === "ec" ? pk.CKM_EC_KEY_PAIR_GEN : CKM_EC_EDWARDS_KEY_PAIR_GEN;
+    this.requireMechanism(mech, `${alg.type} key pair generation`);
+    return this.run("C_GenerateKeyPair", mech, async (s) => {
+      let kp: pk.KeyPair;
+      try {
+        kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: mech }, publicTemplate(t), privateTemplate(t));
+      } catch (e) {
+        if (alg.type === "ec" && (ckrOf(e) === 0x130 /* CKR_DOMAIN_PARAMS_INVALID */ || ckrOf(e) === CKR.ATTRIBUTE_VALUE_INVALID)) {
+          throw precondition(`the device does not support the ${alg.curve} curve`);
+        }
+        throw e;
+      }
+      this.handles.set(id, { private: kp.privateKey, public: kp.publicKey });
+      return { spki: this.readPublicSpki(s, alg, kp.publicKey) };
+    });
+  }
+
+  /** Creates a public key object from an SPKI (import, and materializing a pair's public half). */
+  async createPublic(id: string, spki: Buffer, usages: readonly Usage[]): Promise<KeyAlgorithm> {
+    const parts = partsFromSpki(spki);
+    const t = this.intent(id, parts.alg, usages);
+    const tpl = publicTemplate(t, {
+      modulus: parts.modulus,
+      exponent: parts.exponent,
+      ecPointDer: parts.point ? derOctetString(parts.point) : undefined,
+    });
+    await this.run("C_CreateObject", undefined, (s) => {
+      const h = this.p11.C_CreateObject(s, tpl);
+      this.handles.set(id, { ...this.handles.get(id), public: h });
+    });
+    return parts.alg;
+  }
+
+  /**
+   * Wraps a key's secret or private part under the domain key (CKM_AES_KEY_WRAP_PAD) for its record.
+   * Returns undefined when the device refuses to wrap that kind of key (SoftHSM2 2.6 cannot wrap
+   * EdDSA private keys): such a key lives only in this device.
+   */
+  async wrapForRecord(id: string, part: "secret" | "private", domainKeyId: string): Promise<WrappedMaterial | undefined> {
+    this.requireMechanism(CKM_AES_KEY_WRAP_PAD, "wrapping keys under the domain key");
+    try {
+      const blob = await this.run("C_WrapKey", CKM_AES_KEY_WRAP_PAD, (s) =>
+        this.p11.C_WrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, this.handle(s, domainKeyId, "secret"), this.handle(s, id, part), Buffer.alloc(16384)),
+      );
+      return { alg: "AES_KWP", wrappingKeyId: domainKeyId, blob: Buffer.from(blob) };
+    } catch (e) {
+      if (e instanceof HsmError && ckrOf(e.cause) === CKR.KEY_NOT_WRAPPABLE) return undefined;
+      throw e;
+    }
+  }
+
+  /** Unwraps a record's material under the domain key into the device (materialization). */
+  async materialize(id: string, alg: KeyAlgorithm, usages: readonly Usage[], material: WrappedMaterial, spki?: Buffer): Promise<void> {
+    const t = this.intent(id, alg, usages);
+    const secret = alg.type === "aes" || alg.type === "hmac";
+    await this.run("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, async (s) => {
+      const h = await this.p11.C_UnwrapKeyAsync(
+        s,
+        { mechanism: CKM_AES_KEY_WRAP_PAD },
+        this.handle(s, material.wrappingKeyId, "secret"),
+        material.blob,
+        secret ? secretTemplate(t, false) : privateTemplate(t),
+      );
+      this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
+    });
+    if (!secret && spki && !(await this.has(id, "public"))) await this.createPublic(id, spki, usages);
+  }
+
+  /** Finds the domain key, or generates it (AES-256, never extractable) when `create` is set. */
+  async ensureDomainKey(id: string, create: boolean): Promise<boolean> {
+    if (await this.has(id, "secret")) return true;
+    if (!create) return false;
+    this.requireMechanism(pk.CKM_AES_KEY_GEN, "the domain key");
+    this.requireMechanism(CKM_AES_KEY_WRAP_PAD, "the domain key");
+    await this.run("C_GenerateKey", pk.CKM_AES_KEY_GEN, async (s) => {
+      const tpl: pk.Template = [
+        { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
+        { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
+        { type: pk.CKA_VALUE_LEN, value: 32 },
+        { type: pk.CKA_TOKEN, value: true },
+        { type: pk.CKA_PRIVATE, value: true },
+        { type: pk.CKA_SENSITIVE, value: true },
+        { type: pk.CKA_EXTRACTABLE, value: false },
+        { type: pk.CKA_WRAP, value: true },
+        { type: pk.CKA_UNWRAP, value: true },
+        { type: pk.CKA_ENCRYPT, value: false },
+        { type: pk.CKA_DECRYPT, value: false },
+        ...idAttrs(id),
+      ];
+      const h = await this.p11.C_GenerateKeyAsync(s, { mechanism: pk.CKM_AES_KEY_GEN }, tpl);
+      this.handles.set(id, { secret: h });
+    });
+    return true;
+  }
+
+  /** Finds or generates the RSA-3072 import key pair (BYOK); returns its SPKI. */
+  async ensureImportKey(id: string): Promise<Buffer> {
+    const alg: KeyAlgorithm = { type: "rsa", bits: 3072 };
+    if (!(await this.has(id, "private"))) {
+      this.requireMechanism(pk.CKM_RSA_PKCS_OAEP, "key import (BYOK)");
+      const t: TemplateIntent = { id, alg, usages: ["unwrap", "wrap"], token: true, extractable: false };
+      await this.run("C_GenerateKeyPair", pk.CKM_RSA_PKCS_KEY_PAIR_GEN, async (s) => {
+        const kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: pk.CKM_RSA_PKCS_KEY_PAIR_GEN }, publicTemplate(t), privateTemplate(t));
+        this.handles.set(id, { private: kp.privateKey, public: kp.publicKey });
+      });
+    }
+    return this.run("C_GetAttributeValue", undefined, (s) => this.readPublicSpki(s, alg, this.handle(s, id, "public")));
+  }
+
+  /**
+   * BYOK: `blob` = RSA-OAEP-SHA256(ephemeral AES-256 key) ‖ AES-KWP(ephemeral key, material), where
+   * the RSA key is the import key. Both unwraps run inside the device; the ephemeral key is a
+   * session object destroyed at once.
+   */
+  async importWrapped(importKeyId: string, blob: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<void> {
+    const rsaLen = 384;
+    if (blob.length <= rsaLen + 8) throw new HsmError(Code.InvalidArgument, `wrapped key material must be ${rsaLen} bytes of RSA-OAEP then the AES-KWP blob; got ${blob.length} bytes`);
+    const t = this.intent(id, alg, usages);
+    const secret = alg.type === "aes" || alg.type === "hmac";
+    await this.run("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, async (s) => {
+      const eph = await this.p11.C_UnwrapKeyAsync(s, oaep("sha256"), this.handle(s, importKeyId, "private"), blob.subarray(0, rsaLen), [
+        { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
+        { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
+        { type: pk.CKA_TOKEN, value: false },
+        { type: pk.CKA_SENSITIVE, value: true },
+        { type: pk.CKA_EXTRACTABLE, value: false },
+        { type: pk.CKA_UNWRAP, value: true },
+      ]);
+      try {
+        const h = await this.p11.C_UnwrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, eph, blob.subarray(rsaLen), secret ? secretTemplate(t, false) : privateTemplate(t));
+        this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
+      } finally {
+        this.safe(() => this.p11.C_DestroyObject(s, eph));
+      }
+    });
+  }
+
+  /** Unwraps a caller's blob under one of hsmd's keys into a new key. */
+  async unwrap(unwrappingKeyId: string, unwrappingPart: Part, spec: WrapSpec, blob: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<void> {
+    const mech = wrapMechanism(spec);
+    this.requireMechanism(mech.mechanism, `unwrap with ${spec.name}`);
+    const t = this.intent(id, alg, usages);
+    const secret = alg.type === "aes" || alg.type === "hmac";
+    await this.run("C_UnwrapKey", mech.mechanism, async (s) => {
+      const h = await this.p11.C_UnwrapKeyAsync(s, mech, this.handle(s, unwrappingKeyId, unwrappingPart), blob, secret ? secretTemplate(t, false) : privateTemplate(t));
+      this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
+    });
+  }
+
+  /** Wraps a key's secret or private part under another key. */
+  async wrap(wrappingKeyId: string, wrappingPart: Part, spec: WrapSpec, keyId: string, keyPart: Part): Promise<Buffer> {
+    const mech = wrapMechanism(spec);
+    this.requireMechanism(mech.mechanism, `wrap with ${spec.name}`);
+    const out = await this.run("C_WrapKey", mech.mechanism, (s) =>
+      this.p11.C_WrapKeyAsync(s, mech, this.handle(s, wrappingKeyId, wrappingPart), this.handle(s, keyId, keyPart), Buffer.alloc(16384)),
+    );
+    return Buffer.from(out);
+  }
+
+  /** ECDH (CKM_ECDH1_DERIVE, CKD_NULL) with a peer's public point into a new AES key. */
+  async deriveEcdh(privateKeyId: string, peerPoint: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<void> {
+    this.requireMechanism(pk.CKM_ECDH1_DERIVE, "ECDH key derivation");
+    const t = this.intent(id, alg, usages);
+    await this.run("C_DeriveKey", pk.CKM_ECDH1_DERIVE, async (s) => {
+      const h = await this.p11.C_DeriveKeyAsync(
+        s,
+        { mechanism: pk.CKM_ECDH1_DERIVE, parameter: { type: pk.CK_PARAMS_EC_DH, kdf: pk.CKD_NULL, publicData: peerPoint } as pk.ECDH1 },
+        this.handle(s, privateKeyId, "private"),
+        secretTemplate(t, true),
+      );
+      this.handles.set(id, { secret: h });
+    });
+  }
+
+  // ---- crypto --------------------------------------------------------------------------------
+
+  async encrypt(id: string, part: Part, spec: CipherSpec, data: Buffer, outLen: number): Promise<Buffer> {
+    const mech = cipherMechanism(spec);
+    this.requireMechanism(mech.mechanism, spec.name);
+    const out = await this.run("C_Encrypt", mech.mechanism, (s) => {
+      this.p11.C_EncryptInit(s, mech, this.handle(s, id, part));
+      return this.p11.C_EncryptAsync(s, data, Buffer.alloc(outLen));
+    });
+    return Buffer.from(out);
+  }
+
+  async decrypt(id: string, part: Part, spec: CipherSpec, data: Buffer, outLen: number): Promise<Buffer> {
+    const mech = cipherMechanism(spec);
+    this.requireMechanism(mech.mechanism, spec.name);
+    try {
+      const out = await this.run("C_Decrypt", mech.mechanism, (s) => {
+        this.p11.C_DecryptInit(s, mech, this.handle(s, id, part));
+        return this.p11.C_DecryptAsync(s, data, Buffer.alloc(outLen));
+      });
+      return Buffer.from(out);
+    } catch (e) {
+      // SoftHSM2 answers a failed GCM tag check or bad CBC padding with CKR_GENERAL_ERROR.
+      if (e instanceof HsmError && ckrOf(e.cause) === CKR.GENERAL_ERROR && spec.name !== "RSA_OAEP") {
+        throw new HsmError(Code.InvalidArgument, `decrypt: ${spec.name} authentication or padding check failed: wrong key, IV, tag, AAD or ciphertext`, { cause: e.cause });
+      }
+      throw e;
+    }
+  }
+
+  /** Signs; ECDSA signatures come back raw (r ‖ s), as PKCS#11 returns them. */
+  async sign(id: string, spec: SignSpec, data: Buffer, part: Part = spec.name === "HMAC" ? "secret" : "private"): Promise<Buffer> {
+    const { mech, input } = signMechanism(spec, data, this.mechs);
+    this.requireMechanism(mech.mechanism, spec.name);
+    const out = await this.run("C_Sign", mech.mechanism, (s) => {
+      this.p11.C_SignInit(s, mech, this.handle(s, id, part));
+      return this.p11.C_SignAsync(s, input, Buffer.alloc(1024));
+    });
+    return Buffer.from(out);
+  }
+
+  /** Verifies; a signature that does not verify (or has the wrong length) is `false`, not an error. */
+  async verify(id: string, spec: SignSpec, data: Buffer, signature: Buffer, part: Part = spec.name === "HMAC" ? "secret" : "public"): Promise<boolean> {
+    const { mech, input } = signMechanism(spec, data, this.mechs);
+    this.requireMechanism(mech.mechanism, spec.name);
+    try {
+      return await this.run("C_Verify", mech.mechanism, (s) => {
+        this.p11.C_VerifyInit(s, mech, this.handle(s, id, part));
+        return this.p11.C_VerifyAsync(s, input, signature);
+      });
+    } catch (e) {
+      const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
+      if (ckr === CKR.SIGNATURE_INVALID || ckr === CKR.SIGNATURE_LEN_RANGE || ckr === CKR.DATA_LEN_RANGE || ckr === CKR.DATA_INVALID) return false;
+      throw e;
+    }
+  }
+
+  /** C_GenerateRandom (blocking, but short for the sizes the limits allow). */
+  async random(n: number): Promise<Buffer> {
+    return this.run("C_GenerateRandom", undefined, (s) => Buffer.from(this.p11.C_GenerateRandom(s, Buffer.alloc(n))));
+  }
+}
+
+function oaep(hash: "sha256" | "sha384" | "sha512"): pk.Mechanism {
+  return {
+    mechanism: pk.CKM_RSA_PKCS_OAEP,
+    parameter: { type: pk.CK_PARAMS_RSA_OAEP, hashAlg: HASH_MECH[hash].digest, mgf: HASH_MECH[hash].mgf, source: 1 /* CKZ_DATA_SPECIFIED */ } as pk.RsaOAEP,
+  };
+}
+
+function wrapMechanism(spec: WrapSpec): pk.Mechanism {
+  switch (spec.name) {
+    case "AES_KW":
+      return { mechanism: pk.CKM_AES_KEY_WRAP };
+    case "AES_KWP":
+      return { mechanism: CKM_AES_KEY_WRAP_PAD };
+    case "RSA_OAEP":
+      return oaep(spec.hash);
+  }
+}
+
+function cipherMechanism(spec: CipherSpec): pk.Mechanism {
+  switch (spec.name) {
+    case "AES_GCM":
+      return {
+        mechanism: pk.CKM_AES_GCM,
+        parameter: { type: pk.CK_PARAMS_AES_GCM, iv: spec.iv, aad: spec.aad.length ? spec.aad : undefined, ivBits: spec.iv.length * 8, tagBits: spec.tagBytes * 8 } as pk.AesGCM,
+      };
+    case "AES_CBC_PAD":
+      return { mechanism: pk.CKM_AES_CBC_PAD, parameter: spec.iv };
+    case "AES_CTR": {
+      // CK_AES_CTR_PARAMS { CK_ULONG ulCounterBits; CK_BYTE cb[16]; } on LP64.
+      const prm = Buffer.alloc(24);
+      prm.writeBigUInt64LE(128n, 0);
+      spec.iv.copy(prm, 8);
+      return { mechanism: pk.CKM_AES_CTR, parameter: prm };
+    }
+    case "RSA_OAEP":
+      return oaep(spec.hash);
+  }
+}
+
+function pssParams(hash: "sha256" | "sha384" | "sha512"): pk.RsaPSS {
+  return { type: pk.CK_PARAMS_RSA_PSS, hashAlg: HASH_MECH[hash].digest, mgf: HASH_MECH[hash].mgf, saltLen: HASH_MECH[hash].len };
+}
+
+/** Picks the mechanism and the bytes the device signs, hashing on the host where the device only signs digests. */
+function signMechanism(spec: SignSpec, data: Buffer, mechs: Set<number>): { mech: pk.Mechanism; input: Buffer } {
+  switch (spec.name) {
+    case "RSA_PKCS1":
+      if (spec.input === "message" && mechs.has(HASH_MECH[spec.hash].rsaPkcs)) return { mech: { mechanism: HASH_MECH[spec.hash].rsaPkcs }, input: data };
+      return { mech: { mechanism: pk.CKM_RSA_PKCS }, input: Buffer.concat([DIGEST_INFO_PREFIX[spec.hash], digestOf(spec.hash, data, spec.input)]) };
+    case "RSA_PSS":
+      if (spec.input === "message" && mechs.has(HASH_MECH[spec.hash].rsaPss)) return { mech: { mechanism: HASH_MECH[spec.hash].rsaPss, parameter: pssParams(spec.hash) }, input: data };
+      return { mech: { mechanism: pk.CKM_RSA_PKCS_PSS, parameter: pssParams(spec.hash) }, input: digestOf(spec.hash, data, spec.input) };
+    case "ECDSA":
+      return { mech: { mechanism: pk.CKM_ECDSA }, input: digestOf(spec.hash, data, spec.input) };
+    case "EDDSA":
+      return { mech: { mechanism: CKM_EDDSA }, input: data };
+    case "HMAC":
+      return { mech: { mechanism: HASH_MECH[spec.hash].hmac }, input: data };
+  }
+}
+
+function digestOf(hash: "sha256" | "sha384" | "sha512", data: Buffer, input: "message" | "digest"): Buffer {
+  return input === "digest" ? data : createHash(hash).update(data).digest();
+}
+

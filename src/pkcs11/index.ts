@@ -1,0 +1,9 @@
+/**
+ * The device layer: the only folder that imports pkcs11js. It hands out domain values (key ids,
+ * SPKI, wrapped blobs), never raw handles.
+ */
+export { Device, KeyNotMaterializedError } from "./device";
+export type { DeviceOptions, TokenInfo } from "./device";
+export { partsFromSpki, spkiFromAttributes } from "./spki";
+export { CURVE_BYTES, mechanismName } from "./constants";
+export type { CipherSpec, Curve, DeviceObserver, Hash, KeyAlgorithm, Part, PoolStats, SignSpec, Usage, WrapSpec, WrappedMaterial } from "./types";

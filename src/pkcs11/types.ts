@@ -1,0 +1,51 @@
+/** Key algorithms the device layer can create and use (domain terms, not PKCS#11 terms). */
+export type Curve = "P-256" | "P-384" | "P-521" | "secp256k1";
+export type Hash = "sha256" | "sha384" | "sha512";
+
+export type KeyAlgorithm =
+  | { type: "aes"; bits: 128 | 256 }
+  | { type: "hmac"; hash: Hash }
+  | { type: "rsa"; bits: 2048 | 3072 | 4096 }
+  | { type: "ec"; curve: Curve }
+  | { type: "ed25519" };
+
+export type Usage = "encrypt" | "decrypt" | "sign" | "verify" | "wrap" | "unwrap" | "derive";
+
+/** Which object of a key: a secret key, or the private or public half of a pair. */
+export type Part = "secret" | "private" | "public";
+
+/** A symmetric or asymmetric cipher operation. */
+export type CipherSpec =
+  | { name: "AES_GCM"; iv: Buffer; aad: Buffer; tagBytes: number }
+  | { name: "AES_CBC_PAD"; iv: Buffer }
+  | { name: "AES_CTR"; iv: Buffer }
+  | { name: "RSA_OAEP"; hash: Hash };
+
+/** A signature operation. `input` says whether the data is the message or its digest. */
+export type SignSpec =
+  | { name: "RSA_PKCS1"; hash: Hash; input: "message" | "digest" }
+  | { name: "RSA_PSS"; hash: Hash; input: "message" | "digest" }
+  | { name: "ECDSA"; hash: Hash; input: "message" | "digest" }
+  | { name: "EDDSA" }
+  | { name: "HMAC"; hash: Hash };
+
+export type WrapSpec = { name: "AES_KW" } | { name: "AES_KWP" } | { name: "RSA_OAEP"; hash: Hash };
+
+/** Stats of the session pool, for /metrics. */
+export interface PoolStats {
+  size: number;
+  busy: number;
+  waiting: number;
+}
+
+/** Called after each device operation with its mechanism name and duration (for /metrics). */
+export type DeviceObserver = (mechanism: string, seconds: number, ok: boolean) => void;
+
+/** Wrapped material as a record stores it: the blob and how it was wrapped. */
+export interface WrappedMaterial {
+  /** "AES_KWP": wrapped under the domain key with CKM_AES_KEY_WRAP_PAD. */
+  alg: "AES_KWP";
+  /** Which domain key (its CKA_ID). */
+  wrappingKeyId: string;
+  blob: Buffer;
+}
