@@ -1,0 +1,136 @@
+import { hostname } from "node:os";
+import { dirname, resolve } from "node:path";
+import { isPlainObject, mergeDevice } from "./merge";
+import { resolvePin } from "./pin";
+import { addProblems } from "./problems";
+import { ConfigError } from "./problems";
+import { readProfile } from "./profiles";
+import { parseListenAddress } from "./listen";
+import { sealConfig } from "./redact";
+import { DEFAULT_PROFILE, LIMIT_DEFAULTS, LISTEN_DEFAULTS } from "./schema";
+import { checkSchema } from "./validator";
+import { PROFILE_NAMES, type Config, type ConfigProblem, type DeviceQuirks, type LimitsConfig, type PinSource, type ProfileName } from "./types";
+
+/** Options of {@link compileConfig} and {@link validateConfig}. */
+export interface CompileOptions {
+  /** Environment for the PIN variable and `HSMD_CONFIG_DIR`. @default process.env */
+  env?: NodeJS.ProcessEnv;
+  /** The config file the document came from (recorded in `sources`, and the base of relative paths). */
+  file?: string;
+  /** Directory relative paths (`node.dataDir`, `device.pin.file`) are taken from. @default dirname(file), else the working directory */
+  baseDir?: string;
+}
+
+/** The device section as the resolved-device schema guarantees it. */
+interface MergedDevice {
+  module: string;
+  tokenLabel?: string;
+  slot?: number;
+  pin: PinSource;
+  poolSize: number;
+  quirks: DeviceQuirks;
+}
+
+interface RawDoc {
+  node: { id?: string; dataDir: string };
+  listen?: { grpc?: string; admin?: string };
+  device?: Record<string, unknown>;
+  limits?: Partial<LimitsConfig>;
+}
+
+/**
+ * Checks a configuration document completely without throwing: the schema, the device profile it
+ * selects, the merged device section, cross-field rules and the PIN source (which is read, never
+ * shown). Returns every problem found; an empty list means {@link compileConfig} will succeed.
+ */
+export function validateConfig(raw: unknown, options: CompileOptions = {}): ConfigProblem[] {
+  return collect(raw, options).problems;
+}
+
+/**
+ * Turns a parsed config document into the fully-resolved, deeply frozen {@link Config}: defaults
+ * applied, profile merged, listen addresses parsed, paths made absolute, PIN read. Throws
+ * {@link ConfigError} listing every problem when there is any.
+ */
+export function compileConfig(raw: unknown, options: CompileOptions = {}): Config {
+  const { problems, config } = collect(raw, options);
+  if (problems.length || !config) throw new ConfigError(problems);
+  return sealConfig(config);
+}
+
+function collect(raw: unknown, options: CompileOptions): { problems: ConfigProblem[]; config?: Config } {
+  const env = options.env ?? process.env;
+  const file = options.file === undefined ? null : resolve(options.file);
+  const baseDir = resolve(options.baseDir ?? (file ? dirname(file) : process.cwd()));
+  const problems = checkSchema("config", raw);
+  if (!isPlainObject(raw)) return { problems };
+
+  // Device: profile file, then the document's device section over it.
+  const userDevice = raw.device === undefined ? {} : raw.device;
+  let profileName: ProfileName | undefined = DEFAULT_PROFILE;
+  if (isPlainObject(userDevice) && userDevice.profile !== undefined) {
+    profileName = PROFILE_NAMES.find((n) => n === userDevice.profile); // unknown: reported by the schema
+  }
+  let device: Config["device"] | undefined;
+  let profileFile = "";
+  if (isPlainObject(userDevice) && profileName !== undefined) {
+    const read = readProfile(profileName, env);
+    profileFile = read.file;
+    addProblems(problems, read.problems);
+    if (read.profile) {
+      const { description: _description, ...profileDevice } = read.profile;
+      const { profile: _profile, ...overDevice } = userDevice;
+      const merged = mergeDevice(profileDevice, overDevice);
+      const deviceProblems = checkSchema("device", merged, "/device").map((p) =>
+        p.path === "/device/module" && p.message === "is required"
+          ? { ...p, message: `is required (the ${profileName} profile names no module)` }
+          : p,
+      );
+      // A spot the document's own check already flagged is not reported twice (wording may differ).
+      addProblems(problems, deviceProblems.filter((p) => !problems.some((q) => q.path === p.path)));
+      const ok = (path: string) => !deviceProblems.some((p) => p.path === path || p.path.startsWith(`${path}/`));
+      const m = merged as unknown as MergedDevice;
+      if (ok("/device/poolSize") && ok("/device/quirks/maxSessions") && m.quirks.maxSessions !== null && m.poolSize > m.quirks.maxSessions) {
+        addProblems(problems, [
+          { path: "/device/poolSize", message: `must be <= ${m.quirks.maxSessions} (the device's quirks.maxSessions)` },
+        ]);
+      }
+      let pin: ReturnType<typeof resolvePin> | undefined;
+      if (ok("/device/pin")) {
+        pin = resolvePin(m.pin, env, baseDir);
+        if ("problem" in pin) addProblems(problems, [pin.problem]);
+      }
+      if (deviceProblems.length === 0 && pin && "pin" in pin) {
+        device = {
+          profile: profileName,
+          module: m.module,
+          tokenLabel: m.tokenLabel ?? null,
+          slot: m.tokenLabel === undefined ? (m.slot ?? null) : null,
+          pin: pin.pin,
+          pinSource: pin.source,
+          poolSize: m.poolSize,
+          quirks: { ...m.quirks, aesKeyBits: [...m.quirks.aesKeyBits].sort((a, b) => a - b) },
+        };
+      }
+    }
+  }
+
+  // Listen: two distinct endpoints (port 0 is always distinct: the OS picks).
+  const listenRaw = isPlainObject(raw.listen) ? raw.listen : {};
+  const grpc = parseListenAddress(typeof listenRaw.grpc === "string" ? listenRaw.grpc : LISTEN_DEFAULTS.grpc);
+  const admin = parseListenAddress(typeof listenRaw.admin === "string" ? listenRaw.admin : LISTEN_DEFAULTS.admin);
+  if (grpc && admin && grpc.port !== 0 && grpc.port === admin.port && grpc.host === admin.host) {
+    addProblems(problems, [{ path: "/listen/admin", message: "must differ from /listen/grpc" }]);
+  }
+
+  if (problems.length || !device || !grpc || !admin) return { problems };
+  const doc = raw as unknown as RawDoc;
+  const config: Config = {
+    node: { id: doc.node.id ?? hostname(), dataDir: resolve(baseDir, doc.node.dataDir) },
+    listen: { grpc, admin },
+    device,
+    limits: { ...LIMIT_DEFAULTS, ...Object.fromEntries(Object.entries(doc.limits ?? {}).filter(([, v]) => v !== undefined)) },
+    sources: { file, profile: profileFile },
+  };
+  return { problems, config };
+}

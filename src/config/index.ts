@@ -1,0 +1,27 @@
+/**
+ * Configuration of hsmd: JSON Schema and defaults side by side (`schema.ts`), device profiles from
+ * `hsm-config/`, validated once with every problem reported together, compiled into a frozen,
+ * fully-resolved {@link Config} whose PIN never prints.
+ */
+export { loadConfig } from "./load";
+export { compileConfig, validateConfig } from "./compile";
+export { ConfigError, formatProblems } from "./problems";
+export { describeConfig, REDACTED } from "./redact";
+export { parseListenAddress } from "./listen";
+export { findProfileDir, CONFIG_DIR_ENV } from "./profiles";
+export { CONFIG_SCHEMA, PROFILE_SCHEMA, LIMIT_DEFAULTS, LISTEN_DEFAULTS, DEFAULT_PROFILE } from "./schema";
+export { PROFILE_NAMES } from "./types";
+
+export type { LoadConfigOptions } from "./load";
+export type { CompileOptions } from "./compile";
+export type { RedactedConfig } from "./redact";
+export type {
+  Config,
+  ConfigProblem,
+  DeviceConfig,
+  DeviceQuirks,
+  LimitsConfig,
+  ListenAddress,
+  PinSource,
+  ProfileName,
+} from "./types";

@@ -1,0 +1,56 @@
+import { inspect } from "node:util";
+import type { Config } from "./types";
+
+/** What a secret is shown as in logs, status and JSON. */
+export const REDACTED = "[redacted]";
+
+/** A JSON-safe copy of a Config with the PIN replaced by `"[redacted]"`. */
+export type RedactedConfig = Omit<Config, "device"> & { readonly device: Omit<Config["device"], "pin"> & { readonly pin: typeof REDACTED } };
+
+/**
+ * A plain, redacted copy of the configuration for logs and `/v1/status`: the PIN shows as
+ * `"[redacted]"`, its source (variable name or file path) stays visible.
+ */
+export function describeConfig(config: Config): RedactedConfig {
+  const { node, listen, device, limits, sources } = config;
+  return {
+    node: { ...node },
+    listen: { grpc: { ...listen.grpc }, admin: { ...listen.admin } },
+    device: {
+      profile: device.profile,
+      module: device.module,
+      tokenLabel: device.tokenLabel,
+      slot: device.slot,
+      pin: REDACTED,
+      pinSource: { ...device.pinSource },
+      poolSize: device.poolSize,
+      quirks: { ...device.quirks, aesKeyBits: [...device.quirks.aesKeyBits] },
+    },
+    limits: { ...limits },
+    sources: { ...sources },
+  };
+}
+
+/**
+ * Makes a compiled config safe to print and immutable: `toJSON` and `util.inspect` on the config and on
+ * its device section show the redacted form (non-enumerable, so they do not show up as fields), then
+ * every object is frozen.
+ */
+export function sealConfig(config: Config): Config {
+  const hidden = (target: object, view: () => unknown) => {
+    Object.defineProperty(target, "toJSON", { value: view, enumerable: false });
+    Object.defineProperty(target, inspect.custom, { value: view, enumerable: false });
+  };
+  hidden(config, () => describeConfig(config));
+  hidden(config.device, () => describeConfig(config).device);
+  return deepFreeze(config);
+}
+
+/** Freezes an object and everything reachable from it. */
+export function deepFreeze<T>(value: T): T {
+  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}

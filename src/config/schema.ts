@@ -1,0 +1,157 @@
+import { PROFILE_NAMES, type LimitsConfig, type ProfileName } from "./types";
+
+/*
+ * JSON Schema of the config file and of the device profiles, with each default written next to the
+ * field it belongs to (fastify's habit). Every object is closed (`additionalProperties: false`) so a
+ * misspelt key is an error, not a silently ignored setting. `errorMessages` is an annotation of ours
+ * (keyword -> message) used by the problem formatter in place of ajv's generic wording.
+ */
+
+/** Default listen addresses: loopback only, so a fresh install is not reachable from the network. */
+export const LISTEN_DEFAULTS = Object.freeze({ grpc: "127.0.0.1:7443", admin: "127.0.0.1:7480" });
+
+/** Default profile when `device.profile` is absent: the development device. */
+export const DEFAULT_PROFILE: ProfileName = "softhsm2";
+
+/** Default and upper bound of each limit (all are positive integers). */
+export const LIMITS: { readonly [K in keyof LimitsConfig]: { readonly default: number; readonly max: number } } = Object.freeze({
+  maxPayloadBytes: { default: 65536, max: 16 * 1024 * 1024 },
+  maxBatchItems: { default: 256, max: 10000 },
+  maxLabelLength: { default: 128, max: 1024 },
+  maxRandomBytes: { default: 4096, max: 1024 * 1024 },
+  maxPageSize: { default: 1000, max: 10000 },
+  maxRequestIdLength: { default: 128, max: 1024 },
+});
+
+/** Default limits, as a `LimitsConfig`. */
+export const LIMIT_DEFAULTS: LimitsConfig = Object.freeze(
+  Object.fromEntries(Object.entries(LIMITS).map(([k, v]) => [k, v.default])) as unknown as LimitsConfig,
+);
+
+const hostPort = (def: string) => ({
+  type: "string",
+  format: "host-port",
+  default: def,
+  errorMessages: { format: "must be host:port with a port in 0..65535 (0 = any free port)" },
+});
+
+const pinSchema = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    env: {
+      type: "string",
+      pattern: "^[A-Za-z_][A-Za-z0-9_]*$",
+      errorMessages: { pattern: "must be an environment variable name (the PIN itself never goes in a config file)" },
+    },
+    file: { type: "string", minLength: 1 },
+  },
+  minProperties: 1,
+  maxProperties: 1,
+  errorMessages: {
+    type: "must be an object { \"env\": NAME } or { \"file\": PATH } (the PIN itself never goes in a config file)",
+    minProperties: "must have property 'env' or 'file'",
+    maxProperties: "must have only one of 'env' or 'file'",
+  },
+};
+
+const quirkProperties = {
+  maxObjects: { type: ["integer", "null"], minimum: 1 },
+  maxSessions: { type: ["integer", "null"], minimum: 1 },
+  aesKeyBits: {
+    type: "array",
+    minItems: 1,
+    uniqueItems: true,
+    items: { type: "integer", enum: [128, 192, 256], errorMessages: { enum: "must be one of 128, 192, 256" } },
+  },
+  maxRsaBits: { type: "integer", minimum: 1024, maximum: 16384 },
+  sessionObjectsOnly: { type: "boolean" },
+  supportsEd25519: { type: "boolean" },
+  supportsAesKeyWrapPad: { type: "boolean" },
+};
+
+/** Fields a profile and the config's `device` section share; the config's values win. */
+const deviceProperties = {
+  module: { type: "string", minLength: 1 },
+  tokenLabel: { type: "string", minLength: 1, maxLength: 32 },
+  slot: { type: "integer", minimum: 0 },
+  pin: pinSchema,
+  poolSize: { type: "integer", minimum: 1, maximum: 256 },
+  quirks: { type: "object", additionalProperties: false, properties: quirkProperties },
+};
+
+const onlyOneTokenSelector = {
+  not: { required: ["tokenLabel", "slot"] },
+  errorMessages: { not: "must have only one of 'tokenLabel' or 'slot'" },
+};
+
+/** Schema of the config file (and of the file merged with overrides). */
+export const CONFIG_SCHEMA = {
+  $id: "https://hsmd.local/schemas/config.json",
+  type: "object",
+  additionalProperties: false,
+  required: ["node"],
+  properties: {
+    node: {
+      type: "object",
+      additionalProperties: false,
+      required: ["dataDir"],
+      properties: {
+        id: { type: "string", minLength: 1, maxLength: 128, pattern: "^[A-Za-z0-9][A-Za-z0-9._-]*$", description: "default: host name" },
+        dataDir: { type: "string", minLength: 1 },
+      },
+    },
+    listen: {
+      type: "object",
+      additionalProperties: false,
+      properties: { grpc: hostPort(LISTEN_DEFAULTS.grpc), admin: hostPort(LISTEN_DEFAULTS.admin) },
+    },
+    device: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        profile: { type: "string", enum: [...PROFILE_NAMES], default: DEFAULT_PROFILE },
+        ...deviceProperties,
+      },
+      ...onlyOneTokenSelector,
+    },
+    limits: {
+      type: "object",
+      additionalProperties: false,
+      properties: Object.fromEntries(
+        Object.entries(LIMITS).map(([k, v]) => [k, { type: "integer", minimum: 1, maximum: v.max, default: v.default }]),
+      ),
+    },
+  },
+} as const;
+
+/** Schema of a profile file `hsm-config/<name>.json`: device defaults, every quirk stated. */
+export const PROFILE_SCHEMA = {
+  $id: "https://hsmd.local/schemas/profile.json",
+  type: "object",
+  additionalProperties: false,
+  required: ["pin", "poolSize", "quirks"],
+  properties: {
+    description: { type: "string" },
+    ...deviceProperties,
+    quirks: { ...deviceProperties.quirks, required: Object.keys(quirkProperties) },
+  },
+  ...onlyOneTokenSelector,
+} as const;
+
+/** Schema of the device section once profile and config are merged: everything the adapter needs. */
+export const RESOLVED_DEVICE_SCHEMA = {
+  $id: "https://hsmd.local/schemas/resolved-device.json",
+  type: "object",
+  additionalProperties: false,
+  required: ["module", "pin", "poolSize", "quirks"],
+  properties: {
+    ...deviceProperties,
+    quirks: { ...deviceProperties.quirks, required: Object.keys(quirkProperties) },
+  },
+  anyOf: [{ required: ["tokenLabel"] }, { required: ["slot"] }],
+  errorMessages: {
+    anyOf: "must have property 'tokenLabel' or 'slot'",
+    "required/pin": "must have property 'env' or 'file'",
+  },
+} as const;

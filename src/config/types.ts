@@ -1,0 +1,111 @@
+/** The device kinds hsmd ships a profile for, one `hsm-config/<name>.json` each. */
+export const PROFILE_NAMES = ["softhsm2", "yubihsm2", "luna", "generic"] as const;
+
+/** Name of a device profile: selects `hsm-config/<name>.json` as the base of `device`. */
+export type ProfileName = (typeof PROFILE_NAMES)[number];
+
+/**
+ * Where the PIN of the token's user (CKU_USER, for C_Login) is read from. Never the PIN itself: a
+ * config file is not a secret store.
+ */
+export type PinSource = { readonly env: string } | { readonly file: string };
+
+/** One problem found in a configuration: a JSON pointer into the (merged) document and a reason. */
+export interface ConfigProblem {
+  /** JSON pointer such as `/device/poolSize`; `/` for the document as a whole. */
+  readonly path: string;
+  /** Why the value is refused, e.g. `must be integer`. Never contains a secret. */
+  readonly message: string;
+}
+
+/** A `host:port` listen address, parsed once. Port 0 asks the OS for any free port (tests). */
+export interface ListenAddress {
+  /** Host or IP literal without brackets (`127.0.0.1`, `::1`, `localhost`). */
+  readonly host: string;
+  readonly port: number;
+  /** The address as given (`[::1]:7443`), ready for grpc-js `bindAsync` or `listen`. */
+  readonly address: string;
+}
+
+/**
+ * What a device can and cannot do, beyond its mechanism list (read from the token at start). The
+ * domain layers consult these instead of testing the profile name.
+ */
+export interface DeviceQuirks {
+  /** How many objects the token holds (a YubiHSM 2 holds 256); null = no fixed limit. Bounds the applier's LRU. */
+  readonly maxObjects: number | null;
+  /** How many sessions the module opens at once (YubiHSM 2: 16); null = no fixed limit. Bounds `poolSize`. */
+  readonly maxSessions: number | null;
+  /** AES key sizes (bits) the device generates for CKM_AES_KEY_GEN (SoftHSM2: 128 and 256 only here). */
+  readonly aesKeyBits: readonly number[];
+  /** Largest RSA modulus (bits) for CKM_RSA_PKCS_KEY_PAIR_GEN. */
+  readonly maxRsaBits: number;
+  /** Keys are materialized as session objects (CKA_TOKEN false) only, reloaded from the store on demand. */
+  readonly sessionObjectsOnly: boolean;
+  /** CKM_EC_EDWARDS_KEY_PAIR_GEN / CKM_EDDSA with Ed25519 is usable. */
+  readonly supportsEd25519: boolean;
+  /** CKM_AES_KEY_WRAP_PAD (RFC 5649) is usable: needed to hold the cluster's domain key wraps. */
+  readonly supportsAesKeyWrapPad: boolean;
+}
+
+/** The resolved device section: profile, then file, then overrides; PIN read from its source. */
+export interface DeviceConfig {
+  readonly profile: ProfileName;
+  /** Path of the PKCS#11 module (.so) passed to C_Initialize. */
+  readonly module: string;
+  /** CKA_LABEL of the token to use (preferred); null when a slot index selects it. */
+  readonly tokenLabel: string | null;
+  /** Index in the module's list of slots with a token present; null when the label selects it. */
+  readonly slot: number | null;
+  /** The user PIN for C_Login. Secret: redacted by `toJSON`, `describeConfig` and `util.inspect`. */
+  readonly pin: string;
+  /** Where the PIN came from (not secret, shown in status). */
+  readonly pinSource: PinSource;
+  /** Number of open sessions in the pool (one operation per session at a time). */
+  readonly poolSize: number;
+  readonly quirks: DeviceQuirks;
+}
+
+/** Every limit enforced at the edge (DESIGN principle 7): requests beyond them get INVALID_ARGUMENT. */
+export interface LimitsConfig {
+  /** Largest data/plaintext/ciphertext payload of one call, in bytes. */
+  readonly maxPayloadBytes: number;
+  /** Largest number of items in one batch call. */
+  readonly maxBatchItems: number;
+  /** Longest key/user label, in characters. */
+  readonly maxLabelLength: number;
+  /** Most bytes one GenerateRandom call returns (C_GenerateRandom). */
+  readonly maxRandomBytes: number;
+  /** Largest page a List call returns. */
+  readonly maxPageSize: number;
+  /** Longest client request id (idempotency key), in characters. */
+  readonly maxRequestIdLength: number;
+}
+
+/**
+ * The daemon's configuration, fully resolved: every default applied, the device profile merged, the
+ * PIN read. Deeply frozen; `JSON.stringify` shows the PIN as `"[redacted]"`.
+ */
+export interface Config {
+  readonly node: {
+    /** This node's id in the cluster (default: the host name). */
+    readonly id: string;
+    /** Absolute directory holding the embedded store and node state. */
+    readonly dataDir: string;
+  };
+  readonly listen: {
+    /** gRPC API endpoint. */
+    readonly grpc: ListenAddress;
+    /** HTTP admin endpoint (/healthz, /readyz, /metrics, /v1/status). */
+    readonly admin: ListenAddress;
+  };
+  readonly device: DeviceConfig;
+  readonly limits: LimitsConfig;
+  /** Where the configuration came from, for status and error reports. */
+  readonly sources: {
+    /** Absolute path of the config file, or null when built from overrides alone. */
+    readonly file: string | null;
+    /** Absolute path of the device profile file that was merged. */
+    readonly profile: string;
+  };
+}
