@@ -1,0 +1,65 @@
+import { KeyOrigin, KeySpec, KeyState, type Key } from "../gen/hsm/v1/keys";
+import type { Usage, WrappedMaterial } from "../pkcs11";
+import { usageEnums } from "./spec";
+
+/**
+ * One version of a key. `material` is the secret or private part wrapped under the domain key
+ * (AES-KWP); it is absent for public-only keys and for keys the device refuses to wrap
+ * (`residency: "device"`, e.g. Ed25519 on SoftHSM2 2.6), which live only in the token that made them.
+ */
+export interface KeyVersion {
+  version: number;
+  createdAt: string;
+  residency: "wrapped" | "device" | "public";
+  material?: WrappedMaterial;
+}
+
+/** A key as the state store holds it: the source of truth the HSM objects are materialized from. */
+export interface KeyRecord {
+  id: string;
+  label: string;
+  spec: KeySpec;
+  usages: Usage[];
+  state: "enabled";
+  origin: KeyOrigin;
+  createdAt: string;
+  publicKeySpki?: Buffer;
+  publicOnly: boolean;
+  exportable: boolean;
+  currentVersion: number;
+  versions: KeyVersion[];
+  requestId?: string;
+}
+
+/** Store key of a record. */
+export const recordKey = (id: string) => `keys/${id}`;
+/** Store key of an idempotency entry (client request id → key id). */
+export const requestKey = (requestId: string) => `requests/${Buffer.from(requestId, "utf8").toString("base64url")}`;
+
+/** JSON with buffers as base64: the store's encoding of a record. */
+export function encodeRecord(r: KeyRecord): Buffer {
+  return Buffer.from(
+    JSON.stringify(r, (_k, v) => (v && typeof v === "object" && v.type === "Buffer" && Array.isArray(v.data) ? { $b64: Buffer.from(v.data).toString("base64") } : v)),
+  );
+}
+
+export function decodeRecord(b: Buffer): KeyRecord {
+  return JSON.parse(b.toString("utf8"), (_k, v) => (v && typeof v === "object" && typeof v.$b64 === "string" ? Buffer.from(v.$b64, "base64") : v));
+}
+
+/** The API view of a record: never carries wrapped material. */
+export function toApiKey(r: KeyRecord): Key {
+  return {
+    id: r.id,
+    label: r.label,
+    spec: r.spec,
+    usages: usageEnums(r.usages),
+    state: KeyState.KEY_STATE_ENABLED,
+    origin: r.origin,
+    createdAt: r.createdAt,
+    publicKeySpki: r.publicKeySpki ?? Buffer.alloc(0),
+    publicOnly: r.publicOnly,
+    exportable: r.exportable,
+    version: r.currentVersion,
+  };
+}

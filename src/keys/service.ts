@@ -1,0 +1,636 @@
+import { createPublicKey, randomBytes, randomUUID } from "node:crypto";
+import { Code, HsmError, exhausted, invalid, notFound, precondition } from "../errors";
+import {
+  KeyOrigin,
+  PublicKeyFormat,
+  type DeleteKeyRequest,
+  type GenerateKeyRequest,
+  type GetImportParametersResponse,
+  type GetKeyRequest,
+  type GetPublicKeyRequest,
+  type GetPublicKeyResponse,
+  type ImportKeyRequest,
+  type ImportPublicKeyRequest,
+  type Key,
+  type ListKeysRequest,
+  type ListKeysResponse,
+} from "../gen/hsm/v1/keys";
+import {
+  MessageType,
+  SignatureFormat,
+  type DecryptRequest,
+  type DecryptResponse,
+  type DeriveKeyRequest,
+  type EncryptRequest,
+  type EncryptResponse,
+  type GenerateRandomRequest,
+  type GenerateRandomResponse,
+  type ItemError,
+  type SignRequest,
+  type SignResponse,
+  type UnwrapKeyRequest,
+  type VerifyRequest,
+  type VerifyResponse,
+  type WrapKeyRequest,
+  type WrapKeyResponse,
+} from "../gen/hsm/v1/crypto";
+import { CURVE_BYTES, Device, KeyNotMaterializedError, partsFromSpki, type KeyAlgorithm, type Part, type Usage } from "../pkcs11";
+import type { StateStore } from "../store";
+import { decodeRecord, encodeRecord, recordKey, requestKey, toApiKey, type KeyRecord, type KeyVersion } from "./record";
+import { HASH_LEN, algorithmOf, cipherFor, isSecret, resolveUsages, signFor, specOf, wrapFor } from "./spec";
+import { derToRaw, rawToDer } from "./signature";
+
+/** Limits enforced at the edge of every call (named in configuration). */
+export interface KeyLimits {
+  maxPayloadBytes: number;
+  maxBatchItems: number;
+  maxLabelLength: number;
+  maxRandomBytes: number;
+  maxPageSize: number;
+  maxRequestIdLength: number;
+}
+
+export interface KeyServiceOptions {
+  device: Device;
+  store: StateStore;
+  limits: KeyLimits;
+  /** CKA_ID of the domain key in the device. */
+  domainKeyId: string;
+  /** CKA_ID of the BYOK import key pair. */
+  importKeyId: string;
+  log?: (msg: string) => void;
+}
+
+const LABEL_RE = /^[\p{L}\p{N} ._:/@+=-]+$/u;
+const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+/**
+ * Key management and crypto, transport-free. Every key is a record in the state store (the source of
+ * truth); the device holds its materialization. A create is acknowledged only after the store made
+ * the record durable; a failure at any step removes what the step before created.
+ */
+export class KeyService {
+  private readonly records = new Map<string, KeyRecord>();
+  private readonly device: Device;
+  private readonly store: StateStore;
+  private readonly limits: KeyLimits;
+  private unwatch: (() => void) | undefined;
+
+  constructor(private readonly opts: KeyServiceOptions) {
+    this.device = opts.device;
+    this.store = opts.store;
+    this.limits = opts.limits;
+  }
+
+  /** Loads every record, then follows the store so records written elsewhere show up. */
+  async start(): Promise<void> {
+    const rev = this.store.revision();
+    for (const e of await this.store.list("keys/")) {
+      const r = decodeRecord(e.value);
+      this.records.set(r.id, r);
+    }
+    this.unwatch = this.store.watch("keys/", rev, (ev: { type: string; key: string; value?: Buffer }) => {
+      const id = ev.key.slice("keys/".length);
+      if (ev.type === "delete") this.records.delete(id);
+      else if (ev.value) this.records.set(id, decodeRecord(ev.value));
+    });
+  }
+
+  stop(): void {
+    this.unwatch?.();
+  }
+
+  get keyCount(): number {
+    return this.records.size;
+  }
+
+  /**
+   * Checks every record against the device: materializes what is missing from its wrapped material,
+   * and destroys hsmd objects that no record owns (left by a create that crashed before its record
+   * was durable).
+   */
+  async reconcile(): Promise<{ materialized: number; orphansRemoved: number; lost: string[] }> {
+    const present = await this.device.listObjectIds();
+    let materialized = 0;
+    let orphansRemoved = 0;
+    const lost: string[] = [];
+    for (const r of this.records.values()) {
+      const parts = present.get(r.id);
+      const need: Part[] = r.publicOnly ? ["public"] : isSecret(algorithmOf(r.spec)) ? ["secret"] : ["private", "public"];
+      if (need.every((p) => parts?.has(p))) continue;
+      try {
+        await this.materialize(r);
+        materialized++;
+      } catch (e) {
+        lost.push(r.id);
+        this.opts.log?.(`reconcile: key ${r.id} cannot be materialized: ${(e as Error).message}`);
+      }
+    }
+    for (const id of present.keys()) {
+      if (id === this.opts.domainKeyId || id === this.opts.importKeyId || this.records.has(id)) continue;
+      // A record may have landed since the listing: check the store, not just the cache.
+      if (await this.store.get(recordKey(id))) continue;
+      await this.device.destroy(id);
+      orphansRemoved++;
+    }
+    return { materialized, orphansRemoved, lost };
+  }
+
+  private async materialize(r: KeyRecord): Promise<void> {
+    const alg = algorithmOf(r.spec);
+    const v = r.versions.find((x) => x.version === r.currentVersion)!;
+    await this.device.destroy(r.id);
+    if (v.residency === "public") {
+      await this.device.createPublic(r.id, r.publicKeySpki!, r.usages);
+      return;
+    }
+    if (v.residency === "device" || !v.material) {
+      throw new HsmError(Code.FailedPrecondition, `key ${r.id} exists only in the device that generated it (the device cannot wrap ${alg.type} keys) and is missing there`);
+    }
+    await this.device.materialize(r.id, alg, r.usages, v.material, r.publicKeySpki);
+  }
+
+  /** Runs a device operation on a key, materializing it from its record once if the device lacks it. */
+  private async withKey<T>(r: KeyRecord, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!(e instanceof KeyNotMaterializedError)) throw e;
+      this.opts.log?.(`key ${r.id} not in the device; materializing from its record`);
+      await this.materialize(r);
+      return fn();
+    }
+  }
+
+  // ---- validation helpers ----------------------------------------------------------------------
+
+  private label(label: string): string {
+    if (!label) throw invalid("label is required");
+    if ([...label].length > this.limits.maxLabelLength) throw invalid(`label is longer than ${this.limits.maxLabelLength} characters`);
+    if (!LABEL_RE.test(label)) throw invalid("label may hold letters, digits, spaces and . _ : / @ + = - only");
+    return label;
+  }
+
+  private requestId(rid: string): string | undefined {
+    if (!rid) return undefined;
+    if (rid.length > this.limits.maxRequestIdLength) throw invalid(`request_id is longer than ${this.limits.maxRequestIdLength} characters`);
+    return rid;
+  }
+
+  private payload(name: string, b: Buffer, allowEmpty = false): Buffer {
+    if (b.length > this.limits.maxPayloadBytes) throw exhausted(`${name} is ${b.length} bytes; the limit is ${this.limits.maxPayloadBytes} (limits.maxPayloadBytes)`);
+    if (!allowEmpty && b.length === 0) throw invalid(`${name} is empty`);
+    return b;
+  }
+
+  private checkBatch<T>(items: T[]): T[] {
+    if (items.length === 0) throw invalid("items is empty");
+    if (items.length > this.limits.maxBatchItems) throw exhausted(`batch has ${items.length} items; the limit is ${this.limits.maxBatchItems} (limits.maxBatchItems)`);
+    return items;
+  }
+
+  /** The record of a key id; NOT_FOUND when none. */
+  record(id: string, field = "key_id"): KeyRecord {
+    if (!id) throw invalid(`${field} is required`);
+    if (!ID_RE.test(id)) throw invalid(`${field} "${id.slice(0, 80)}" is not a key id`);
+    const r = this.records.get(id);
+    if (!r) throw notFound(`key ${id} not found`);
+    return r;
+  }
+
+  private needUsage(r: KeyRecord, u: Usage): void {
+    if (!r.usages.includes(u)) throw precondition(`key ${r.id} does not allow ${u} (its usages: ${r.usages.join(", ")})`);
+  }
+
+  // ---- create paths ----------------------------------------------------------------------------
+
+  /** Returns the key a request id already made, if any. */
+  private async existingFor(rid: string | undefined): Promise<KeyRecord | undefined> {
+    if (!rid) return undefined;
+    const e = await this.store.get(requestKey(rid));
+    if (!e) return undefined;
+    const id = e.value.toString("utf8");
+    const r = this.records.get(id) ?? (await this.store.get(recordKey(id)).then((x: { value: Buffer } | undefined) => (x ? decodeRecord(x.value) : undefined)));
+    if (!r) throw new HsmError(Code.AlreadyExists, `request_id was used for key ${id}, which has since been deleted`);
+    return r;
+  }
+
+  /**
+   * Common tail of every create: `make` puts the key in the device; then its material is wrapped for
+   * the record and the record committed with its request id. Anything failing undoes the device side.
+   */
+  private async create(
+    base: Omit<KeyRecord, "id" | "createdAt" | "currentVersion" | "versions" | "publicKeySpki"> & { publicKeySpki?: Buffer },
+    make: (id: string) => Promise<Buffer | undefined>,
+  ): Promise<Key> {
+    const existing = await this.existingFor(base.requestId);
+    if (existing) return toApiKey(existing);
+    const id = randomUUID();
+    const createdAt = new Date().toISOString();
+    try {
+      const spki = (await make(id)) ?? base.publicKeySpki;
+      let version: KeyVersion;
+      if (base.publicOnly) {
+        version = { version: 1, createdAt, residency: "public" };
+      } else {
+        const material = await this.device.wrapForRecord(id, isSecret(algorithmOf(base.spec)) ? "secret" : "private", this.opts.domainKeyId);
+        version = material ? { version: 1, createdAt, residency: "wrapped", material } : { version: 1, createdAt, residency: "device" };
+      }
+      const rec: KeyRecord = { ...base, id, createdAt, publicKeySpki: spki, currentVersion: 1, versions: [version] };
+      const compares = [{ key: recordKey(id), op: "absent" as const }];
+      const ops = [{ type: "put" as const, key: recordKey(id), value: encodeRecord(rec) }];
+      if (base.requestId) {
+        compares.push({ key: requestKey(base.requestId), op: "absent" });
+        ops.push({ type: "put", key: requestKey(base.requestId), value: Buffer.from(id) });
+      }
+      const res = await this.store.txn(compares, ops);
+      if (!res.succeeded) {
+        // Lost a race with the same request id: the other create won; return its key.
+        await this.device.destroy(id).catch(() => undefined);
+        const other = await this.existingFor(base.requestId);
+        if (other) return toApiKey(other);
+        throw new HsmError(Code.Unavailable, "create conflicted with a concurrent write; retry", { transient: true });
+      }
+      this.records.set(id, rec);
+      return toApiKey(rec);
+    } catch (e) {
+      if (!this.records.has(id)) await this.device.destroy(id).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  async generateKey(req: GenerateKeyRequest): Promise<Key> {
+    const alg = algorithmOf(req.spec);
+    const label = this.label(req.label);
+    const usages = resolveUsages(alg, req.usages);
+    const requestId = this.requestId(req.requestId);
+    return this.create(
+      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_GENERATED, publicOnly: false, exportable: req.exportable, requestId },
+      async (id) => (await this.device.generate(id, alg, usages)).spki,
+    );
+  }
+
+  async importPublicKey(req: ImportPublicKeyRequest): Promise<Key> {
+    const label = this.label(req.label);
+    const requestId = this.requestId(req.requestId);
+    const spki = parsePublicKey(req.format, this.payload("public_key", Buffer.from(req.publicKey)));
+    const { alg } = partsFromSpki(spki);
+    const usages = resolveUsages(alg, req.usages, true);
+    return this.create(
+      { label, spec: specOf(alg), usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_PUBLIC, publicOnly: true, exportable: false, requestId, publicKeySpki: spki },
+      async (id) => {
+        await this.device.createPublic(id, spki, usages);
+        return spki;
+      },
+    );
+  }
+
+  async getImportParameters(): Promise<GetImportParametersResponse> {
+    const spki = await this.device.ensureImportKey(this.opts.importKeyId);
+    return {
+      importKeyId: this.opts.importKeyId,
+      publicKeySpki: spki,
+      publicKeyPem: String(createPublicKey({ key: spki, format: "der", type: "spki" }).export({ type: "spki", format: "pem" })),
+      wrappingAlgorithm: "RSA_OAEP_SHA256_AES_KWP",
+    };
+  }
+
+  async importKey(req: ImportKeyRequest): Promise<Key> {
+    const alg = algorithmOf(req.spec);
+    const label = this.label(req.label);
+    const usages = resolveUsages(alg, req.usages);
+    const requestId = this.requestId(req.requestId);
+    if (req.importKeyId !== this.opts.importKeyId) throw notFound(`import key ${req.importKeyId || "(empty)"} not found: call GetImportParameters`);
+    const blob = this.payload("wrapped_key_material", Buffer.from(req.wrappedKeyMaterial));
+    if (!(await this.device.has(this.opts.importKeyId, "private"))) throw precondition("no import key yet: call GetImportParameters first");
+    const spki = isSecret(alg) ? undefined : this.checkPairSpki(alg, Buffer.from(req.publicKeySpki));
+    return this.create(
+      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_IMPORTED, publicOnly: false, exportable: req.exportable, requestId },
+      async (id) => {
+        await this.device.importWrapped(this.opts.importKeyId, blob, id, alg, usages);
+        if (spki) await this.provePair(id, alg, usages, spki, (tmp) => this.device.importWrapped(this.opts.importKeyId, blob, tmp, alg, ["sign"]));
+        return spki;
+      },
+    );
+  }
+
+  /** The public key given for an imported or unwrapped private key must match its spec. */
+  private checkPairSpki(alg: KeyAlgorithm, spki: Buffer): Buffer {
+    if (spki.length === 0) throw invalid("public_key_spki is required for an asymmetric key: the service stores and checks it");
+    const parts = partsFromSpki(spki);
+    if (JSON.stringify(parts.alg) !== JSON.stringify(alg)) throw invalid(`public_key_spki is a ${JSON.stringify(parts.alg)} key; spec says ${JSON.stringify(alg)}`);
+    return spki;
+  }
+
+  /**
+   * Proves that the private key just put in the device matches `spki`: creates the public object, and
+   * signs a random challenge with a temporary sign-only copy of the private key, verified in the device.
+   */
+  private async provePair(id: string, alg: KeyAlgorithm, usages: Usage[], spki: Buffer, makeSigner: (tmpId: string) => Promise<void>): Promise<void> {
+    await this.device.createPublic(id, spki, [...usages, "verify"].filter((u, i, a) => a.indexOf(u) === i) as Usage[]);
+    const tmp = randomUUID();
+    try {
+      await makeSigner(tmp);
+      const challenge = randomBytes(32);
+      const spec = alg.type === "rsa" ? signFor(1, alg, false) : alg.type === "ec" ? ({ name: "ECDSA", hash: "sha256", input: "message" } as const) : ({ name: "EDDSA" } as const);
+      const sig = await this.device.sign(tmp, spec, challenge);
+      // The public object may lack CKA_VERIFY when the usages don't include it: verify with a temp copy.
+      const pubTmp = randomUUID();
+      await this.device.createPublic(pubTmp, spki, ["verify"]);
+      try {
+        if (!(await this.device.verify(pubTmp, spec, challenge, sig))) throw invalid("public_key_spki does not match the private key");
+      } finally {
+        await this.device.destroy(pubTmp);
+      }
+    } finally {
+      await this.device.destroy(tmp);
+    }
+  }
+
+  // ---- reads and delete ------------------------------------------------------------------------
+
+  getKey(req: GetKeyRequest): Key {
+    return toApiKey(this.record(req.keyId));
+  }
+
+  listKeys(req: ListKeysRequest): ListKeysResponse {
+    const size = req.pageSize === 0 ? Math.min(100, this.limits.maxPageSize) : req.pageSize;
+    if (size > this.limits.maxPageSize) throw invalid(`page_size must be at most ${this.limits.maxPageSize}`);
+    let after = "";
+    if (req.pageToken) {
+      after = Buffer.from(req.pageToken, "base64url").toString("utf8");
+      if (!after.startsWith("k:") || !ID_RE.test(after.slice(2))) throw invalid("page_token is not one this service issued");
+      after = after.slice(2);
+    }
+    const usage = req.usage ? resolveUsageFilter(req.usage) : undefined;
+    const ids = [...this.records.keys()].sort();
+    const out: KeyRecord[] = [];
+    for (const id of ids) {
+      if (after && id <= after) continue;
+      const r = this.records.get(id)!;
+      if (req.labelPrefix && !r.label.startsWith(req.labelPrefix)) continue;
+      if (req.spec && r.spec !== req.spec) continue;
+      if (usage && !r.usages.includes(usage)) continue;
+      if (out.length === size) {
+        return { keys: out.map(toApiKey), nextPageToken: Buffer.from("k:" + out[out.length - 1]!.id).toString("base64url") };
+      }
+      out.push(r);
+    }
+    return { keys: out.map(toApiKey), nextPageToken: "" };
+  }
+
+  async deleteKey(req: DeleteKeyRequest): Promise<void> {
+    const r = this.record(req.keyId);
+    const ops = [{ type: "delete" as const, key: recordKey(r.id) }];
+    const res = await this.store.txn([{ key: recordKey(r.id), op: "present" }], ops);
+    if (!res.succeeded) throw notFound(`key ${r.id} not found`);
+    this.records.delete(r.id);
+    // The record is gone (durably); the objects follow. A crash here leaves orphans that the next
+    // start's reconcile destroys.
+    await this.device.destroy(r.id);
+  }
+
+  getPublicKey(req: GetPublicKeyRequest): GetPublicKeyResponse {
+    const r = this.record(req.keyId);
+    if (!r.publicKeySpki) throw precondition(`key ${r.id} is a secret key: it has no public key`);
+    const k = createPublicKey({ key: r.publicKeySpki, format: "der", type: "spki" });
+    const jwk = { ...k.export({ format: "jwk" }), kid: r.id };
+    return { keyId: r.id, spkiDer: r.publicKeySpki, pem: k.export({ type: "spki", format: "pem" }).toString(), jwk: JSON.stringify(jwk) };
+  }
+
+  // ---- crypto ----------------------------------------------------------------------------------
+
+  async encrypt(req: EncryptRequest): Promise<EncryptResponse> {
+    const r = this.record(req.keyId);
+    const alg = algorithmOf(r.spec);
+    const c = cipherFor(req.algorithm, alg);
+    this.needUsage(r, "encrypt");
+    const pt = this.payload("plaintext", Buffer.from(req.plaintext), c.name !== "RSA_OAEP");
+    const aad = Buffer.from(req.aad);
+    let iv = Buffer.from(req.iv);
+    if (c.name !== "AES_GCM" && aad.length) throw invalid("aad is only for AES_GCM");
+    if (c.name === "AES_GCM") {
+      if (iv.length) throw invalid("iv must be empty for AES_GCM: the service generates a fresh 12-byte IV for every encryption");
+      this.payload("aad", aad, true);
+      iv = randomBytes(12);
+    } else if (c.name === "AES_CBC_PAD" || c.name === "AES_CTR") {
+      if (iv.length === 0) iv = randomBytes(16);
+      else if (iv.length !== 16) throw invalid(`iv must be 16 bytes for ${c.name}; got ${iv.length}`);
+    } else if (iv.length) {
+      throw invalid("iv is not used with RSA_OAEP");
+    }
+    let outLen = pt.length + 32;
+    if (c.name === "RSA_OAEP") {
+      const k = (alg as { bits: number }).bits / 8;
+      const max = k - 2 * HASH_LEN[c.hash!] - 2;
+      if (pt.length > max) throw invalid(`plaintext is ${pt.length} bytes; RSA-OAEP with this key and hash takes at most ${max}`);
+      outLen = k;
+    }
+    const spec = c.name === "AES_GCM" ? { name: c.name, iv, aad, tagBytes: 16 } : c.name === "RSA_OAEP" ? { name: c.name, hash: c.hash! } : { name: c.name, iv };
+    const part: Part = r.publicKeySpki ? "public" : "secret";
+    const ct = await this.withKey(r, () => this.device.encrypt(r.id, part, spec, pt, outLen));
+    return { keyId: r.id, ciphertext: ct, iv: c.name === "RSA_OAEP" ? Buffer.alloc(0) : iv };
+  }
+
+  async decrypt(req: DecryptRequest): Promise<DecryptResponse> {
+    const r = this.record(req.keyId);
+    const alg = algorithmOf(r.spec);
+    const c = cipherFor(req.algorithm, alg);
+    this.needUsage(r, "decrypt");
+    if (r.publicOnly) throw precondition(`key ${r.id} is a public key: it cannot decrypt`);
+    const ct = this.payload("ciphertext", Buffer.from(req.ciphertext), c.name === "AES_CTR");
+    const aad = Buffer.from(req.aad);
+    const iv = Buffer.from(req.iv);
+    let spec;
+    if (c.name === "AES_GCM") {
+      const tag = req.tagLength || 16;
+      if (tag < 12 || tag > 16) throw invalid(`tag_length must be 12 to 16 bytes; got ${tag}`);
+      if (iv.length === 0) throw invalid("iv is required for AES_GCM decrypt: pass the one Encrypt returned");
+      if (iv.length > 128) throw invalid("iv is longer than 128 bytes");
+      if (ct.length < tag) throw invalid(`ciphertext is shorter than the ${tag}-byte tag`);
+      this.payload("aad", aad, true);
+      spec = { name: c.name, iv, aad, tagBytes: tag };
+    } else {
+      if (aad.length) throw invalid("aad is only for AES_GCM");
+      if (req.tagLength) throw invalid("tag_length is only for AES_GCM");
+      if (c.name === "RSA_OAEP") {
+        if (iv.length) throw invalid("iv is not used with RSA_OAEP");
+        spec = { name: c.name, hash: c.hash! };
+      } else {
+        if (iv.length !== 16) throw invalid(`iv must be 16 bytes for ${c.name}; got ${iv.length}`);
+        if (c.name === "AES_CBC_PAD" && ct.length % 16 !== 0) throw invalid("AES_CBC_PAD ciphertext must be a multiple of 16 bytes");
+        spec = { name: c.name, iv };
+      }
+    }
+    const part: Part = r.publicKeySpki ? "private" : "secret";
+    const pt = await this.withKey(r, () => this.device.decrypt(r.id, part, spec as never, ct, ct.length + 32));
+    return { keyId: r.id, plaintext: pt };
+  }
+
+  private signInput(req: SignRequest | VerifyRequest, r: KeyRecord) {
+    const alg = algorithmOf(r.spec);
+    const digest = req.messageType === MessageType.MESSAGE_TYPE_DIGEST;
+    if (req.messageType !== MessageType.MESSAGE_TYPE_RAW && !digest) throw invalid(`message_type must be RAW or DIGEST; got ${req.messageType}`);
+    const spec = signFor(req.algorithm, alg, digest);
+    const msg = this.payload("message", Buffer.from(req.message), spec.name === "HMAC" || spec.name === "EDDSA" || !digest);
+    if (digest && "hash" in spec && msg.length !== HASH_LEN[spec.hash]) {
+      throw invalid(`message is a ${spec.hash.toUpperCase()} digest and must be ${HASH_LEN[spec.hash]} bytes; got ${msg.length}`);
+    }
+    if (req.signatureFormat !== SignatureFormat.SIGNATURE_FORMAT_DER && req.signatureFormat !== SignatureFormat.SIGNATURE_FORMAT_RAW) {
+      throw invalid(`signature_format must be DER or RAW; got ${req.signatureFormat}`);
+    }
+    if (req.signatureFormat === SignatureFormat.SIGNATURE_FORMAT_RAW && spec.name !== "ECDSA") throw invalid("signature_format RAW applies to ECDSA only");
+    return { alg, spec, msg };
+  }
+
+  async sign(req: SignRequest): Promise<SignResponse> {
+    const r = this.record(req.keyId);
+    const { spec, msg } = this.signInput(req, r);
+    this.needUsage(r, "sign");
+    if (r.publicOnly) throw precondition(`key ${r.id} is a public key: it cannot sign`);
+    let sig = await this.withKey(r, () => this.device.sign(r.id, spec, msg));
+    if (spec.name === "ECDSA" && req.signatureFormat === SignatureFormat.SIGNATURE_FORMAT_DER) sig = rawToDer(sig);
+    return { keyId: r.id, signature: sig };
+  }
+
+  async verify(req: VerifyRequest): Promise<VerifyResponse> {
+    const r = this.record(req.keyId);
+    const { alg, spec, msg } = this.signInput(req, r);
+    this.needUsage(r, "verify");
+    let sig: Buffer = Buffer.from(req.signature);
+    if (sig.length === 0) throw invalid("signature is empty");
+    if (sig.length > 2048) throw invalid("signature is longer than any supported key's signature");
+    if (spec.name === "ECDSA") {
+      const size = CURVE_BYTES[(alg as { curve: keyof typeof CURVE_BYTES }).curve];
+      if (req.signatureFormat === SignatureFormat.SIGNATURE_FORMAT_DER) {
+        const raw = derToRaw(sig, size);
+        if (!raw) return { keyId: r.id, valid: false };
+        sig = raw;
+      } else if (sig.length !== 2 * size) {
+        return { keyId: r.id, valid: false };
+      }
+    }
+    const valid = await this.withKey(r, () => this.device.verify(r.id, spec, msg, sig));
+    return { keyId: r.id, valid };
+  }
+
+  async wrapKey(req: WrapKeyRequest): Promise<WrapKeyResponse> {
+    const w = this.record(req.wrappingKeyId, "wrapping_key_id");
+    const k = this.record(req.keyId);
+    const spec = wrapFor(req.algorithm);
+    this.needUsage(w, "wrap");
+    const walg = algorithmOf(w.spec);
+    const kalg = algorithmOf(k.spec);
+    if (!k.exportable) throw precondition(`key ${k.id} is not exportable: it was created with exportable=false`);
+    if (k.publicOnly) throw invalid(`key ${k.id} is a public key: fetch it with GetPublicKey instead`);
+    if ((spec.name === "AES_KW" || spec.name === "AES_KWP") && walg.type !== "aes") throw invalid(`${spec.name} needs an AES wrapping key; ${w.id} is ${walg.type.toUpperCase()}`);
+    if (spec.name === "RSA_OAEP" && walg.type !== "rsa") throw invalid(`RSA_OAEP needs an RSA wrapping key; ${w.id} is ${walg.type.toUpperCase()}`);
+    if (spec.name !== "AES_KWP" && !isSecret(kalg)) throw invalid(`${spec.name} wraps secret keys only; use AES_KWP for a private key`);
+    const blob = await this.withKey(w, () => this.withKey(k, () => this.device.wrap(w.id, walg.type === "rsa" ? "public" : "secret", spec, k.id, isSecret(kalg) ? "secret" : "private")));
+    return { wrappedKey: blob };
+  }
+
+  async unwrapKey(req: UnwrapKeyRequest): Promise<Key> {
+    const w = this.record(req.unwrappingKeyId, "unwrapping_key_id");
+    const spec = wrapFor(req.algorithm);
+    const alg = algorithmOf(req.spec);
+    const label = this.label(req.label);
+    const usages = resolveUsages(alg, req.usages);
+    const requestId = this.requestId(req.requestId);
+    this.needUsage(w, "unwrap");
+    if (w.publicOnly) throw precondition(`key ${w.id} is a public key: it cannot unwrap`);
+    const walg = algorithmOf(w.spec);
+    if ((spec.name === "AES_KW" || spec.name === "AES_KWP") && walg.type !== "aes") throw invalid(`${spec.name} needs an AES unwrapping key; ${w.id} is ${walg.type.toUpperCase()}`);
+    if (spec.name === "RSA_OAEP" && walg.type !== "rsa") throw invalid(`RSA_OAEP needs an RSA unwrapping key; ${w.id} is ${walg.type.toUpperCase()}`);
+    if (spec.name !== "AES_KWP" && !isSecret(alg)) throw invalid(`${spec.name} unwraps secret keys only; use AES_KWP for a private key`);
+    const blob = this.payload("wrapped_key", Buffer.from(req.wrappedKey));
+    if (spec.name === "AES_KW" && (blob.length % 8 !== 0 || blob.length < 24)) throw invalid("an AES_KW blob is a multiple of 8 bytes and at least 24");
+    const spki = isSecret(alg) ? undefined : this.checkPairSpki(alg, Buffer.from(req.publicKeySpki));
+    const part: Part = walg.type === "rsa" ? "private" : "secret";
+    return this.create(
+      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_UNWRAPPED, publicOnly: false, exportable: req.exportable, requestId },
+      async (id) => {
+        await this.withKey(w, () => this.device.unwrap(w.id, part, spec, blob, id, alg, usages));
+        if (spki) await this.provePair(id, alg, usages, spki, (tmp) => this.device.unwrap(w.id, part, spec, blob, tmp, alg, ["sign"]));
+        return spki;
+      },
+    );
+  }
+
+  async deriveKey(req: DeriveKeyRequest): Promise<Key> {
+    const p = this.record(req.privateKeyId, "private_key_id");
+    const palg = algorithmOf(p.spec);
+    if (palg.type !== "ec") throw invalid(`ECDH needs an EC private key; ${p.id} is ${palg.type.toUpperCase()}`);
+    this.needUsage(p, "derive");
+    if (p.publicOnly) throw precondition(`key ${p.id} is a public key: it cannot derive`);
+    const alg = algorithmOf(req.spec);
+    if (alg.type !== "aes") throw invalid("spec must be KEY_SPEC_AES_128 or KEY_SPEC_AES_256 for a derived key");
+    const label = this.label(req.label);
+    const usages = resolveUsages(alg, req.usages);
+    const requestId = this.requestId(req.requestId);
+    const peer = partsFromSpki(this.payload("peer_public_key_spki", Buffer.from(req.peerPublicKeySpki)));
+    if (peer.alg.type !== "ec" || peer.alg.curve !== palg.curve) throw invalid(`peer_public_key_spki must be an EC key on ${palg.curve}`);
+    return this.create(
+      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_DERIVED, publicOnly: false, exportable: req.exportable, requestId },
+      async (id) => {
+        await this.withKey(p, () => this.device.deriveEcdh(p.id, peer.point!, id, alg, usages));
+        return undefined;
+      },
+    );
+  }
+
+  async generateRandom(req: GenerateRandomRequest): Promise<GenerateRandomResponse> {
+    if (req.length === 0) throw invalid("length must be at least 1");
+    if (req.length > this.limits.maxRandomBytes) throw exhausted(`length ${req.length} is over the limit of ${this.limits.maxRandomBytes} bytes (limits.maxRandomBytes)`);
+    return { random: await this.device.random(req.length) };
+  }
+
+  // ---- batches ---------------------------------------------------------------------------------
+
+  /** Runs every item concurrently (the session pool bounds the device work); one result or error each. */
+  async runBatch<I, O>(items: I[], fn: (item: I) => Promise<O>): Promise<Array<{ $case: "ok"; value: O } | { $case: "error"; value: ItemError }>> {
+    this.checkBatch(items);
+    return Promise.all(
+      items.map(async (it) => {
+        try {
+          return { $case: "ok" as const, value: await fn(it) };
+        } catch (e) {
+          const err = HsmError.from(e);
+          return { $case: "error" as const, value: { code: err.grpcStatus, message: err.code === Code.Internal ? "internal error" : err.message } };
+        }
+      }),
+    );
+  }
+}
+
+function resolveUsageFilter(u: number): Usage {
+  const names: Record<number, Usage> = { 1: "encrypt", 2: "decrypt", 3: "sign", 4: "verify", 5: "wrap", 6: "unwrap", 7: "derive" };
+  const n = names[u];
+  if (!n) throw invalid(`usage filter ${u} is not a KeyUsage`);
+  return n;
+}
+
+/** Parses an imported public key in any of the accepted formats into SPKI DER. */
+export function parsePublicKey(format: PublicKeyFormat, data: Buffer): Buffer {
+  try {
+    switch (format) {
+      case PublicKeyFormat.PUBLIC_KEY_FORMAT_SPKI_DER:
+        return createPublicKey({ key: data, format: "der", type: "spki" }).export({ type: "spki", format: "der" });
+      case PublicKeyFormat.PUBLIC_KEY_FORMAT_PEM: {
+        const text = data.toString("utf8");
+        if (!text.includes("-----BEGIN PUBLIC KEY-----")) throw new Error("not a PEM public key");
+        return createPublicKey({ key: text, format: "pem" }).export({ type: "spki", format: "der" });
+      }
+      case PublicKeyFormat.PUBLIC_KEY_FORMAT_JWK: {
+        const jwk = JSON.parse(data.toString("utf8"));
+        if (!jwk || typeof jwk !== "object" || "d" in jwk) throw new Error("not a public JWK");
+        return createPublicKey({ key: jwk, format: "jwk" }).export({ type: "spki", format: "der" });
+      }
+      default:
+        throw invalid("format must be SPKI_DER, PEM or JWK");
+    }
+  } catch (e) {
+    if (e instanceof HsmError) throw e;
+    throw invalid(`public_key is not a valid ${PublicKeyFormat[format]} public key`);
+  }
+}

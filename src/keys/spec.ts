@@ -1,0 +1,166 @@
+import { KeySpec, KeyUsage } from "../gen/hsm/v1/keys";
+import { EncryptionAlgorithm, SigningAlgorithm, WrapAlgorithm } from "../gen/hsm/v1/crypto";
+import type { CipherSpec, Hash, KeyAlgorithm, SignSpec, Usage, WrapSpec } from "../pkcs11";
+import { invalid } from "../errors";
+
+/** KeySpec (API) → key algorithm (device). */
+export const SPEC_ALGORITHM: Partial<Record<KeySpec, KeyAlgorithm>> = {
+  [KeySpec.KEY_SPEC_AES_128]: { type: "aes", bits: 128 },
+  [KeySpec.KEY_SPEC_AES_256]: { type: "aes", bits: 256 },
+  [KeySpec.KEY_SPEC_HMAC_SHA256]: { type: "hmac", hash: "sha256" },
+  [KeySpec.KEY_SPEC_HMAC_SHA384]: { type: "hmac", hash: "sha384" },
+  [KeySpec.KEY_SPEC_HMAC_SHA512]: { type: "hmac", hash: "sha512" },
+  [KeySpec.KEY_SPEC_RSA_2048]: { type: "rsa", bits: 2048 },
+  [KeySpec.KEY_SPEC_RSA_3072]: { type: "rsa", bits: 3072 },
+  [KeySpec.KEY_SPEC_RSA_4096]: { type: "rsa", bits: 4096 },
+  [KeySpec.KEY_SPEC_EC_P256]: { type: "ec", curve: "P-256" },
+  [KeySpec.KEY_SPEC_EC_P384]: { type: "ec", curve: "P-384" },
+  [KeySpec.KEY_SPEC_EC_P521]: { type: "ec", curve: "P-521" },
+  [KeySpec.KEY_SPEC_EC_SECP256K1]: { type: "ec", curve: "secp256k1" },
+  [KeySpec.KEY_SPEC_ED25519]: { type: "ed25519" },
+};
+
+/** The KeySpec of a device key algorithm (for imported public keys). */
+export function specOf(alg: KeyAlgorithm): KeySpec {
+  for (const [k, v] of Object.entries(SPEC_ALGORITHM)) {
+    if (JSON.stringify(v) === JSON.stringify(alg)) return Number(k) as KeySpec;
+  }
+  throw invalid(`unsupported key algorithm ${JSON.stringify(alg)}`);
+}
+
+export function algorithmOf(spec: KeySpec): KeyAlgorithm {
+  const alg = SPEC_ALGORITHM[spec];
+  if (!alg) throw invalid(`spec must be one of ${Object.keys(SPEC_ALGORITHM).map((k) => KeySpec[Number(k)]).join(", ")}; got ${KeySpec[spec] ?? spec}`);
+  return alg;
+}
+
+export const isSecret = (alg: KeyAlgorithm) => alg.type === "aes" || alg.type === "hmac";
+
+const USAGE_NAME: Record<number, Usage> = {
+  [KeyUsage.KEY_USAGE_ENCRYPT]: "encrypt",
+  [KeyUsage.KEY_USAGE_DECRYPT]: "decrypt",
+  [KeyUsage.KEY_USAGE_SIGN]: "sign",
+  [KeyUsage.KEY_USAGE_VERIFY]: "verify",
+  [KeyUsage.KEY_USAGE_WRAP]: "wrap",
+  [KeyUsage.KEY_USAGE_UNWRAP]: "unwrap",
+  [KeyUsage.KEY_USAGE_DERIVE]: "derive",
+};
+const USAGE_ENUM = Object.fromEntries(Object.entries(USAGE_NAME).map(([k, v]) => [v, Number(k) as KeyUsage])) as Record<Usage, KeyUsage>;
+
+/** Which usages each kind of key may have. */
+const ALLOWED: Record<KeyAlgorithm["type"], Usage[]> = {
+  aes: ["encrypt", "decrypt", "wrap", "unwrap"],
+  hmac: ["sign", "verify"],
+  rsa: ["encrypt", "decrypt", "sign", "verify", "wrap", "unwrap"],
+  ec: ["sign", "verify", "derive"],
+  ed25519: ["sign", "verify"],
+};
+const DEFAULTS: Record<KeyAlgorithm["type"], Usage[]> = {
+  aes: ["encrypt", "decrypt"],
+  hmac: ["sign", "verify"],
+  rsa: ["sign", "verify"],
+  ec: ["sign", "verify"],
+  ed25519: ["sign", "verify"],
+};
+
+/** Resolves requested usages: defaults when empty; INVALID_ARGUMENT for one that the kind cannot have. */
+export function resolveUsages(alg: KeyAlgorithm, requested: readonly KeyUsage[], publicOnly = false): Usage[] {
+  if (requested.length === 0) return publicOnly ? (alg.type === "rsa" ? ["verify"] : ["verify"]) : [...DEFAULTS[alg.type]];
+  const out = new Set<Usage>();
+  const allowed = publicOnly ? ALLOWED[alg.type].filter((u) => u === "verify" || u === "encrypt" || u === "wrap") : ALLOWED[alg.type];
+  for (const r of requested) {
+    const u = USAGE_NAME[r];
+    if (!u) throw invalid(`usages: unknown usage ${r}`);
+    if (!allowed.includes(u)) throw invalid(`usages: a ${alg.type}${publicOnly ? " public" : ""} key cannot be used to ${u} (allowed: ${allowed.join(", ")})`);
+    out.add(u);
+  }
+  return [...out];
+}
+
+export const usageEnums = (u: readonly Usage[]): KeyUsage[] => u.map((x) => USAGE_ENUM[x]);
+export const usageName = (u: KeyUsage): Usage | undefined => USAGE_NAME[u];
+
+/** An encryption algorithm resolved for a key: the cipher spec minus per-call parameters. */
+export function cipherFor(alg: EncryptionAlgorithm, key: KeyAlgorithm): { name: CipherSpec["name"]; hash?: Hash } {
+  const need = (t: KeyAlgorithm["type"], name: CipherSpec["name"], hash?: Hash) => {
+    if (key.type !== t) throw invalid(`algorithm ${EncryptionAlgorithm[alg]} needs an ${t.toUpperCase()} key; this key is ${key.type.toUpperCase()}`);
+    return { name, hash };
+  };
+  switch (alg) {
+    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM:
+      return need("aes", "AES_GCM");
+    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_CBC_PAD:
+      return need("aes", "AES_CBC_PAD");
+    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_CTR:
+      return need("aes", "AES_CTR");
+    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_RSA_OAEP_SHA256:
+      return need("rsa", "RSA_OAEP", "sha256");
+    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_RSA_OAEP_SHA384:
+      return need("rsa", "RSA_OAEP", "sha384");
+    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_RSA_OAEP_SHA512:
+      return need("rsa", "RSA_OAEP", "sha512");
+    default:
+      throw invalid(`algorithm must be one of AES_GCM, AES_CBC_PAD, AES_CTR, RSA_OAEP_SHA256/384/512; got ${EncryptionAlgorithm[alg] ?? alg}`);
+  }
+}
+
+/** A signing algorithm resolved for a key; INVALID_ARGUMENT when it does not fit the key. */
+export function signFor(alg: SigningAlgorithm, key: KeyAlgorithm, digest: boolean): SignSpec {
+  const input = digest ? "digest" : "message";
+  const need = (t: KeyAlgorithm["type"]) => {
+    if (key.type !== t) throw invalid(`algorithm ${SigningAlgorithm[alg]} needs ${t === "ec" ? "an EC" : t === "rsa" ? "an RSA" : t === "hmac" ? "an HMAC" : "an Ed25519"} key; this key is ${key.type.toUpperCase()}`);
+  };
+  const S = SigningAlgorithm;
+  const hashOf: Partial<Record<SigningAlgorithm, Hash>> = {
+    [S.SIGNING_ALGORITHM_RSA_PKCS1_SHA256]: "sha256", [S.SIGNING_ALGORITHM_RSA_PKCS1_SHA384]: "sha384", [S.SIGNING_ALGORITHM_RSA_PKCS1_SHA512]: "sha512",
+    [S.SIGNING_ALGORITHM_RSA_PSS_SHA256]: "sha256", [S.SIGNING_ALGORITHM_RSA_PSS_SHA384]: "sha384", [S.SIGNING_ALGORITHM_RSA_PSS_SHA512]: "sha512",
+    [S.SIGNING_ALGORITHM_ECDSA_SHA256]: "sha256", [S.SIGNING_ALGORITHM_ECDSA_SHA384]: "sha384", [S.SIGNING_ALGORITHM_ECDSA_SHA512]: "sha512",
+    [S.SIGNING_ALGORITHM_HMAC_SHA256]: "sha256", [S.SIGNING_ALGORITHM_HMAC_SHA384]: "sha384", [S.SIGNING_ALGORITHM_HMAC_SHA512]: "sha512",
+  };
+  const hash = hashOf[alg];
+  switch (alg) {
+    case S.SIGNING_ALGORITHM_RSA_PKCS1_SHA256:
+    case S.SIGNING_ALGORITHM_RSA_PKCS1_SHA384:
+    case S.SIGNING_ALGORITHM_RSA_PKCS1_SHA512:
+      need("rsa");
+      return { name: "RSA_PKCS1", hash: hash!, input };
+    case S.SIGNING_ALGORITHM_RSA_PSS_SHA256:
+    case S.SIGNING_ALGORITHM_RSA_PSS_SHA384:
+    case S.SIGNING_ALGORITHM_RSA_PSS_SHA512:
+      need("rsa");
+      return { name: "RSA_PSS", hash: hash!, input };
+    case S.SIGNING_ALGORITHM_ECDSA_SHA256:
+    case S.SIGNING_ALGORITHM_ECDSA_SHA384:
+    case S.SIGNING_ALGORITHM_ECDSA_SHA512:
+      need("ec");
+      return { name: "ECDSA", hash: hash!, input };
+    case S.SIGNING_ALGORITHM_ED25519:
+      need("ed25519");
+      if (digest) throw invalid("Ed25519 (PureEdDSA) signs the message itself: message_type DIGEST is not allowed");
+      return { name: "EDDSA" };
+    case S.SIGNING_ALGORITHM_HMAC_SHA256:
+    case S.SIGNING_ALGORITHM_HMAC_SHA384:
+    case S.SIGNING_ALGORITHM_HMAC_SHA512:
+      need("hmac");
+      if (digest) throw invalid("HMAC is computed over the message: message_type DIGEST is not allowed");
+      if (key.type === "hmac" && key.hash !== hash) throw invalid(`this is an HMAC-${key.hash.toUpperCase()} key; use SIGNING_ALGORITHM_HMAC_${key.hash.toUpperCase()}`);
+      return { name: "HMAC", hash: hash! };
+    default:
+      throw invalid(`algorithm must be a SigningAlgorithm other than UNSPECIFIED; got ${SigningAlgorithm[alg] ?? alg}`);
+  }
+}
+
+export function wrapFor(alg: WrapAlgorithm): WrapSpec {
+  switch (alg) {
+    case WrapAlgorithm.WRAP_ALGORITHM_AES_KW:
+      return { name: "AES_KW" };
+    case WrapAlgorithm.WRAP_ALGORITHM_AES_KWP:
+      return { name: "AES_KWP" };
+    case WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA256:
+      return { name: "RSA_OAEP", hash: "sha256" };
+    default:
+      throw invalid(`algorithm must be AES_KW, AES_KWP or RSA_OAEP_SHA256; got ${WrapAlgorithm[alg] ?? alg}`);
+  }
+}
+
+export const HASH_LEN: Record<Hash, number> = { sha256: 32, sha384: 48, sha512: 64 };
