@@ -1,0 +1,78 @@
+/**
+ * The public hsmd client SDK: {@link HsmClient} over the `hsm.v1` gRPC API, its one error class
+ * {@link HsmClientError}, the BYOK helper {@link wrapForImport}, and the API's enums and message types.
+ */
+
+/** The client: one promise-returning method per RPC of KeyService and CryptoService. */
+export { HsmClient } from "./client";
+/** The one error every client call rejects with (numeric gRPC `code`, `codeName`, `details`, `cause`). */
+export { HsmClientError } from "./client-error";
+/** Client-side BYOK wrapping: RSA-OAEP-SHA256(ephemeral AES-256 key) || AES-KWP(key, material). */
+export { wrapForImport } from "./wrap-for-import";
+/** Default per-call deadline in milliseconds (30 s). */
+export { DEFAULT_DEADLINE_MS } from "./client-options";
+/** gRPC status codes, to compare with {@link HsmClientError.code} (`GrpcStatus.NOT_FOUND` …). */
+export { status as GrpcStatus } from "@grpc/grpc-js";
+
+/** Key kinds and sizes, usages, states, origins and public key formats of `hsm/v1/keys.proto`. */
+export { KeyOrigin, KeySpec, KeyState, KeyUsage, PublicKeyFormat } from "../gen/hsm/v1/keys";
+/** Algorithms and formats of `hsm/v1/crypto.proto`. */
+export {
+  EncryptionAlgorithm,
+  MessageType,
+  SignatureFormat,
+  SigningAlgorithm,
+  WrapAlgorithm,
+} from "../gen/hsm/v1/crypto";
+
+/** Client and per-call settings. */
+export type { BatchRequestInit, CallOptions, ListKeysFilter } from "./client";
+/** Options of the {@link HsmClient} constructor. */
+export type { HsmClientOptions, HsmClientTlsOptions } from "./client-options";
+
+/** KeyService messages. */
+export type {
+  DeleteKeyRequest,
+  DeleteKeyResponse,
+  GenerateKeyRequest,
+  GetImportParametersRequest,
+  GetImportParametersResponse,
+  GetKeyRequest,
+  GetPublicKeyRequest,
+  GetPublicKeyResponse,
+  ImportKeyRequest,
+  ImportPublicKeyRequest,
+  Key,
+  ListKeysRequest,
+  ListKeysResponse,
+} from "../gen/hsm/v1/keys";
+/** CryptoService messages, including the per-item results of the batch calls. */
+export type {
+  BatchDecryptRequest,
+  BatchDecryptResponse,
+  BatchDecryptResult,
+  BatchEncryptRequest,
+  BatchEncryptResponse,
+  BatchEncryptResult,
+  BatchSignRequest,
+  BatchSignResponse,
+  BatchSignResult,
+  BatchVerifyRequest,
+  BatchVerifyResponse,
+  BatchVerifyResult,
+  DecryptRequest,
+  DecryptResponse,
+  DeriveKeyRequest,
+  EncryptRequest,
+  EncryptResponse,
+  GenerateRandomRequest,
+  GenerateRandomResponse,
+  ItemError,
+  SignRequest,
+  SignResponse,
+  UnwrapKeyRequest,
+  VerifyRequest,
+  VerifyResponse,
+  WrapKeyRequest,
+  WrapKeyResponse,
+} from "../gen/hsm/v1/crypto";
