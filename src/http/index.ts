@@ -1,0 +1,2 @@
+export { buildAdminApp } from "./app";
+export type { AdminDeps, ErrorBody, ReadinessCheck } from "./app";

@@ -1,0 +1,161 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+
+/** What the session pool reports at scrape time; the same shape as the device layer's pool stats. */
+export interface PoolSnapshot {
+  /** Sessions the pool holds open. */
+  size: number;
+  /** Sessions running an operation right now. */
+  busy: number;
+  /** Callers queued for a free session. */
+  waiting: number;
+}
+
+export interface MetricsOptions {
+  /**
+   * Whether to register prom-client's process and Node.js metrics (`hsmd_process_*`, `hsmd_nodejs_*`).
+   * Tests that build many instances may turn them off.
+   * @default true
+   */
+  defaultMetrics?: boolean;
+}
+
+/**
+ * Latency buckets in seconds, from 50µs (a cached in-process operation) to 5s (a slow RSA key
+ * generation on a network HSM). Roughly 1-2.5-5 per decade.
+ */
+export const LATENCY_BUCKETS: readonly number[] = Object.freeze([
+  0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+]);
+
+/**
+ * The daemon's Prometheus metrics, in a registry of their own (never prom-client's global one, so
+ * that several daemons or tests in one process never collide). The observe methods are cheap enough for
+ * every RPC and every device call; pool and key-count gauges are read from their sources only when
+ * scraped.
+ */
+export class Metrics {
+  /** The registry every hsmd series lives in; other layers may register their own metrics here. */
+  readonly registry: Registry;
+
+  private readonly rpcTotal: Counter<"method" | "code">;
+  private readonly rpcDuration: Histogram<"method">;
+  private readonly deviceDuration: Histogram<"mechanism">;
+  private readonly deviceTotal: Counter<"mechanism" | "result">;
+  private poolSource: (() => PoolSnapshot) | undefined;
+  private keyCountSource: (() => number) | undefined;
+
+  constructor(options: MetricsOptions = {}) {
+    const registry = new Registry();
+    this.registry = registry;
+    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: "hsmd_" });
+
+    this.rpcTotal = new Counter({
+      name: "hsmd_grpc_requests_total",
+      help: "gRPC requests handled, by full method name and gRPC status code name.",
+      labelNames: ["method", "code"] as const,
+      registers: [registry],
+    });
+    this.rpcDuration = new Histogram({
+      name: "hsmd_grpc_request_duration_seconds",
+      help: "Time from receiving a gRPC request to sending its response, by method.",
+      labelNames: ["method"] as const,
+      buckets: [...LATENCY_BUCKETS],
+      registers: [registry],
+    });
+    this.deviceDuration = new Histogram({
+      name: "hsmd_device_operation_duration_seconds",
+      help: "Duration of PKCS#11 operations on the device, by mechanism (CKM_* name).",
+      labelNames: ["mechanism"] as const,
+      buckets: [...LATENCY_BUCKETS],
+      registers: [registry],
+    });
+    this.deviceTotal = new Counter({
+      name: "hsmd_device_operations_total",
+      help: "PKCS#11 operations on the device, by mechanism and result (ok or error).",
+      labelNames: ["mechanism", "result"] as const,
+      registers: [registry],
+    });
+
+    // Gauges read their source at scrape time: nothing to keep in step on the hot path. Until a source
+    // is set, the labelled pool series are absent and the unlabelled ones read 0 (prom-client's default);
+    // a source that throws keeps the previous scrape's values rather than reporting a false 0.
+    const metrics = this;
+    new Gauge({
+      name: "hsmd_pool_sessions",
+      help: "PKCS#11 sessions in the pool, by state (busy running an operation, idle).",
+      labelNames: ["state"] as const,
+      registers: [registry],
+      collect() {
+        const s = metrics.readPool();
+        if (!s) return;
+        this.set({ state: "busy" }, s.busy);
+        this.set({ state: "idle" }, Math.max(0, s.size - s.busy));
+      },
+    });
+    new Gauge({
+      name: "hsmd_pool_waiting",
+      help: "Callers waiting for a free PKCS#11 session.",
+      registers: [registry],
+      collect() {
+        const s = metrics.readPool();
+        if (!s) return;
+        this.set(s.waiting);
+      },
+    });
+    new Gauge({
+      name: "hsmd_keys",
+      help: "Keys this node knows of in the state store.",
+      registers: [registry],
+      collect() {
+        const n = metrics.readKeyCount();
+        if (n === undefined) return;
+        this.set(n);
+      },
+    });
+  }
+
+  /** Records one finished RPC: `method` is the full gRPC method path, `code` the status name (e.g. "OK"). */
+  observeRpc(method: string, code: string, seconds: number): void {
+    this.rpcTotal.inc({ method, code });
+    this.rpcDuration.observe({ method }, seconds);
+  }
+
+  /** Records one device operation: `mechanism` is the CKM_* name (or the operation's name when none). */
+  observeDevice(mechanism: string, seconds: number, ok: boolean): void {
+    this.deviceDuration.observe({ mechanism }, seconds);
+    this.deviceTotal.inc({ mechanism, result: ok ? "ok" : "error" });
+  }
+
+  /** Where `hsmd_pool_sessions` and `hsmd_pool_waiting` come from; called once per scrape. */
+  setPoolSource(fn: () => PoolSnapshot): void {
+    this.poolSource = fn;
+  }
+
+  /** Where `hsmd_keys` comes from; called once per scrape. */
+  setKeyCountSource(fn: () => number): void {
+    this.keyCountSource = fn;
+  }
+
+  /** The Prometheus text exposition of every series, with the content type to serve it under. */
+  async render(): Promise<{ contentType: string; body: string }> {
+    const body = await this.registry.metrics();
+    return { contentType: this.registry.contentType, body };
+  }
+
+  /** A source that throws (device closing, say) must not fail the whole scrape: its gauges keep their last values. */
+  private readPool(): PoolSnapshot | undefined {
+    try {
+      return this.poolSource?.();
+    } catch {
+      return undefined;
+    }
+  }
+
+  private readKeyCount(): number | undefined {
+    try {
+      return this.keyCountSource?.();
+    } catch {
+      return undefined;
+    }
+  }
+}
