@@ -1,0 +1,18 @@
+/**
+ * The state store: the replicated record that is hsmd's source of truth (DESIGN.md principle 2), and
+ * the single-node embedded implementation that acknowledges a write only once it is fsync'd
+ * (principle 3). An etcd implementation implements the same {@link StateStore}.
+ */
+export type { Compare, ListOptions, Op, StateStore, StoreEntry, TxnResult, WatchEvent } from "./types";
+export {
+  COMPACT_TMP_FILE,
+  DEFAULT_COMPACT_AFTER_BYTES,
+  EmbeddedStore,
+  LOG_FILE,
+  StoreCompactedError,
+  openEmbeddedStore,
+  type EmbeddedStoreOptions,
+  type EmbeddedStoreStats,
+} from "./embedded";
+export { LOCK_FILE } from "./lock";
+export { getJson, jsonCodec, putJson, type Codec, type JsonEntry } from "./json";

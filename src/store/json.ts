@@ -1,0 +1,35 @@
+/** Typed JSON records over the byte-valued store. */
+import { Code, HsmError } from "../errors";
+import type { StateStore, StoreEntry } from "./types";
+
+export interface Codec<T> {
+  encode(value: T): Buffer;
+  decode(bytes: Buffer, key?: string): T;
+}
+
+/** UTF-8 JSON. decode throws INTERNAL (a stored record that does not parse is a bug or damage). */
+export function jsonCodec<T>(): Codec<T> {
+  return {
+    encode: (value: T) => Buffer.from(JSON.stringify(value), "utf8"),
+    decode: (bytes: Buffer, key?: string) => {
+      try {
+        return JSON.parse(bytes.toString("utf8")) as T;
+      } catch (err) {
+        throw new HsmError(Code.Internal, `stored record ${key ?? ""} is not valid JSON`, { cause: err });
+      }
+    },
+  };
+}
+
+export interface JsonEntry<T> extends Omit<StoreEntry, "value"> {
+  value: T;
+}
+
+export async function getJson<T>(store: StateStore, key: string): Promise<JsonEntry<T> | undefined> {
+  const e = await store.get(key);
+  return e ? { ...e, value: jsonCodec<T>().decode(e.value, key) } : undefined;
+}
+
+export function putJson<T>(store: StateStore, key: string, value: T): Promise<number> {
+  return store.put(key, jsonCodec<T>().encode(value));
+}
