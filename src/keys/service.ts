@@ -291,7 +291,7 @@ export class KeyService {
       importKeyId: this.opts.importKeyId,
       publicKeySpki: spki,
       publicKeyPem: String(createPublicKey({ key: spki, format: "der", type: "spki" }).export({ type: "spki", format: "pem" })),
-      wrappingAlgorithm: "RSA_OAEP_SHA256_AES_KWP",
+      wrappingAlgorithm: `RSA_OAEP_${this.device.importOaepHash().toUpperCase()}_AES_KWP`,
     };
   }
 
@@ -420,13 +420,13 @@ export class KeyService {
       throw invalid("iv is not used with RSA_OAEP");
     }
     let outLen = pt.length + 32;
+    const k = alg.type === "rsa" ? alg.bits / 8 : 0;
     if (c.name === "RSA_OAEP") {
-      const k = (alg as { bits: number }).bits / 8;
       const max = k - 2 * HASH_LEN[c.hash!] - 2;
       if (pt.length > max) throw invalid(`plaintext is ${pt.length} bytes; RSA-OAEP with this key and hash takes at most ${max}`);
       outLen = k;
     }
-    const spec = c.name === "AES_GCM" ? { name: c.name, iv, aad, tagBytes: 16 } : c.name === "RSA_OAEP" ? { name: c.name, hash: c.hash! } : { name: c.name, iv };
+    const spec = c.name === "AES_GCM" ? { name: c.name, iv, aad, tagBytes: 16 } : c.name === "RSA_OAEP" ? { name: c.name, hash: c.hash!, k } : { name: c.name, iv };
     const part: Part = r.publicKeySpki ? "public" : "secret";
     const ct = await this.withKey(r, () => this.device.encrypt(r.id, part, spec, pt, outLen));
     return { keyId: r.id, ciphertext: ct, iv: c.name === "RSA_OAEP" ? Buffer.alloc(0) : iv };
@@ -455,7 +455,7 @@ export class KeyService {
       if (req.tagLength) throw invalid("tag_length is only for AES_GCM");
       if (c.name === "RSA_OAEP") {
         if (iv.length) throw invalid("iv is not used with RSA_OAEP");
-        spec = { name: c.name, hash: c.hash! };
+        spec = { name: c.name, hash: c.hash!, k: (alg as { bits: number }).bits / 8 };
       } else {
         if (iv.length !== 16) throw invalid(`iv must be 16 bytes for ${c.name}; got ${iv.length}`);
         if (c.name === "AES_CBC_PAD" && ct.length % 16 !== 0) throw invalid("AES_CBC_PAD ciphertext must be a multiple of 16 bytes");

@@ -1,6 +1,6 @@
 import { KeySpec, KeyUsage } from "../gen/hsm/v1/keys";
 import { EncryptionAlgorithm, SigningAlgorithm, WrapAlgorithm } from "../gen/hsm/v1/crypto";
-import type { CipherSpec, Hash, KeyAlgorithm, SignSpec, Usage, WrapSpec } from "../pkcs11";
+import type { CipherSpec, Hash, KeyAlgorithm, OaepHash, SignSpec, Usage, WrapSpec } from "../pkcs11";
 import { invalid } from "../errors";
 
 /** KeySpec (API) → key algorithm (device). */
@@ -81,8 +81,8 @@ export const usageEnums = (u: readonly Usage[]): KeyUsage[] => u.map((x) => USAG
 export const usageName = (u: KeyUsage): Usage | undefined => USAGE_NAME[u];
 
 /** An encryption algorithm resolved for a key: the cipher spec minus per-call parameters. */
-export function cipherFor(alg: EncryptionAlgorithm, key: KeyAlgorithm): { name: CipherSpec["name"]; hash?: Hash } {
-  const need = (t: KeyAlgorithm["type"], name: CipherSpec["name"], hash?: Hash) => {
+export function cipherFor(alg: EncryptionAlgorithm, key: KeyAlgorithm): { name: CipherSpec["name"]; hash?: OaepHash } {
+  const need = (t: KeyAlgorithm["type"], name: CipherSpec["name"], hash?: OaepHash) => {
     if (key.type !== t) throw invalid(`algorithm ${EncryptionAlgorithm[alg]} needs an ${t.toUpperCase()} key; this key is ${key.type.toUpperCase()}`);
     return { name, hash };
   };
@@ -99,8 +99,10 @@ export function cipherFor(alg: EncryptionAlgorithm, key: KeyAlgorithm): { name: 
       return need("rsa", "RSA_OAEP", "sha384");
     case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_RSA_OAEP_SHA512:
       return need("rsa", "RSA_OAEP", "sha512");
+    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_RSA_OAEP_SHA1:
+      return need("rsa", "RSA_OAEP", "sha1");
     default:
-      throw invalid(`algorithm must be one of AES_GCM, AES_CBC_PAD, AES_CTR, RSA_OAEP_SHA256/384/512; got ${EncryptionAlgorithm[alg] ?? alg}`);
+      throw invalid(`algorithm must be one of AES_GCM, AES_CBC_PAD, AES_CTR, RSA_OAEP_SHA1/256/384/512; got ${EncryptionAlgorithm[alg] ?? alg}`);
   }
 }
 
@@ -158,9 +160,11 @@ export function wrapFor(alg: WrapAlgorithm): WrapSpec {
       return { name: "AES_KWP" };
     case WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA256:
       return { name: "RSA_OAEP", hash: "sha256" };
+    case WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA1:
+      return { name: "RSA_OAEP", hash: "sha1" };
     default:
-      throw invalid(`algorithm must be AES_KW, AES_KWP or RSA_OAEP_SHA256; got ${WrapAlgorithm[alg] ?? alg}`);
+      throw invalid(`algorithm must be AES_KW, AES_KWP, RSA_OAEP_SHA256 or RSA_OAEP_SHA1; got ${WrapAlgorithm[alg] ?? alg}`);
   }
 }
 
-export const HASH_LEN: Record<Hash, number> = { sha256: 32, sha384: 48, sha512: 64 };
+export const HASH_LEN: Record<OaepHash, number> = { sha1: 20, sha256: 32, sha384: 48, sha512: 64 };

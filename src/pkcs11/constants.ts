@@ -27,6 +27,14 @@ export const HASH_MECH: Record<Hash, { digest: number; mgf: number; hmac: number
   sha512: { digest: pk.CKM_SHA512, mgf: pk.CKG_MGF1_SHA512, hmac: pk.CKM_SHA512_HMAC, rsaPkcs: pk.CKM_SHA512_RSA_PKCS, rsaPss: pk.CKM_SHA512_RSA_PKCS_PSS, len: 64 },
 };
 
+/** OAEP hash → (CKM digest, CKG MGF1). */
+export const OAEP_MECH: Record<"sha1" | "sha256" | "sha384" | "sha512", { digest: number; mgf: number; len: number }> = {
+  sha1: { digest: pk.CKM_SHA_1, mgf: pk.CKG_MGF1_SHA1, len: 20 },
+  sha256: { digest: pk.CKM_SHA256, mgf: pk.CKG_MGF1_SHA256, len: 32 },
+  sha384: { digest: pk.CKM_SHA384, mgf: pk.CKG_MGF1_SHA384, len: 48 },
+  sha512: { digest: pk.CKM_SHA512, mgf: pk.CKG_MGF1_SHA512, len: 64 },
+};
+
 /** DER DigestInfo prefixes (RFC 8017 §9.2 note 1), for CKM_RSA_PKCS over a precomputed digest. */
 export const DIGEST_INFO_PREFIX: Record<Hash, Buffer> = {
   sha256: Buffer.from("3031300d060960864801650304020105000420", "hex"),
@@ -48,6 +56,7 @@ export const MECHANISM_NAMES: Record<number, string> = {
   [CKM_AES_KEY_WRAP_PAD]: "CKM_AES_KEY_WRAP_PAD",
   [pk.CKM_RSA_PKCS_OAEP]: "CKM_RSA_PKCS_OAEP",
   [pk.CKM_RSA_PKCS]: "CKM_RSA_PKCS",
+  [pk.CKM_RSA_X_509]: "CKM_RSA_X_509",
   [pk.CKM_RSA_PKCS_PSS]: "CKM_RSA_PKCS_PSS",
   [pk.CKM_SHA256_RSA_PKCS]: "CKM_SHA256_RSA_PKCS",
   [pk.CKM_SHA384_RSA_PKCS]: "CKM_SHA384_RSA_PKCS",

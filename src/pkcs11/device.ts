@@ -7,13 +7,16 @@ import {
   CKM_EDDSA,
   DIGEST_INFO_PREFIX,
   HASH_MECH,
+  OAEP_MECH,
   mechanismName,
 } from "./constants";
+import { oaepDecode, oaepEncode } from "./oaep";
+import { generateKeyPairSync } from "node:crypto";
 import { CKR, ckrOf, isHandleStale, isSessionLost, mapDeviceError } from "./ckr";
 import { SessionPool } from "./pool";
 import { derOctetString, partsFromSpki, spkiFromAttributes } from "./spki";
 import { idAttrs, privateTemplate, publicTemplate, secretTemplate, type TemplateIntent } from "./templates";
-import type { CipherSpec, DeviceObserver, KeyAlgorithm, Part, PoolStats, SignSpec, Usage, WrapSpec, WrappedMaterial } from "./types";
+import type { CipherSpec, DeviceObserver, KeyAlgorithm, OaepHash, Part, PoolStats, SignSpec, Usage, WrapSpec, WrappedMaterial } from "./types";
 
 /** How to reach the token. The PIN is held in memory only, never logged. */
 export interface DeviceOptions {
@@ -64,6 +67,8 @@ export class Device {
   private recovering: Promise<void> | undefined;
   private closed = false;
   private mechs = new Set<number>();
+  /** OAEP hashes the device does natively (probed at open). */
+  private oaepNative = new Set<OaepHash>();
   token!: TokenInfo;
 
   private constructor(private readonly opts: DeviceOptions) {}
@@ -78,7 +83,45 @@ export class Device {
     }
     d.initialize();
     d.openSessions();
+    await d.probeOaep();
     return d;
+  }
+
+  /**
+   * Which OAEP hashes CKM_RSA_PKCS_OAEP accepts: the mechanism list cannot tell (SoftHSM2 2.6 lists
+   * it but takes SHA-1 only), so try each on a throw-away public key.
+   */
+  private async probeOaep(): Promise<void> {
+    if (!this.mechs.has(pk.CKM_RSA_PKCS_OAEP)) return;
+    const jwk = generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey.export({ format: "jwk" });
+    await this.run("C_EncryptInit", undefined, (s) => {
+      const h = this.p11.C_CreateObject(s, [
+        { type: pk.CKA_CLASS, value: pk.CKO_PUBLIC_KEY },
+        { type: pk.CKA_KEY_TYPE, value: pk.CKK_RSA },
+        { type: pk.CKA_TOKEN, value: false },
+        { type: pk.CKA_ENCRYPT, value: true },
+        { type: pk.CKA_MODULUS, value: Buffer.from(jwk.n!, "base64url") },
+        { type: pk.CKA_PUBLIC_EXPONENT, value: Buffer.from(jwk.e!, "base64url") },
+      ]);
+      try {
+        for (const hash of ["sha1", "sha256", "sha384", "sha512"] as OaepHash[]) {
+          try {
+            this.p11.C_EncryptInit(s, oaep(hash), h);
+            this.p11.C_Encrypt(s, Buffer.from([1]), Buffer.alloc(256));
+            this.oaepNative.add(hash);
+          } catch {
+            /* not supported */
+          }
+        }
+      } finally {
+        this.p11.C_DestroyObject(s, h);
+      }
+    });
+  }
+
+  /** Does CKM_RSA_PKCS_OAEP work with this hash on this device? */
+  supportsOaep(hash: OaepHash): boolean {
+    return this.oaepNative.has(hash);
   }
 
   private initialize(): void {
@@ -483,7 +526,7 @@ export class Device {
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
     await this.run("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, async (s) => {
-      const eph = await this.p11.C_UnwrapKeyAsync(s, oaep("sha256"), this.handle(s, importKeyId, "private"), blob.subarray(0, rsaLen), [
+      const eph = await this.p11.C_UnwrapKeyAsync(s, oaep(this.importOaepHash()), this.handle(s, importKeyId, "private"), blob.subarray(0, rsaLen), [
         { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
         { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
         { type: pk.CKA_TOKEN, value: false },
@@ -500,8 +543,23 @@ export class Device {
     });
   }
 
+  /** Key wrapping has no host-side OAEP fallback: the unwrapped key must never pass through the host. */
+  private requireOaepFor(spec: WrapSpec): void {
+    if (spec.name === "RSA_OAEP" && !this.oaepNative.has(spec.hash)) {
+      throw precondition(`the device does not support CKM_RSA_PKCS_OAEP with ${spec.hash.toUpperCase()}${this.oaepNative.has("sha1") ? "; use RSA_OAEP_SHA1" : ""}`);
+    }
+  }
+
+  /** The OAEP hash BYOK import uses on this device: SHA-256 where supported, else SHA-1. */
+  importOaepHash(): OaepHash {
+    if (this.oaepNative.has("sha256")) return "sha256";
+    if (this.oaepNative.has("sha1")) return "sha1";
+    throw precondition("the device supports CKM_RSA_PKCS_OAEP with neither SHA-256 nor SHA-1: key import is not available");
+  }
+
   /** Unwraps a caller's blob under one of hsmd's keys into a new key. */
   async unwrap(unwrappingKeyId: string, unwrappingPart: Part, spec: WrapSpec, blob: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<void> {
+    this.requireOaepFor(spec);
     const mech = wrapMechanism(spec);
     this.requireMechanism(mech.mechanism, `unwrap with ${spec.name}`);
     const t = this.intent(id, alg, usages);
@@ -514,6 +572,7 @@ export class Device {
 
   /** Wraps a key's secret or private part under another key. */
   async wrap(wrappingKeyId: string, wrappingPart: Part, spec: WrapSpec, keyId: string, keyPart: Part): Promise<Buffer> {
+    this.requireOaepFor(spec);
     const mech = wrapMechanism(spec);
     this.requireMechanism(mech.mechanism, `wrap with ${spec.name}`);
     const out = await this.run("C_WrapKey", mech.mechanism, (s) =>
@@ -540,6 +599,16 @@ export class Device {
   // ---- crypto --------------------------------------------------------------------------------
 
   async encrypt(id: string, part: Part, spec: CipherSpec, data: Buffer, outLen: number): Promise<Buffer> {
+    if (spec.name === "RSA_OAEP" && !this.oaepNative.has(spec.hash)) {
+      // RSA in the device, OAEP encoding on the host (only the message passes through the host).
+      const em = oaepEncode(data, spec.k, spec.hash);
+      this.requireMechanism(pk.CKM_RSA_X_509, `RSA-OAEP with ${spec.hash}`);
+      const out = await this.run("C_Encrypt", pk.CKM_RSA_X_509, (s) => {
+        this.p11.C_EncryptInit(s, { mechanism: pk.CKM_RSA_X_509 }, this.handle(s, id, part));
+        return this.p11.C_EncryptAsync(s, em, Buffer.alloc(spec.k));
+      });
+      return Buffer.concat([Buffer.alloc(spec.k - out.length), out]);
+    }
     const mech = cipherMechanism(spec);
     this.requireMechanism(mech.mechanism, spec.name);
     const out = await this.run("C_Encrypt", mech.mechanism, (s) => {
@@ -550,6 +619,18 @@ export class Device {
   }
 
   async decrypt(id: string, part: Part, spec: CipherSpec, data: Buffer, outLen: number): Promise<Buffer> {
+    if (spec.name === "RSA_OAEP" && !this.oaepNative.has(spec.hash)) {
+      this.requireMechanism(pk.CKM_RSA_X_509, `RSA-OAEP with ${spec.hash}`);
+      if (data.length !== spec.k) throw new HsmError(Code.InvalidArgument, `RSA-OAEP ciphertext must be ${spec.k} bytes for this key; got ${data.length}`);
+      const em = await this.run("C_Decrypt", pk.CKM_RSA_X_509, (s) => {
+        this.p11.C_DecryptInit(s, { mechanism: pk.CKM_RSA_X_509 }, this.handle(s, id, part));
+        return this.p11.C_DecryptAsync(s, data, Buffer.alloc(spec.k));
+      });
+      const m = oaepDecode(Buffer.from(em), spec.k, spec.hash);
+      em.fill(0);
+      if (!m) throw new HsmError(Code.InvalidArgument, "decrypt: RSA-OAEP decryption failed: wrong key, hash or ciphertext");
+      return m;
+    }
     const mech = cipherMechanism(spec);
     this.requireMechanism(mech.mechanism, spec.name);
     try {
@@ -600,10 +681,10 @@ export class Device {
   }
 }
 
-function oaep(hash: "sha256" | "sha384" | "sha512"): pk.Mechanism {
+function oaep(hash: OaepHash): pk.Mechanism {
   return {
     mechanism: pk.CKM_RSA_PKCS_OAEP,
-    parameter: { type: pk.CK_PARAMS_RSA_OAEP, hashAlg: HASH_MECH[hash].digest, mgf: HASH_MECH[hash].mgf, source: 1 /* CKZ_DATA_SPECIFIED */ } as pk.RsaOAEP,
+    parameter: { type: pk.CK_PARAMS_RSA_OAEP, hashAlg: OAEP_MECH[hash].digest, mgf: OAEP_MECH[hash].mgf, source: 1 /* CKZ_DATA_SPECIFIED */ } as pk.RsaOAEP,
   };
 }
 

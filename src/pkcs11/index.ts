@@ -6,4 +6,4 @@ export { Device, KeyNotMaterializedError } from "./device";
 export type { DeviceOptions, TokenInfo } from "./device";
 export { partsFromSpki, spkiFromAttributes } from "./spki";
 export { CURVE_BYTES, mechanismName } from "./constants";
-export type { CipherSpec, Curve, DeviceObserver, Hash, KeyAlgorithm, Part, PoolStats, SignSpec, Usage, WrapSpec, WrappedMaterial } from "./types";
+export type { CipherSpec, Curve, OaepHash, DeviceObserver, Hash, KeyAlgorithm, Part, PoolStats, SignSpec, Usage, WrapSpec, WrappedMaterial } from "./types";

@@ -1,6 +1,8 @@
 /** Key algorithms the device layer can create and use (domain terms, not PKCS#11 terms). */
 export type Curve = "P-256" | "P-384" | "P-521" | "secp256k1";
 export type Hash = "sha256" | "sha384" | "sha512";
+/** Hashes RSA-OAEP may use (SHA-1 remains common for OAEP, where its collisions do not matter). */
+export type OaepHash = Hash | "sha1";
 
 export type KeyAlgorithm =
   | { type: "aes"; bits: 128 | 256 }
@@ -19,7 +21,7 @@ export type CipherSpec =
   | { name: "AES_GCM"; iv: Buffer; aad: Buffer; tagBytes: number }
   | { name: "AES_CBC_PAD"; iv: Buffer }
   | { name: "AES_CTR"; iv: Buffer }
-  | { name: "RSA_OAEP"; hash: Hash };
+  | { name: "RSA_OAEP"; hash: OaepHash; /** modulus length in bytes */ k: number };
 
 /** A signature operation. `input` says whether the data is the message or its digest. */
 export type SignSpec =
@@ -29,7 +31,7 @@ export type SignSpec =
   | { name: "EDDSA" }
   | { name: "HMAC"; hash: Hash };
 
-export type WrapSpec = { name: "AES_KW" } | { name: "AES_KWP" } | { name: "RSA_OAEP"; hash: Hash };
+export type WrapSpec = { name: "AES_KW" } | { name: "AES_KWP" } | { name: "RSA_OAEP"; hash: OaepHash };
 
 /** Stats of the session pool, for /metrics. */
 export interface PoolStats {

@@ -17,10 +17,16 @@ const KWP_AIV = Buffer.from("A65959A6", "hex");
  *
  * @param importPublicKeySpki the import wrapping key from `getImportParameters()` (`publicKeySpki`, SPKI DER)
  * @param material raw key bytes for AES and HMAC keys; PKCS#8 DER for private keys
+ * @param wrappingAlgorithm `getImportParameters().wrappingAlgorithm`: `RSA_OAEP_SHA256_AES_KWP` (default) or
+ *   `RSA_OAEP_SHA1_AES_KWP` (devices without SHA-256 OAEP, such as SoftHSM2 2.6)
  * @returns the value for `ImportKeyRequest.wrappedKeyMaterial`
  * @throws {HsmClientError} INVALID_ARGUMENT when the public key is not RSA SPKI DER or the material is empty
  */
-export function wrapForImport(importPublicKeySpki: Buffer, material: Buffer): Buffer {
+export function wrapForImport(importPublicKeySpki: Buffer, material: Buffer, wrappingAlgorithm = "RSA_OAEP_SHA256_AES_KWP"): Buffer {
+  const oaepHash = { RSA_OAEP_SHA256_AES_KWP: "sha256", RSA_OAEP_SHA1_AES_KWP: "sha1" }[wrappingAlgorithm];
+  if (!oaepHash) {
+    throw new HsmClientError(status.INVALID_ARGUMENT, `wrapForImport: unknown wrapping algorithm ${wrappingAlgorithm}`);
+  }
   if (!Buffer.isBuffer(material) || material.length === 0) {
     throw new HsmClientError(status.INVALID_ARGUMENT, "wrapForImport: material must be a non-empty Buffer");
   }
@@ -43,7 +49,7 @@ export function wrapForImport(importPublicKeySpki: Buffer, material: Buffer): Bu
     randomFillSync(ephemeral);
     // oaepHash sets the OAEP digest; OpenSSL uses the same digest for MGF1 unless told otherwise.
     const wrappedKey = publicEncrypt(
-      { key: publicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256" },
+      { key: publicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash },
       ephemeral,
     );
     const kwp = createCipheriv("id-aes256-wrap-pad", ephemeral, KWP_AIV);
