@@ -211,7 +211,7 @@ export class Device {
   private async run<T>(op: string, mech: number | undefined, fn: (s: Buffer) => Promise<T> | T, retry = true): Promise<T> {
     if (this.recovering) await this.recovering.catch(() => undefined);
     const gen = this.generation;
-    const session = await this.pool.acquire();
+    let session = await this.pool.acquire();
     const t0 = process.hrtime.bigint();
     let ok = false;
     let released = false;
@@ -221,6 +221,16 @@ export class Device {
       return r;
     } catch (e) {
       const ckr = ckrOf(e);
+      if (!this.closed && gen === this.generation && mayLeaveOperationActive(ckr)) {
+        // Some devices (SoftHSM2 2.6) leave the operation active after such an error, which would
+        // poison the pooled session for every later call: swap in a fresh session.
+        session = this.replaceSession(session);
+        if (retry && ckr === CKR.OPERATION_ACTIVE) {
+          this.pool.release(session);
+          released = true;
+          return this.run(op, mech, fn, false);
+        }
+      }
       if (retry && !this.closed && isSessionLost(ckr)) {
         this.pool.release(session, gen !== this.generation);
         released = true;
@@ -240,6 +250,18 @@ export class Device {
         this.opts.observer(mechanismName(mech), Number(process.hrtime.bigint() - t0) / 1e9, ok);
       }
     }
+  }
+
+  /** Closes one session and opens another in its place (logging in again if that was the last one). */
+  private replaceSession(old: Buffer): Buffer {
+    this.safe(() => this.p11.C_CloseSession(old));
+    const fresh = this.p11.C_OpenSession(this.slot, pk.CKF_SERIAL_SESSION | pk.CKF_RW_SESSION);
+    try {
+      this.p11.C_Login(fresh, pk.CKU_USER, this.opts.pin);
+    } catch (e) {
+      if (ckrOf(e) !== CKR.USER_ALREADY_LOGGED_IN) throw e;
+    }
+    return fresh;
   }
 
   /**
@@ -337,6 +359,15 @@ export class Device {
         if (e instanceof KeyNotMaterializedError) return false;
         throw e;
       }
+    });
+  }
+
+  /** CKA_VALUE_LEN of a secret key (bytes). */
+  async valueLength(id: string): Promise<number> {
+    return this.run("C_GetAttributeValue", undefined, (s) => {
+      const [v] = this.p11.C_GetAttributeValue(s, this.handle(s, id, "secret"), [{ type: pk.CKA_VALUE_LEN }]);
+      const b = v!.value as Buffer;
+      return b.length >= 8 ? Number(b.readBigUInt64LE(0)) : b.readUInt32LE(0);
     });
   }
 
@@ -540,7 +571,7 @@ export class Device {
       } finally {
         this.safe(() => this.p11.C_DestroyObject(s, eph));
       }
-    });
+    }).catch(badBlob);
   }
 
   /** Key wrapping has no host-side OAEP fallback: the unwrapped key must never pass through the host. */
@@ -567,7 +598,7 @@ export class Device {
     await this.run("C_UnwrapKey", mech.mechanism, async (s) => {
       const h = await this.p11.C_UnwrapKeyAsync(s, mech, this.handle(s, unwrappingKeyId, unwrappingPart), blob, secret ? secretTemplate(t, false) : privateTemplate(t));
       this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
-    });
+    }).catch(badBlob);
   }
 
   /** Wraps a key's secret or private part under another key. */
@@ -613,7 +644,7 @@ export class Device {
     this.requireMechanism(mech.mechanism, spec.name);
     const out = await this.run("C_Encrypt", mech.mechanism, (s) => {
       this.p11.C_EncryptInit(s, mech, this.handle(s, id, part));
-      return this.p11.C_EncryptAsync(s, data, Buffer.alloc(outLen));
+      return this.p11.C_EncryptAsync(s, ptr(data), Buffer.alloc(outLen));
     });
     return Buffer.from(out);
   }
@@ -622,10 +653,19 @@ export class Device {
     if (spec.name === "RSA_OAEP" && !this.oaepNative.has(spec.hash)) {
       this.requireMechanism(pk.CKM_RSA_X_509, `RSA-OAEP with ${spec.hash}`);
       if (data.length !== spec.k) throw new HsmError(Code.InvalidArgument, `RSA-OAEP ciphertext must be ${spec.k} bytes for this key; got ${data.length}`);
-      const em = await this.run("C_Decrypt", pk.CKM_RSA_X_509, (s) => {
-        this.p11.C_DecryptInit(s, { mechanism: pk.CKM_RSA_X_509 }, this.handle(s, id, part));
-        return this.p11.C_DecryptAsync(s, data, Buffer.alloc(spec.k));
-      });
+      let em: Buffer;
+      try {
+        em = await this.run("C_Decrypt", pk.CKM_RSA_X_509, (s) => {
+          this.p11.C_DecryptInit(s, { mechanism: pk.CKM_RSA_X_509 }, this.handle(s, id, part));
+          return this.p11.C_DecryptAsync(s, data, Buffer.alloc(spec.k));
+        });
+      } catch (e) {
+        // A ciphertext at or above the modulus: one answer for every kind of bad ciphertext.
+        if (e instanceof HsmError && e.code !== Code.Unavailable && !(e instanceof KeyNotMaterializedError)) {
+          throw new HsmError(Code.InvalidArgument, "decrypt: RSA-OAEP decryption failed: wrong key, hash or ciphertext");
+        }
+        throw e;
+      }
       const m = oaepDecode(Buffer.from(em), spec.k, spec.hash);
       em.fill(0);
       if (!m) throw new HsmError(Code.InvalidArgument, "decrypt: RSA-OAEP decryption failed: wrong key, hash or ciphertext");
@@ -636,7 +676,7 @@ export class Device {
     try {
       const out = await this.run("C_Decrypt", mech.mechanism, (s) => {
         this.p11.C_DecryptInit(s, mech, this.handle(s, id, part));
-        return this.p11.C_DecryptAsync(s, data, Buffer.alloc(outLen));
+        return this.p11.C_DecryptAsync(s, ptr(data), Buffer.alloc(outLen));
       });
       return Buffer.from(out);
     } catch (e) {
@@ -654,7 +694,7 @@ export class Device {
     this.requireMechanism(mech.mechanism, spec.name);
     const out = await this.run("C_Sign", mech.mechanism, (s) => {
       this.p11.C_SignInit(s, mech, this.handle(s, id, part));
-      return this.p11.C_SignAsync(s, input, Buffer.alloc(1024));
+      return this.p11.C_SignAsync(s, ptr(input), Buffer.alloc(1024));
     });
     return Buffer.from(out);
   }
@@ -666,7 +706,7 @@ export class Device {
     try {
       return await this.run("C_Verify", mech.mechanism, (s) => {
         this.p11.C_VerifyInit(s, mech, this.handle(s, id, part));
-        return this.p11.C_VerifyAsync(s, input, signature);
+        return this.p11.C_VerifyAsync(s, ptr(input), ptr(signature));
       });
     } catch (e) {
       const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
@@ -679,6 +719,31 @@ export class Device {
   async random(n: number): Promise<Buffer> {
     return this.run("C_GenerateRandom", undefined, (s) => Buffer.from(this.p11.C_GenerateRandom(s, Buffer.alloc(n))));
   }
+}
+
+/**
+ * pkcs11js passes a NULL pointer for a zero-length Buffer, which SoftHSM2 refuses with
+ * CKR_ARGUMENTS_BAD; a zero-length view of a real allocation passes a valid pointer and length 0.
+ */
+function ptr(b: Buffer): Buffer {
+  return b.length === 0 ? Buffer.alloc(1).subarray(0, 0) : b;
+}
+
+/**
+ * SoftHSM2 reports a failed integrity check of an AES-KW/KWP or OAEP blob as CKR_GENERAL_ERROR (or a
+ * decoding failure as CKR_ARGUMENTS_BAD/CKR_DATA_INVALID): the caller's blob is bad.
+ */
+function badBlob(e: unknown): never {
+  const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
+  if (ckr === CKR.GENERAL_ERROR || ckr === CKR.ARGUMENTS_BAD || ckr === CKR.DATA_INVALID || ckr === CKR.DATA_LEN_RANGE || ckr === CKR.ENCRYPTED_DATA_INVALID || ckr === CKR.ENCRYPTED_DATA_LEN_RANGE) {
+    throw new HsmError(Code.InvalidArgument, "unwrap: the wrapped key blob failed its integrity check or does not decode under this key", { cause: (e as HsmError).cause });
+  }
+  throw e;
+}
+
+/** Errors after which a device may still hold the session's operation open. */
+function mayLeaveOperationActive(ckr: number | undefined): boolean {
+  return ckr === CKR.ARGUMENTS_BAD || ckr === CKR.GENERAL_ERROR || ckr === CKR.OPERATION_ACTIVE || ckr === 0x6 /* CKR_FUNCTION_FAILED */;
 }
 
 function oaep(hash: OaepHash): pk.Mechanism {

@@ -91,6 +91,24 @@ describe("device", () => {
     expect(await dev.sign("hm", { name: "HMAC", hash: "sha256" }, Buffer.from("m"))).toEqual(mac);
   });
 
+  it("materializes a destroyed EC private key from its wrapped PKCS#8 record", async () => {
+    const { spki } = await dev.generate("ecm", { type: "ec", curve: "P-384" }, ["sign", "verify"]);
+    const w = await dev.wrapForRecord("ecm", "private", DOMAIN);
+    await dev.destroy("ecm");
+    await dev.materialize("ecm", { type: "ec", curve: "P-384" }, ["sign", "verify"], w!, spki);
+    const msg = Buffer.from("after materialize");
+    const sig = await dev.sign("ecm", { name: "ECDSA", hash: "sha384", input: "message" }, msg);
+    expect(crypto.verify("sha384", msg, { key: pub(spki!), dsaEncoding: "ieee-p1363" }, sig)).toBe(true);
+  });
+
+  it("an empty message signs (no NULL pointer) and a failed call does not poison the session", async () => {
+    await dev.generate("hm0", { type: "hmac", hash: "sha256" }, ["sign", "verify"]);
+    for (let i = 0; i < 10; i++) {
+      const mac = await dev.sign("hm0", { name: "HMAC", hash: "sha256" }, Buffer.alloc(0));
+      expect(await dev.verify("hm0", { name: "HMAC", hash: "sha256" }, Buffer.alloc(0), mac)).toBe(true);
+    }
+  });
+
   it("ECDH derives the key Node derives (rightmost bytes of the shared secret, as SoftHSM2 truncates)", async () => {
     const { spki } = await dev.generate("ecdh", { type: "ec", curve: "P-256" }, ["derive"]);
     const peer = crypto.generateKeyPairSync("ec", { namedCurve: "P-256" });
