@@ -628,7 +628,8 @@ export function parsePublicKey(format: PublicKeyFormat, data: Buffer): Buffer {
       }
       case PublicKeyFormat.PUBLIC_KEY_FORMAT_JWK: {
         const jwk = JSON.parse(data.toString("utf8"));
-        if (!jwk || typeof jwk !== "object" || "d" in jwk) throw new Error("not a public JWK");
+        if (!jwk || typeof jwk !== "object") throw new Error("not a JWK");
+        if ("d" in jwk) throw invalid('public_key is a private JWK (it has "d"): send only the public members (drop "d" and the other private ones)');
         return createPublicKey({ key: jwk, format: "jwk" }).export({ type: "spki", format: "der" });
       }
       default:
