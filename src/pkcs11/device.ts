@@ -387,7 +387,17 @@ export class Device {
         this.p11.C_FindObjectsFinal(s);
       }
       for (const h of hs) {
-        const [label, id, cls] = this.p11.C_GetAttributeValue(s, h, [{ type: pk.CKA_LABEL }, { type: pk.CKA_ID }, { type: pk.CKA_CLASS }]);
+        let attrs: pk.Attribute[];
+        try {
+          attrs = this.p11.C_GetAttributeValue(s, h, [{ type: pk.CKA_LABEL }, { type: pk.CKA_ID }, { type: pk.CKA_CLASS }]);
+        } catch (e) {
+          // A process killed while the device wrote an object can leave one it cannot read back
+          // (SoftHSM2: a truncated object file answers CKR_ATTRIBUTE_VALUE_INVALID). It cannot be
+          // told to be hsmd's; skip it rather than fail the whole listing (and the start).
+          this.opts.log?.(`pkcs11: skipping an object whose attributes cannot be read (${(e as Error).message})`);
+          continue;
+        }
+        const [label, id, cls] = attrs;
         const l = (label!.value as Buffer).toString("utf8");
         if (!l.startsWith("hsmd:")) continue;
         const c = (cls!.value as Buffer).readUInt32LE(0);

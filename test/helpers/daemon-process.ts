@@ -1,0 +1,143 @@
+/**
+ * hsmd as a real child process (`node dist/src/main.js init --config FILE`) on a temp SoftHSM2 token,
+ * so that tests can kill it with SIGKILL and start it again on the same token and data directory.
+ * The PIN reaches it through a PIN file (mode 600); its stdout and stderr are captured whole.
+ */
+import { spawn, execSync, type ChildProcess } from "node:child_process";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { createTempToken, SOFTHSM_MODULE, type TempToken } from "./softhsm";
+
+export const REPO = resolve(__dirname, "../..");
+export const MAIN_JS = join(REPO, "dist/src/main.js");
+
+/** Compiles src/ into dist/ (once per test file, in its beforeAll). */
+export function buildDist(): void {
+  execSync("npx tsc -p tsconfig.json", { cwd: REPO, stdio: "pipe" });
+}
+
+export interface DaemonProcess {
+  token: TempToken;
+  /** temp root holding the config, the PIN file and the data dir */
+  root: string;
+  dataDir: string;
+  pinFile: string;
+  configFile: string;
+  /** host:port of the gRPC server of the current run */
+  grpc: string;
+  /** admin base URL of the current run */
+  admin: string;
+  pid: number;
+  /** everything every run wrote to stdout / stderr, concatenated */
+  stdout(): string;
+  stderr(): string;
+  kill(signal: NodeJS.Signals): void;
+  /** Resolves with the exit code and signal of the current run. */
+  waitExit(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** SIGTERM (graceful) unless the process already exited, then a new run on the same token and data. */
+  restart(): Promise<void>;
+  /** Stops the process (SIGTERM, then SIGKILL after 10 s) and removes token and data. */
+  cleanup(): Promise<void>;
+}
+
+interface Run {
+  child: ChildProcess;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  exited: boolean;
+}
+
+export async function startDaemonProcess(opts: { limits?: Record<string, number>; poolSize?: number } = {}): Promise<DaemonProcess> {
+  const token = createTempToken();
+  const root = mkdtempSync(join(tmpdir(), "hsmd-proc-"));
+  const dataDir = join(root, "data");
+  mkdirSync(dataDir);
+  const pinFile = join(root, "pin");
+  writeFileSync(pinFile, `${token.pin}\n`, { mode: 0o600 });
+  chmodSync(pinFile, 0o600);
+  const configFile = join(root, "hsmd.json");
+  writeFileSync(
+    configFile,
+    JSON.stringify({
+      node: { id: "proc-node", dataDir },
+      listen: { grpc: "127.0.0.1:0", admin: "127.0.0.1:0" },
+      device: { profile: "softhsm2", module: SOFTHSM_MODULE, tokenLabel: token.label, pin: { file: pinFile }, poolSize: opts.poolSize ?? 4 },
+      ...(opts.limits ? { limits: opts.limits } : {}),
+    }),
+  );
+  let out = "";
+  let err = "";
+  let run: Run | undefined;
+
+  const launch = (): Promise<{ grpc: string; admin: string; pid: number }> =>
+    new Promise((resolveReady, reject) => {
+      const child = spawn(process.execPath, [MAIN_JS, "init", "--config", configFile], {
+        cwd: root,
+        env: { ...process.env, SOFTHSM2_CONF: token.conf },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let runOut = "";
+      let ready = false;
+      const r: Run = {
+        child,
+        exited: false,
+        exit: new Promise((res) =>
+          child.on("exit", (code, signal) => {
+            r.exited = true;
+            if (!ready) reject(new Error(`hsmd exited before ready (code ${code}, signal ${signal}):\n${err.slice(-4000)}`));
+            res({ code, signal });
+          }),
+        ),
+      };
+      run = r;
+      child.stdout!.setEncoding("utf8");
+      child.stderr!.setEncoding("utf8");
+      child.stderr!.on("data", (s: string) => (err += s));
+      child.stdout!.on("data", (s: string) => {
+        out += s;
+        runOut += s;
+        if (ready) return;
+        const g = /gRPC\s+(127\.0\.0\.1:\d+)/.exec(runOut);
+        const a = /admin\s+(http:\/\/127\.0\.0\.1:\d+)/.exec(runOut);
+        if (runOut.includes("hsmd ready") && g && a) {
+          ready = true;
+          resolveReady({ grpc: g[1]!, admin: a[1]!, pid: child.pid! });
+        }
+      });
+    });
+
+  const first = await launch();
+  const dp: DaemonProcess = {
+    token,
+    root,
+    dataDir,
+    pinFile,
+    configFile,
+    ...first,
+    stdout: () => out,
+    stderr: () => err,
+    kill: (signal) => {
+      run!.child.kill(signal);
+    },
+    waitExit: () => run!.exit,
+    restart: async () => {
+      if (!run!.exited) {
+        run!.child.kill("SIGTERM");
+        await run!.exit;
+      }
+      const next = await launch();
+      Object.assign(dp, next);
+    },
+    cleanup: async () => {
+      if (run && !run.exited) {
+        run.child.kill("SIGTERM");
+        const t = setTimeout(() => run!.child.kill("SIGKILL"), 10_000);
+        await run.exit;
+        clearTimeout(t);
+      }
+      token.cleanup();
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+  return dp;
+}

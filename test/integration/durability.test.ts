@@ -1,0 +1,366 @@
+/**
+ * Durability of hsmd as a real process on a real SoftHSM2 token: keys survive a graceful restart and a
+ * SIGKILL in the middle of a burst of creates (no acknowledged key lost, no half key left: the start-up
+ * reconcile removes token objects without a record and re-materializes records whose objects are
+ * gone), and nothing the daemon writes (data dir, stdout, stderr) holds key material, the PIN or a
+ * plaintext in the clear.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import * as crypto from "node:crypto";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { EncryptionAlgorithm, HsmClient, KeySpec, KeyUsage, SigningAlgorithm, wrapForImport, type Key } from "../../src/sdk";
+import { buildDist, startDaemonProcess, type DaemonProcess } from "../helpers/daemon-process";
+import { pkcs11Tool } from "../helpers/softhsm";
+
+let dp: DaemonProcess;
+let c: HsmClient;
+
+beforeAll(async () => {
+  buildDist();
+  dp = await startDaemonProcess();
+  c = new HsmClient({ endpoint: dp.grpc });
+}, 120_000);
+afterAll(async () => {
+  c?.close();
+  await dp?.cleanup();
+});
+
+/** A new client for the current run (each run binds fresh ports). */
+function reconnect(): void {
+  c.close();
+  c = new HsmClient({ endpoint: dp.grpc });
+}
+
+/** Graceful stop (SIGTERM, exit code 0) and a new run on the same token and data dir. */
+async function gracefulRestart(): Promise<void> {
+  dp.kill("SIGTERM");
+  expect(await dp.waitExit()).toEqual({ code: 0, signal: null });
+  await dp.restart();
+  reconnect();
+}
+
+/** The last "records checked against the token" line of stderr, as numbers. */
+function lastReconcile(): { keys: number; materialized: number; orphans: number; lost: boolean } {
+  const all = [...dp.stderr().matchAll(/records checked against the token: (\d+) keys, (\d+) materialized, (\d+) orphans removed(, \d+ LOST)?/g)];
+  const m = all[all.length - 1];
+  if (!m) throw new Error(`no reconcile line in stderr:\n${dp.stderr()}`);
+  return { keys: Number(m[1]), materialized: Number(m[2]), orphans: Number(m[3]), lost: !!m[4] };
+}
+
+/** The ids (CKA_LABEL "hsmd:<id>") of every hsmd object in the token, as pkcs11-tool sees them. */
+function tokenIds(): Set<string> {
+  const out = pkcs11Tool(dp.token, ["--list-objects"]);
+  return new Set([...out.matchAll(/label:\s+hsmd:(\S+)/g)].map((m) => m[1]!));
+}
+
+async function listedIds(): Promise<Key[]> {
+  const keys: Key[] = [];
+  for await (const k of c.listAllKeys({ pageSize: 1000 })) keys.push(k);
+  return keys;
+}
+
+async function domainKeyId(): Promise<string> {
+  const s = (await (await fetch(`${dp.admin}/v1/status`)).json()) as { domainKeyId: string };
+  expect(s.domainKeyId).toMatch(/^hsmd-domain-/);
+  return s.domainKeyId;
+}
+
+const GCM = EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM;
+const ECDSA = SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256;
+const HMAC = SigningAlgorithm.SIGNING_ALGORITHM_HMAC_SHA256;
+const spkiOf = (k: Key) => crypto.createPublicKey({ key: Buffer.from(k.publicKeySpki), format: "der", type: "spki" });
+
+/** Throws unless the key works: AES encrypt→decrypt round trip; EC sign checked by Node; HMAC tag checked by verify. */
+async function assertUsable(k: Key): Promise<void> {
+  const msg = Buffer.from(`usable ${k.id}`);
+  if (k.spec === KeySpec.KEY_SPEC_AES_256) {
+    const e = await c.encrypt({ keyId: k.id, algorithm: GCM, plaintext: msg });
+    const d = await c.decrypt({ keyId: k.id, algorithm: GCM, ciphertext: e.ciphertext, iv: e.iv });
+    expect(Buffer.from(d.plaintext)).toEqual(msg);
+  } else if (k.spec === KeySpec.KEY_SPEC_EC_P256) {
+    const s = await c.sign({ keyId: k.id, algorithm: ECDSA, message: msg });
+    expect(crypto.verify("sha256", msg, spkiOf(k), Buffer.from(s.signature))).toBe(true);
+  } else {
+    throw new Error(`unexpected key spec ${k.spec} of ${k.id}`);
+  }
+}
+
+/** Runs fn over items with at most `limit` in flight. */
+async function pool<T>(items: T[], limit: number, fn: (t: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: limit }, async () => {
+      while (next < items.length) await fn(items[next++]!);
+    }),
+  );
+}
+
+describe("graceful restart", () => {
+  it("keys of every kind survive SIGTERM + restart and give the same results", async () => {
+    const aes = await c.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label: "dur-aes" });
+    const ec = await c.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "dur-ec" });
+    const rsa = await c.generateKey({ spec: KeySpec.KEY_SPEC_RSA_2048, label: "dur-rsa" });
+    const hmac = await c.generateKey({ spec: KeySpec.KEY_SPEC_HMAC_SHA256, label: "dur-hmac" });
+    const ed = await c.generateKey({ spec: KeySpec.KEY_SPEC_ED25519, label: "dur-ed" });
+    const ids = [aes, ec, rsa, hmac, ed].map((k) => k.id);
+    const msg = Buffer.from("signed before the restart");
+    const pt = Buffer.from("encrypted before the restart");
+
+    const ct = await c.encrypt({ keyId: aes.id, algorithm: GCM, plaintext: pt });
+    const ecSig = Buffer.from((await c.sign({ keyId: ec.id, algorithm: ECDSA, message: msg })).signature);
+    const rsaSig = Buffer.from((await c.sign({ keyId: rsa.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_RSA_PKCS1_SHA256, message: msg })).signature);
+    const tag = Buffer.from((await c.sign({ keyId: hmac.id, algorithm: HMAC, message: msg })).signature);
+    const edSig = Buffer.from((await c.sign({ keyId: ed.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ED25519, message: msg })).signature);
+    expect(crypto.verify("sha256", msg, spkiOf(ec), ecSig)).toBe(true);
+    expect(crypto.verify("sha256", msg, spkiOf(rsa), rsaSig)).toBe(true);
+    expect(crypto.verify(null, msg, spkiOf(ed), edSig)).toBe(true);
+
+    await gracefulRestart();
+    // Nothing was missing from the token and nothing was orphaned.
+    expect(lastReconcile()).toMatchObject({ materialized: 0, orphans: 0, lost: false });
+
+    const listed = await listedIds();
+    for (const id of ids) expect(listed.map((k) => k.id)).toContain(id);
+    for (const k of [ec, rsa, ed]) expect(Buffer.from((await c.getKey({ keyId: k.id })).publicKeySpki)).toEqual(Buffer.from(k.publicKeySpki));
+
+    // A ciphertext made before decrypts after; a tag is the same; old signatures still verify in the
+    // daemon; new signatures verify with the public keys Node got before the restart.
+    expect(Buffer.from((await c.decrypt({ keyId: aes.id, algorithm: GCM, ciphertext: ct.ciphertext, iv: ct.iv })).plaintext)).toEqual(pt);
+    expect(Buffer.from((await c.sign({ keyId: hmac.id, algorithm: HMAC, message: msg })).signature)).toEqual(tag);
+    expect((await c.verify({ keyId: ec.id, algorithm: ECDSA, message: msg, signature: ecSig })).valid).toBe(true);
+    expect((await c.verify({ keyId: rsa.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_RSA_PKCS1_SHA256, message: msg, signature: rsaSig })).valid).toBe(true);
+    expect((await c.verify({ keyId: ed.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ED25519, message: msg, signature: edSig })).valid).toBe(true);
+    const msg2 = Buffer.from("signed after the restart");
+    expect(crypto.verify("sha256", msg2, spkiOf(ec), Buffer.from((await c.sign({ keyId: ec.id, algorithm: ECDSA, message: msg2 })).signature))).toBe(true);
+    expect(crypto.verify("sha256", msg2, spkiOf(rsa), Buffer.from((await c.sign({ keyId: rsa.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_RSA_PKCS1_SHA256, message: msg2 })).signature))).toBe(true);
+    expect(crypto.verify(null, msg2, spkiOf(ed), Buffer.from((await c.sign({ keyId: ed.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ED25519, message: msg2 })).signature))).toBe(true);
+    // Encryption after the restart decrypts in Node? (key is not extractable) → round trip in the daemon.
+    const ct2 = await c.encrypt({ keyId: aes.id, algorithm: GCM, plaintext: pt });
+    expect(Buffer.from((await c.decrypt({ keyId: aes.id, algorithm: GCM, ciphertext: ct2.ciphertext, iv: ct2.iv })).plaintext)).toEqual(pt);
+
+    // Clean up so the later token/record set checks start from these five keys only.
+    for (const id of ids) await c.deleteKey({ keyId: id });
+  });
+});
+
+describe("SIGKILL during a burst of creates", () => {
+  const TOTAL = 200;
+  const IN_FLIGHT = 16;
+  // Kill points (acks seen before SIGKILL), plus a random extra delay: early, middle, late in the burst.
+  const ROUNDS = [20 + Math.floor(Math.random() * 20), 60 + Math.floor(Math.random() * 40), 110 + Math.floor(Math.random() * 30)];
+
+  it.each(ROUNDS.map((killAt, round) => [round + 1, killAt] as const))("round %i: SIGKILL after %i acks loses no acked key and leaves no half key", async (round, killAt) => {
+    const acked = new Map<string, Key>();
+    let killed = false;
+    let sent = 0;
+    let failures = 0;
+    let next = 0;
+    const delayMs = Math.floor(Math.random() * 8);
+    const killNow = () => {
+      if (killed) return;
+      killed = true;
+      setTimeout(() => dp.kill("SIGKILL"), delayMs);
+    };
+    await Promise.all(
+      Array.from({ length: IN_FLIGHT }, async () => {
+        while (next < TOTAL) {
+          const i = next++;
+          const spec = i % 2 ? KeySpec.KEY_SPEC_EC_P256 : KeySpec.KEY_SPEC_AES_256;
+          sent++;
+          try {
+            const k = await c.generateKey({ spec, label: `burst-${round}-${i}` }, { deadlineMs: 20_000 });
+            acked.set(k.id, k);
+            if (acked.size >= killAt) killNow();
+          } catch (e) {
+            failures++;
+            // The daemon is gone: stop this worker.
+            if (killed) return;
+            throw new Error(`create ${i} failed before the kill: ${(e as Error).message}\n${dp.stderr().slice(-3000)}`);
+          }
+        }
+      }),
+    );
+    expect(killed).toBe(true);
+    expect(await dp.waitExit()).toEqual({ code: null, signal: "SIGKILL" });
+    // The kill landed mid-burst: some creates were sent and never acknowledged.
+    expect(acked.size).toBeGreaterThanOrEqual(killAt);
+    expect(acked.size).toBeLessThan(TOTAL);
+    expect(failures).toBeGreaterThan(0);
+
+    // What the token holds right after the crash (may include objects of creates that never got a record).
+    const beforeRestart = tokenIds();
+    for (const id of acked.keys()) expect(beforeRestart.has(id)).toBe(true);
+
+    await dp.restart();
+    reconnect();
+    const rec = lastReconcile();
+    const domain = await domainKeyId();
+    const listed = await listedIds();
+    const listedSet = new Set(listed.map((k) => k.id));
+
+    // Every acknowledged key is there, with its metadata, and works.
+    for (const [id, k] of acked) {
+      const got = await c.getKey({ keyId: id });
+      expect(got.spec).toBe(k.spec);
+      expect(Buffer.from(got.publicKeySpki)).toEqual(Buffer.from(k.publicKeySpki));
+      expect(listedSet.has(id)).toBe(true);
+    }
+    // Every listed key works (this covers the acked ones and any committed-but-unacked one).
+    await pool(listed, 16, assertUsable);
+
+    // The token holds exactly the listed keys, the domain key and (if made) the import key.
+    const after = tokenIds();
+    expect(after.has(domain)).toBe(true);
+    const expected = new Set([...listedSet, domain, ...(after.has("hsmd-import") ? ["hsmd-import"] : [])]);
+    expect([...after].sort()).toEqual([...expected].sort());
+    // The reconcile removed exactly the orphans the crash left, and lost nothing.
+    const orphans = [...beforeRestart].filter((id) => !expected.has(id));
+    expect(rec).toEqual({ keys: listed.length, materialized: 0, orphans: orphans.length, lost: false });
+
+    console.log(
+      `durability round ${round}: kill after ${killAt} acks (+${delayMs} ms): sent ${sent}, acked ${acked.size}, ` +
+        `committed-unacked ${listed.filter((k) => k.label.startsWith(`burst-${round}-`)).length - acked.size}, orphans removed ${orphans.length}, keys listed ${listed.length}`,
+    );
+  });
+});
+
+describe("token objects destroyed behind the daemon's back", () => {
+  it("are re-materialized from the wrapped record at start and give the same results", async () => {
+    const hmac = await c.generateKey({ spec: KeySpec.KEY_SPEC_HMAC_SHA256, label: "rematerialize-hmac" });
+    const ec = await c.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "rematerialize-ec" });
+    const msg = Buffer.from("a fixed message");
+    const tag = Buffer.from((await c.sign({ keyId: hmac.id, algorithm: HMAC, message: msg })).signature);
+
+    dp.kill("SIGTERM");
+    expect(await dp.waitExit()).toEqual({ code: 0, signal: null });
+    pkcs11Tool(dp.token, ["--delete-object", "--type", "secrkey", "--id", Buffer.from(hmac.id, "utf8").toString("hex")]);
+    pkcs11Tool(dp.token, ["--delete-object", "--type", "privkey", "--id", Buffer.from(ec.id, "utf8").toString("hex")]);
+    const gone = pkcs11Tool(dp.token, ["--list-objects"]);
+    expect(gone).not.toContain(`hsmd:${hmac.id}`);
+    // The EC public object is still there; its private half is gone.
+    expect(gone.split(/\n(?=\S)/).filter((b) => b.includes(`hsmd:${ec.id}`)).map((b) => b.split(/[;\n]/)[0])).toEqual([expect.stringMatching(/^Public Key Object/)]);
+
+    await dp.restart();
+    reconnect();
+    expect(lastReconcile()).toMatchObject({ materialized: 2, orphans: 0, lost: false });
+    const back = pkcs11Tool(dp.token, ["--list-objects"]);
+    expect(back).toContain(`hsmd:${hmac.id}`);
+    expect(Buffer.from((await c.sign({ keyId: hmac.id, algorithm: HMAC, message: msg })).signature)).toEqual(tag);
+    const sig = Buffer.from((await c.sign({ keyId: ec.id, algorithm: ECDSA, message: msg })).signature);
+    expect(crypto.verify("sha256", msg, spkiOf(ec), sig)).toBe(true);
+    await c.deleteKey({ keyId: hmac.id });
+    await c.deleteKey({ keyId: ec.id });
+  });
+});
+
+describe("a token object the device cannot read back", () => {
+  it("does not stop the start (a SIGKILL while SoftHSM2 writes an object file leaves a truncated one)", async () => {
+    const k = await c.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label: "truncated-neighbour" });
+    dp.kill("SIGTERM");
+    expect(await dp.waitExit()).toEqual({ code: 0, signal: null });
+    // Copy one of the token's object files, truncated to 12 bytes, under a fresh object name.
+    const objects = filesUnder(dp.token.dir).filter((f) => f.endsWith(".object") && !f.endsWith("token.object"));
+    expect(objects.length).toBeGreaterThan(0);
+    const src = objects[0]!;
+    const dst = join(dirname(src), `${crypto.randomUUID()}.object`);
+    writeFileSync(dst, readFileSync(src).subarray(0, 12));
+    writeFileSync(dst.replace(/\.object$/, ".lock"), "");
+
+    await dp.restart();
+    reconnect();
+    expect(lastReconcile()).toMatchObject({ materialized: 0, orphans: 0, lost: false });
+    expect(dp.stderr()).toContain("skipping an object whose attributes cannot be read");
+    await assertUsable(await c.getKey({ keyId: k.id }));
+    rmSync(dst, { force: true });
+    rmSync(dst.replace(/\.object$/, ".lock"), { force: true });
+    await c.deleteKey({ keyId: k.id });
+  });
+});
+
+/** Every regular file under dir, recursively. */
+function filesUnder(dir: string): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...filesUnder(p));
+    else if (e.isFile()) out.push(p);
+  }
+  return out;
+}
+
+/** The encodings a secret could leak under. */
+function encodings(name: string, b: Buffer): Array<{ what: string; bytes: Buffer }> {
+  return [
+    { what: `${name} raw`, bytes: b },
+    { what: `${name} hex`, bytes: Buffer.from(b.toString("hex")) },
+    { what: `${name} HEX`, bytes: Buffer.from(b.toString("hex").toUpperCase()) },
+    { what: `${name} base64`, bytes: Buffer.from(b.toString("base64").replace(/=+$/, "")) },
+    { what: `${name} base64url`, bytes: Buffer.from(b.toString("base64url")) },
+  ];
+}
+
+/** Which needles occur in which haystacks. */
+function findLeaks(haystacks: Array<{ name: string; data: Buffer }>, needles: Array<{ what: string; bytes: Buffer }>): string[] {
+  const hits: string[] = [];
+  for (const h of haystacks) for (const n of needles) if (h.data.includes(n.bytes)) hits.push(`${n.what} in ${h.name}`);
+  return hits;
+}
+
+describe("no secret in the clear in anything the daemon writes", () => {
+  it("data dir, stdout and stderr hold no imported key bytes, PIN or plaintext; the token dir no raw key bytes", async () => {
+    const aesKey = crypto.randomBytes(32);
+    const hmacKey = crypto.randomBytes(32);
+    const plaintext = Buffer.from(`top secret plaintext ${crypto.randomBytes(12).toString("hex")}`);
+    const p = await c.getImportParameters({});
+    const imp = async (spec: KeySpec, material: Buffer, usages: KeyUsage[]) =>
+      (await c.importKey({ spec, label: "leak-check", usages, importKeyId: p.importKeyId, wrappedKeyMaterial: wrapForImport(Buffer.from(p.publicKeySpki), material, p.wrappingAlgorithm) })).id;
+    const aesId = await imp(KeySpec.KEY_SPEC_AES_256, aesKey, [KeyUsage.KEY_USAGE_ENCRYPT, KeyUsage.KEY_USAGE_DECRYPT]);
+    const hmacId = await imp(KeySpec.KEY_SPEC_HMAC_SHA256, hmacKey, [KeyUsage.KEY_USAGE_SIGN, KeyUsage.KEY_USAGE_VERIFY]);
+    // The daemon really holds these bytes: its results match Node's with the known keys.
+    const e = await c.encrypt({ keyId: aesId, algorithm: GCM, plaintext });
+    const ct = Buffer.from(e.ciphertext);
+    const d = crypto.createDecipheriv("aes-256-gcm", aesKey, e.iv).setAuthTag(ct.subarray(-16));
+    expect(Buffer.concat([d.update(ct.subarray(0, -16)), d.final()])).toEqual(plaintext);
+    const tag = Buffer.from((await c.sign({ keyId: hmacId, algorithm: HMAC, message: plaintext })).signature);
+    expect(tag).toEqual(crypto.createHmac("sha256", hmacKey).update(plaintext).digest());
+    // A graceful restart too, so shutdown and start-up writes are in what is scanned.
+    await gracefulRestart();
+    expect(Buffer.from((await c.sign({ keyId: hmacId, algorithm: HMAC, message: plaintext })).signature)).toEqual(tag);
+
+    const needles = [...encodings("AES key", aesKey), ...encodings("HMAC key", hmacKey), ...encodings("PIN", Buffer.from(dp.token.pin)), ...encodings("plaintext", plaintext)];
+    const dataFiles = filesUnder(dp.dataDir);
+    expect(dataFiles.length).toBeGreaterThan(0);
+    const haystacks = [
+      ...dataFiles.map((f) => ({ name: f, data: readFileSync(f) })),
+      { name: "stdout", data: Buffer.from(dp.stdout()) },
+      { name: "stderr", data: Buffer.from(dp.stderr()) },
+    ];
+    // The store really holds the two records (the scan looks at the right files).
+    const all = Buffer.concat(haystacks.map((h) => h.data));
+    expect(all.includes(Buffer.from(aesId))).toBe(true);
+    expect(all.includes(Buffer.from(hmacId))).toBe(true);
+    expect(findLeaks(haystacks, needles)).toEqual([]);
+
+    // SoftHSM encrypts its object files under a PIN-derived key: the key bytes never appear raw there.
+    const tokenFiles = filesUnder(dp.token.dir).filter((f) => statSync(f).size > 0);
+    expect(tokenFiles.length).toBeGreaterThan(0);
+    const rawKeys = [
+      { what: "AES key raw", bytes: aesKey },
+      { what: "HMAC key raw", bytes: hmacKey },
+    ];
+    expect(findLeaks(tokenFiles.map((f) => ({ name: f, data: readFileSync(f) })), rawKeys)).toEqual([]);
+
+    // The scan itself finds each kind of needle when it is there (so a leak would fail the test).
+    const probeDir = mkdtempSync(join(tmpdir(), "hsmd-leak-probe-"));
+    try {
+      for (const n of needles) {
+        writeFileSync(join(probeDir, "f"), Buffer.concat([Buffer.from("prefix "), n.bytes, Buffer.from(" suffix")]));
+        expect(findLeaks([{ name: "probe", data: readFileSync(join(probeDir, "f")) }], needles)).toContain(`${n.what} in probe`);
+      }
+    } finally {
+      rmSync(probeDir, { recursive: true, force: true });
+    }
+  });
+});
