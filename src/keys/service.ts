@@ -34,7 +34,7 @@ import {
   type WrapKeyRequest,
   type WrapKeyResponse,
 } from "../gen/hsm/v1/crypto";
-import { CURVE_BYTES, Device, KeyNotMaterializedError, partsFromSpki, type KeyAlgorithm, type Part, type Usage } from "../pkcs11";
+import { CURVE_BYTES, Device, KeyNotMaterializedError, partsFromSpki, type KeyAlgorithm, type Part, type Usage, type WrappedMaterial } from "../pkcs11";
 import type { StateStore } from "../store";
 import { decodeRecord, encodeRecord, recordKey, requestKey, toApiKey, type KeyRecord, type KeyVersion } from "./record";
 import { HASH_LEN, algorithmOf, cipherFor, isSecret, resolveUsages, signFor, specOf, wrapFor } from "./spec";
@@ -229,17 +229,23 @@ export class KeyService {
     const createdAt = new Date().toISOString();
     try {
       const spki = (await make(id)) ?? base.publicKeySpki;
-      if (isSecret(algorithmOf(base.spec)) && (await this.device.valueLength(id)) % 8 !== 0) {
-        // SoftHSM2 2.6's AES-KWP wrap zero-pads such keys instead of following RFC 5649, so the
+      const alg = algorithmOf(base.spec);
+      if (isSecret(alg)) {
+        const len = await this.device.secretLength(id, this.opts.domainKeyId);
+        // SoftHSM2 2.6's AES-KWP wrap zero-pads other lengths instead of following RFC 5649, so the
         // record's copy would not round-trip exactly.
-        throw precondition("secret keys must be a multiple of 8 bytes long: the device cannot wrap other lengths faithfully under the domain key");
+        if (len === undefined) throw invalid("secret key material must be a multiple of 8 bytes long: the device cannot wrap other lengths faithfully under the domain key");
+        if (alg.type === "aes" && len !== alg.bits / 8) throw invalid(`an AES-${alg.bits} key is ${alg.bits / 8} bytes; the material is ${len}`);
+        const min = alg.type === "hmac" ? HASH_LEN[alg.hash] : 0;
+        if (len < min) throw invalid(`an HMAC-${(alg as { hash: string }).hash.toUpperCase()} key must be at least ${min} bytes (RFC 2104 §3, and the device's minimum); the material is ${len}`);
       }
       let version: KeyVersion;
       if (base.publicOnly) {
         version = { version: 1, createdAt, residency: "public" };
       } else {
-        const material = await this.device.wrapForRecord(id, isSecret(algorithmOf(base.spec)) ? "secret" : "private", this.opts.domainKeyId);
+        const material = await this.device.wrapForRecord(id, isSecret(alg) ? "secret" : "private", this.opts.domainKeyId);
         version = material ? { version: 1, createdAt, residency: "wrapped", material } : { version: 1, createdAt, residency: "device" };
+        if (material && alg.type === "hmac") await this.checkRoundTrip(id, alg, material);
       }
       const rec: KeyRecord = { ...base, id, createdAt, publicKeySpki: spki, currentVersion: 1, versions: [version] };
       const compares = [{ key: recordKey(id), op: "absent" as const }];
@@ -261,6 +267,25 @@ export class KeyService {
     } catch (e) {
       if (!this.records.has(id)) await this.device.destroy(id).catch(() => undefined);
       throw e;
+    }
+  }
+
+  /**
+   * Proves that an HMAC key's record unwraps to the same key: a temporary copy from the wrapped
+   * material must compute the same MAC. SoftHSM2 2.6 zero-pads keys whose length is not a multiple
+   * of 8 when it wraps them (and reports no length for unwrapped keys), so such a key would change
+   * when materialized from its record.
+   */
+  private async checkRoundTrip(id: string, alg: KeyAlgorithm, material: WrappedMaterial): Promise<void> {
+    const tmp = randomUUID();
+    try {
+      await this.device.materialize(tmp, alg, ["sign"], material);
+      const spec = { name: "HMAC" as const, hash: (alg as { hash: "sha256" }).hash };
+      const challenge = randomBytes(32);
+      const [a, b] = await Promise.all([this.device.sign(id, spec, challenge, "secret"), this.device.sign(tmp, spec, challenge, "secret")]);
+      if (!a.equals(b)) throw invalid("secret key material must be a multiple of 8 bytes long: the device cannot wrap other lengths faithfully under the domain key");
+    } finally {
+      await this.device.destroy(tmp).catch(() => undefined);
     }
   }
 

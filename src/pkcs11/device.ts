@@ -362,13 +362,24 @@ export class Device {
     });
   }
 
-  /** CKA_VALUE_LEN of a secret key (bytes). */
-  async valueLength(id: string): Promise<number> {
-    return this.run("C_GetAttributeValue", undefined, (s) => {
-      const [v] = this.p11.C_GetAttributeValue(s, this.handle(s, id, "secret"), [{ type: pk.CKA_VALUE_LEN }]);
-      const b = v!.value as Buffer;
-      return b.length >= 8 ? Number(b.readBigUInt64LE(0)) : b.readUInt32LE(0);
-    });
+  /**
+   * Length in bytes of a secret key, or undefined when it is not a multiple of 8. SoftHSM2 leaves
+   * CKA_VALUE_LEN at 0 on unwrapped keys, and the value is sensitive, so this wraps the key under the
+   * domain key with CKM_AES_KEY_WRAP (RFC 3394: output = length + 8; refuses other lengths) and
+   * discards the blob.
+   */
+  async secretLength(id: string, domainKeyId: string): Promise<number | undefined> {
+    try {
+      const blob = await this.run("C_WrapKey", pk.CKM_AES_KEY_WRAP, (s) =>
+        this.p11.C_WrapKeyAsync(s, { mechanism: pk.CKM_AES_KEY_WRAP }, this.handle(s, domainKeyId, "secret"), this.handle(s, id, "secret"), Buffer.alloc(16384)),
+      );
+      return blob.length - 8;
+    } catch (e) {
+      if (e instanceof HsmError && e.code !== Code.Unavailable && e.code !== Code.Internal) return undefined;
+      const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
+      if (ckr === CKR.GENERAL_ERROR || ckr === CKR.DATA_LEN_RANGE || ckr === CKR.KEY_SIZE_RANGE) return undefined;
+      throw e;
+    }
   }
 
   /** Every CKA_ID of hsmd's objects (label "hsmd:…") in the token, with their classes. */

@@ -316,6 +316,18 @@ describe("malformed import blobs and public keys", () => {
     await expectNoNewKey(() => c.importKey({ ...base(), wrappedKeyMaterial: blob }), "INVALID_ARGUMENT", "integrity check");
   });
 
+  it("secret material of a length the spec or the device cannot hold is refused, and leaves nothing", async () => {
+    const imp = (spec: KeySpec, len: number) => () => c.importKey({ ...base(), spec, wrappedKeyMaterial: wrapForImport(importSpki, crypto.randomBytes(len), wrappingAlgorithm) });
+    await expectNoNewKey(imp(KeySpec.KEY_SPEC_AES_256, 16), "INVALID_ARGUMENT", "AES-256 key is 32 bytes", "16");
+    await expectNoNewKey(imp(KeySpec.KEY_SPEC_HMAC_SHA256, 24), "INVALID_ARGUMENT", "at least 32 bytes");
+    // 36 bytes: the device zero-pads it when wrapping, which leaves HMAC unchanged (RFC 2104 pads the
+    // key to the block size): the service proves the record's copy computes the same MAC, and keeps it.
+    const material = crypto.randomBytes(36);
+    const ok = await c.importKey({ ...base(), spec: KeySpec.KEY_SPEC_HMAC_SHA256, label: "hmac-36", wrappedKeyMaterial: wrapForImport(importSpki, material, wrappingAlgorithm) });
+    const mac = await c.sign({ keyId: ok.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_HMAC_SHA256, message: Buffer.from("m") });
+    expect(Buffer.from(mac.signature)).toEqual(crypto.createHmac("sha256", material).update("m").digest());
+  });
+
   it("importKey under a wrong import_key_id is NOT_FOUND and points at GetImportParameters", async () => {
     const blob = wrapForImport(importSpki, crypto.randomBytes(32), wrappingAlgorithm);
     await expectNoNewKey(() => c.importKey({ ...base(), importKeyId: "no-such-import-key", wrappedKeyMaterial: blob }), "NOT_FOUND", "no-such-import-key", "GetImportParameters");
