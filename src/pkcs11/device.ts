@@ -69,6 +69,7 @@ export class Device {
   private mechs = new Set<number>();
   /** OAEP hashes the device does natively (probed at open). */
   private oaepNative = new Set<OaepHash>();
+  private importQueue: Promise<void> = Promise.resolve();
   token!: TokenInfo;
 
   private constructor(private readonly opts: DeviceOptions) {}
@@ -221,15 +222,13 @@ export class Device {
       return r;
     } catch (e) {
       const ckr = ckrOf(e);
-      if (!this.closed && gen === this.generation && mayLeaveOperationActive(ckr)) {
-        // Some devices (SoftHSM2 2.6) leave the operation active after such an error, which would
-        // poison the pooled session for every later call: swap in a fresh session.
+      if (retry && !this.closed && gen === this.generation && ckr === CKR.OPERATION_ACTIVE) {
+        // An earlier failure left an operation open on this session (SoftHSM2 2.6 does that after
+        // some errors, where PKCS#11 says the operation ends): swap in a fresh session and retry.
         session = this.replaceSession(session);
-        if (retry && ckr === CKR.OPERATION_ACTIVE) {
-          this.pool.release(session);
-          released = true;
-          return this.run(op, mech, fn, false);
-        }
+        this.pool.release(session);
+        released = true;
+        return this.run(op, mech, fn, false);
       }
       if (retry && !this.closed && isSessionLost(ckr)) {
         this.pool.release(session, gen !== this.generation);
@@ -513,7 +512,7 @@ export class Device {
   async materialize(id: string, alg: KeyAlgorithm, usages: readonly Usage[], material: WrappedMaterial, spki?: Buffer): Promise<void> {
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
-    await this.run("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, async (s) => {
+    await unwrapOnce(() => this.run("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, async (s) => {
       const h = await this.p11.C_UnwrapKeyAsync(
         s,
         { mechanism: CKM_AES_KEY_WRAP_PAD },
@@ -522,7 +521,7 @@ export class Device {
         secret ? secretTemplate(t, false) : privateTemplate(t),
       );
       this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
-    });
+    }));
     if (!secret && spki && !(await this.has(id, "public"))) await this.createPublic(id, spki, usages);
   }
 
@@ -575,9 +574,23 @@ export class Device {
   async importWrapped(importKeyId: string, blob: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<void> {
     const rsaLen = 384;
     if (blob.length <= rsaLen + 8) throw new HsmError(Code.InvalidArgument, `wrapped key material must be ${rsaLen} bytes of RSA-OAEP then the AES-KWP blob; got ${blob.length} bytes`);
+    // Imports are rare: run them one at a time, so the import key is never used concurrently.
+    const turn = this.importQueue.then(() => undefined);
+    let done!: () => void;
+    this.importQueue = new Promise<void>((r) => (done = r));
+    await turn;
+    try {
+      await this.importWrappedNow(importKeyId, blob, id, alg, usages);
+    } finally {
+      done();
+    }
+  }
+
+  private async importWrappedNow(importKeyId: string, blob: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<void> {
+    const rsaLen = 384;
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
-    await this.run("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, async (s) => {
+    await unwrapOnce(() => this.run("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, async (s) => {
       const eph = await this.p11.C_UnwrapKeyAsync(s, oaep(this.importOaepHash()), this.handle(s, importKeyId, "private"), blob.subarray(0, rsaLen), [
         { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
         { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
@@ -592,7 +605,7 @@ export class Device {
       } finally {
         this.safe(() => this.p11.C_DestroyObject(s, eph));
       }
-    }).catch(badBlob);
+    })).catch(badBlob);
   }
 
   /** Key wrapping has no host-side OAEP fallback: the unwrapped key must never pass through the host. */
@@ -616,10 +629,12 @@ export class Device {
     this.requireMechanism(mech.mechanism, `unwrap with ${spec.name}`);
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
-    await this.run("C_UnwrapKey", mech.mechanism, async (s) => {
-      const h = await this.p11.C_UnwrapKeyAsync(s, mech, this.handle(s, unwrappingKeyId, unwrappingPart), blob, secret ? secretTemplate(t, false) : privateTemplate(t));
-      this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
-    }).catch(badBlob);
+    await unwrapOnce(() =>
+      this.run("C_UnwrapKey", mech.mechanism, async (s) => {
+        const h = await this.p11.C_UnwrapKeyAsync(s, mech, this.handle(s, unwrappingKeyId, unwrappingPart), blob, secret ? secretTemplate(t, false) : privateTemplate(t));
+        this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
+      }),
+    ).catch(badBlob);
   }
 
   /** Wraps a key's secret or private part under another key. */
@@ -762,9 +777,19 @@ function badBlob(e: unknown): never {
   throw e;
 }
 
-/** Errors after which a device may still hold the session's operation open. */
-function mayLeaveOperationActive(ckr: number | undefined): boolean {
-  return ckr === CKR.ARGUMENTS_BAD || ckr === CKR.GENERAL_ERROR || ckr === CKR.OPERATION_ACTIVE || ckr === 0x6 /* CKR_FUNCTION_FAILED */;
+/**
+ * SoftHSM2 2.6 now and then fails a sound C_UnwrapKey with CKR_GENERAL_ERROR under concurrent load
+ * (seen about once in a few thousand unwraps): try such an unwrap once more before calling the blob
+ * bad. A bad blob fails both times, so the answer is unchanged; only its cost doubles.
+ */
+async function unwrapOnce<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
+    if (ckr === CKR.GENERAL_ERROR || ckr === 0xd1 /* CKR_TEMPLATE_INCONSISTENT */) return fn();
+    throw e;
+  }
 }
 
 function oaep(hash: OaepHash): pk.Mechanism {

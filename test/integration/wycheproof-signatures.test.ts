@@ -130,6 +130,9 @@ describe("Wycheproof HMAC-SHA256 verify through the service", () => {
   const file = "hmac_sha256_test.json";
   const p = plan(loadVectors<MacGroup, MacTest>(file), (g, t) => {
     if (t.key.length / 2 < 32) return "key under 32 bytes (SoftHSM2's minimum for CKM_SHA256_HMAC)";
+    // SoftHSM2 2.6 zero-pads such a key when wrapping it under the domain key; past the 64-byte block
+    // that changes the MAC, so hsmd refuses to keep it (bad-input tests cover the refusal).
+    if (t.key.length / 2 > 64 && (t.key.length / 2) % 8 !== 0) return "key over 64 bytes and not a multiple of 8 (refused: the device cannot store it faithfully)";
     // A truncated tag can only be checked by a service that verifies truncated MACs; hsmd compares
     // full-length tags. Invalid vectors with truncated tags still run: they must be refused.
     if (g.tagSize < 256 && t.result !== "invalid") return "truncated tag (hsmd verifies full 32-byte tags only)";
