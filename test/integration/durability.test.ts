@@ -11,8 +11,9 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { EncryptionAlgorithm, HsmClient, KeySpec, KeyUsage, SigningAlgorithm, wrapForImport, type Key } from "../../src/sdk";
-import { buildDist, startDaemonProcess, type DaemonProcess } from "../helpers/daemon-process";
-import { pkcs11Tool } from "../helpers/softhsm";
+import { spawnSync } from "node:child_process";
+import { buildDist, MAIN_JS, startDaemonProcess, type DaemonProcess } from "../helpers/daemon-process";
+import { createTempToken, pkcs11Tool } from "../helpers/softhsm";
 
 let dp: DaemonProcess;
 let c: HsmClient;
@@ -361,6 +362,50 @@ describe("no secret in the clear in anything the daemon writes", () => {
       }
     } finally {
       rmSync(probeDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the daemon refuses to start, saying why, and never shows the PIN", () => {
+  function runMain(args: string[], config: object | string, env: Record<string, string> = {}) {
+    const dir = mkdtempSync(join(tmpdir(), "hsmd-start-"));
+    const file = join(dir, "hsmd.json");
+    writeFileSync(file, typeof config === "string" ? config : JSON.stringify(config));
+    const r = spawnSync(process.execPath, [MAIN_JS, ...args, "--config", file], { env: { ...process.env, ...env }, encoding: "utf8", timeout: 30_000 });
+    rmSync(dir, { recursive: true, force: true });
+    return r;
+  }
+
+  it("a config with several errors: exit 1, every problem with its path and reason", () => {
+    const r = runMain(["start"], { node: { dataDir: "/tmp/x" }, limits: { maxPayload: 5 }, device: { poolSize: "eight", pin: { env: "HSMD_TEST_UNSET_PIN" } } }, { HSMD_TEST_UNSET_PIN: "" });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("configuration rejected");
+    expect(r.stderr).toMatch(/\/limits\/maxPayload/);
+    expect(r.stderr).toMatch(/\/device\/poolSize/);
+    expect(r.stderr).toMatch(/\/device\/pin/);
+  });
+
+  it("not initialized: `start` refuses and says to run `hsmd init`; a wrong PIN is refused without being shown", () => {
+    const token = createTempToken("refuse");
+    const dataDir = mkdtempSync(join(tmpdir(), "hsmd-start-data-"));
+    const env = { SOFTHSM2_CONF: token.conf, HSMD_TEST_PIN: token.pin };
+    const config = { node: { dataDir }, listen: { grpc: "127.0.0.1:0", admin: "127.0.0.1:0" }, device: { profile: "softhsm2", tokenLabel: "refuse", pin: { env: "HSMD_TEST_PIN" } } };
+    try {
+      const r = runMain(["start"], config, env);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain("hsmd init");
+      const wrong = "wrong-pin-7c1e";
+      const w = runMain(["init"], config, { ...env, HSMD_TEST_PIN: wrong });
+      expect(w.status).toBe(1);
+      expect(w.stderr).toMatch(/refused the configured PIN/);
+      expect(w.stderr + w.stdout).not.toContain(wrong);
+      const nt = runMain(["init"], { ...config, device: { ...config.device, tokenLabel: "no-such-token" } }, env);
+      expect(nt.status).toBe(1);
+      expect(nt.stderr).toContain('no token labelled "no-such-token"');
+      expect(nt.stderr + nt.stdout).not.toContain(token.pin);
+    } finally {
+      token.cleanup();
+      rmSync(dataDir, { recursive: true, force: true });
     }
   });
 });
