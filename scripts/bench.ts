@@ -86,6 +86,7 @@ async function startDaemon(dir: string, conf: string, pinFile: string): Promise<
     JSON.stringify({
       node: { id: "bench", dataDir: join(dir, "data") },
       listen: { grpc: "127.0.0.1:0", admin: "127.0.0.1:0" },
+      devMode: true,
       device: { profile: "softhsm2", tokenLabel: "bench", poolSize: POOL, pin: { file: pinFile } },
     }),
   );

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # First README command: install everything, create a dev token and data directory under .dev/,
-# initialize the node (domain key inside the HSM) and run hsmd on 127.0.0.1 in the foreground.
+# initialize the node (domain key inside the HSM) and run hsmd on 127.0.0.1 in the foreground, in dev
+# mode: plaintext gRPC, loopback only (see the README's TLS section for certificates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -12,6 +13,7 @@ cat > "$DEV/hsmd.json" <<JSON
 {
   "node": { "id": "dev", "dataDir": "$DEV/data" },
   "listen": { "grpc": "127.0.0.1:${HSMD_GRPC_PORT:-7443}", "admin": "127.0.0.1:${HSMD_ADMIN_PORT:-7480}" },
+  "devMode": true,
   "device": { "profile": "softhsm2", "tokenLabel": "hsmd-dev", "pin": { "file": "$DEV/pin" } }
 }
 JSON

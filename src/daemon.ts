@@ -4,7 +4,7 @@ import type { FastifyInstance } from "fastify";
 import type * as grpc from "@grpc/grpc-js";
 import type { Config } from "./config";
 import { precondition } from "./errors";
-import { bindGrpc, buildGrpcServer, setServing } from "./grpc";
+import { bindGrpc, buildGrpcServer, describeTransport, grpcServerCredentials, setServing } from "./grpc";
 import { buildAdminApp } from "./http";
 import { KeyService } from "./keys";
 import { Metrics } from "./metrics";
@@ -36,7 +36,8 @@ export function stderrLog(msg: string): void {
 
 /**
  * Wires the parts and starts them in dependency order: store → device → domain key → key service
- * (load records, reconcile with the device) → gRPC → admin HTTP. `stop()` undoes it in reverse.
+ * (load records, reconcile with the device) → gRPC (TLS, or plaintext in dev mode on loopback) →
+ * admin HTTP (plain: health, metrics, status carry no secrets). `stop()` undoes it in reverse.
  */
 export class Daemon {
   grpcPort = 0;
@@ -60,6 +61,8 @@ export class Daemon {
   static async start(opts: DaemonOptions): Promise<Daemon> {
     const { config } = opts;
     const log = opts.log ?? stderrLog;
+    // TLS files are read before anything is opened: a bad file stops the start with a ConfigError.
+    const credentials = grpcServerCredentials(config);
     const metrics = new Metrics();
     const store = await openEmbeddedStore(join(config.node.dataDir, "store"));
     let device: Device | undefined;
@@ -94,7 +97,8 @@ export class Daemon {
       const admin = buildAdminApp({ metrics, readiness: () => self!.readiness(), status: () => self!.status() });
       const d = new Daemon(config, store, device, keys, metrics, domainKeyId, server, health, admin, log);
       self = d;
-      d.grpcPort = await bindGrpc(server, `${config.listen.grpc.host}:${config.listen.grpc.port}`);
+      d.grpcPort = await bindGrpc(server, `${config.listen.grpc.host}:${config.listen.grpc.port}`, credentials);
+      log(`gRPC transport: ${describeTransport(config)}`);
       await admin.listen({ host: config.listen.admin.host, port: config.listen.admin.port });
       d.adminPort = (admin.server.address() as { port: number }).port;
       setServing(health, true);
@@ -120,6 +124,7 @@ export class Daemon {
   async status() {
     return {
       node: { id: this.config.node.id, startedAt: this.startedAt, grpcPort: this.grpcPort, adminPort: this.adminPort, pid: process.pid },
+      transport: { grpc: describeTransport(this.config), admin: "plain HTTP (health, metrics, status: no secrets)" },
       token: { ...this.device.token, profile: this.config.device.profile, module: this.config.device.module },
       mechanisms: this.device.mechanisms().map(mechanismName),
       pool: this.device.poolStats(),

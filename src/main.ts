@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "./config";
 import { Daemon, stderrLog } from "./daemon";
 import { HsmError } from "./errors";
+import { describeTransport } from "./grpc";
 
 async function main(): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -36,11 +37,11 @@ async function main(): Promise<number> {
   if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, config.device.poolSize + 4));
 
   const daemon = await Daemon.start({ config, init: cmd === "init" });
-  const mode = "plaintext gRPC (dev mode: loopback only; TLS arrives with the crypto-user issue)";
+  const mode = describeTransport(config);
   process.stdout.write(
     `hsmd ready: node ${config.node.id}, token "${daemon.device.token.label}", ${daemon.keys.keyCount} keys\n` +
       `  gRPC  ${config.listen.grpc.host}:${daemon.grpcPort}  (${mode})\n` +
-      `  admin http://${config.listen.admin.host}:${daemon.adminPort}  (/healthz /readyz /metrics /v1/status)\n`,
+      `  admin http://${config.listen.admin.host}:${daemon.adminPort}  (plain HTTP, no secrets: /healthz /readyz /metrics /v1/status)\n`,
   );
   await new Promise<void>((resolve) => {
     const onSignal = (sig: string) => {

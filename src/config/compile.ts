@@ -8,6 +8,7 @@ import { readProfile } from "./profiles";
 import { parseListenAddress } from "./listen";
 import { sealConfig } from "./redact";
 import { DEFAULT_PROFILE, LIMIT_DEFAULTS, LISTEN_DEFAULTS } from "./schema";
+import { checkTransport, type RawTls } from "./tls";
 import { checkSchema } from "./validator";
 import { PROFILE_NAMES, type Config, type ConfigProblem, type DeviceQuirks, type LimitsConfig, type PinSource, type ProfileName } from "./types";
 
@@ -17,7 +18,7 @@ export interface CompileOptions {
   env?: NodeJS.ProcessEnv;
   /** The config file the document came from (recorded in `sources`, and the base of relative paths). */
   file?: string;
-  /** Directory relative paths (`node.dataDir`, `device.pin.file`) are taken from. @default dirname(file), else the working directory */
+  /** Directory relative paths (`node.dataDir`, `device.pin.file`, `tls.*`) are taken from. @default dirname(file), else the working directory */
   baseDir?: string;
 }
 
@@ -33,6 +34,8 @@ interface MergedDevice {
 
 interface RawDoc {
   node: { id?: string; dataDir: string };
+  tls?: RawTls;
+  devMode?: boolean;
   listen?: { grpc?: string; admin?: string };
   device?: Record<string, unknown>;
   limits?: Partial<LimitsConfig>;
@@ -49,7 +52,8 @@ export function validateConfig(raw: unknown, options: CompileOptions = {}): Conf
 
 /**
  * Turns a parsed config document into the fully-resolved, deeply frozen {@link Config}: defaults
- * applied, profile merged, listen addresses parsed, paths made absolute, PIN read. Throws
+ * applied, profile merged, listen addresses parsed, paths made absolute, PIN read, TLS files checked
+ * (gRPC is TLS unless `devMode` on loopback). Throws
  * {@link ConfigError} listing every problem when there is any.
  */
 export function compileConfig(raw: unknown, options: CompileOptions = {}): Config {
@@ -123,11 +127,28 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
     addProblems(problems, [{ path: "/listen/admin", message: "must differ from /listen/grpc" }]);
   }
 
-  if (problems.length || !device || !grpc || !admin) return { problems };
+  // Transport: TLS, or plaintext in dev mode on loopback only. TLS files are read and checked here.
+  const schemaFlagged = (path: string) => problems.some((p) => p.path === path || p.path.startsWith(`${path}/`));
+  let tls: Config["tls"] | undefined;
+  if (!schemaFlagged("/devMode")) {
+    const transport = checkTransport({
+      tls: isPlainObject(raw.tls) ? (raw.tls as unknown as RawTls) : undefined,
+      tlsSchemaOk: !schemaFlagged("/tls"),
+      devMode: raw.devMode === true,
+      listen: { grpc, admin },
+      baseDir,
+    });
+    addProblems(problems, transport.problems);
+    tls = transport.tls;
+  }
+
+  if (problems.length || !device || !grpc || !admin || tls === undefined) return { problems };
   const doc = raw as unknown as RawDoc;
   const config: Config = {
     node: { id: doc.node.id ?? hostname(), dataDir: resolve(baseDir, doc.node.dataDir) },
     listen: { grpc, admin },
+    tls,
+    devMode: doc.devMode ?? false,
     device,
     limits: { ...LIMIT_DEFAULTS, ...Object.fromEntries(Object.entries(doc.limits ?? {}).filter(([, v]) => v !== undefined)) },
     sources: { file, profile: profileFile },

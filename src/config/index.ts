@@ -8,6 +8,7 @@ export { compileConfig, validateConfig } from "./compile";
 export { ConfigError, formatProblems } from "./problems";
 export { describeConfig, REDACTED } from "./redact";
 export { parseListenAddress } from "./listen";
+export { TLS_REQUIRED, describeTransport, isLoopbackHost, readTlsFiles } from "./tls";
 export { findProfileDir, CONFIG_DIR_ENV } from "./profiles";
 export { CONFIG_SCHEMA, PROFILE_SCHEMA, LIMIT_DEFAULTS, LISTEN_DEFAULTS, DEFAULT_PROFILE } from "./schema";
 export { PROFILE_NAMES } from "./types";
@@ -15,6 +16,7 @@ export { PROFILE_NAMES } from "./types";
 export type { LoadConfigOptions } from "./load";
 export type { CompileOptions } from "./compile";
 export type { RedactedConfig } from "./redact";
+export type { TlsMaterial } from "./tls";
 export type {
   Config,
   ConfigProblem,
@@ -24,4 +26,5 @@ export type {
   ListenAddress,
   PinSource,
   ProfileName,
+  TlsConfig,
 } from "./types";

@@ -4,7 +4,7 @@ import type { Config } from "./types";
 /** What a secret is shown as in logs, status and JSON. */
 export const REDACTED = "[redacted]";
 
-/** A JSON-safe copy of a Config with the PIN replaced by `"[redacted]"`. */
+/** A JSON-safe copy of a Config with the PIN replaced by `"[redacted]"` (TLS appears as file paths only). */
 export type RedactedConfig = Omit<Config, "device"> & { readonly device: Omit<Config["device"], "pin"> & { readonly pin: typeof REDACTED } };
 
 /**
@@ -12,10 +12,12 @@ export type RedactedConfig = Omit<Config, "device"> & { readonly device: Omit<Co
  * `"[redacted]"`, its source (variable name or file path) stays visible.
  */
 export function describeConfig(config: Config): RedactedConfig {
-  const { node, listen, device, limits, sources } = config;
+  const { node, listen, tls, devMode, device, limits, sources } = config;
   return {
     node: { ...node },
     listen: { grpc: { ...listen.grpc }, admin: { ...listen.admin } },
+    tls: tls === null ? null : { ...tls },
+    devMode,
     device: {
       profile: device.profile,
       module: device.module,

@@ -106,6 +106,22 @@ export const CONFIG_SCHEMA = {
       additionalProperties: false,
       properties: { grpc: hostPort(LISTEN_DEFAULTS.grpc), admin: hostPort(LISTEN_DEFAULTS.admin) },
     },
+    tls: {
+      type: "object",
+      additionalProperties: false,
+      required: ["cert", "key"],
+      properties: {
+        cert: { type: "string", minLength: 1, description: "PEM server certificate chain (path)" },
+        key: { type: "string", minLength: 1, description: "PEM private key of cert (path)" },
+        ca: { type: "string", minLength: 1, description: "PEM CA certificate(s) client certificates must chain to (path)" },
+        requireClientCert: { type: "boolean", default: false, description: "mutual TLS; needs ca" },
+      },
+    },
+    devMode: {
+      type: "boolean",
+      default: false,
+      description: "allow plaintext gRPC without tls, on loopback listen addresses only",
+    },
     device: {
       type: "object",
       additionalProperties: false,

@@ -83,6 +83,22 @@ export interface LimitsConfig {
 }
 
 /**
+ * gRPC TLS: absolute paths of PEM files (resolved against the config file's directory), checked at
+ * compile time (readable, PEM, parseable, key matching the certificate) and read again by the daemon
+ * when it binds. The key's contents are never held in the Config, logged or put in an error.
+ */
+export interface TlsConfig {
+  /** The server certificate chain (PEM): the leaf first, then any intermediates. */
+  readonly cert: string;
+  /** The private key of `cert` (PEM, unencrypted; protect it with file permissions). */
+  readonly key: string;
+  /** CA certificate(s) (PEM) that client certificates must chain to; null when none is configured. */
+  readonly ca: string | null;
+  /** Mutual TLS: refuse clients without a certificate signed by `ca`. */
+  readonly requireClientCert: boolean;
+}
+
+/**
  * The daemon's configuration, fully resolved: every default applied, the device profile merged, the
  * PIN read. Deeply frozen; `JSON.stringify` shows the PIN as `"[redacted]"`.
  */
@@ -99,6 +115,10 @@ export interface Config {
     /** HTTP admin endpoint (/healthz, /readyz, /metrics, /v1/status). */
     readonly admin: ListenAddress;
   };
+  /** gRPC over TLS; null only in dev mode (plaintext on loopback). */
+  readonly tls: TlsConfig | null;
+  /** Plaintext gRPC allowed when `tls` is absent, on loopback listen addresses only. */
+  readonly devMode: boolean;
   readonly device: DeviceConfig;
   readonly limits: LimitsConfig;
   /** Where the configuration came from, for status and error reports. */

@@ -18,7 +18,6 @@ export interface GrpcServerOptions {
   maxMessageBytes: number;
   observe?: RpcObserver;
   log?: (msg: string) => void;
-  credentials?: grpc.ServerCredentials;
 }
 
 /** Finds proto/ from src/ (tests) or dist/src/ (built). */
@@ -115,8 +114,11 @@ export function buildGrpcServer(opts: GrpcServerOptions): { server: grpc.Server;
   return { server, health };
 }
 
-/** Binds and starts; resolves the bound port (0 picks a free one). */
-export function bindGrpc(server: grpc.Server, address: string, creds: grpc.ServerCredentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
+/**
+ * Binds and starts; resolves the bound port (0 picks a free one). The credentials are required (no
+ * plaintext by default): build them with `grpcServerCredentials(config)` from `./tls`.
+ */
+export function bindGrpc(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
   return new Promise((resolve, reject) => {
     server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
   });

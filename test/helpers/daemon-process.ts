@@ -1,7 +1,8 @@
 /**
  * hsmd as a real child process (`node dist/src/main.js init --config FILE`) on a temp SoftHSM2 token,
  * so that tests can kill it with SIGKILL and start it again on the same token and data directory.
- * The PIN reaches it through a PIN file (mode 600); its stdout and stderr are captured whole.
+ * The PIN reaches it through a PIN file (mode 600); its stdout and stderr are captured whole. It runs
+ * in dev mode (plaintext gRPC on loopback).
  */
 import { spawn, execSync, type ChildProcess } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -61,6 +62,7 @@ export async function startDaemonProcess(opts: { limits?: Record<string, number>
     JSON.stringify({
       node: { id: "proc-node", dataDir },
       listen: { grpc: "127.0.0.1:0", admin: "127.0.0.1:0" },
+      devMode: true,
       device: { profile: "softhsm2", module: SOFTHSM_MODULE, tokenLabel: token.label, pin: { file: pinFile }, poolSize: opts.poolSize ?? 4 },
       ...(opts.limits ? { limits: opts.limits } : {}),
     }),

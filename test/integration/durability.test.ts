@@ -389,7 +389,7 @@ describe("the daemon refuses to start, saying why, and never shows the PIN", () 
     const token = createTempToken("refuse");
     const dataDir = mkdtempSync(join(tmpdir(), "hsmd-start-data-"));
     const env = { SOFTHSM2_CONF: token.conf, HSMD_TEST_PIN: token.pin };
-    const config = { node: { dataDir }, listen: { grpc: "127.0.0.1:0", admin: "127.0.0.1:0" }, device: { profile: "softhsm2", tokenLabel: "refuse", pin: { env: "HSMD_TEST_PIN" } } };
+    const config = { node: { dataDir }, listen: { grpc: "127.0.0.1:0", admin: "127.0.0.1:0" }, devMode: true, device: { profile: "softhsm2", tokenLabel: "refuse", pin: { env: "HSMD_TEST_PIN" } } };
     try {
       const r = runMain(["start"], config, env);
       expect(r.status).toBe(1);

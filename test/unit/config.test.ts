@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { chmodSync, cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -41,7 +42,8 @@ function problemsOf(fn: () => unknown): ConfigProblem[] {
 }
 
 const env = { HSMD_PIN: SECRET };
-const minimal = () => ({ node: { dataDir: join(dir, "data") } });
+// Dev mode on the default loopback addresses: the TLS rules have their own file (config-tls.test.ts).
+const minimal = () => ({ node: { dataDir: join(dir, "data") }, devMode: true });
 
 describe("defaults", () => {
   it("resolves every default from a minimal file", () => {
@@ -73,7 +75,7 @@ describe("defaults", () => {
   });
 
   it("resolves a relative dataDir against the config file's directory", () => {
-    const config = loadConfig({ file: writeConfig({ node: { id: "n1", dataDir: "state" } }), env });
+    const config = loadConfig({ file: writeConfig({ node: { id: "n1", dataDir: "state" }, devMode: true }), env });
     expect(config.node).toEqual({ id: "n1", dataDir: join(dir, "state") });
   });
 
@@ -86,8 +88,14 @@ describe("defaults", () => {
 
   it("loads the shipped example and every shipped profile", () => {
     const profiles = findProfileDir({})!;
-    const example = loadConfig({ file: join(profiles, "hsmd.example.json"), env });
+    // The example names production TLS paths under /etc/hsmd/tls: point them at dev certificates.
+    const certs = join(dir, "certs");
+    execFileSync("bash", [join(__dirname, "../../scripts/dev-ca.sh"), certs], { stdio: "pipe" });
+    const tls = { cert: join(certs, "server.pem"), key: join(certs, "server.key"), ca: join(certs, "ca.pem") };
+    const example = loadConfig({ file: join(profiles, "hsmd.example.json"), env, overrides: { tls } });
     expect(example.device.profile).toBe("softhsm2");
+    expect(example.tls).toEqual({ ...tls, requireClientCert: true });
+    expect(example.devMode).toBe(false);
     expect(JSON.stringify(example)).not.toContain(SECRET);
     for (const profile of ["softhsm2", "yubihsm2", "luna", "generic"]) {
       const extra = profile === "generic" ? { module: "/opt/x.so", slot: 1 } : {};
@@ -123,7 +131,7 @@ describe("profiles", () => {
   });
 
   it("deep-merges overrides over the file", () => {
-    const file = writeConfig({ ...minimal(), listen: { grpc: "0.0.0.0:9000" }, limits: { maxBatchItems: 10 } });
+    const file = writeConfig({ ...minimal(), listen: { grpc: "127.0.0.2:9000" }, limits: { maxBatchItems: 10 } });
     const config = loadConfig({ file, env, overrides: { listen: { admin: "127.0.0.1:0" }, limits: { maxPageSize: 5 }, device: { tokenLabel: "other" } } });
     expect(config.listen.grpc.port).toBe(9000);
     expect(config.listen.admin.port).toBe(0);
@@ -172,7 +180,7 @@ describe("problems", () => {
   it("rejects wrong types", () => {
     expect(check({ ...minimal(), device: { poolSize: "8" } })).toEqual([{ path: "/device/poolSize", message: "must be integer" }]);
     expect(check({ ...minimal(), device: { poolSize: 1.5 } })).toEqual([{ path: "/device/poolSize", message: "must be integer" }]);
-    expect(check({ node: { dataDir: 7 } })).toEqual([{ path: "/node/dataDir", message: "must be string" }]);
+    expect(check({ node: { dataDir: 7 }, devMode: true })).toEqual([{ path: "/node/dataDir", message: "must be string" }]);
     expect(check([])).toEqual([{ path: "/", message: "must be object" }]);
   });
 
@@ -206,8 +214,8 @@ describe("problems", () => {
   });
 
   it("requires node.dataDir and a module, token selector and PIN after merging", () => {
-    expect(check({})).toEqual([{ path: "/node", message: "is required" }]);
-    expect(check({ node: {} })).toEqual([{ path: "/node/dataDir", message: "is required" }]);
+    expect(check({ devMode: true })).toEqual([{ path: "/node", message: "is required" }]);
+    expect(check({ node: {}, devMode: true })).toEqual([{ path: "/node/dataDir", message: "is required" }]);
     expect(check({ ...minimal(), device: { profile: "generic" } })).toEqual([
       { path: "/device", message: "must have property 'tokenLabel' or 'slot'" },
       { path: "/device/module", message: "is required (the generic profile names no module)" },
@@ -235,6 +243,7 @@ describe("problems", () => {
       listen: { grpc: "nope" },
       device: { poolSize: "x", colour: "red" },
       limits: { maxPayload: 1, maxPageSize: 0 },
+      devMode: true,
     });
     let error: ConfigError | undefined;
     try {
