@@ -8,11 +8,11 @@
 process.env.UV_THREADPOOL_SIZE ??= "16";
 
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import * as pk from "pkcs11js";
-import { EncryptionAlgorithm, HsmClient, KeySpec, SigningAlgorithm } from "../src/sdk";
+import { EncryptionAlgorithm, HsmClient, KeySpec, Role, SigningAlgorithm } from "../src/sdk";
 
 const MODULE = process.env.SOFTHSM2_MODULE ?? "/usr/lib/softhsm/libsofthsm2.so";
 const POOL = 8;
@@ -79,6 +79,26 @@ class RawDevice {
   }
 }
 
+/**
+ * A crypto user for the benchmark: the first officer changes its one-time password (random, like
+ * every password here) and creates the user, which logs in; every daemon call then carries its session
+ * and goes through authorization and the audit log, as in production.
+ */
+async function benchUser(grpc: string, dataDir: string): Promise<HsmClient> {
+  const { randomBytes } = await import("node:crypto");
+  const otp = readFileSync(join(dataDir, "first-officer-password"), "utf8").trim();
+  const officerPassword = randomBytes(18).toString("base64url");
+  const userPassword = randomBytes(18).toString("base64url");
+  const co = new HsmClient({ endpoint: grpc });
+  await co.login("admin", otp);
+  await co.changePassword(otp, officerPassword);
+  await co.createUser({ username: "bench", role: Role.ROLE_CRYPTO_USER, password: userPassword });
+  co.close();
+  const client = new HsmClient({ endpoint: grpc });
+  await client.login("bench", userPassword);
+  return client;
+}
+
 async function startDaemon(dir: string, conf: string, pinFile: string): Promise<{ child: ChildProcess; grpc: string }> {
   const cfg = join(dir, "hsmd.json");
   writeFileSync(
@@ -119,7 +139,7 @@ async function main() {
 
   const { child, grpc } = await startDaemon(dir, conf, pinFile);
   const raw = new RawDevice("bench", pin);
-  const client = new HsmClient({ endpoint: grpc });
+  const client = await benchUser(grpc, join(dir, "data"));
   try {
     // Raw keys: session objects in this process.
     const s0 = raw.sessions[0]!;

@@ -1,5 +1,5 @@
 import { hostname } from "node:os";
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { isPlainObject, mergeDevice } from "./merge";
 import { resolvePin } from "./pin";
 import { addProblems } from "./problems";
@@ -7,7 +7,7 @@ import { ConfigError } from "./problems";
 import { readProfile } from "./profiles";
 import { parseListenAddress } from "./listen";
 import { sealConfig } from "./redact";
-import { DEFAULT_PROFILE, LIMIT_DEFAULTS, LISTEN_DEFAULTS } from "./schema";
+import { AUTH_DEFAULTS, DEFAULT_PROFILE, LIMIT_DEFAULTS, LISTEN_DEFAULTS } from "./schema";
 import { checkTransport, type RawTls } from "./tls";
 import { checkSchema } from "./validator";
 import { PROFILE_NAMES, type Config, type ConfigProblem, type DeviceQuirks, type LimitsConfig, type PinSource, type ProfileName } from "./types";
@@ -39,6 +39,8 @@ interface RawDoc {
   listen?: { grpc?: string; admin?: string };
   device?: Record<string, unknown>;
   limits?: Partial<LimitsConfig>;
+  auth?: { sessionTtlSeconds?: number; maxFailedLogins?: number; firstOfficer?: string; quorum?: { ttlSeconds?: number; operations?: Record<string, number> } };
+  audit?: { file?: string; fsync?: "always" | "changes" };
 }
 
 /**
@@ -144,13 +146,23 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
 
   if (problems.length || !device || !grpc || !admin || tls === undefined) return { problems };
   const doc = raw as unknown as RawDoc;
+  const dataDir = resolve(baseDir, doc.node.dataDir);
+  const auth = doc.auth ?? {};
   const config: Config = {
-    node: { id: doc.node.id ?? hostname(), dataDir: resolve(baseDir, doc.node.dataDir) },
+    node: { id: doc.node.id ?? hostname(), dataDir },
     listen: { grpc, admin },
     tls,
     devMode: doc.devMode ?? false,
     device,
     limits: { ...LIMIT_DEFAULTS, ...Object.fromEntries(Object.entries(doc.limits ?? {}).filter(([, v]) => v !== undefined)) },
+    auth: {
+      sessionTtlMs: (auth.sessionTtlSeconds ?? AUTH_DEFAULTS.sessionTtlSeconds) * 1000,
+      maxFailedLogins: auth.maxFailedLogins ?? AUTH_DEFAULTS.maxFailedLogins,
+      firstOfficer: auth.firstOfficer ?? AUTH_DEFAULTS.firstOfficer,
+      quorumTtlMs: (auth.quorum?.ttlSeconds ?? AUTH_DEFAULTS.quorumTtlSeconds) * 1000,
+      quorum: { ...(auth.quorum?.operations ?? {}) },
+    },
+    audit: { file: doc.audit?.file ? resolve(baseDir, doc.audit.file) : join(dataDir, "audit", "audit.log"), fsync: doc.audit?.fsync ?? "changes" },
     sources: { file, profile: profileFile },
   };
   return { problems, config };

@@ -10,7 +10,7 @@ export { describeConfig, REDACTED } from "./redact";
 export { parseListenAddress } from "./listen";
 export { TLS_REQUIRED, describeTransport, isLoopbackHost, readTlsFiles } from "./tls";
 export { findProfileDir, CONFIG_DIR_ENV } from "./profiles";
-export { CONFIG_SCHEMA, PROFILE_SCHEMA, LIMIT_DEFAULTS, LISTEN_DEFAULTS, DEFAULT_PROFILE } from "./schema";
+export { AUTH_DEFAULTS, CONFIG_SCHEMA, PROFILE_SCHEMA, LIMIT_DEFAULTS, LISTEN_DEFAULTS, DEFAULT_PROFILE, QUORUM_OPERATIONS } from "./schema";
 export { PROFILE_NAMES } from "./types";
 
 export type { LoadConfigOptions } from "./load";
@@ -18,6 +18,8 @@ export type { CompileOptions } from "./compile";
 export type { RedactedConfig } from "./redact";
 export type { TlsMaterial } from "./tls";
 export type {
+  AuditConfig,
+  AuthConfig,
   Config,
   ConfigProblem,
   DeviceConfig,

@@ -12,7 +12,7 @@ export type RedactedConfig = Omit<Config, "device"> & { readonly device: Omit<Co
  * `"[redacted]"`, its source (variable name or file path) stays visible.
  */
 export function describeConfig(config: Config): RedactedConfig {
-  const { node, listen, tls, devMode, device, limits, sources } = config;
+  const { node, listen, tls, devMode, device, limits, auth, audit, sources } = config;
   return {
     node: { ...node },
     listen: { grpc: { ...listen.grpc }, admin: { ...listen.admin } },
@@ -29,6 +29,8 @@ export function describeConfig(config: Config): RedactedConfig {
       quirks: { ...device.quirks, aesKeyBits: [...device.quirks.aesKeyBits] },
     },
     limits: { ...limits },
+    auth: { ...auth, quorum: { ...auth.quorum } },
+    audit: { ...audit },
     sources: { ...sources },
   };
 }

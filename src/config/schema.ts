@@ -7,6 +7,12 @@ import { PROFILE_NAMES, type LimitsConfig, type ProfileName } from "./types";
  * (keyword -> message) used by the problem formatter in place of ajv's generic wording.
  */
 
+/** Operations that can be configured to need M-of-N crypto-officer approval. */
+export const QUORUM_OPERATIONS = ["DeleteUser", "ResetPassword", "ShareKey", "DeleteKey"] as const;
+
+/** Defaults of the `auth` section. */
+export const AUTH_DEFAULTS = Object.freeze({ sessionTtlSeconds: 3600, maxFailedLogins: 5, firstOfficer: "admin", quorumTtlSeconds: 600 });
+
 /** Default listen addresses: loopback only, so a fresh install is not reachable from the network. */
 export const LISTEN_DEFAULTS = Object.freeze({ grpc: "127.0.0.1:7443", admin: "127.0.0.1:7480" });
 
@@ -130,6 +136,37 @@ export const CONFIG_SCHEMA = {
         ...deviceProperties,
       },
       ...onlyOneTokenSelector,
+    },
+    auth: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        sessionTtlSeconds: { type: "integer", minimum: 1, maximum: 604800, default: AUTH_DEFAULTS.sessionTtlSeconds, description: "session token lifetime" },
+        maxFailedLogins: { type: "integer", minimum: 1, maximum: 100, default: AUTH_DEFAULTS.maxFailedLogins, description: "consecutive failed logins that lock a user" },
+        firstOfficer: { type: "string", minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9][A-Za-z0-9._-]*$", default: AUTH_DEFAULTS.firstOfficer, description: "name of the crypto officer `hsmd init` creates" },
+        quorum: {
+          type: "object",
+          additionalProperties: false,
+          properties: {
+            ttlSeconds: { type: "integer", minimum: 1, maximum: 604800, default: AUTH_DEFAULTS.quorumTtlSeconds, description: "time to gather approvals, then to run the approved operation" },
+            operations: {
+              type: "object",
+              additionalProperties: false,
+              properties: Object.fromEntries(QUORUM_OPERATIONS.map((op) => [op, { type: "integer", minimum: 1, maximum: 32 }])),
+              errorMessages: { additionalProperties: `only these operations can require a quorum: ${QUORUM_OPERATIONS.join(", ")}` },
+              description: "operation -> M crypto officers that must approve it (1: no quorum)",
+            },
+          },
+        },
+      },
+    },
+    audit: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        file: { type: "string", minLength: 1, description: "audit log path; default <dataDir>/audit/audit.log" },
+        fsync: { type: "string", enum: ["always", "changes"], default: "changes", description: "fdatasync every entry, or only those of key and user changes (before the RPC answers)" },
+      },
     },
     limits: {
       type: "object",

@@ -102,6 +102,28 @@ export interface TlsConfig {
  * The daemon's configuration, fully resolved: every default applied, the device profile merged, the
  * PIN read. Deeply frozen; `JSON.stringify` shows the PIN as `"[redacted]"`.
  */
+/** Users, sessions, lockout and quorum (the `auth` section, resolved). */
+export interface AuthConfig {
+  /** session token lifetime. @default 3_600_000 (1 hour) */
+  readonly sessionTtlMs: number;
+  /** consecutive failed logins that lock a user. @default 5 */
+  readonly maxFailedLogins: number;
+  /** the crypto officer `hsmd init` creates. @default "admin" */
+  readonly firstOfficer: string;
+  /** time to gather approvals, then to run the approved operation. @default 600_000 (10 minutes) */
+  readonly quorumTtlMs: number;
+  /** operation -> M approvals; absent means no quorum. @default {} */
+  readonly quorum: Readonly<Record<string, number>>;
+}
+
+/** The audit log (the `audit` section, resolved). */
+export interface AuditConfig {
+  /** absolute path. @default `<dataDir>/audit/audit.log` */
+  readonly file: string;
+  /** `always`: fdatasync every entry; `changes`: only key and user changes (before the RPC answers). @default "changes" */
+  readonly fsync: "always" | "changes";
+}
+
 export interface Config {
   readonly node: {
     /** This node's id in the cluster (default: the host name). */
@@ -121,6 +143,8 @@ export interface Config {
   readonly devMode: boolean;
   readonly device: DeviceConfig;
   readonly limits: LimitsConfig;
+  readonly auth: AuthConfig;
+  readonly audit: AuditConfig;
   /** Where the configuration came from, for status and error reports. */
   readonly sources: {
     /** Absolute path of the config file, or null when built from overrides alone. */

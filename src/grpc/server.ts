@@ -2,22 +2,44 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation } from "grpc-health-check";
+import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import { Code, HsmError } from "../errors";
-import { KeyServiceService, type KeyServiceServer } from "../gen/hsm/v1/keys";
+import type { AccessGuard } from "../access";
+import { queryAuditLog, verifyAuditLog, type AuditEntry, type AuditLog } from "../audit";
+import { Code, HsmError, invalid, notFound, precondition } from "../errors";
+import { AuditServiceService, type AuditServiceServer } from "../gen/hsm/v1/audit";
 import { CryptoServiceService, type CryptoServiceServer } from "../gen/hsm/v1/crypto";
-import type { KeyService } from "../keys";
+import { KeyServiceService, type KeyServiceServer } from "../gen/hsm/v1/keys";
+import { QuorumServiceService, UserServiceService, type QuorumServiceServer, type UserServiceServer } from "../gen/hsm/v1/users";
+import type { KeyService, UserRef } from "../keys";
+import { isValidUsername, type Principal, type QuorumService, type UserService } from "../users";
+import { auditToProto, quorumStatusFromProto, quorumToProto, roleFromProto, sessionToProto, userToProto } from "./convert";
 
 /** What the gRPC layer reports per call (metrics); never sees request bodies. */
 export type RpcObserver = (method: string, code: string, seconds: number) => void;
 
+/** Trailer (and error metadata) naming the quorum request a refused call recorded. */
+export const QUORUM_REQUEST_HEADER = "hsmd-quorum-request-id";
+/** Request id header: echoed in the trailer, recorded in the audit entry. */
+export const REQUEST_ID_HEADER = "x-request-id";
+
 export interface GrpcServerOptions {
   keys: KeyService;
+  users: UserService;
+  quorum: QuorumService;
+  guard: AccessGuard;
+  audit: AuditLog;
+  /** Path of the audit log (QueryAuditLog, VerifyAuditLog read it). */
+  auditFile: string;
+  /** fdatasync every audit entry (`always`), or only those of changes (`changes`). */
+  auditFsync: "always" | "changes";
   /** Largest message accepted, in bytes (payload limit × batch limit, plus framing). */
   maxMessageBytes: number;
   observe?: RpcObserver;
   log?: (msg: string) => void;
+  /** Called after a user changed its own password (the daemon removes the first officer's one-time password file). */
+  onPasswordChanged?: (user: string) => void;
 }
 
 /** Finds proto/ from src/ (tests) or dist/src/ (built). */
@@ -30,41 +52,293 @@ export function protoDir(): string {
   return resolve(__dirname, "../../proto");
 }
 
-/**
- * Wraps a domain call as a unary handler: maps every error to its gRPC status and a message a person
- * can act on (never a CKR number, never internal details), and reports the outcome. This is the one
- * place every RPC passes through; the auth and audit layer of a later issue sits here too.
- */
-function unary<Req, Res>(method: string, opts: GrpcServerOptions, fn: (req: Req) => Promise<Res> | Res): grpc.handleUnaryCall<Req, Res> {
-  return (call, callback) => {
-    const t0 = process.hrtime.bigint();
-    let done = false;
-    const finish = (code: string) => {
-      if (done) return;
-      done = true;
-      opts.observe?.(method, code, Number(process.hrtime.bigint() - t0) / 1e9);
-    };
-    Promise.resolve()
-      .then(() => fn(call.request))
-      .then(
-        (res) => {
-          finish("OK");
-          callback(null, res);
-        },
-        (e: unknown) => {
-          const err = HsmError.from(e);
-          if (err.code === Code.Internal) opts.log?.(`${method}: internal error: ${describeCause(e)}`);
-          finish(err.code);
-          callback({ code: err.grpcStatus, details: err.message } as grpc.ServiceError);
-        },
-      );
-  };
+/** What a handler knows about its call besides the request. */
+interface CallContext {
+  method: string;
+  /** Set for every method but Login. */
+  principal?: Principal;
+  token?: string;
+  peer: string;
+  requestId: string;
+  /** Audit fields the handler learns (the created key, the user that logged in, a short detail). */
+  audit: { user?: string; role?: string; keyId?: string; target?: string; detail?: string };
+  /** Sent back as trailing metadata (also on errors). */
+  trailer: grpc.Metadata;
+  /** Batches: the access check of one item's key (throws for a denied item). */
+  checkItem: (keyId: string) => void;
+}
+
+type Handler<Req, Res> = (req: Req, c: CallContext) => Promise<Res> | Res;
+
+const SAFE_TEXT = /^[^\u0000-\u001f\u007f]+$/;
+/** A value fit for an audit field (1..max characters, no control characters), else undefined. */
+function auditable(v: unknown, max = 128): string | undefined {
+  return typeof v === "string" && v.length > 0 && v.length <= max && SAFE_TEXT.test(v) ? v : undefined;
 }
 
 function describeCause(e: unknown): string {
   const c = e instanceof HsmError && e.cause ? e.cause : e;
   return c instanceof Error ? `${c.name}: ${c.message}` : String(c);
 }
+
+/**
+ * Builds the hsm.v1 services over the domain services. Every RPC passes through {@link rpc}: the
+ * session is authenticated and the call authorized by the {@link AccessGuard} (roles, key ownership
+ * and shares) before the service runs, every outcome (allowed or denied) is appended to the audit log
+ * (on disk before the answer for key and user changes), and every error is mapped to its gRPC status
+ * with a message a person can act on (never a CKR number, never internal details).
+ */
+function services(opts: GrpcServerOptions) {
+  const { keys: k, users, quorum, guard, audit } = opts;
+
+  function rpc<Req, Res>(method: string, fn: Handler<Req, Res>): grpc.handleUnaryCall<Req, Res> {
+    const rule = guard.rule(method);
+    return (call, callback) => {
+      const t0 = process.hrtime.bigint();
+      const req = call.request as unknown as Record<string, unknown>;
+      const c: CallContext = {
+        method,
+        peer: call.getPeer(),
+        requestId: auditable(req["requestId"]) ?? auditable(call.metadata.get(REQUEST_ID_HEADER)[0]) ?? randomUUID(),
+        audit: {},
+        trailer: new grpc.Metadata(),
+        checkItem: () => {
+          throw new HsmError(Code.PermissionDenied, "no session");
+        },
+      };
+      c.trailer.set(REQUEST_ID_HEADER, c.requestId);
+      if (rule.target) c.audit.target = auditable(req[rule.target]);
+      const keyRefs = rule.keys?.(req) ?? [];
+      c.audit.keyId = auditable(keyRefs.find((r) => r.need === "own")?.id ?? keyRefs[0]?.id);
+      if (rule.batch) {
+        const items = Array.isArray(req["items"]) ? (req["items"] as Array<{ keyId?: unknown }>) : [];
+        const ids = new Set(items.map((i) => i.keyId));
+        if (ids.size === 1) c.audit.keyId = auditable([...ids][0]);
+        c.audit.detail = `batch of ${items.length}`;
+      }
+      const run = async (): Promise<Res> => {
+        if (rule.who !== "public") {
+          const auth = call.metadata.get("authorization")[0];
+          const { principal, token } = await guard.authenticate(typeof auth === "string" ? auth : undefined);
+          c.principal = principal;
+          c.token = token;
+        }
+        guard.authorize(method, c.principal);
+        for (const ref of keyRefs) guard.key(c.principal!, ref.id, ref.need, ref.field);
+        if (rule.batch) c.checkItem = (id) => void guard.key(c.principal!, id, "use");
+        return fn(call.request, c);
+      };
+      run().then(
+        async (res) => {
+          if (rule.createsKey) c.audit.keyId = auditable((res as { id?: unknown }).id) ?? c.audit.keyId;
+          const failed = await record(c, "OK", !!rule.change);
+          if (failed) return reply(failed);
+          observe("OK");
+          callback(null, res, c.trailer);
+        },
+        async (e: unknown) => {
+          const err = HsmError.from(e);
+          if (err.code === Code.Internal) opts.log?.(`${method}: internal error: ${describeCause(e)}`);
+          const failed = await record(c, statusName(err), !!rule.change);
+          reply(failed ?? err);
+        },
+      );
+      function observe(code: string) {
+        opts.observe?.(method, code, Number(process.hrtime.bigint() - t0) / 1e9);
+      }
+      function reply(err: HsmError) {
+        observe(err.code);
+        callback({ code: err.grpcStatus, details: err.message, metadata: c.trailer } as grpc.ServiceError);
+      }
+    };
+  }
+
+  const statusName = (err: HsmError): string => err.code;
+
+  /** Appends the call's audit entry; answers the error to send instead when the log cannot be written. */
+  async function record(c: CallContext, status: string, change: boolean): Promise<HsmError | undefined> {
+    const entry: AuditEntry = {
+      user: c.audit.user ?? c.principal?.user,
+      role: c.audit.role ?? c.principal?.role,
+      operation: c.method,
+      keyId: c.audit.keyId,
+      target: c.audit.target,
+      status,
+      requestId: c.requestId,
+      client: auditable(c.peer, 256),
+      detail: c.audit.detail,
+    };
+    try {
+      await audit.append(entry, { sync: change || opts.auditFsync === "always" });
+      return undefined;
+    } catch (e) {
+      opts.log?.(`audit log append failed for ${c.method} (${status}): ${describeCause(e)}`);
+      return new HsmError(Code.Unavailable, "the audit log cannot be written: this node refuses to answer until an operator fixes it", { transient: true });
+    }
+  }
+
+  const owner = (c: CallContext): UserRef => ({ user: c.principal!.user, userId: c.principal!.userId });
+
+  /**
+   * Runs `fn` when `operation` needs no quorum, or with an approved `quorumRequestId` for exactly
+   * these params (consumed once). Without one it records a pending request and answers
+   * FAILED_PRECONDITION naming it (and in the {@link QUORUM_REQUEST_HEADER} trailer).
+   */
+  async function withQuorum<T>(c: CallContext, operation: string, params: Record<string, string>, quorumRequestId: string, fn: () => Promise<T>): Promise<T> {
+    const m = quorum.required(operation);
+    if (m <= 1) return fn();
+    if (!quorumRequestId) {
+      const q = await quorum.request(c.principal!, operation, params);
+      c.trailer.set(QUORUM_REQUEST_HEADER, q.id);
+      c.audit.detail = `quorum request ${q.id} recorded: needs ${m} approvals`;
+      throw precondition(
+        `${operation} needs the approval of ${m} crypto officers: quorum request ${q.id} is pending; when approved, call ${operation} again with quorum_request_id=${q.id}`,
+      );
+    }
+    await quorum.consume(quorumRequestId, operation, params);
+    c.audit.detail = `quorum request ${quorumRequestId} executed`;
+    return fn();
+  }
+
+  /** A crypto user a key can be shared with: exists, and is a CU. */
+  async function shareTarget(username: string): Promise<UserRef> {
+    if (!username) throw invalid("username is required");
+    const who = await users.identity(username);
+    if (!who) throw notFound(`user ${username} not found`);
+    if (who.role !== "CU") throw precondition(`user ${username} is not a crypto user: keys are shared with crypto users only`);
+    return { user: who.name, userId: who.userId };
+  }
+
+  const userImpl: UserServiceServer = {
+    login: rpc("Login", async (r, c) => {
+      if (!r.username) throw invalid("username is required");
+      if (!r.password) throw invalid("password is required");
+      const res = await users.login(r.username, r.password, c.peer ? { client: c.peer.slice(0, 256) } : undefined);
+      c.audit.user = r.username;
+      c.audit.role = res.role;
+      return sessionToProto(res, r.username);
+    }),
+    logout: rpc("Logout", async (_r, c) => {
+      await users.logout(c.token!);
+      return {};
+    }),
+    refreshSession: rpc("RefreshSession", async (_r, c) => sessionToProto(await users.refresh(c.token!), c.principal!.user)),
+    changePassword: rpc("ChangePassword", async (r, c) => {
+      const res = await users.changePassword(c.principal!, r.oldPassword, r.newPassword);
+      opts.onPasswordChanged?.(c.principal!.user);
+      return sessionToProto(res, c.principal!.user);
+    }),
+    createUser: rpc("CreateUser", async (r, c) =>
+      userToProto(await users.createUser(c.principal!, r.username, roleFromProto(r.role), r.password, { mustChangePassword: r.mustChangePassword })),
+    ),
+    getUser: rpc("GetUser", async (r) => userToProto(await users.getUser(r.username))),
+    listUsers: rpc("ListUsers", async (_r, c) => ({ users: (await users.listUsers(c.principal!)).map(userToProto) })),
+    deleteUser: rpc("DeleteUser", async (r, c) => {
+      if (!isValidUsername(r.username)) throw invalid("username must be 1 to 64 letters, digits, '.', '_' or '-'");
+      const who = await users.identity(r.username);
+      if (!who) throw notFound(`user ${r.username} not found`);
+      const owned = k.ownedBy(who.userId);
+      if (owned > 0) throw precondition(`user ${r.username} owns ${owned} key(s): it must delete them before it can be deleted`);
+      await withQuorum(c, "DeleteUser", { username: r.username }, r.quorumRequestId, () => users.deleteUser(c.principal!, r.username));
+      return {};
+    }),
+    lockUser: rpc("LockUser", async (r, c) => userToProto(await users.lockUser(c.principal!, r.username))),
+    unlockUser: rpc("UnlockUser", async (r, c) => userToProto(await users.unlockUser(c.principal!, r.username))),
+    resetPassword: rpc("ResetPassword", async (r, c) => {
+      await users.getUser(r.username);
+      return userToProto(
+        await withQuorum(c, "ResetPassword", { username: r.username }, r.quorumRequestId, () => users.resetPassword(c.principal!, r.username, r.newPassword)),
+      );
+    }),
+  };
+
+  const quorumImpl: QuorumServiceServer = {
+    listQuorumRequests: rpc("ListQuorumRequests", async (r) => {
+      const status = quorumStatusFromProto(r.status);
+      return { requests: (await quorum.list(status ? { status } : {})).map(quorumToProto) };
+    }),
+    getQuorumRequest: rpc("GetQuorumRequest", async (r, c) => {
+      const q = await quorum.get(r.id);
+      guard.quorumReader(c.principal!, q.requestedBy, r.id);
+      return quorumToProto(q);
+    }),
+    approveQuorumRequest: rpc("ApproveQuorumRequest", async (r, c) => {
+      const a = await quorum.approve(c.principal!, r.id);
+      c.audit.detail = `${a.operation}: ${a.approvals.length} of ${a.required} approvals${a.duplicate ? " (duplicate approval, counted once)" : ""}`;
+      return { request: quorumToProto(a), duplicate: a.duplicate, message: a.message };
+    }),
+    rejectQuorumRequest: rpc("RejectQuorumRequest", async (r, c) => quorumToProto(await quorum.reject(c.principal!, r.id))),
+  };
+
+  const auditImpl: AuditServiceServer = {
+    queryAuditLog: rpc("QueryAuditLog", async (r) => {
+      if (r.limit > 1000) throw invalid("limit must be at most 1000");
+      if (r.afterSeq > BigInt(Number.MAX_SAFE_INTEGER)) throw invalid("after_seq is out of range");
+      const page = await queryAuditLog(opts.auditFile, {
+        from: r.from || undefined,
+        to: r.to || undefined,
+        user: r.user || undefined,
+        keyId: r.keyId || undefined,
+        operation: r.operation || undefined,
+        limit: r.limit || undefined,
+        afterSeq: Number(r.afterSeq),
+      });
+      return { entries: page.entries.map(auditToProto), nextAfterSeq: BigInt(page.nextAfterSeq ?? 0) };
+    }),
+    verifyAuditLog: rpc("VerifyAuditLog", async () => {
+      const v = await verifyAuditLog(opts.auditFile);
+      return v.ok
+        ? { ok: true, entries: BigInt(v.entries), lastHash: v.lastHash, problems: [] }
+        : { ok: false, entries: BigInt(v.entries), lastHash: "", problems: [`line ${v.problem.line}: ${v.problem.kind}: ${v.problem.message}`] };
+    }),
+  };
+
+  const keyImpl: KeyServiceServer = {
+    generateKey: rpc("GenerateKey", (r, c) => k.generateKey(r, owner(c))),
+    getKey: rpc("GetKey", (r, c) => k.getKey(r, c.principal!.userId)),
+    listKeys: rpc("ListKeys", (r, c) => k.listKeys(r, guard.visibleTo(c.principal!), c.principal!.userId)),
+    deleteKey: rpc("DeleteKey", async (r, c) => {
+      await withQuorum(c, "DeleteKey", { keyId: r.keyId }, r.quorumRequestId, () => k.deleteKey(r));
+      return {};
+    }),
+    getPublicKey: rpc("GetPublicKey", (r) => k.getPublicKey(r)),
+    importPublicKey: rpc("ImportPublicKey", (r, c) => k.importPublicKey(r, owner(c))),
+    getImportParameters: rpc("GetImportParameters", () => k.getImportParameters()),
+    importKey: rpc("ImportKey", (r, c) => k.importKey(r, owner(c))),
+    shareKey: rpc("ShareKey", async (r, c) => {
+      const target = await shareTarget(r.username);
+      return withQuorum(c, "ShareKey", { keyId: r.keyId, username: r.username }, r.quorumRequestId, () => k.setShare(r.keyId, target, true, c.principal!.userId));
+    }),
+    unshareKey: rpc("UnshareKey", async (r, c) => {
+      if (!isValidUsername(r.username)) throw invalid("username must be 1 to 64 letters, digits, '.', '_' or '-'");
+      return k.setShare(r.keyId, { user: r.username, userId: "" }, false, c.principal!.userId);
+    }),
+  };
+
+  const batch = <I extends { keyId: string }, O>(c: CallContext, items: I[], fn: (i: I) => Promise<O>) =>
+    k.runBatch(items, async (i) => {
+      c.checkItem(i.keyId);
+      return fn(i);
+    });
+  const cryptoImpl: CryptoServiceServer = {
+    encrypt: rpc("Encrypt", (r) => k.encrypt(r)),
+    decrypt: rpc("Decrypt", (r) => k.decrypt(r)),
+    sign: rpc("Sign", (r) => k.sign(r)),
+    verify: rpc("Verify", (r) => k.verify(r)),
+    wrapKey: rpc("WrapKey", (r) => k.wrapKey(r)),
+    unwrapKey: rpc("UnwrapKey", (r, c) => k.unwrapKey(r, owner(c))),
+    deriveKey: rpc("DeriveKey", (r, c) => k.deriveKey(r, owner(c))),
+    generateRandom: rpc("GenerateRandom", (r) => k.generateRandom(r)),
+    batchSign: rpc("BatchSign", async (r, c) => ({ results: (await batch(c, r.items, (i) => k.sign(i))).map((result) => ({ result })) })),
+    batchVerify: rpc("BatchVerify", async (r, c) => ({ results: (await batch(c, r.items, (i) => k.verify(i))).map((result) => ({ result })) })),
+    batchEncrypt: rpc("BatchEncrypt", async (r, c) => ({ results: (await batch(c, r.items, (i) => k.encrypt(i))).map((result) => ({ result })) })),
+    batchDecrypt: rpc("BatchDecrypt", async (r, c) => ({ results: (await batch(c, r.items, (i) => k.decrypt(i))).map((result) => ({ result })) })),
+  };
+  return { userImpl, quorumImpl, auditImpl, keyImpl, cryptoImpl };
+}
+
+/** The hsm.v1 services health reports on. */
+const SERVICE_NAMES = ["", "hsm.v1.KeyService", "hsm.v1.CryptoService", "hsm.v1.UserService", "hsm.v1.QuorumService", "hsm.v1.AuditService"];
 
 /** Builds the server with hsm.v1 services, grpc.health.v1 and server reflection (not yet bound). */
 export function buildGrpcServer(opts: GrpcServerOptions): { server: grpc.Server; health: HealthImplementation } {
@@ -74,42 +348,19 @@ export function buildGrpcServer(opts: GrpcServerOptions): { server: grpc.Server;
     "grpc.max_receive_message_length": opts.maxMessageBytes,
     "grpc.max_send_message_length": opts.maxMessageBytes,
   });
-  const k = opts.keys;
-  const keyImpl: KeyServiceServer = {
-    generateKey: unary("GenerateKey", opts, (r) => k.generateKey(r)),
-    getKey: unary("GetKey", opts, (r) => k.getKey(r)),
-    listKeys: unary("ListKeys", opts, (r) => k.listKeys(r)),
-    deleteKey: unary("DeleteKey", opts, async (r) => {
-      await k.deleteKey(r);
-      return {};
-    }),
-    getPublicKey: unary("GetPublicKey", opts, (r) => k.getPublicKey(r)),
-    importPublicKey: unary("ImportPublicKey", opts, (r) => k.importPublicKey(r)),
-    getImportParameters: unary("GetImportParameters", opts, () => k.getImportParameters()),
-    importKey: unary("ImportKey", opts, (r) => k.importKey(r)),
-  };
-  const cryptoImpl: CryptoServiceServer = {
-    encrypt: unary("Encrypt", opts, (r) => k.encrypt(r)),
-    decrypt: unary("Decrypt", opts, (r) => k.decrypt(r)),
-    sign: unary("Sign", opts, (r) => k.sign(r)),
-    verify: unary("Verify", opts, (r) => k.verify(r)),
-    wrapKey: unary("WrapKey", opts, (r) => k.wrapKey(r)),
-    unwrapKey: unary("UnwrapKey", opts, (r) => k.unwrapKey(r)),
-    deriveKey: unary("DeriveKey", opts, (r) => k.deriveKey(r)),
-    generateRandom: unary("GenerateRandom", opts, (r) => k.generateRandom(r)),
-    batchSign: unary("BatchSign", opts, async (r) => ({ results: (await k.runBatch(r.items, (i) => k.sign(i))).map((result) => ({ result })) })),
-    batchVerify: unary("BatchVerify", opts, async (r) => ({ results: (await k.runBatch(r.items, (i) => k.verify(i))).map((result) => ({ result })) })),
-    batchEncrypt: unary("BatchEncrypt", opts, async (r) => ({ results: (await k.runBatch(r.items, (i) => k.encrypt(i))).map((result) => ({ result })) })),
-    batchDecrypt: unary("BatchDecrypt", opts, async (r) => ({ results: (await k.runBatch(r.items, (i) => k.decrypt(i))).map((result) => ({ result })) })),
-  };
-  server.addService(KeyServiceService, keyImpl);
-  server.addService(CryptoServiceService, cryptoImpl);
+  const impl = services(opts);
+  server.addService(KeyServiceService, impl.keyImpl);
+  server.addService(CryptoServiceService, impl.cryptoImpl);
+  server.addService(UserServiceService, impl.userImpl);
+  server.addService(QuorumServiceService, impl.quorumImpl);
+  server.addService(AuditServiceService, impl.auditImpl);
 
-  const health = new HealthImplementation({ "": "NOT_SERVING", "hsm.v1.KeyService": "NOT_SERVING", "hsm.v1.CryptoService": "NOT_SERVING" });
+  const health = new HealthImplementation(Object.fromEntries(SERVICE_NAMES.map((n) => [n, "NOT_SERVING"])));
   health.addToServer(server);
 
   const dir = protoDir();
-  const pkgDef = protoLoader.loadSync([join(dir, "hsm/v1/keys.proto"), join(dir, "hsm/v1/crypto.proto")], { includeDirs: [dir] });
+  const files = ["keys", "crypto", "users", "audit"].map((f) => join(dir, `hsm/v1/${f}.proto`));
+  const pkgDef = protoLoader.loadSync(files, { includeDirs: [dir] });
   new ReflectionService(pkgDef).addToServer(server);
   return { server, health };
 }
@@ -126,5 +377,5 @@ export function bindGrpc(server: grpc.Server, address: string, creds: grpc.Serve
 
 export function setServing(health: HealthImplementation, serving: boolean): void {
   const s = serving ? "SERVING" : "NOT_SERVING";
-  for (const name of ["", "hsm.v1.KeyService", "hsm.v1.CryptoService"]) health.setStatus(name, s);
+  for (const name of SERVICE_NAMES) health.setStatus(name, s);
 }

@@ -14,6 +14,15 @@ export interface KeyVersion {
   material?: WrappedMaterial;
 }
 
+/**
+ * A user as key ownership and shares record it: the name and the id of that incarnation of the name
+ * (a user deleted and created again has a new id and inherits nothing).
+ */
+export interface UserRef {
+  user: string;
+  userId: string;
+}
+
 /** A key as the state store holds it: the source of truth the HSM objects are materialized from. */
 export interface KeyRecord {
   id: string;
@@ -29,6 +38,10 @@ export interface KeyRecord {
   currentVersion: number;
   versions: KeyVersion[];
   requestId?: string;
+  /** The crypto user that created or imported it; absent on records made before users existed (usable by nobody). */
+  owner?: UserRef;
+  /** Crypto users it is shared with: they may use it for crypto, nothing else. */
+  shares?: UserRef[];
 }
 
 /** Store key of a record. */
@@ -47,8 +60,8 @@ export function decodeRecord(b: Buffer): KeyRecord {
   return JSON.parse(b.toString("utf8"), (_k, v) => (v && typeof v === "object" && typeof v.$b64 === "string" ? Buffer.from(v.$b64, "base64") : v));
 }
 
-/** The API view of a record: never carries wrapped material. */
-export function toApiKey(r: KeyRecord): Key {
+/** The API view of a record: never carries wrapped material; the share list only for its owner (`viewerId`). */
+export function toApiKey(r: KeyRecord, viewerId?: string): Key {
   return {
     id: r.id,
     label: r.label,
@@ -61,5 +74,7 @@ export function toApiKey(r: KeyRecord): Key {
     publicOnly: r.publicOnly,
     exportable: r.exportable,
     version: r.currentVersion,
+    owner: r.owner?.user ?? "",
+    sharedWith: viewerId !== undefined && r.owner?.userId === viewerId ? (r.shares ?? []).map((s) => s.user) : [],
   };
 }

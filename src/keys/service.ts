@@ -36,7 +36,7 @@ import {
 } from "../gen/hsm/v1/crypto";
 import { CURVE_BYTES, Device, KeyNotMaterializedError, partsFromSpki, type KeyAlgorithm, type Part, type Usage, type WrappedMaterial } from "../pkcs11";
 import type { StateStore } from "../store";
-import { decodeRecord, encodeRecord, recordKey, requestKey, toApiKey, type KeyRecord, type KeyVersion } from "./record";
+import { decodeRecord, encodeRecord, recordKey, requestKey, toApiKey, type KeyRecord, type KeyVersion, type UserRef } from "./record";
 import { HASH_LEN, algorithmOf, cipherFor, isSecret, resolveUsages, signFor, specOf, wrapFor } from "./spec";
 import { derToRaw, rawToDer } from "./signature";
 
@@ -205,9 +205,9 @@ export class KeyService {
   // ---- create paths ----------------------------------------------------------------------------
 
   /** Returns the key a request id already made, if any. */
-  private async existingFor(rid: string | undefined): Promise<KeyRecord | undefined> {
+  private async existingFor(rid: string | undefined, owner: UserRef | undefined): Promise<KeyRecord | undefined> {
     if (!rid) return undefined;
-    const e = await this.store.get(requestKey(rid));
+    const e = await this.store.get(requestKey(scopedRequestId(rid, owner)));
     if (!e) return undefined;
     const id = e.value.toString("utf8");
     const r = this.records.get(id) ?? (await this.store.get(recordKey(id)).then((x: { value: Buffer } | undefined) => (x ? decodeRecord(x.value) : undefined)));
@@ -223,8 +223,8 @@ export class KeyService {
     base: Omit<KeyRecord, "id" | "createdAt" | "currentVersion" | "versions" | "publicKeySpki"> & { publicKeySpki?: Buffer },
     make: (id: string) => Promise<Buffer | undefined>,
   ): Promise<Key> {
-    const existing = await this.existingFor(base.requestId);
-    if (existing) return toApiKey(existing);
+    const existing = await this.existingFor(base.requestId, base.owner);
+    if (existing) return toApiKey(existing, base.owner?.userId);
     const id = randomUUID();
     const createdAt = new Date().toISOString();
     try {
@@ -251,19 +251,20 @@ export class KeyService {
       const compares = [{ key: recordKey(id), op: "absent" as const }];
       const ops = [{ type: "put" as const, key: recordKey(id), value: encodeRecord(rec) }];
       if (base.requestId) {
-        compares.push({ key: requestKey(base.requestId), op: "absent" });
-        ops.push({ type: "put", key: requestKey(base.requestId), value: Buffer.from(id) });
+        const rk = requestKey(scopedRequestId(base.requestId, base.owner));
+        compares.push({ key: rk, op: "absent" });
+        ops.push({ type: "put", key: rk, value: Buffer.from(id) });
       }
       const res = await this.store.txn(compares, ops);
       if (!res.succeeded) {
         // Lost a race with the same request id: the other create won; return its key.
         await this.device.destroy(id).catch(() => undefined);
-        const other = await this.existingFor(base.requestId);
-        if (other) return toApiKey(other);
+        const other = await this.existingFor(base.requestId, base.owner);
+        if (other) return toApiKey(other, base.owner?.userId);
         throw new HsmError(Code.Unavailable, "create conflicted with a concurrent write; retry", { transient: true });
       }
       this.records.set(id, rec);
-      return toApiKey(rec);
+      return toApiKey(rec, rec.owner?.userId);
     } catch (e) {
       if (!this.records.has(id)) await this.device.destroy(id).catch(() => undefined);
       throw e;
@@ -291,25 +292,27 @@ export class KeyService {
     }
   }
 
-  async generateKey(req: GenerateKeyRequest): Promise<Key> {
+  /** `owner`: the crypto user the new key belongs to (absent only in device-level tests). */
+  async generateKey(req: GenerateKeyRequest, owner?: UserRef): Promise<Key> {
     const alg = algorithmOf(req.spec);
     const label = this.label(req.label);
     const usages = resolveUsages(alg, req.usages);
     const requestId = this.requestId(req.requestId);
     return this.create(
-      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_GENERATED, publicOnly: false, exportable: req.exportable, requestId },
+      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_GENERATED, publicOnly: false, exportable: req.exportable, requestId, owner },
       async (id) => (await this.device.generate(id, alg, usages)).spki,
     );
   }
 
-  async importPublicKey(req: ImportPublicKeyRequest): Promise<Key> {
+  /** `owner`: the crypto user the new key belongs to (absent only in device-level tests). */
+  async importPublicKey(req: ImportPublicKeyRequest, owner?: UserRef): Promise<Key> {
     const label = this.label(req.label);
     const requestId = this.requestId(req.requestId);
     const spki = parsePublicKey(req.format, this.payload("public_key", Buffer.from(req.publicKey)));
     const { alg } = partsFromSpki(spki);
     const usages = resolveUsages(alg, req.usages, true);
     return this.create(
-      { label, spec: specOf(alg), usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_PUBLIC, publicOnly: true, exportable: false, requestId, publicKeySpki: spki },
+      { label, spec: specOf(alg), usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_PUBLIC, publicOnly: true, exportable: false, requestId, owner, publicKeySpki: spki },
       async (id) => {
         await this.device.createPublic(id, spki, usages);
         return spki;
@@ -327,7 +330,8 @@ export class KeyService {
     };
   }
 
-  async importKey(req: ImportKeyRequest): Promise<Key> {
+  /** `owner`: the crypto user the new key belongs to (absent only in device-level tests). */
+  async importKey(req: ImportKeyRequest, owner?: UserRef): Promise<Key> {
     const alg = algorithmOf(req.spec);
     const label = this.label(req.label);
     const usages = resolveUsages(alg, req.usages);
@@ -337,7 +341,7 @@ export class KeyService {
     if (!(await this.device.has(this.opts.importKeyId, "private"))) throw precondition("no import key yet: call GetImportParameters first");
     const spki = isSecret(alg) ? undefined : this.checkPairSpki(alg, Buffer.from(req.publicKeySpki));
     return this.create(
-      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_IMPORTED, publicOnly: false, exportable: req.exportable, requestId },
+      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_IMPORTED, publicOnly: false, exportable: req.exportable, requestId, owner },
       async (id) => {
         await this.device.importWrapped(this.opts.importKeyId, blob, id, alg, usages);
         if (spki) await this.provePair(id, alg, usages, spki, (tmp) => this.device.importWrapped(this.opts.importKeyId, blob, tmp, alg, ["sign"]));
@@ -381,11 +385,17 @@ export class KeyService {
 
   // ---- reads and delete ------------------------------------------------------------------------
 
-  getKey(req: GetKeyRequest): Key {
-    return toApiKey(this.record(req.keyId));
+  /** `viewerId`: the caller's user id (the owner also sees the share list). */
+  getKey(req: GetKeyRequest, viewerId?: string): Key {
+    return toApiKey(this.record(req.keyId), viewerId);
   }
 
-  listKeys(req: ListKeysRequest): ListKeysResponse {
+  /**
+   * One page of the keys `visible` admits (the access layer passes "owned by or shared with the
+   * caller"), filtered and ordered by id.
+   */
+  listKeys(req: ListKeysRequest, visible: (r: KeyRecord) => boolean = () => true, viewerId?: string): ListKeysResponse {
+    const view = (r: KeyRecord) => toApiKey(r, viewerId);
     const size = req.pageSize === 0 ? Math.min(100, this.limits.maxPageSize) : req.pageSize;
     if (size > this.limits.maxPageSize) throw invalid(`page_size must be at most ${this.limits.maxPageSize}`);
     let after = "";
@@ -400,15 +410,47 @@ export class KeyService {
     for (const id of ids) {
       if (after && id <= after) continue;
       const r = this.records.get(id)!;
+      if (!visible(r)) continue;
       if (req.labelPrefix && !r.label.startsWith(req.labelPrefix)) continue;
       if (req.spec && r.spec !== req.spec) continue;
       if (usage && !r.usages.includes(usage)) continue;
       if (out.length === size) {
-        return { keys: out.map(toApiKey), nextPageToken: Buffer.from("k:" + out[out.length - 1]!.id).toString("base64url") };
+        return { keys: out.map(view), nextPageToken: Buffer.from("k:" + out[out.length - 1]!.id).toString("base64url") };
       }
       out.push(r);
     }
-    return { keys: out.map(toApiKey), nextPageToken: "" };
+    return { keys: out.map(view), nextPageToken: "" };
+  }
+
+  /**
+   * Adds (`share`) or removes a crypto user from a key's shares: a compare-and-put on the record, so
+   * a concurrent change is never lost. Sharing with the owner, or twice, is a no-op; so is removing a
+   * user the key is not shared with.
+   */
+  async setShare(keyId: string, user: UserRef, share: boolean, viewerId?: string): Promise<Key> {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const e = await this.store.get(recordKey(keyId));
+      if (!e) throw notFound(`key ${keyId} not found`);
+      const r = decodeRecord(e.value);
+      const shares = (r.shares ?? []).filter((s) => s.user !== user.user);
+      if (share && r.owner?.userId !== user.userId) shares.push(user);
+      shares.sort((a, b) => (a.user < b.user ? -1 : a.user > b.user ? 1 : 0));
+      const next: KeyRecord = { ...r, shares };
+      if (JSON.stringify(next.shares) === JSON.stringify(r.shares ?? [])) return toApiKey(r, viewerId);
+      const res = await this.store.txn([{ key: recordKey(keyId), op: "modRevision", equals: e.modRevision }], [{ type: "put", key: recordKey(keyId), value: encodeRecord(next) }]);
+      if (res.succeeded) {
+        this.records.set(keyId, next);
+        return toApiKey(next, viewerId);
+      }
+    }
+    throw new HsmError(Code.Unavailable, `key ${keyId}: too many concurrent updates, retry`, { transient: true });
+  }
+
+  /** How many keys a user (by id) owns: a crypto user that owns keys is not deleted. */
+  ownedBy(userId: string): number {
+    let n = 0;
+    for (const r of this.records.values()) if (r.owner?.userId === userId) n++;
+    return n;
   }
 
   async deleteKey(req: DeleteKeyRequest): Promise<void> {
@@ -562,7 +604,8 @@ export class KeyService {
     return { wrappedKey: blob };
   }
 
-  async unwrapKey(req: UnwrapKeyRequest): Promise<Key> {
+  /** `owner`: the crypto user the new key belongs to (absent only in device-level tests). */
+  async unwrapKey(req: UnwrapKeyRequest, owner?: UserRef): Promise<Key> {
     const w = this.record(req.unwrappingKeyId, "unwrapping_key_id");
     const spec = wrapFor(req.algorithm);
     const alg = algorithmOf(req.spec);
@@ -580,7 +623,7 @@ export class KeyService {
     const spki = isSecret(alg) ? undefined : this.checkPairSpki(alg, Buffer.from(req.publicKeySpki));
     const part: Part = walg.type === "rsa" ? "private" : "secret";
     return this.create(
-      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_UNWRAPPED, publicOnly: false, exportable: req.exportable, requestId },
+      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_UNWRAPPED, publicOnly: false, exportable: req.exportable, requestId, owner },
       async (id) => {
         await this.withKey(w, () => this.device.unwrap(w.id, part, spec, blob, id, alg, usages));
         if (spki) await this.provePair(id, alg, usages, spki, (tmp) => this.device.unwrap(w.id, part, spec, blob, tmp, alg, ["sign"]));
@@ -589,7 +632,8 @@ export class KeyService {
     );
   }
 
-  async deriveKey(req: DeriveKeyRequest): Promise<Key> {
+  /** `owner`: the crypto user the new key belongs to (absent only in device-level tests). */
+  async deriveKey(req: DeriveKeyRequest, owner?: UserRef): Promise<Key> {
     const p = this.record(req.privateKeyId, "private_key_id");
     const palg = algorithmOf(p.spec);
     if (palg.type !== "ec") throw invalid(`ECDH needs an EC private key; ${p.id} is ${palg.type.toUpperCase()}`);
@@ -603,7 +647,7 @@ export class KeyService {
     const peer = partsFromSpki(this.payload("peer_public_key_spki", Buffer.from(req.peerPublicKeySpki)));
     if (peer.alg.type !== "ec" || peer.alg.curve !== palg.curve) throw invalid(`peer_public_key_spki must be an EC key on ${palg.curve}`);
     return this.create(
-      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_DERIVED, publicOnly: false, exportable: req.exportable, requestId },
+      { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_DERIVED, publicOnly: false, exportable: req.exportable, requestId, owner },
       async (id) => {
         await this.withKey(p, () => this.device.deriveEcdh(p.id, peer.point!, id, alg, usages));
         return undefined;
@@ -633,6 +677,11 @@ export class KeyService {
       }),
     );
   }
+}
+
+/** Request ids are per owner: one user's retry never returns another user's key. */
+function scopedRequestId(rid: string, owner: UserRef | undefined): string {
+  return owner ? `${owner.userId}/${rid}` : rid;
 }
 
 function resolveUsageFilter(u: number): Usage {

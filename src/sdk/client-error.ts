@@ -30,6 +30,15 @@ export class HsmClientError extends Error {
   /** Trailing metadata the server sent with the error, when there was a call. */
   readonly metadata: Metadata | undefined;
 
+  /**
+   * The quorum request a call that needs M-of-N approval recorded (FAILED_PRECONDITION): have crypto
+   * officers approve it, then call again with `quorumRequestId` set to it.
+   */
+  get quorumRequestId(): string | undefined {
+    const v = this.metadata?.get("hsmd-quorum-request-id")[0];
+    return typeof v === "string" ? v : undefined;
+  }
+
   constructor(code: status, details: string, options: { cause?: unknown; metadata?: Metadata } = {}) {
     const codeName = nameOf(code);
     super(details ? `[${codeName}] ${details}` : `[${codeName}]`, { cause: options.cause });

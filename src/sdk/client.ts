@@ -41,7 +41,47 @@ import {
   type GetPublicKeyResponse,
   type Key,
   type ListKeysResponse,
+  ShareKeyRequest,
+  UnshareKeyRequest,
 } from "../gen/hsm/v1/keys";
+import {
+  QuorumServiceClient,
+  QuorumServiceService,
+  UserServiceClient,
+  UserServiceService,
+  ApproveQuorumRequestRequest,
+  ChangePasswordRequest,
+  CreateUserRequest,
+  DeleteUserRequest,
+  GetQuorumRequestRequest,
+  GetUserRequest,
+  ListQuorumRequestsRequest,
+  ListUsersRequest,
+  LockUserRequest,
+  LoginRequest,
+  LogoutRequest,
+  RefreshSessionRequest,
+  RejectQuorumRequestRequest,
+  ResetPasswordRequest,
+  UnlockUserRequest,
+  type ApproveQuorumRequestResponse,
+  type DeleteUserResponse,
+  type ListQuorumRequestsResponse,
+  type ListUsersResponse,
+  type LogoutResponse,
+  type QuorumRequest,
+  type Role,
+  type Session,
+  type User,
+} from "../gen/hsm/v1/users";
+import {
+  AuditServiceClient,
+  AuditServiceService,
+  QueryAuditLogRequest,
+  VerifyAuditLogRequest,
+  type QueryAuditLogResponse,
+  type VerifyAuditLogResponse,
+} from "../gen/hsm/v1/audit";
 import { HsmClientError } from "./client-error";
 import { compileHsmClientOptions, type CompiledHsmClientOptions, type HsmClientOptions } from "./client-options";
 
@@ -64,6 +104,15 @@ export interface CallOptions {
    * @default {}
    */
   metadata?: Record<string, string>;
+}
+
+/** What the client knows of its session (never the token itself). */
+export interface SessionInfo {
+  username: string;
+  role: Role;
+  /** When the token stops working (the client refreshes it before, see {@link HsmClient.login}). */
+  expiresAt: Date;
+  mustChangePassword: boolean;
 }
 
 /** Filter of {@link HsmClient.listAllKeys}: a `ListKeysRequest` without the page token. */
@@ -100,7 +149,15 @@ export class HsmClient {
   private readonly channel: grpc.Channel;
   private readonly keys: KeyServiceClient;
   private readonly crypto: CryptoServiceClient;
+  private readonly usersClient: UserServiceClient;
+  private readonly quorumClient: QuorumServiceClient;
+  private readonly auditClient: AuditServiceClient;
   private closed = false;
+  /** The bearer token of the current session (sent as `authorization`), its facts and lifetime. */
+  private token: string | undefined;
+  private sessionInfo: SessionInfo | undefined;
+  private refreshAt = 0;
+  private refreshing: Promise<unknown> | undefined;
 
   /** @throws {HsmClientError} INVALID_ARGUMENT listing every problem in `options` */
   constructor(options: HsmClientOptions) {
@@ -111,6 +168,152 @@ export class HsmClient {
     // Both generated clients ride the same channel: one connection, one close().
     this.keys = new KeyServiceClient(endpoint, credentials, { channelOverride: this.channel });
     this.crypto = new CryptoServiceClient(endpoint, credentials, { channelOverride: this.channel });
+    this.usersClient = new UserServiceClient(endpoint, credentials, { channelOverride: this.channel });
+    this.quorumClient = new QuorumServiceClient(endpoint, credentials, { channelOverride: this.channel });
+    this.auditClient = new AuditServiceClient(endpoint, credentials, { channelOverride: this.channel });
+  }
+
+  // ---- sessions ----
+
+  /**
+   * Logs in (`Login`) and keeps the session: every later call sends its token, and the client
+   * refreshes it (`RefreshSession`) on the first call made in the last quarter of its lifetime, so a
+   * long-lived client stays logged in without keeping the password. The password is not stored.
+   * A first crypto officer (or a user whose password was reset) must {@link changePassword} first.
+   */
+  async login(username: string, password: string, options?: CallOptions): Promise<SessionInfo> {
+    const s = await this.call(this.usersClient, UserServiceService.login, () => LoginRequest.fromPartial({ username, password }), options, false);
+    return this.adopt(s);
+  }
+
+  /** Ends the session on the server (`Logout`) and forgets it here. */
+  async logout(options?: CallOptions): Promise<LogoutResponse> {
+    try {
+      return await this.call(this.usersClient, UserServiceService.logout, () => LogoutRequest.fromPartial({}), options, false);
+    } finally {
+      this.forget();
+    }
+  }
+
+  /** Exchanges the session's token for a fresh one now (`RefreshSession`); the old one stops working. */
+  async refreshSession(options?: CallOptions): Promise<SessionInfo> {
+    const s = await this.call(this.usersClient, UserServiceService.refreshSession, () => RefreshSessionRequest.fromPartial({}), options, false);
+    return this.adopt(s);
+  }
+
+  /** Changes the logged-in user's password (`ChangePassword`); every other session of the user ends, this one carries on with a new token. */
+  async changePassword(oldPassword: string, newPassword: string, options?: CallOptions): Promise<SessionInfo> {
+    const s = await this.call(this.usersClient, UserServiceService.changePassword, () => ChangePasswordRequest.fromPartial({ oldPassword, newPassword }), options);
+    return this.adopt(s);
+  }
+
+  /** Uses a token obtained elsewhere (e.g. by another process's login); `undefined` forgets the session. */
+  useToken(token: string | undefined, expiresAt?: Date): void {
+    this.token = token;
+    this.sessionInfo = undefined;
+    this.refreshAt = expiresAt ? expiresAt.getTime() - 60_000 : Number.POSITIVE_INFINITY;
+  }
+
+  /** The current session (username, role, expiry), or undefined when not logged in. */
+  get session(): SessionInfo | undefined {
+    return this.sessionInfo ? { ...this.sessionInfo } : undefined;
+  }
+
+  private adopt(s: Session): SessionInfo {
+    const expiresAt = new Date(s.expiresAt);
+    const now = Date.now();
+    this.token = s.token;
+    this.sessionInfo = { username: s.username, role: s.role, expiresAt, mustChangePassword: s.mustChangePassword };
+    this.refreshAt = expiresAt.getTime() - Math.max(0, expiresAt.getTime() - now) / 4;
+    return { ...this.sessionInfo };
+  }
+
+  private forget(): void {
+    this.token = undefined;
+    this.sessionInfo = undefined;
+    this.refreshAt = 0;
+  }
+
+  /** Refreshes the token once (shared by concurrent calls) when it is in the last quarter of its life. */
+  private async freshToken(): Promise<void> {
+    if (this.token === undefined || Date.now() < this.refreshAt) return;
+    this.refreshing ??= this.refreshSession()
+      .catch(() => undefined) // a failed refresh leaves the old token: the call itself then says why
+      .finally(() => {
+        this.refreshing = undefined;
+      });
+    await this.refreshing;
+  }
+
+  // ---- UserService (crypto officers) ----
+
+  /** Creates a user (`CreateUser`). */
+  createUser(request: Partial<CreateUserRequest>, options?: CallOptions): Promise<User> {
+    return this.call(this.usersClient, UserServiceService.createUser, () => CreateUserRequest.fromPartial(request), options);
+  }
+
+  /** Reads one user (`GetUser`). */
+  getUser(request: Partial<GetUserRequest>, options?: CallOptions): Promise<User> {
+    return this.call(this.usersClient, UserServiceService.getUser, () => GetUserRequest.fromPartial(request), options);
+  }
+
+  /** Every user (`ListUsers`). */
+  listUsers(options?: CallOptions): Promise<ListUsersResponse> {
+    return this.call(this.usersClient, UserServiceService.listUsers, () => ListUsersRequest.fromPartial({}), options);
+  }
+
+  /** Deletes a user (`DeleteUser`); may need a quorum (see {@link HsmClientError.quorumRequestId}). */
+  deleteUser(request: Partial<DeleteUserRequest>, options?: CallOptions): Promise<DeleteUserResponse> {
+    return this.call(this.usersClient, UserServiceService.deleteUser, () => DeleteUserRequest.fromPartial(request), options);
+  }
+
+  /** Locks a user and ends its sessions (`LockUser`). */
+  lockUser(request: Partial<LockUserRequest>, options?: CallOptions): Promise<User> {
+    return this.call(this.usersClient, UserServiceService.lockUser, () => LockUserRequest.fromPartial(request), options);
+  }
+
+  /** Unlocks a user and clears its failed-login count (`UnlockUser`). */
+  unlockUser(request: Partial<UnlockUserRequest>, options?: CallOptions): Promise<User> {
+    return this.call(this.usersClient, UserServiceService.unlockUser, () => UnlockUserRequest.fromPartial(request), options);
+  }
+
+  /** Sets another user's password, which it must change at its next login (`ResetPassword`); may need a quorum. */
+  resetPassword(request: Partial<ResetPasswordRequest>, options?: CallOptions): Promise<User> {
+    return this.call(this.usersClient, UserServiceService.resetPassword, () => ResetPasswordRequest.fromPartial(request), options);
+  }
+
+  // ---- QuorumService ----
+
+  /** Quorum requests, optionally of one status (`ListQuorumRequests`). */
+  listQuorumRequests(request: Partial<ListQuorumRequestsRequest> = {}, options?: CallOptions): Promise<ListQuorumRequestsResponse> {
+    return this.call(this.quorumClient, QuorumServiceService.listQuorumRequests, () => ListQuorumRequestsRequest.fromPartial(request), options);
+  }
+
+  /** One quorum request (`GetQuorumRequest`): crypto officers, and the user that made it. */
+  getQuorumRequest(request: Partial<GetQuorumRequestRequest>, options?: CallOptions): Promise<QuorumRequest> {
+    return this.call(this.quorumClient, QuorumServiceService.getQuorumRequest, () => GetQuorumRequestRequest.fromPartial(request), options);
+  }
+
+  /** Approves a quorum request as the logged-in crypto officer (`ApproveQuorumRequest`). */
+  approveQuorumRequest(request: Partial<ApproveQuorumRequestRequest>, options?: CallOptions): Promise<ApproveQuorumRequestResponse> {
+    return this.call(this.quorumClient, QuorumServiceService.approveQuorumRequest, () => ApproveQuorumRequestRequest.fromPartial(request), options);
+  }
+
+  /** Rejects a quorum request (`RejectQuorumRequest`). */
+  rejectQuorumRequest(request: Partial<RejectQuorumRequestRequest>, options?: CallOptions): Promise<QuorumRequest> {
+    return this.call(this.quorumClient, QuorumServiceService.rejectQuorumRequest, () => RejectQuorumRequestRequest.fromPartial(request), options);
+  }
+
+  // ---- AuditService (crypto officers) ----
+
+  /** One page of audit entries matching a filter (`QueryAuditLog`). */
+  queryAuditLog(request: Partial<QueryAuditLogRequest> = {}, options?: CallOptions): Promise<QueryAuditLogResponse> {
+    return this.call(this.auditClient, AuditServiceService.queryAuditLog, () => QueryAuditLogRequest.fromPartial(request), options);
+  }
+
+  /** Checks the audit log's hash chain on the daemon (`VerifyAuditLog`). */
+  verifyAuditLog(options?: CallOptions): Promise<VerifyAuditLogResponse> {
+    return this.call(this.auditClient, AuditServiceService.verifyAuditLog, () => VerifyAuditLogRequest.fromPartial({}), options);
   }
 
   /** The `"host:port"` this client talks to. */
@@ -119,6 +322,16 @@ export class HsmClient {
   }
 
   // ---- KeyService ----
+
+  /** Lets another crypto user use a key you own (`ShareKey`); may need a quorum. */
+  shareKey(request: Partial<ShareKeyRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(this.keys, KeyServiceService.shareKey, () => ShareKeyRequest.fromPartial(request), options);
+  }
+
+  /** Stops sharing a key you own with a crypto user (`UnshareKey`). */
+  unshareKey(request: Partial<UnshareKeyRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(this.keys, KeyServiceService.unshareKey, () => UnshareKeyRequest.fromPartial(request), options);
+  }
 
   /** Generates a key inside the HSM (`GenerateKey`). */
   generateKey(request: Partial<GenerateKeyRequest>, options?: CallOptions): Promise<Key> {
@@ -281,12 +494,29 @@ export class HsmClient {
     this.channel.close();
   }
 
-  /** Runs one unary call with a deadline, metadata and abort wiring; rejects only with HsmClientError. */
-  private call<Req, Res>(
+  /**
+   * Runs one unary call with the session's token (refreshed first when due, unless `session` is
+   * false: login, logout and refresh themselves), a deadline, metadata and abort wiring; rejects only
+   * with HsmClientError.
+   */
+  private async call<Req, Res>(
     client: grpc.Client,
     method: UnaryMethod<Req, Res>,
     build: () => Req,
     options: CallOptions = {},
+    session = true,
+  ): Promise<Res> {
+    if (session) await this.freshToken();
+    const token = method.path.endsWith("/Login") ? undefined : this.token;
+    return this.unary(client, method, build, options, token);
+  }
+
+  private unary<Req, Res>(
+    client: grpc.Client,
+    method: UnaryMethod<Req, Res>,
+    build: () => Req,
+    options: CallOptions,
+    token: string | undefined,
   ): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
       if (this.closed) {
@@ -304,6 +534,7 @@ export class HsmClient {
       try {
         request = build();
         metadata = metadataOf(options.metadata);
+        if (token !== undefined) metadata.set("authorization", `Bearer ${token}`);
         deadline = this.deadlineOf(options.deadlineMs);
       } catch (err) {
         reject(HsmClientError.from(err, grpc.status.INVALID_ARGUMENT));

@@ -25,8 +25,11 @@ export {
   WrapAlgorithm,
 } from "../gen/hsm/v1/crypto";
 
-/** Client and per-call settings. */
-export type { BatchRequestInit, CallOptions, ListKeysFilter } from "./client";
+/** Roles and quorum request states of `hsm/v1/users.proto`. */
+export { QuorumStatus, Role } from "../gen/hsm/v1/users";
+
+/** Client and per-call settings, and what the client knows of its session. */
+export type { BatchRequestInit, CallOptions, ListKeysFilter, SessionInfo } from "./client";
 /** Options of the {@link HsmClient} constructor. */
 export type { HsmClientOptions, HsmClientTlsOptions } from "./client-options";
 
@@ -45,7 +48,23 @@ export type {
   Key,
   ListKeysRequest,
   ListKeysResponse,
+  ShareKeyRequest,
+  UnshareKeyRequest,
 } from "../gen/hsm/v1/keys";
+/** UserService and QuorumService messages. */
+export type {
+  ApproveQuorumRequestResponse,
+  CreateUserRequest,
+  ListQuorumRequestsResponse,
+  ListUsersResponse,
+  QuorumApproval,
+  QuorumRequest,
+  ResetPasswordRequest,
+  Session,
+  User,
+} from "../gen/hsm/v1/users";
+/** AuditService messages. */
+export type { AuditEntry, QueryAuditLogRequest, QueryAuditLogResponse, VerifyAuditLogResponse } from "../gen/hsm/v1/audit";
 /** CryptoService messages, including the per-item results of the batch calls. */
 export type {
   BatchDecryptRequest,

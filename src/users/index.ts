@@ -35,6 +35,7 @@ export {
   USERNAME_PATTERN,
   checkPasswordPolicy,
   checkUsername,
+  generateOneTimePassword,
   hashPassword,
   isValidUsername,
   verifyPassword,

@@ -256,9 +256,9 @@ export class QuorumService {
     return out;
   }
 
-  /** Persists the "expired" status of every request past its deadline; returns how many changed. */
-  async expireStale(): Promise<number> {
-    let n = 0;
+  /** Persists the "expired" status of every request past its deadline; returns the requests it changed. */
+  async expireStale(): Promise<QuorumRequest[]> {
+    const n: QuorumRequest[] = [];
     for (const e of await this.store.list(QUORUM_PREFIX)) {
       const r = JSON.parse(e.value.toString("utf8")) as QuorumRequest;
       if (this.view(r).status !== "expired" || r.status === "expired") continue;
@@ -266,7 +266,7 @@ export class QuorumService {
         [{ key: e.key, op: "modRevision", equals: e.modRevision }],
         [{ type: "put", key: e.key, value: encode({ ...r, status: "expired" }) }],
       );
-      if (res.succeeded) n++;
+      if (res.succeeded) n.push({ ...r, status: "expired" });
     }
     return n;
   }

@@ -169,11 +169,11 @@ export class UserService {
    * characters) that it must change before anything else. FAILED_PRECONDITION if any user exists or
    * the users were initialized before.
    */
-  async initialize(firstCoName = "admin"): Promise<InitializeResult> {
+  async initialize(firstCoName = "admin", oneTimePassword = generateOneTimePassword()): Promise<InitializeResult> {
     checkUsername(firstCoName);
+    checkPasswordPolicy(oneTimePassword);
     const refused = () => precondition("users are already initialized: the first crypto officer exists");
     if ((await this.store.count(USERS_PREFIX)) > 0 || (await this.store.get(USERS_INIT_KEY))) throw refused();
-    const oneTimePassword = generateOneTimePassword();
     const rec = this.newRecord(firstCoName, "CO", await hashPassword(oneTimePassword, this.scrypt), true);
     const res = await this.store.txn(
       [
@@ -216,6 +216,17 @@ export class UserService {
     void actor;
     const entries = await this.store.list(USERS_PREFIX);
     return entries.map((e) => toUserInfo(JSON.parse(e.value.toString("utf8")) as UserRecord));
+  }
+
+  /**
+   * Who a name stands for now: its role and the id of this incarnation of the name (a user deleted
+   * and created again gets a new id, so key ownership and shares recorded by id never pass to it).
+   * Undefined when there is no such user.
+   */
+  async identity(name: string): Promise<{ name: string; userId: string; role: Role } | undefined> {
+    if (!isValidUsername(name)) return undefined;
+    const cur = await getJson<UserRecord>(this.store, userKey(name));
+    return cur ? { name: cur.value.name, userId: cur.value.id, role: cur.value.role } : undefined;
   }
 
   /** One user without its hash; NOT_FOUND if absent. */
@@ -401,7 +412,7 @@ export class UserService {
     if (!u || u.id !== s.userId || u.tokenGeneration !== s.generation || u.locked) {
       throw unauthenticated("session revoked");
     }
-    return { user: u.name, role: u.role, sessionId: id, mustChangePassword: u.mustChangePassword, expiresAt: s.expiresAt };
+    return { user: u.name, userId: u.id, role: u.role, sessionId: id, mustChangePassword: u.mustChangePassword, expiresAt: s.expiresAt };
   }
 
   /** Ends a session (deletes it from the store). UNAUTHENTICATED "invalid session token" if there is none. */

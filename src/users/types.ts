@@ -81,6 +81,8 @@ export interface SessionRecord {
 /** An authenticated caller, as {@link UserService.authenticate} returns it. */
 export interface Principal {
   user: string;
+  /** {@link UserRecord.id}: the incarnation of the name; key ownership and shares are bound to it */
+  userId: string;
   role: Role;
   /** sha256 of the token, hex: names the session in audit entries without being usable as a token */
   sessionId: string;

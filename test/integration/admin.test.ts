@@ -10,13 +10,14 @@ import { protoPath as healthProtoPath } from "grpc-health-check";
 import { dirname, join } from "node:path";
 import { EncryptionAlgorithm, HsmClient, KeySpec, MessageType, SigningAlgorithm } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
+import { userClient } from "../helpers/users";
 
 let td: TestDaemon;
 let c: HsmClient;
 
 beforeAll(async () => {
   td = await startTestDaemon();
-  c = new HsmClient({ endpoint: td.grpc });
+  c = await userClient(td);
 });
 afterAll(async () => {
   c?.close();

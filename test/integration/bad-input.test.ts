@@ -16,6 +16,7 @@ import {
   type Key,
 } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
+import { userClient } from "../helpers/users";
 import { pkcs11Tool } from "../helpers/softhsm";
 
 // Bad input of every kind, through real gRPC to a real daemon on a fresh SoftHSM2 token with small
@@ -74,7 +75,7 @@ async function expectNoNewKey(call: () => Promise<unknown>, codeName: string, ..
 
 beforeAll(async () => {
   td = await startTestDaemon({ limits: LIMITS });
-  c = new HsmClient({ endpoint: td.grpc });
+  c = await userClient(td);
   const gen = (spec: KeySpec, label: string, usages: KeyUsage[] = [], exportable = false) => c.generateKey({ spec, label, usages, exportable });
   [aes, aesEncOnly, kek, rsa, ec, ecDerive, ecExportable, hmac256, ed] = await Promise.all([
     gen(KeySpec.KEY_SPEC_AES_256, "aes"),

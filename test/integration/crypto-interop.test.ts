@@ -13,6 +13,7 @@ import {
   wrapForImport,
 } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
+import { userClient } from "../helpers/users";
 import { openssl } from "../helpers/openssl";
 import { pkcs11Tool } from "../helpers/softhsm";
 
@@ -23,7 +24,7 @@ let c: HsmClient;
 
 beforeAll(async () => {
   td = await startTestDaemon();
-  c = new HsmClient({ endpoint: td.grpc });
+  c = await userClient(td);
 });
 afterAll(async () => {
   c?.close();

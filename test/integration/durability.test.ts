@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { EncryptionAlgorithm, HsmClient, KeySpec, KeyUsage, SigningAlgorithm, wrapForImport, type Key } from "../../src/sdk";
 import { spawnSync } from "node:child_process";
+import { userClient } from "../helpers/users";
 import { buildDist, MAIN_JS, startDaemonProcess, type DaemonProcess } from "../helpers/daemon-process";
 import { createTempToken, pkcs11Tool } from "../helpers/softhsm";
 
@@ -21,7 +22,7 @@ let c: HsmClient;
 beforeAll(async () => {
   buildDist();
   dp = await startDaemonProcess();
-  c = new HsmClient({ endpoint: dp.grpc });
+  c = await userClient(dp);
 }, 120_000);
 afterAll(async () => {
   c?.close();
@@ -29,9 +30,9 @@ afterAll(async () => {
 });
 
 /** A new client for the current run (each run binds fresh ports). */
-function reconnect(): void {
+async function reconnect(): Promise<void> {
   c.close();
-  c = new HsmClient({ endpoint: dp.grpc });
+  c = await userClient(dp);
 }
 
 /** Graceful stop (SIGTERM, exit code 0) and a new run on the same token and data dir. */
@@ -39,7 +40,7 @@ async function gracefulRestart(): Promise<void> {
   dp.kill("SIGTERM");
   expect(await dp.waitExit()).toEqual({ code: 0, signal: null });
   await dp.restart();
-  reconnect();
+  await reconnect();
 }
 
 /** The last "records checked against the token" line of stderr, as numbers. */
@@ -195,7 +196,7 @@ describe("SIGKILL during a burst of creates", () => {
     for (const id of acked.keys()) expect(beforeRestart.has(id)).toBe(true);
 
     await dp.restart();
-    reconnect();
+    await reconnect();
     const rec = lastReconcile();
     const domain = await domainKeyId();
     const listed = await listedIds();
@@ -244,7 +245,7 @@ describe("token objects destroyed behind the daemon's back", () => {
     expect(gone.split(/\n(?=\S)/).filter((b) => b.includes(`hsmd:${ec.id}`)).map((b) => b.split(/[;\n]/)[0])).toEqual([expect.stringMatching(/^Public Key Object/)]);
 
     await dp.restart();
-    reconnect();
+    await reconnect();
     expect(lastReconcile()).toMatchObject({ materialized: 2, orphans: 0, lost: false });
     const back = pkcs11Tool(dp.token, ["--list-objects"]);
     expect(back).toContain(`hsmd:${hmac.id}`);
@@ -270,7 +271,7 @@ describe("a token object the device cannot read back", () => {
     writeFileSync(dst.replace(/\.object$/, ".lock"), "");
 
     await dp.restart();
-    reconnect();
+    await reconnect();
     expect(lastReconcile()).toMatchObject({ materialized: 0, orphans: 0, lost: false });
     expect(dp.stderr()).toContain("skipping an object whose attributes cannot be read");
     await assertUsable(await c.getKey({ keyId: k.id }));

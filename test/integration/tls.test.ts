@@ -12,6 +12,7 @@ import { ConfigError, TLS_REQUIRED, loadConfig } from "../../src/config";
 import { Daemon } from "../../src/daemon";
 import { GrpcStatus, HsmClient, HsmClientError, KeySpec, SigningAlgorithm, type HsmClientOptions } from "../../src/sdk";
 import { makeDevCertificates, startTestDaemon, type DevCertificates, type TestDaemon } from "../helpers/daemon";
+import { userClient } from "../helpers/users";
 import { createTempToken, SOFTHSM_MODULE, type TempToken } from "../helpers/softhsm";
 
 let root: string;
@@ -36,7 +37,7 @@ const pem = (file: string) => readFileSync(file);
 
 /** Opens a client, runs `fn`, closes it. */
 async function withClient<T>(endpoint: string, tls: HsmClientOptions["tls"], fn: (c: HsmClient) => Promise<T>): Promise<T> {
-  const c = new HsmClient({ endpoint, tls, defaultDeadlineMs: 10_000 });
+  const c = await userClient({ grpc: endpoint, dataDir }, "alice", { tls, defaultDeadlineMs: 10_000 });
   try {
     return await fn(c);
   } finally {

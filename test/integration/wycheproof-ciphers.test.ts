@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, it } from "vitest";
 import { createPrivateKey, createPublicKey } from "node:crypto";
 import { EncryptionAlgorithm, HsmClient, KeySpec, KeyUsage } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
+import { userClient } from "../helpers/users";
 import { CONCURRENCY, KeyLoader, Tally, assertTally, hex, inChunks, loadVectors, once, plan, verdictOf, type Verdict, type WycheproofTest } from "../helpers/wycheproof";
 
 // Wycheproof decryption vectors through the service: the secret or private key goes in through BYOK
@@ -14,7 +15,7 @@ let loader: KeyLoader;
 
 beforeAll(async () => {
   td = await startTestDaemon();
-  c = new HsmClient({ endpoint: td.grpc });
+  c = await userClient(td);
   loader = await new KeyLoader(c).init();
   console.log(`[wycheproof] ciphers: ${loader.describe()}`);
 });

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, it } from "vitest";
 import { createCipheriv, createDecipheriv, createHmac, randomBytes } from "node:crypto";
 import { EncryptionAlgorithm, HsmClient, KeySpec, KeyUsage, SigningAlgorithm, WrapAlgorithm } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
+import { userClient } from "../helpers/users";
 import { CONCURRENCY, KeyLoader, Tally, assertTally, hex, inChunks, loadVectors, once, plan, verdictOf, type Verdict, type WycheproofTest } from "../helpers/wycheproof";
 
 // Wycheproof key-wrap vectors (RFC 3394 KW, RFC 5649 KWP) through the service: the KEK goes in through
@@ -24,7 +25,7 @@ let loader: KeyLoader;
 
 beforeAll(async () => {
   td = await startTestDaemon();
-  c = new HsmClient({ endpoint: td.grpc });
+  c = await userClient(td);
   loader = await new KeyLoader(c).init();
   console.log(`[wycheproof] key wrap: ${loader.describe()}`);
 });

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, it } from "vitest";
 import { HsmClient, KeySpec, KeyUsage, PublicKeyFormat, SignatureFormat, SigningAlgorithm } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
+import { userClient } from "../helpers/users";
 import { CONCURRENCY, KeyLoader, Tally, assertTally, hex, inChunks, loadVectors, once, plan, verdictOf, type Plan, type Verdict, type WycheproofTest } from "../helpers/wycheproof";
 
 // Wycheproof signature vectors through the service: each group's public key goes in through
@@ -13,7 +14,7 @@ let c: HsmClient;
 
 beforeAll(async () => {
   td = await startTestDaemon();
-  c = new HsmClient({ endpoint: td.grpc });
+  c = await userClient(td);
 });
 afterAll(async () => {
   c?.close();

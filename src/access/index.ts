@@ -1,0 +1,6 @@
+/**
+ * Authorization: the table of who may call each RPC ({@link RULES}) and the guard that applies it
+ * (sessions, roles, key ownership and shares). Every RPC passes through it.
+ */
+export { AccessGuard } from "./guard";
+export { RULES, ROLE_NAMES, type KeyNeed, type KeyRef, type Rule } from "./policy";

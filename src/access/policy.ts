@@ -1,0 +1,96 @@
+/**
+ * Who may call what: one rule per RPC, the only place that says so. Everything not listed here is
+ * denied (the gRPC layer refuses to register a handler without a rule).
+ */
+import type { Role } from "../users";
+
+/** The access a request needs on a key: `use` for crypto and reads, `own` for delete, share and wrap-out. */
+export type KeyNeed = "use" | "own";
+
+/** A key id a request names, the field it came in, and the access it needs. */
+export interface KeyRef {
+  field: string;
+  id: string;
+  need: KeyNeed;
+}
+
+/** The rule of one RPC. */
+export interface Rule {
+  /**
+   * `public`: no session (Login only). `session`: any logged-in user. Otherwise the roles allowed.
+   */
+  who: "public" | "session" | readonly Role[];
+  /** May be called by a user that must still change its one-time password (ChangePassword, Logout). */
+  duringPasswordChange?: boolean;
+  /** The keys the request names and the access each needs (checked before the service runs). */
+  keys?: (req: Record<string, unknown>) => KeyRef[];
+  /** A batch: every item's `keyId` needs `use` (checked per item: a denied item fails alone). */
+  batch?: boolean;
+  /** Creates a key: the response's `id` goes in the audit entry. */
+  createsKey?: boolean;
+  /** Changes keys or users: its audit entry is on disk (fdatasync) before the RPC answers. */
+  change?: boolean;
+  /** The request field naming another subject for the audit entry (a username, a quorum request id). */
+  target?: string;
+}
+
+const CO: readonly Role[] = ["CO"];
+const CU: readonly Role[] = ["CU"];
+const str = (v: unknown) => (typeof v === "string" ? v : "");
+const key = (field: string, need: KeyNeed) => (req: Record<string, unknown>) => [{ field: field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), id: str(req[field]), need }];
+
+/**
+ * Every RPC of hsm.v1, by method name. CloudHSM's model: crypto officers manage users, approve quorum
+ * requests and read the audit log, and never use keys; crypto users create and use keys (their own and
+ * those shared with them) and never manage users; appliance users (the daemons) do neither.
+ */
+export const RULES: Readonly<Record<string, Rule>> = Object.freeze({
+  // UserService
+  Login: { who: "public", target: "username" },
+  Logout: { who: "session", duringPasswordChange: true },
+  RefreshSession: { who: "session" },
+  ChangePassword: { who: "session", duringPasswordChange: true, change: true },
+  CreateUser: { who: CO, change: true, target: "username" },
+  GetUser: { who: CO, target: "username" },
+  ListUsers: { who: CO },
+  DeleteUser: { who: CO, change: true, target: "username" },
+  LockUser: { who: CO, change: true, target: "username" },
+  UnlockUser: { who: CO, change: true, target: "username" },
+  ResetPassword: { who: CO, change: true, target: "username" },
+  // QuorumService (GetQuorumRequest: COs, and the user that made the request: checked by the handler)
+  ListQuorumRequests: { who: CO },
+  GetQuorumRequest: { who: ["CO", "CU"], target: "id" },
+  ApproveQuorumRequest: { who: CO, change: true, target: "id" },
+  RejectQuorumRequest: { who: CO, change: true, target: "id" },
+  // AuditService
+  QueryAuditLog: { who: CO },
+  VerifyAuditLog: { who: CO },
+  // KeyService
+  GenerateKey: { who: CU, change: true, createsKey: true },
+  GetKey: { who: CU, keys: key("keyId", "use") },
+  ListKeys: { who: CU },
+  DeleteKey: { who: CU, change: true, keys: key("keyId", "own") },
+  GetPublicKey: { who: CU, keys: key("keyId", "use") },
+  ImportPublicKey: { who: CU, change: true, createsKey: true },
+  GetImportParameters: { who: CU },
+  ImportKey: { who: CU, change: true, createsKey: true },
+  ShareKey: { who: CU, change: true, keys: key("keyId", "own"), target: "username" },
+  UnshareKey: { who: CU, change: true, keys: key("keyId", "own"), target: "username" },
+  // CryptoService
+  Encrypt: { who: CU, keys: key("keyId", "use") },
+  Decrypt: { who: CU, keys: key("keyId", "use") },
+  Sign: { who: CU, keys: key("keyId", "use") },
+  Verify: { who: CU, keys: key("keyId", "use") },
+  // Wrapping a key out of the service is its owner's decision; the wrapping key only needs use.
+  WrapKey: { who: CU, keys: (r) => [...key("wrappingKeyId", "use")(r), ...key("keyId", "own")(r)] },
+  UnwrapKey: { who: CU, change: true, createsKey: true, keys: key("unwrappingKeyId", "use") },
+  DeriveKey: { who: CU, change: true, createsKey: true, keys: key("privateKeyId", "use") },
+  GenerateRandom: { who: CU },
+  BatchSign: { who: CU, batch: true },
+  BatchVerify: { who: CU, batch: true },
+  BatchEncrypt: { who: CU, batch: true },
+  BatchDecrypt: { who: CU, batch: true },
+});
+
+/** Role names as people read them. */
+export const ROLE_NAMES: Readonly<Record<Role, string>> = Object.freeze({ CO: "crypto officer (CO)", CU: "crypto user (CU)", AU: "appliance user (AU)" });
