@@ -4,14 +4,18 @@
  * stop. `hsmd init` also creates the node's domain key inside the HSM when it has none.
  *
  *   hsmd [start|init] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]
+ *   hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]
  */
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "./config";
 import { Daemon, stderrLog } from "./daemon";
 import { HsmError } from "./errors";
 import { describeTransport } from "./grpc";
+import { runAuditVerify } from "./audit";
 
 async function main(): Promise<number> {
+  // `hsmd audit verify FILE …`: checks an audit log's hash chain offline (exit 0 intact, 1 tampered, 2 usage/I/O).
+  if (process.argv[2] === "audit") return runAuditVerify(process.argv.slice(3));
   const { values, positionals } = parseArgs({
     allowPositionals: true,
     options: {
@@ -24,7 +28,7 @@ async function main(): Promise<number> {
   });
   const cmd = positionals[0] ?? "start";
   if (values.help || !["start", "init"].includes(cmd)) {
-    process.stdout.write("usage: hsmd [start|init] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]\n");
+    process.stdout.write("usage: hsmd [start|init] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]\n       hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]\n");
     return values.help ? 0 : 2;
   }
   const overrides: Record<string, unknown> = {};
