@@ -8,7 +8,8 @@
  */
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "./config";
-import { Daemon, stderrLog } from "./daemon";
+import { existsSync } from "node:fs";
+import { Daemon, firstOfficerPasswordFile, stderrLog } from "./daemon";
 import { HsmError } from "./errors";
 import { describeTransport } from "./grpc";
 import { runAuditVerify } from "./audit";
@@ -42,10 +43,12 @@ async function main(): Promise<number> {
 
   const daemon = await Daemon.start({ config, init: cmd === "init" });
   const mode = describeTransport(config);
+  const otpFile = firstOfficerPasswordFile(config.node.dataDir);
   process.stdout.write(
     `hsmd ready: node ${config.node.id}, token "${daemon.device.token.label}", ${daemon.keys.keyCount} keys\n` +
       `  gRPC  ${config.listen.grpc.host}:${daemon.grpcPort}  (${mode})\n` +
-      `  admin http://${config.listen.admin.host}:${daemon.adminPort}  (plain HTTP, no secrets: /healthz /readyz /metrics /v1/status)\n`,
+      `  admin http://${config.listen.admin.host}:${daemon.adminPort}  (plain HTTP, no secrets: /healthz /readyz /metrics /v1/status)\n` +
+      (existsSync(otpFile) ? `  first crypto officer "${config.auth.firstOfficer}": one-time password in ${otpFile} (log in, then ChangePassword)\n` : ""),
   );
   await new Promise<void>((resolve) => {
     const onSignal = (sig: string) => {

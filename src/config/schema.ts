@@ -143,7 +143,7 @@ export const CONFIG_SCHEMA = {
       properties: {
         sessionTtlSeconds: { type: "integer", minimum: 1, maximum: 604800, default: AUTH_DEFAULTS.sessionTtlSeconds, description: "session token lifetime" },
         maxFailedLogins: { type: "integer", minimum: 1, maximum: 100, default: AUTH_DEFAULTS.maxFailedLogins, description: "consecutive failed logins that lock a user" },
-        firstOfficer: { type: "string", minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9][A-Za-z0-9._-]*$", default: AUTH_DEFAULTS.firstOfficer, description: "name of the crypto officer `hsmd init` creates" },
+        firstOfficer: { type: "string", minLength: 1, maxLength: 32, pattern: "^[a-z0-9][a-z0-9._-]*$", errorMessages: { pattern: "must be a username: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit" }, default: AUTH_DEFAULTS.firstOfficer, description: "name of the crypto officer `hsmd init` creates" },
         quorum: {
           type: "object",
           additionalProperties: false,

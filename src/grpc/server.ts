@@ -13,7 +13,7 @@ import { CryptoServiceService, type CryptoServiceServer } from "../gen/hsm/v1/cr
 import { KeyServiceService, type KeyServiceServer } from "../gen/hsm/v1/keys";
 import { QuorumServiceService, UserServiceService, type QuorumServiceServer, type UserServiceServer } from "../gen/hsm/v1/users";
 import type { KeyService, UserRef } from "../keys";
-import { isValidUsername, type Principal, type QuorumService, type UserService } from "../users";
+import { checkPasswordPolicy, checkUsername, type Principal, type QuorumService, type UserService } from "../users";
 import { auditToProto, quorumStatusFromProto, quorumToProto, roleFromProto, sessionToProto, userToProto } from "./convert";
 
 /** What the gRPC layer reports per call (metrics); never sees request bodies. */
@@ -234,7 +234,9 @@ function services(opts: GrpcServerOptions) {
     getUser: rpc("GetUser", async (r) => userToProto(await users.getUser(r.username))),
     listUsers: rpc("ListUsers", async (_r, c) => ({ users: (await users.listUsers(c.principal!)).map(userToProto) })),
     deleteUser: rpc("DeleteUser", async (r, c) => {
-      if (!isValidUsername(r.username)) throw invalid("username must be 1 to 64 letters, digits, '.', '_' or '-'");
+      checkUsername(r.username);
+      // Refusals that do not need the quorum come first, so that an approval is never spent on them.
+      if (r.username === c.principal!.user) throw precondition(`user ${r.username} cannot delete itself`);
       const who = await users.identity(r.username);
       if (!who) throw notFound(`user ${r.username} not found`);
       const owned = k.ownedBy(who.userId);
@@ -246,6 +248,8 @@ function services(opts: GrpcServerOptions) {
     unlockUser: rpc("UnlockUser", async (r, c) => userToProto(await users.unlockUser(c.principal!, r.username))),
     resetPassword: rpc("ResetPassword", async (r, c) => {
       await users.getUser(r.username);
+      if (r.username === c.principal!.user) throw precondition("use ChangePassword to change your own password");
+      checkPasswordPolicy(r.newPassword, "new password");
       return userToProto(
         await withQuorum(c, "ResetPassword", { username: r.username }, r.quorumRequestId, () => users.resetPassword(c.principal!, r.username, r.newPassword)),
       );
@@ -310,7 +314,7 @@ function services(opts: GrpcServerOptions) {
       return withQuorum(c, "ShareKey", { keyId: r.keyId, username: r.username }, r.quorumRequestId, () => k.setShare(r.keyId, target, true, c.principal!.userId));
     }),
     unshareKey: rpc("UnshareKey", async (r, c) => {
-      if (!isValidUsername(r.username)) throw invalid("username must be 1 to 64 letters, digits, '.', '_' or '-'");
+      checkUsername(r.username);
       return k.setShare(r.keyId, { user: r.username, userId: "" }, false, c.principal!.userId);
     }),
   };

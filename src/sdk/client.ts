@@ -131,8 +131,9 @@ interface UnaryMethod<Req, Res> {
 }
 
 /**
- * The hsmd client: one promise-returning method per RPC of `hsm.v1.KeyService` and
- * `hsm.v1.CryptoService`, over a single shared gRPC channel.
+ * The hsmd client: one promise-returning method per RPC of `hsm.v1.KeyService`,
+ * `hsm.v1.CryptoService`, `hsm.v1.UserService`, `hsm.v1.QuorumService` and `hsm.v1.AuditService`,
+ * over a single shared gRPC channel, carrying the session of {@link HsmClient.login}.
  *
  * Requests are partial: omitted fields take their proto3 defaults. Every call has a deadline
  * ({@link HsmClientOptions.defaultDeadlineMs} unless {@link CallOptions.deadlineMs} says otherwise),

@@ -3,7 +3,7 @@
  * {@link HsmClientError}, the BYOK helper {@link wrapForImport}, and the API's enums and message types.
  */
 
-/** The client: one promise-returning method per RPC of KeyService and CryptoService. */
+/** The client: one promise-returning method per RPC of the hsm.v1 services, with login and token refresh. */
 export { HsmClient } from "./client";
 /** The one error every client call rejects with (numeric gRPC `code`, `codeName`, `details`, `cause`). */
 export { HsmClientError } from "./client-error";

@@ -374,3 +374,159 @@ describe("frozen result", () => {
     expect(input.device.quirks.aesKeyBits).toEqual([256, 128]);
   });
 });
+
+describe("auth and audit", () => {
+  const check = (doc: unknown) => validateConfig(doc, { env });
+
+  it("applies the defaults when both sections are absent", () => {
+    const config = loadConfig({ file: writeConfig(minimal()), env });
+    expect(config.auth).toEqual({
+      sessionTtlMs: 3_600_000,
+      maxFailedLogins: 5,
+      firstOfficer: "admin",
+      quorumTtlMs: 600_000,
+      quorum: {},
+    });
+    expect(config.audit).toEqual({ file: join(dir, "data", "audit", "audit.log"), fsync: "changes" });
+    // Empty sections are the same as absent ones.
+    const empty = loadConfig({ env, overrides: { ...minimal(), auth: { quorum: {} }, audit: {} } });
+    expect(empty.auth).toEqual(config.auth);
+    expect(empty.audit).toEqual(config.audit);
+  });
+
+  it("puts the default audit log under a relative dataDir resolved against the config file", () => {
+    const config = loadConfig({ file: writeConfig({ node: { dataDir: "state" }, devMode: true }), env });
+    expect(config.audit.file).toBe(join(dir, "state", "audit", "audit.log"));
+  });
+
+  it("compiles the values given: seconds to milliseconds, audit.file against the config file's directory", () => {
+    const config = loadConfig({
+      file: writeConfig({
+        ...minimal(),
+        auth: {
+          sessionTtlSeconds: 900,
+          maxFailedLogins: 3,
+          firstOfficer: "root-officer",
+          quorum: { ttlSeconds: 120, operations: { DeleteUser: 2, ResetPassword: 3, ShareKey: 1, DeleteKey: 2 } },
+        },
+        audit: { file: "logs/audit.jsonl", fsync: "always" },
+      }),
+      env,
+    });
+    expect(config.auth).toEqual({
+      sessionTtlMs: 900_000,
+      maxFailedLogins: 3,
+      firstOfficer: "root-officer",
+      quorumTtlMs: 120_000,
+      quorum: { DeleteUser: 2, ResetPassword: 3, ShareKey: 1, DeleteKey: 2 },
+    });
+    expect(config.audit).toEqual({ file: join(dir, "logs", "audit.jsonl"), fsync: "always" });
+    // An absolute path is kept as is; the limits are inclusive.
+    const abs = loadConfig({
+      env,
+      overrides: { ...minimal(), auth: { sessionTtlSeconds: 604800, maxFailedLogins: 100, quorum: { ttlSeconds: 1, operations: { DeleteKey: 32 } } }, audit: { file: "/var/log/hsmd/audit.log" } },
+    });
+    expect(abs.auth.sessionTtlMs).toBe(604_800_000);
+    expect(abs.auth.maxFailedLogins).toBe(100);
+    expect(abs.auth.quorumTtlMs).toBe(1000);
+    expect(abs.auth.quorum).toEqual({ DeleteKey: 32 });
+    expect(abs.audit).toEqual({ file: "/var/log/hsmd/audit.log", fsync: "changes" });
+  });
+
+  it("refuses an operation that cannot need a quorum, naming the ones that can", () => {
+    expect(check({ ...minimal(), auth: { quorum: { operations: { Foo: 2 } } } })).toEqual([
+      { path: "/auth/quorum/operations/Foo", message: expect.stringContaining("DeleteUser, ResetPassword, ShareKey, DeleteKey") },
+    ]);
+    // RPC names that exist but cannot be put under a quorum are refused too.
+    expect(check({ ...minimal(), auth: { quorum: { operations: { Sign: 2 } } } })[0]!.path).toBe("/auth/quorum/operations/Sign");
+    expect(problemsOf(() => loadConfig({ env, overrides: { ...minimal(), auth: { quorum: { operations: { deleteUser: 2 } } } } })).map((p) => p.path)).toEqual([
+      "/auth/quorum/operations/deleteUser",
+    ]);
+  });
+
+  it("refuses out-of-range values with their paths", () => {
+    expect(check({ ...minimal(), auth: { maxFailedLogins: 0 } })).toEqual([{ path: "/auth/maxFailedLogins", message: "must be >= 1" }]);
+    expect(check({ ...minimal(), auth: { maxFailedLogins: 101 } })).toEqual([{ path: "/auth/maxFailedLogins", message: "must be <= 100" }]);
+    expect(check({ ...minimal(), auth: { sessionTtlSeconds: 0 } })).toEqual([{ path: "/auth/sessionTtlSeconds", message: "must be >= 1" }]);
+    expect(check({ ...minimal(), auth: { sessionTtlSeconds: 604801 } })).toEqual([{ path: "/auth/sessionTtlSeconds", message: "must be <= 604800" }]);
+    expect(check({ ...minimal(), auth: { quorum: { ttlSeconds: 0, operations: { DeleteKey: 0, ShareKey: 33 } } } })).toEqual(
+      expect.arrayContaining([
+        { path: "/auth/quorum/ttlSeconds", message: "must be >= 1" },
+        { path: "/auth/quorum/operations/DeleteKey", message: "must be >= 1" },
+        { path: "/auth/quorum/operations/ShareKey", message: "must be <= 32" },
+      ]),
+    );
+    expect(check({ ...minimal(), audit: { fsync: "never" } })).toEqual([{ path: "/audit/fsync", message: "must be one of always, changes" }]);
+    expect(check({ ...minimal(), audit: { file: "" } })[0]!.path).toBe("/audit/file");
+    expect(check({ ...minimal(), auth: { firstOfficer: "two words" } })[0]!.path).toBe("/auth/firstOfficer");
+  });
+
+  it("refuses wrong types and unknown keys with their paths", () => {
+    expect(check({ ...minimal(), auth: { sessionTtlSeconds: "3600" } })).toEqual([{ path: "/auth/sessionTtlSeconds", message: "must be integer" }]);
+    expect(check({ ...minimal(), auth: { maxFailedLogins: 2.5 } })).toEqual([{ path: "/auth/maxFailedLogins", message: "must be integer" }]);
+    expect(check({ ...minimal(), auth: { quorum: { operations: { DeleteUser: "2" } } } })).toEqual([
+      { path: "/auth/quorum/operations/DeleteUser", message: "must be integer" },
+    ]);
+    expect(check({ ...minimal(), auth: { firstOfficer: 7 } })).toEqual([{ path: "/auth/firstOfficer", message: "must be string" }]);
+    expect(check({ ...minimal(), audit: { file: 1 } })).toEqual([{ path: "/audit/file", message: "must be string" }]);
+    expect(check({ ...minimal(), audit: { fsync: true } })).toContainEqual({ path: "/audit/fsync", message: "must be string" });
+    expect(check({ ...minimal(), auth: [] })).toEqual([{ path: "/auth", message: "must be object" }]);
+    expect(check({ ...minimal(), audit: "changes" })).toEqual([{ path: "/audit", message: "must be object" }]);
+    expect(check({ ...minimal(), auth: { sessionTtl: 60 } })[0]!.path).toBe("/auth/sessionTtl");
+    expect(check({ ...minimal(), audit: { sync: "always" } })[0]!.path).toBe("/audit/sync");
+  });
+
+  it("reports auth and audit problems together with the others", () => {
+    const problems = problemsOf(() =>
+      loadConfig({ env, overrides: { ...minimal(), device: { poolSize: 0 }, auth: { maxFailedLogins: 0, quorum: { operations: { Nope: 2 } } }, audit: { fsync: "never" } } }),
+    );
+    expect(problems.map((p) => p.path).sort()).toEqual(
+      ["/audit/fsync", "/auth/maxFailedLogins", "/auth/quorum/operations/Nope", "/device/poolSize"].sort(),
+    );
+  });
+
+  it("shows auth and audit in describeConfig and JSON, with no secret", () => {
+    const config = loadConfig({
+      env,
+      overrides: { ...minimal(), auth: { quorum: { operations: { DeleteKey: 2 } } }, audit: { file: join(dir, "a.log") } },
+    });
+    const described = describeConfig(config);
+    expect(described.auth).toEqual({ sessionTtlMs: 3_600_000, maxFailedLogins: 5, firstOfficer: "admin", quorumTtlMs: 600_000, quorum: { DeleteKey: 2 } });
+    expect(described.audit).toEqual({ file: join(dir, "a.log"), fsync: "changes" });
+    expect(described.auth).not.toBe(config.auth);
+    expect(described.auth.quorum).not.toBe(config.auth.quorum);
+    const json = JSON.parse(JSON.stringify(config));
+    expect(json.auth).toEqual(described.auth);
+    expect(json.audit).toEqual(described.audit);
+    for (const text of [JSON.stringify(described), JSON.stringify(config), inspect(config, { depth: 10 })]) expect(text).not.toContain(SECRET);
+    // The sections carry settings only: no password, token or PIN field.
+    expect(JSON.stringify({ auth: described.auth, audit: described.audit })).not.toMatch(/password|token|pin|secret/i);
+  });
+
+  it("is frozen like the rest of the config", () => {
+    const config = compileConfig({ ...minimal(), auth: { quorum: { operations: { DeleteUser: 2 } } } }, { env });
+    expect(Object.isFrozen(config.auth)).toBe(true);
+    expect(Object.isFrozen(config.auth.quorum)).toBe(true);
+    expect(Object.isFrozen(config.audit)).toBe(true);
+    expect(() => {
+      (config.auth.quorum as Record<string, number>).DeleteKey = 1;
+    }).toThrow(TypeError);
+    expect(config.auth.quorum).toEqual({ DeleteUser: 2 });
+  });
+
+  it("loads the auth and audit sections of the shipped example", () => {
+    const profiles = findProfileDir({})!;
+    const certs = join(dir, "certs");
+    execFileSync("bash", [join(__dirname, "../../scripts/dev-ca.sh"), certs], { stdio: "pipe" });
+    const tls = { cert: join(certs, "server.pem"), key: join(certs, "server.key"), ca: join(certs, "ca.pem") };
+    const example = loadConfig({ file: join(profiles, "hsmd.example.json"), env, overrides: { tls } });
+    expect(example.auth).toEqual({
+      sessionTtlMs: 3_600_000,
+      maxFailedLogins: 5,
+      firstOfficer: "admin",
+      quorumTtlMs: 600_000,
+      quorum: { DeleteUser: 2, ResetPassword: 2 },
+    });
+    expect(example.audit).toEqual({ file: "/var/log/hsmd/audit.log", fsync: "changes" });
+  });
+});
