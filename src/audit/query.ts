@@ -18,6 +18,8 @@ export interface AuditQuery {
   user?: string;
   /** Entries about this key (exact match). */
   keyId?: string;
+  /** Only entries whose `target` is this (e.g. the username a failed login tried). */
+  target?: string;
   /** Entries for this RPC name (exact match). */
   operation?: string;
   /** Page size: default 100, at most 1000. */
@@ -70,6 +72,7 @@ export async function queryAuditLog(path: string, query: AuditQuery = {}): Promi
       if (r.seq <= afterSeq) continue;
       if (query.user !== undefined && r.user !== query.user) continue;
       if (query.keyId !== undefined && r.keyId !== query.keyId) continue;
+      if (query.target !== undefined && r.target !== query.target) continue;
       if (query.operation !== undefined && r.operation !== query.operation) continue;
       if (from !== undefined || to !== undefined) {
         const t = Date.parse(r.time);

@@ -284,6 +284,7 @@ function services(opts: GrpcServerOptions) {
         user: r.user || undefined,
         keyId: r.keyId || undefined,
         operation: r.operation || undefined,
+        target: r.target || undefined,
         limit: r.limit || undefined,
         afterSeq: Number(r.afterSeq),
       });
