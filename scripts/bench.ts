@@ -193,7 +193,7 @@ async function main() {
 Measured by \`npm run bench\` (scripts/bench.ts) on ${new Date().toISOString().slice(0, 10)}: ${cpus().length} cores (${cpus()[0]?.model ?? "?"}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, SoftHSM2 token, session pool ${POOL} on both sides, ${SECONDS} s per cell.
 
 - **raw**: pkcs11js in the benchmark's own process, async calls over a pool of ${POOL} sessions, keys as session objects; the ceiling for this device.
-- **daemon**: hsmd in a child process, called through the SDK over loopback gRPC (plaintext dev mode); each call validates, looks up the key record, runs the same mechanism on a pooled session and answers.
+- **daemon**: hsmd in a child process, called through the SDK over loopback gRPC (plaintext dev mode) by a logged-in crypto user; each call authenticates the session, checks the caller's access to the key, validates, runs the same mechanism on a pooled session, appends its audit entry and answers.
 - in flight: concurrent calls in a closed loop. The batched row sends BatchSign calls of 64 items, 4 in flight, and compares signatures per second with raw at 64 in flight.
 - The machine is shared and noisy: read ratios from the same run, not absolute figures across runs.
 
