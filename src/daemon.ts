@@ -6,13 +6,14 @@ import type * as grpc from "@grpc/grpc-js";
 import type { Config } from "./config";
 import { AccessGuard } from "./access";
 import { AuditLog } from "./audit";
-import { precondition } from "./errors";
+import { Code, HsmError, precondition } from "./errors";
 import { bindGrpc, buildGrpcServer, describeTransport, grpcServerCredentials, setServing } from "./grpc";
 import { buildAdminApp } from "./http";
 import { KeyService } from "./keys";
 import { Metrics } from "./metrics";
 import { Device, mechanismName } from "./pkcs11";
-import { openEmbeddedStore, type StateStore } from "./store";
+import { openEmbeddedStore, openEtcdStore, type StateStore } from "./store";
+import { Membership, TRANSPORT_KEY_ID, type JoinRecord } from "./cluster";
 import { QuorumService, USERS_INIT_KEY, UserService, generateOneTimePassword } from "./users";
 
 /** The store key of the node's cluster identity: which domain key wraps its records. */
@@ -21,6 +22,8 @@ const DOMAIN_META = "meta/domain";
 const IMPORT_KEY_ID = "hsmd-import";
 /** How often expired quorum requests are marked (and audited) and dead sessions purged. */
 const SWEEP_MS = 30_000;
+/** How often a cluster member reports its applied revision and health to the store. */
+const REPORT_MS = 2_000;
 
 /** Where `hsmd init` leaves the first crypto officer's one-time password (mode 600; removed when it is changed). */
 export function firstOfficerPasswordFile(dataDir: string): string {
@@ -37,6 +40,13 @@ export interface DaemonOptions {
   config: Config;
   /** Create the domain key and the node's metadata when the store has none (`hsmd init`). */
   init?: boolean;
+  /**
+   * Join an existing cluster when this node's HSM lacks the cluster's domain key (`hsmd join`):
+   * records a join request and waits for a crypto officer to approve it.
+   */
+  join?: boolean;
+  /** Called with the join request once recorded (the operator shows its fingerprint to the approving officer). */
+  onJoinRequest?: (r: JoinRecord) => void;
   log?: (msg: string) => void;
 }
 
@@ -56,6 +66,11 @@ export class Daemon {
   private readonly startedAt = new Date().toISOString();
   private stopped = false;
   private sweeper: NodeJS.Timeout | undefined;
+  private reporter: NodeJS.Timeout | undefined;
+  private unwatchRemoval: (() => void) | undefined;
+  /** Set when this node was removed from its cluster: it then serves nothing. */
+  removed = false;
+  private storeReachable = true;
 
   private constructor(
     readonly config: Config,
@@ -67,6 +82,7 @@ export class Daemon {
     readonly users: UserService,
     readonly quorum: QuorumService,
     readonly audit: AuditLog,
+    readonly membership: Membership | undefined,
     private readonly grpcServer: grpc.Server,
     private readonly health: ReturnType<typeof buildGrpcServer>["health"],
     private readonly admin: FastifyInstance,
@@ -79,7 +95,10 @@ export class Daemon {
     // TLS files are read before anything is opened: a bad file stops the start with a ConfigError.
     const credentials = grpcServerCredentials(config);
     const metrics = new Metrics();
-    const store = await openEmbeddedStore(join(config.node.dataDir, "store"));
+    const cluster = config.cluster;
+    const store: StateStore = cluster
+      ? await openEtcdStore({ endpoints: [...cluster.endpoints], prefix: `hsmd/${cluster.name}/`, tls: cluster.tls ?? undefined, log })
+      : await openEmbeddedStore(join(config.node.dataDir, "store"));
     let device: Device | undefined;
     let audit: AuditLog | undefined;
     try {
@@ -94,8 +113,27 @@ export class Daemon {
         observer: (m, s, ok) => metrics.observeDevice(m, s, ok),
         log,
       });
-      const domainKeyId = await ensureDomain(store, device, !!opts.init, config.node.id);
-      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, importKeyId: IMPORT_KEY_ID, log });
+      const membership = cluster
+        ? new Membership({
+            store,
+            device,
+            nodeId: config.node.id,
+            advertise: cluster.advertise,
+            joinTtlMs: cluster.joinTtlMs,
+            token: { module: config.device.module, tokenLabel: config.device.tokenLabel ?? undefined, slot: config.device.slot ?? undefined },
+          })
+        : undefined;
+      const domainKeyId = await ensureDomain(store, device, opts, config, membership, log);
+      const keys = new KeyService({
+        device,
+        store,
+        limits: config.limits,
+        domainKeyId,
+        importKeyId: IMPORT_KEY_ID,
+        log,
+        nodeId: cluster ? config.node.id : undefined,
+        minNodes: cluster?.minNodes,
+      });
       await keys.start();
       const rec = await keys.reconcile();
       log(`records checked against the token: ${keys.keyCount} keys, ${rec.materialized} materialized, ${rec.orphansRemoved} orphans removed${rec.lost.length ? `, ${rec.lost.length} LOST: ${rec.lost.join(", ")}` : ""}`);
@@ -114,6 +152,11 @@ export class Daemon {
         audit,
         auditFile: config.audit.file,
         auditFsync: config.audit.fsync,
+        membership,
+        domainKeyId,
+        clusterName: cluster?.name,
+        storeRevision: () => store.revision(),
+        gate: () => (self?.removed ? new HsmError(Code.Unavailable, `node ${config.node.id} was removed from cluster ${cluster?.name ?? ""}: it serves nothing`) : undefined),
         onPasswordChanged: (user) => {
           if (user === config.auth.firstOfficer && existsSync(otpFile)) unlinkSync(otpFile);
         },
@@ -126,8 +169,18 @@ export class Daemon {
       // The admin routes call back into the daemon, which needs the admin app to stop it.
       let self: Daemon | undefined;
       const admin = buildAdminApp({ metrics, readiness: () => self!.readiness(), status: () => self!.status() });
-      const d = new Daemon(config, store, device, keys, metrics, domainKeyId, users, quorum, audit, server, health, admin, log);
+      const d = new Daemon(config, store, device, keys, metrics, domainKeyId, users, quorum, audit, membership, server, health, admin, log);
       self = d;
+      if (membership) {
+        let members = 1;
+        metrics.setClusterSource(() => ({ storeRevision: store.revision(), appliedRevision: keys.appliedRevision, nodes: members, storeReachable: d.storeReachable }));
+        d.unwatchRemoval = membership.watchRemoval(() => void d.onRemoved());
+        d.reporter = setInterval(() => {
+          void d.report().then((n) => (members = n ?? members));
+        }, REPORT_MS);
+        d.reporter.unref();
+        void d.report();
+      }
       d.sweeper = setInterval(() => void d.sweep(), SWEEP_MS);
       d.sweeper.unref();
       d.grpcPort = await bindGrpc(server, `${config.listen.grpc.host}:${config.listen.grpc.port}`, credentials);
@@ -142,6 +195,35 @@ export class Daemon {
       await store.close();
       throw e;
     }
+  }
+
+  /**
+   * Writes this node's report (applied revision, HSM and store health) to the store, where the
+   * cluster status reads it; answers the member count, or undefined when the store is unreachable.
+   */
+  async report(): Promise<number | undefined> {
+    if (!this.membership || this.removed || this.stopped) return undefined;
+    const [hsmHealthy, storeReachable] = await Promise.all([this.device.healthy(), this.store.healthy()]);
+    if (storeReachable !== this.storeReachable) this.log(storeReachable ? "state store reachable again" : "state store unreachable: serving crypto with the keys this node holds, refusing writes");
+    this.storeReachable = storeReachable;
+    if (!storeReachable) return undefined;
+    try {
+      await this.membership.report({ appliedRevision: this.keys.appliedRevision, storeRevision: this.store.revision(), hsmHealthy, storeReachable, keys: this.keys.keyCount });
+      return (await this.membership.nodes()).length;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** This node was removed from its cluster: stop serving, and drop the domain and transport keys from its HSM. */
+  private async onRemoved(): Promise<void> {
+    if (this.removed) return;
+    this.removed = true;
+    setServing(this.health, false);
+    this.log(`node ${this.config.node.id} was removed from cluster ${this.config.cluster?.name}: serving nothing; destroying its copy of the domain key`);
+    await this.audit.append({ operation: "NodeRemoved", target: this.config.node.id, status: "OK" }, { sync: true }).catch(() => undefined);
+    await this.device.destroy(this.domainKeyId).catch(() => undefined);
+    await this.device.destroy(TRANSPORT_KEY_ID).catch(() => undefined);
   }
 
   /**
@@ -177,7 +259,8 @@ export class Daemon {
       token: { ...this.device.token, profile: this.config.device.profile, module: this.config.device.module },
       mechanisms: this.device.mechanisms().map(mechanismName),
       pool: this.device.poolStats(),
-      store: { kind: "embedded", revision: this.store.revision() },
+      store: { kind: this.config.cluster ? "etcd" : "embedded", revision: this.store.revision(), appliedRevision: this.keys.appliedRevision, reachable: this.storeReachable },
+      cluster: this.membership ? await this.clusterStatus() : null,
       domainKeyId: this.domainKeyId,
       keys: this.keys.keyCount,
       limits: this.config.limits,
@@ -186,10 +269,39 @@ export class Daemon {
     };
   }
 
+  /** Every member with its last report: applied revision, lag behind this node's view, HSM health, last contact. */
+  async clusterStatus() {
+    const m = this.membership!;
+    const [nodes, reports] = await Promise.all([m.nodes(), m.reports()]);
+    const rev = this.store.revision();
+    return {
+      name: this.config.cluster!.name,
+      self: this.config.node.id,
+      removed: this.removed,
+      applyFailures: this.keys.applyFailures.size,
+      nodes: nodes.map((n) => {
+        const r = reports.get(n.id);
+        return {
+          id: n.id,
+          advertise: n.advertise,
+          joinedAt: new Date(n.joinedAt).toISOString(),
+          appliedRevision: r?.appliedRevision ?? 0,
+          lag: r ? Math.max(0, rev - r.appliedRevision) : null,
+          hsmHealthy: r?.hsmHealthy ?? false,
+          storeReachable: r?.storeReachable ?? false,
+          keys: r?.keys ?? 0,
+          lastContact: r ? new Date(r.at).toISOString() : null,
+        };
+      }),
+    };
+  }
+
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     clearInterval(this.sweeper);
+    clearInterval(this.reporter);
+    this.unwatchRemoval?.();
     setServing(this.health, false);
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {
@@ -211,26 +323,44 @@ export class Daemon {
 }
 
 /**
- * The domain key: created inside the HSM by `init` (AES-256, CKA_EXTRACTABLE false), recorded by id
- * in the store. A started node whose store names a domain key the token lacks refuses to serve.
+ * The domain key: created inside the HSM by `init` (AES-256, sensitive, extractable only under a
+ * key the token's SO marked trusted), recorded by id in the store. A started node whose store names
+ * a domain key the token lacks refuses to serve; in a cluster, `join` asks for it instead (see
+ * Membership), and a node that is not a member refuses to serve.
  */
-async function ensureDomain(store: StateStore, device: Device, init: boolean, nodeId: string): Promise<string> {
+async function ensureDomain(store: StateStore, device: Device, opts: DaemonOptions, config: Config, membership: Membership | undefined, log: (msg: string) => void): Promise<string> {
   const e = await store.get(DOMAIN_META);
+  const cluster = config.cluster;
   if (e) {
     const meta = JSON.parse(e.value.toString("utf8")) as DomainMeta;
     if (!(await device.ensureDomainKey(meta.domainKeyId, false))) {
-      throw precondition(`the token does not hold domain key ${meta.domainKeyId} that this node's records are wrapped under: wrong token, or the token was reinitialized`);
+      if (!membership) throw precondition(`the token does not hold domain key ${meta.domainKeyId} that this node's records are wrapped under: wrong token, or the token was reinitialized`);
+      if (!opts.join) throw precondition(`this node's HSM does not hold the domain key of cluster ${cluster!.name}: run \`hsmd join\` and have a crypto officer approve it`);
+      const req = await membership.requestJoin();
+      log(`join request recorded for node ${config.node.id}: transport key sha256 ${req.fingerprint}; waiting for a crypto officer to approve it (ApproveJoin) until ${new Date(req.expiresAt).toISOString()}`);
+      opts.onJoinRequest?.(req);
+      await membership.awaitJoin();
+      log(`joined cluster ${cluster!.name}: domain key ${meta.domainKeyId} unwrapped into this HSM`);
+      return meta.domainKeyId;
+    }
+    if (membership && !(await membership.isMember())) {
+      if (!opts.join) throw precondition(`node ${config.node.id} is not a member of cluster ${cluster!.name} (removed?): run \`hsmd join\` to ask again`);
+      // A removed node asking again: its old copy of the domain key is not proof of anything.
+      await device.destroy(meta.domainKeyId);
+      return ensureDomain(store, device, opts, config, membership, log);
     }
     return meta.domainKeyId;
   }
-  if (!init) throw precondition("this node is not initialized: run `hsmd init` (creates the domain key inside the HSM)");
-  const meta: DomainMeta = { domainKeyId: `hsmd-domain-${randomUUID()}`, createdAt: new Date().toISOString(), initializedBy: nodeId };
+  if (opts.join) throw precondition(`cluster ${cluster?.name ?? ""} has not been initialized: run \`hsmd init\` on its first node`);
+  if (!opts.init) throw precondition("this node is not initialized: run `hsmd init` (creates the domain key inside the HSM)");
+  const meta: DomainMeta = { domainKeyId: `hsmd-domain-${randomUUID()}`, createdAt: new Date().toISOString(), initializedBy: config.node.id };
   await device.ensureDomainKey(meta.domainKeyId, true);
   const res = await store.txn([{ key: DOMAIN_META, op: "absent" }], [{ type: "put", key: DOMAIN_META, value: Buffer.from(JSON.stringify(meta)) }]);
   if (!res.succeeded) {
     await device.destroy(meta.domainKeyId);
-    return ensureDomain(store, device, false, nodeId);
+    return ensureDomain(store, device, { ...opts, init: false }, config, membership, log);
   }
+  await membership?.register();
   return meta.domainKeyId;
 }
 

@@ -3,7 +3,7 @@
  * hsmd entry point: load config → size the libuv pool → build the daemon → start; SIGTERM/SIGINT →
  * stop. `hsmd init` also creates the node's domain key inside the HSM when it has none.
  *
- *   hsmd [start|init] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]
+ *   hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]
  *   hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]
  */
 import { parseArgs } from "node:util";
@@ -28,8 +28,8 @@ async function main(): Promise<number> {
     },
   });
   const cmd = positionals[0] ?? "start";
-  if (values.help || !["start", "init"].includes(cmd)) {
-    process.stdout.write("usage: hsmd [start|init] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]\n       hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]\n");
+  if (values.help || !["start", "init", "join"].includes(cmd)) {
+    process.stdout.write("usage: hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]\n       hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]\n");
     return values.help ? 0 : 2;
   }
   const overrides: Record<string, unknown> = {};
@@ -41,7 +41,13 @@ async function main(): Promise<number> {
   // set before the pool is first used.
   if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, config.device.poolSize + 4));
 
-  const daemon = await Daemon.start({ config, init: cmd === "init" });
+  const daemon = await Daemon.start({
+    config,
+    init: cmd === "init",
+    join: cmd === "join",
+    onJoinRequest: (r) =>
+      process.stdout.write(`join request: node ${r.nodeId}, transport key sha256 ${r.fingerprint} (a crypto officer approves it with ApproveJoin; expires ${new Date(r.expiresAt).toISOString()})\n`),
+  });
   const mode = describeTransport(config);
   const otpFile = firstOfficerPasswordFile(config.node.dataDir);
   process.stdout.write(

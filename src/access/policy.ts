@@ -62,6 +62,12 @@ export const RULES: Readonly<Record<string, Rule>> = Object.freeze({
   GetQuorumRequest: { who: ["CO", "CU"], target: "id" },
   ApproveQuorumRequest: { who: CO, change: true, target: "id" },
   RejectQuorumRequest: { who: CO, change: true, target: "id" },
+  // ClusterService (appliance users, the daemons themselves, may read the cluster's status)
+  GetClusterStatus: { who: ["CO", "AU"] },
+  ListJoinRequests: { who: CO },
+  ApproveJoin: { who: CO, change: true, target: "nodeId" },
+  RejectJoin: { who: CO, change: true, target: "nodeId" },
+  RemoveNode: { who: CO, change: true, target: "nodeId" },
   // AuditService
   QueryAuditLog: { who: CO },
   VerifyAuditLog: { who: CO },

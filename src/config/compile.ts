@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { isPlainObject, mergeDevice } from "./merge";
@@ -7,7 +8,7 @@ import { ConfigError } from "./problems";
 import { readProfile } from "./profiles";
 import { parseListenAddress } from "./listen";
 import { sealConfig } from "./redact";
-import { AUTH_DEFAULTS, DEFAULT_PROFILE, LIMIT_DEFAULTS, LISTEN_DEFAULTS } from "./schema";
+import { AUTH_DEFAULTS, CLUSTER_DEFAULTS, DEFAULT_PROFILE, LIMIT_DEFAULTS, LISTEN_DEFAULTS } from "./schema";
 import { checkTransport, type RawTls } from "./tls";
 import { checkSchema } from "./validator";
 import { PROFILE_NAMES, type Config, type ConfigProblem, type DeviceQuirks, type LimitsConfig, type PinSource, type ProfileName } from "./types";
@@ -41,6 +42,7 @@ interface RawDoc {
   limits?: Partial<LimitsConfig>;
   auth?: { sessionTtlSeconds?: number; maxFailedLogins?: number; firstOfficer?: string; quorum?: { ttlSeconds?: number; operations?: Record<string, number> } };
   audit?: { file?: string; fsync?: "always" | "changes" };
+  cluster?: { name: string; etcd: { endpoints: string[]; tls?: { ca?: string; cert?: string; key?: string } }; advertise?: string; minNodes?: number; joinTtlSeconds?: number };
 }
 
 /**
@@ -144,6 +146,26 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
     tls = transport.tls;
   }
 
+  // Cluster: etcd TLS files are read here, so a bad path stops the start with the others.
+  let clusterTls: { ca?: Buffer; cert?: Buffer; key?: Buffer } | null = null;
+  const rawCluster = isPlainObject(raw.cluster) ? (raw.cluster as unknown as NonNullable<RawDoc["cluster"]>) : undefined;
+  if (rawCluster && !schemaFlagged("/cluster")) {
+    const t = rawCluster.etcd.tls;
+    if (t) {
+      clusterTls = {};
+      for (const f of ["ca", "cert", "key"] as const) {
+        const path = t[f];
+        if (path === undefined) continue;
+        try {
+          clusterTls[f] = readFileSync(resolve(baseDir, path));
+        } catch (e) {
+          addProblems(problems, [{ path: `/cluster/etcd/tls/${f}`, message: `cannot read ${resolve(baseDir, path)}: ${(e as NodeJS.ErrnoException).code ?? "error"}` }]);
+        }
+      }
+      if ((t.cert === undefined) !== (t.key === undefined)) addProblems(problems, [{ path: "/cluster/etcd/tls", message: "must have both 'cert' and 'key', or neither" }]);
+    }
+  }
+
   if (problems.length || !device || !grpc || !admin || tls === undefined) return { problems };
   const doc = raw as unknown as RawDoc;
   const dataDir = resolve(baseDir, doc.node.dataDir);
@@ -162,6 +184,16 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
       quorumTtlMs: (auth.quorum?.ttlSeconds ?? AUTH_DEFAULTS.quorumTtlSeconds) * 1000,
       quorum: { ...(auth.quorum?.operations ?? {}) },
     },
+    cluster: rawCluster
+      ? {
+          name: rawCluster.name,
+          endpoints: rawCluster.etcd.endpoints.map((e) => `${clusterTls ? "https" : "http"}://${e}`),
+          tls: clusterTls,
+          advertise: rawCluster.advertise ?? `${grpc.host}:${grpc.port}`,
+          minNodes: rawCluster.minNodes ?? CLUSTER_DEFAULTS.minNodes,
+          joinTtlMs: (rawCluster.joinTtlSeconds ?? CLUSTER_DEFAULTS.joinTtlSeconds) * 1000,
+        }
+      : null,
     audit: { file: doc.audit?.file ? resolve(baseDir, doc.audit.file) : join(dataDir, "audit", "audit.log"), fsync: doc.audit?.fsync ?? "changes" },
     sources: { file, profile: profileFile },
   };

@@ -5,14 +5,16 @@ import type { Config } from "./types";
 export const REDACTED = "[redacted]";
 
 /** A JSON-safe copy of a Config with the PIN replaced by `"[redacted]"` (TLS appears as file paths only). */
-export type RedactedConfig = Omit<Config, "device"> & { readonly device: Omit<Config["device"], "pin"> & { readonly pin: typeof REDACTED } };
+export type RedactedConfig = Omit<Config, "device" | "cluster"> & {
+  readonly cluster: (Omit<NonNullable<Config["cluster"]>, "tls"> & { readonly tls: Record<string, string | undefined> | null }) | null;
+} & { readonly device: Omit<Config["device"], "pin"> & { readonly pin: typeof REDACTED } };
 
 /**
  * A plain, redacted copy of the configuration for logs and `/v1/status`: the PIN shows as
  * `"[redacted]"`, its source (variable name or file path) stays visible.
  */
 export function describeConfig(config: Config): RedactedConfig {
-  const { node, listen, tls, devMode, device, limits, auth, audit, sources } = config;
+  const { node, listen, tls, devMode, device, limits, auth, audit, cluster, sources } = config;
   return {
     node: { ...node },
     listen: { grpc: { ...listen.grpc }, admin: { ...listen.admin } },
@@ -31,6 +33,7 @@ export function describeConfig(config: Config): RedactedConfig {
     limits: { ...limits },
     auth: { ...auth, quorum: { ...auth.quorum } },
     audit: { ...audit },
+    cluster: cluster && { ...cluster, endpoints: [...cluster.endpoints], tls: cluster.tls && { ca: cluster.tls.ca && REDACTED, cert: cluster.tls.cert && REDACTED, key: cluster.tls.key && REDACTED } },
     sources: { ...sources },
   };
 }
@@ -52,7 +55,8 @@ export function sealConfig(config: Config): Config {
 
 /** Freezes an object and everything reachable from it. */
 export function deepFreeze<T>(value: T): T {
-  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
+  // Buffers (PEM contents) cannot be frozen: typed arrays with elements refuse Object.freeze.
+  if (typeof value === "object" && value !== null && !ArrayBuffer.isView(value) && !Object.isFrozen(value)) {
     Object.freeze(value);
     for (const v of Object.values(value)) deepFreeze(v);
   }

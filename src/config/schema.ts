@@ -8,7 +8,10 @@ import { PROFILE_NAMES, type LimitsConfig, type ProfileName } from "./types";
  */
 
 /** Operations that can be configured to need M-of-N crypto-officer approval. */
-export const QUORUM_OPERATIONS = ["DeleteUser", "ResetPassword", "ShareKey", "DeleteKey"] as const;
+export const QUORUM_OPERATIONS = ["DeleteUser", "ResetPassword", "ShareKey", "DeleteKey", "ApproveJoin"] as const;
+
+/** Defaults of the `cluster` section. */
+export const CLUSTER_DEFAULTS = Object.freeze({ minNodes: 1, joinTtlSeconds: 600 });
 
 /** Defaults of the `auth` section. */
 export const AUTH_DEFAULTS = Object.freeze({ sessionTtlSeconds: 3600, maxFailedLogins: 5, firstOfficer: "admin", quorumTtlSeconds: 600 });
@@ -158,6 +161,35 @@ export const CONFIG_SCHEMA = {
             },
           },
         },
+      },
+    },
+    cluster: {
+      type: "object",
+      additionalProperties: false,
+      required: ["name", "etcd"],
+      description: "run as a member of a cluster whose state lives in etcd; absent: single node on the embedded store",
+      properties: {
+        name: { type: "string", minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9][A-Za-z0-9._-]*$", description: "the cluster's name: its keys live under hsmd/<name>/ in etcd" },
+        etcd: {
+          type: "object",
+          additionalProperties: false,
+          required: ["endpoints"],
+          properties: {
+            endpoints: { type: "array", minItems: 1, maxItems: 16, items: { type: "string", format: "host-port", errorMessages: { format: "must be host:port" } } },
+            tls: {
+              type: "object",
+              additionalProperties: false,
+              properties: {
+                ca: { type: "string", minLength: 1, description: "PEM CA certificate(s) of the etcd servers (path)" },
+                cert: { type: "string", minLength: 1, description: "PEM client certificate (path)" },
+                key: { type: "string", minLength: 1, description: "PEM private key of cert (path)" },
+              },
+            },
+          },
+        },
+        advertise: { type: "string", format: "host-port", description: "the gRPC address other members and clients reach this node at; default: listen.grpc" },
+        minNodes: { type: "integer", minimum: 1, maximum: 64, default: CLUSTER_DEFAULTS.minNodes, description: "a new key may be used once this many nodes hold it (1: once committed)" },
+        joinTtlSeconds: { type: "integer", minimum: 10, maximum: 86400, default: CLUSTER_DEFAULTS.joinTtlSeconds, description: "time a join request waits for approval" },
       },
     },
     audit: {

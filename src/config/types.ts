@@ -124,6 +124,22 @@ export interface AuditConfig {
   readonly fsync: "always" | "changes";
 }
 
+/** Membership of a cluster (the `cluster` section, resolved); null on a single node. */
+export interface ClusterConfig {
+  /** the cluster's name; its records live under `hsmd/<name>/` in etcd */
+  readonly name: string;
+  /** etcd client endpoints, `http(s)://host:port` */
+  readonly endpoints: readonly string[];
+  /** PEM contents for TLS to etcd (read at start); null: plaintext */
+  readonly tls: { readonly ca?: Buffer; readonly cert?: Buffer; readonly key?: Buffer } | null;
+  /** the gRPC address other members and clients reach this node at. @default listen.grpc */
+  readonly advertise: string;
+  /** a new key may be used once this many nodes hold it. @default 1 (once committed) */
+  readonly minNodes: number;
+  /** time a join request waits for approval. @default 600_000 */
+  readonly joinTtlMs: number;
+}
+
 export interface Config {
   readonly node: {
     /** This node's id in the cluster (default: the host name). */
@@ -145,6 +161,7 @@ export interface Config {
   readonly limits: LimitsConfig;
   readonly auth: AuthConfig;
   readonly audit: AuditConfig;
+  readonly cluster: ClusterConfig | null;
   /** Where the configuration came from, for status and error reports. */
   readonly sources: {
     /** Absolute path of the config file, or null when built from overrides alone. */

@@ -3,6 +3,8 @@ import { invalid } from "../errors";
 import type { AuditRecord } from "../audit";
 import { QuorumStatus, Role as ProtoRole, type QuorumRequest as ProtoQuorumRequest, type Session, type User } from "../gen/hsm/v1/users";
 import type { AuditEntry as ProtoAuditEntry } from "../gen/hsm/v1/audit";
+import { JoinStatus, type JoinRequest } from "../gen/hsm/v1/cluster";
+import type { JoinRecord, JoinState } from "../cluster";
 import type { LoginResult, QuorumRequest, QuorumStatus as DomainQuorumStatus, Role, UserInfo } from "../users";
 
 const ROLE_TO_PROTO: Record<Role, ProtoRole> = { CO: ProtoRole.ROLE_CRYPTO_OFFICER, CU: ProtoRole.ROLE_CRYPTO_USER, AU: ProtoRole.ROLE_APPLIANCE_USER };
@@ -89,5 +91,28 @@ export function auditToProto(r: AuditRecord): ProtoAuditEntry {
     requestId: r.requestId ?? "",
     client: r.client ?? "",
     detail: r.detail ?? "",
+  };
+}
+
+const JOIN_STATUS: Record<JoinState, JoinStatus> = {
+  pending: JoinStatus.JOIN_STATUS_PENDING,
+  approved: JoinStatus.JOIN_STATUS_APPROVED,
+  rejected: JoinStatus.JOIN_STATUS_REJECTED,
+  expired: JoinStatus.JOIN_STATUS_EXPIRED,
+  completed: JoinStatus.JOIN_STATUS_COMPLETED,
+};
+
+/** A join request as the API shows it: never the wrapped domain key. */
+export function joinToProto(j: JoinRecord): JoinRequest {
+  return {
+    nodeId: j.nodeId,
+    transportKeySha256: j.fingerprint,
+    advertise: j.advertise,
+    requestedAt: iso(j.requestedAt),
+    expiresAt: iso(j.expiresAt),
+    status: JOIN_STATUS[j.status],
+    approvedBy: j.approvedBy ?? "",
+    approvedOn: j.approvedOn ?? "",
+    rejectedBy: j.rejectedBy ?? "",
   };
 }

@@ -9,12 +9,14 @@ import type { AccessGuard } from "../access";
 import { queryAuditLog, verifyAuditLog, type AuditEntry, type AuditLog } from "../audit";
 import { Code, HsmError, invalid, notFound, precondition } from "../errors";
 import { AuditServiceService, type AuditServiceServer } from "../gen/hsm/v1/audit";
+import { ClusterServiceService, type ClusterServiceServer } from "../gen/hsm/v1/cluster";
+import type { Membership } from "../cluster";
 import { CryptoServiceService, type CryptoServiceServer } from "../gen/hsm/v1/crypto";
 import { KeyServiceService, type KeyServiceServer } from "../gen/hsm/v1/keys";
 import { QuorumServiceService, UserServiceService, type QuorumServiceServer, type UserServiceServer } from "../gen/hsm/v1/users";
 import type { KeyService, UserRef } from "../keys";
 import { checkPasswordPolicy, checkUsername, type Principal, type QuorumService, type UserService } from "../users";
-import { auditToProto, quorumStatusFromProto, quorumToProto, roleFromProto, sessionToProto, userToProto } from "./convert";
+import { auditToProto, joinToProto, quorumStatusFromProto, quorumToProto, roleFromProto, sessionToProto, userToProto } from "./convert";
 
 /** What the gRPC layer reports per call (metrics); never sees request bodies. */
 export type RpcObserver = (method: string, code: string, seconds: number) => void;
@@ -38,6 +40,15 @@ export interface GrpcServerOptions {
   maxMessageBytes: number;
   observe?: RpcObserver;
   log?: (msg: string) => void;
+  /** Cluster membership (absent on a single node). */
+  membership?: Membership;
+  /** The cluster's name and the newest store revision this node knows (status). */
+  clusterName?: string;
+  storeRevision?: () => number;
+  /** CKA_ID of the domain key (join approvals wrap it). */
+  domainKeyId?: string;
+  /** Checked before anything else on every call: an error here (e.g. a removed node) is the answer. */
+  gate?: () => HsmError | undefined;
   /** Called after a user changed its own password (the daemon removes the first officer's one-time password file). */
   onPasswordChanged?: (user: string) => void;
 }
@@ -117,6 +128,8 @@ function services(opts: GrpcServerOptions) {
         c.audit.detail = `batch of ${items.length}`;
       }
       const run = async (): Promise<Res> => {
+        const closed = opts.gate?.();
+        if (closed) throw closed;
         if (rule.who !== "public") {
           const auth = call.metadata.get("authorization")[0];
           const { principal, token } = await guard.authenticate(typeof auth === "string" ? auth : undefined);
@@ -339,11 +352,64 @@ function services(opts: GrpcServerOptions) {
     batchEncrypt: rpc("BatchEncrypt", async (r, c) => ({ results: (await batch(c, r.items, (i) => k.encrypt(i))).map((result) => ({ result })) })),
     batchDecrypt: rpc("BatchDecrypt", async (r, c) => ({ results: (await batch(c, r.items, (i) => k.decrypt(i))).map((result) => ({ result })) })),
   };
-  return { userImpl, quorumImpl, auditImpl, keyImpl, cryptoImpl };
+  const member = () => {
+    if (!opts.membership) throw precondition("this node is not part of a cluster: it runs on its embedded store (configure `cluster` to run one)");
+    return opts.membership;
+  };
+  const clusterImpl: ClusterServiceServer = {
+    getClusterStatus: rpc("GetClusterStatus", async () => {
+      const self = opts.membership?.nodeId ?? "";
+      if (!opts.membership) {
+        return { cluster: "", store: "embedded", storeRevision: BigInt(k.appliedRevision), self, nodes: [] };
+      }
+      const m = opts.membership;
+      const [nodes, reports] = await Promise.all([m.nodes(), m.reports()]);
+      const rev = opts.storeRevision?.() ?? 0;
+      return {
+        cluster: opts.clusterName ?? "",
+        store: "etcd",
+        storeRevision: BigInt(rev),
+        self,
+        nodes: nodes.map((n) => {
+          const r = reports.get(n.id);
+          return {
+            nodeId: n.id,
+            advertise: n.advertise,
+            appliedRevision: BigInt(r?.appliedRevision ?? 0),
+            lag: BigInt(r ? Math.max(0, rev - r.appliedRevision) : 0),
+            hsmHealthy: r?.hsmHealthy ?? false,
+            storeReachable: r?.storeReachable ?? false,
+            lastContact: r ? new Date(r.at).toISOString() : "",
+            joinedAt: new Date(n.joinedAt).toISOString(),
+            keys: r?.keys ?? 0,
+          };
+        }),
+      };
+    }),
+    listJoinRequests: rpc("ListJoinRequests", async () => ({ requests: (await member().listJoins()).map(joinToProto) })),
+    approveJoin: rpc("ApproveJoin", async (r, c) => {
+      const m = member();
+      const id = r.nodeId;
+      const fp = r.transportKeySha256.toLowerCase().replace(/:/g, "");
+      // Everything that can be refused without the quorum and the SO step comes first.
+      const pending = (await m.listJoins()).find((j) => j.nodeId === id);
+      if (!pending) throw notFound(`no join request from node ${id}`);
+      if (pending.status !== "pending") throw precondition(`the join request of ${id} is ${pending.status}: it cannot be approved`);
+      const rec = await withQuorum(c, "ApproveJoin", { nodeId: id, transportKeySha256: fp }, r.quorumRequestId, () => m.approve(c.principal!.user, id, fp, r.soPin, opts.domainKeyId!));
+      c.audit.detail = `join of ${id} approved on ${rec.approvedOn}`;
+      return joinToProto(rec);
+    }),
+    rejectJoin: rpc("RejectJoin", async (r, c) => joinToProto(await member().reject(c.principal!.user, r.nodeId))),
+    removeNode: rpc("RemoveNode", async (r) => {
+      await member().remove(r.nodeId);
+      return {};
+    }),
+  };
+  return { userImpl, quorumImpl, auditImpl, keyImpl, cryptoImpl, clusterImpl };
 }
 
 /** The hsm.v1 services health reports on. */
-const SERVICE_NAMES = ["", "hsm.v1.KeyService", "hsm.v1.CryptoService", "hsm.v1.UserService", "hsm.v1.QuorumService", "hsm.v1.AuditService"];
+const SERVICE_NAMES = ["", "hsm.v1.KeyService", "hsm.v1.CryptoService", "hsm.v1.UserService", "hsm.v1.QuorumService", "hsm.v1.AuditService", "hsm.v1.ClusterService"];
 
 /** Builds the server with hsm.v1 services, grpc.health.v1 and server reflection (not yet bound). */
 export function buildGrpcServer(opts: GrpcServerOptions): { server: grpc.Server; health: HealthImplementation } {
@@ -359,12 +425,13 @@ export function buildGrpcServer(opts: GrpcServerOptions): { server: grpc.Server;
   server.addService(UserServiceService, impl.userImpl);
   server.addService(QuorumServiceService, impl.quorumImpl);
   server.addService(AuditServiceService, impl.auditImpl);
+  server.addService(ClusterServiceService, impl.clusterImpl);
 
   const health = new HealthImplementation(Object.fromEntries(SERVICE_NAMES.map((n) => [n, "NOT_SERVING"])));
   health.addToServer(server);
 
   const dir = protoDir();
-  const files = ["keys", "crypto", "users", "audit"].map((f) => join(dir, `hsm/v1/${f}.proto`));
+  const files = ["keys", "crypto", "users", "audit", "cluster"].map((f) => join(dir, `hsm/v1/${f}.proto`));
   const pkgDef = protoLoader.loadSync(files, { includeDirs: [dir] });
   new ReflectionService(pkgDef).addToServer(server);
   return { server, health };

@@ -35,7 +35,7 @@ import {
   type WrapKeyResponse,
 } from "../gen/hsm/v1/crypto";
 import { CURVE_BYTES, Device, KeyNotMaterializedError, partsFromSpki, type KeyAlgorithm, type Part, type Usage, type WrappedMaterial } from "../pkcs11";
-import type { StateStore } from "../store";
+import type { StateStore, WatchEvent } from "../store";
 import { decodeRecord, encodeRecord, recordKey, requestKey, toApiKey, type KeyRecord, type KeyVersion, type UserRef } from "./record";
 import { HASH_LEN, algorithmOf, cipherFor, isSecret, resolveUsages, signFor, specOf, wrapFor } from "./spec";
 import { derToRaw, rawToDer } from "./signature";
@@ -59,7 +59,21 @@ export interface KeyServiceOptions {
   /** CKA_ID of the BYOK import key pair. */
   importKeyId: string;
   log?: (msg: string) => void;
+  /**
+   * In a cluster: this node's id. The key service then records which nodes hold each key
+   * (`coverage/<key>/<node>`, like CloudHSM's cluster coverage) as its applier materializes records
+   * written by other nodes.
+   */
+  nodeId?: string;
+  /** A new key may be used once this many nodes hold it. @default 1 (once committed) */
+  minNodes?: number;
 }
+
+/** Store prefix of coverage entries: `coverage/<key id>/<node id>`. */
+export const COVERAGE_PREFIX = "coverage/";
+const coverageKey = (id: string, node: string) => `${COVERAGE_PREFIX}${id}/${node}`;
+/** How long a create waits for its key to reach `minNodes` nodes before answering. */
+const COVERAGE_WAIT_MS = 10_000;
 
 const LABEL_RE = /^[\p{L}\p{N} ._:/@+=-]+$/u;
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
@@ -75,6 +89,16 @@ export class KeyService {
   private readonly store: StateStore;
   private readonly limits: KeyLimits;
   private unwatch: (() => void) | undefined;
+  /** The applier: store events, applied to the device one after another in revision order. */
+  private applyQueue: Promise<void> = Promise.resolve();
+  /** Store revision the applier has materialized up to. */
+  appliedRevision = 0;
+  /** Keys the applier could not materialize (id → reason), for status. */
+  readonly applyFailures = new Map<string, string>();
+  /** Materializations in flight, so that the applier and an on-demand use never race on one key. */
+  private readonly materializing = new Map<string, Promise<void>>();
+  /** Keys known to be held by at least minNodes nodes. */
+  private readonly usable = new Set<string>();
 
   constructor(private readonly opts: KeyServiceOptions) {
     this.device = opts.device;
@@ -89,11 +113,92 @@ export class KeyService {
       const r = decodeRecord(e.value);
       this.records.set(r.id, r);
     }
-    this.unwatch = this.store.watch("keys/", rev, (ev: { type: string; key: string; value?: Buffer }) => {
+    this.appliedRevision = rev;
+    this.unwatch = this.store.watch("keys/", rev, (ev: WatchEvent) => {
       const id = ev.key.slice("keys/".length);
-      if (ev.type === "delete") this.records.delete(id);
-      else if (ev.value) this.records.set(id, decodeRecord(ev.value));
+      if (ev.type === "delete") {
+        this.records.delete(id);
+        this.usable.delete(id);
+        this.apply(ev.revision, async () => {
+          // Deleted on another node (or here, already done): the objects follow the record.
+          await this.device.destroy(id).catch(() => undefined);
+          this.applyFailures.delete(id);
+        });
+      } else if (ev.value) {
+        const r = decodeRecord(ev.value);
+        const isNew = !this.records.has(id);
+        this.records.set(id, r);
+        this.apply(ev.revision, isNew ? () => this.applyRecord(r) : undefined);
+      }
     });
+  }
+
+  /** Queues one store event's device work; `appliedRevision` advances as the queue does. */
+  private apply(revision: number, work?: () => Promise<void>): void {
+    this.applyQueue = this.applyQueue
+      .then(work)
+      .catch((e: unknown) => this.opts.log?.(`applier: revision ${revision}: ${e instanceof Error ? e.message : String(e)}`))
+      .then(() => {
+        if (revision > this.appliedRevision) this.appliedRevision = revision;
+      });
+  }
+
+  /** Resolves when every store event seen so far has been applied to the device. */
+  async applied(): Promise<void> {
+    await this.applyQueue;
+  }
+
+  /** Materializes a record written elsewhere (unless the device has it) and records this node's coverage. */
+  private async applyRecord(r: KeyRecord): Promise<void> {
+    if (!this.records.has(r.id)) return; // deleted again meanwhile
+    const part: Part = r.publicOnly ? "public" : isSecret(algorithmOf(r.spec)) ? "secret" : "private";
+    if (!(await this.device.has(r.id, part))) {
+      const v = r.versions.find((x) => x.version === r.currentVersion);
+      if (v?.residency === "device") return; // lives only in the HSM that generated it
+      try {
+        await this.materialize(r);
+        this.applyFailures.delete(r.id);
+      } catch (e) {
+        this.applyFailures.set(r.id, e instanceof Error ? e.message : String(e));
+        throw e;
+      }
+    }
+    const node = this.opts.nodeId;
+    if (node && !(await this.store.get(coverageKey(r.id, node))) && this.records.has(r.id)) {
+      await this.store.put(coverageKey(r.id, node), Buffer.from(new Date().toISOString()));
+    }
+  }
+
+  /** Nodes that hold a key (cluster coverage). */
+  async coverage(id: string): Promise<string[]> {
+    return (await this.store.list(`${COVERAGE_PREFIX}${id}/`)).map((e) => e.key.slice(`${COVERAGE_PREFIX}${id}/`.length));
+  }
+
+  /**
+   * With minNodes > 1: UNAVAILABLE until the key is held by enough nodes (a retry soon succeeds);
+   * once it is, remembered.
+   */
+  private async checkUsable(r: KeyRecord): Promise<void> {
+    const min = this.opts.minNodes ?? 1;
+    if (min <= 1 || this.usable.has(r.id)) return;
+    const held = (await this.store.count(`${COVERAGE_PREFIX}${r.id}/`)) || 0;
+    if (held < min) throw new HsmError(Code.Unavailable, `key ${r.id} is held by ${held} of the ${min} nodes it needs before use (cluster.minNodes); retry shortly`, { transient: true });
+    this.usable.add(r.id);
+  }
+
+  /** After a create: waits (bounded) until minNodes nodes hold the key, so that it is usable when the call answers. */
+  private async awaitCoverage(id: string): Promise<void> {
+    const min = this.opts.minNodes ?? 1;
+    if (min <= 1) return;
+    const deadline = Date.now() + COVERAGE_WAIT_MS;
+    while (Date.now() < deadline) {
+      if ((await this.store.count(`${COVERAGE_PREFIX}${id}/`)) >= min) {
+        this.usable.add(id);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    this.opts.log?.(`key ${id}: not yet held by ${min} nodes after ${COVERAGE_WAIT_MS} ms`);
   }
 
   stop(): void {
@@ -127,7 +232,8 @@ export class KeyService {
       }
     }
     for (const id of present.keys()) {
-      if (id === this.opts.domainKeyId || id === this.opts.importKeyId || this.records.has(id)) continue;
+      // hsmd's own objects (domain, import, transport keys) are named hsmd-…; records are UUIDs.
+      if (id.startsWith("hsmd-") || id === this.opts.domainKeyId || id === this.opts.importKeyId || this.records.has(id)) continue;
       // A record may have landed since the listing: check the store, not just the cache.
       if (await this.store.get(recordKey(id))) continue;
       await this.device.destroy(id);
@@ -136,7 +242,16 @@ export class KeyService {
     return { materialized, orphansRemoved, lost };
   }
 
-  private async materialize(r: KeyRecord): Promise<void> {
+  /** Materializes a key from its record; concurrent calls for one key share one run. */
+  private materialize(r: KeyRecord): Promise<void> {
+    const running = this.materializing.get(r.id);
+    if (running) return running;
+    const p = this.materializeNow(r).finally(() => this.materializing.delete(r.id));
+    this.materializing.set(r.id, p);
+    return p;
+  }
+
+  private async materializeNow(r: KeyRecord): Promise<void> {
     const alg = algorithmOf(r.spec);
     const v = r.versions.find((x) => x.version === r.currentVersion)!;
     await this.device.destroy(r.id);
@@ -152,6 +267,7 @@ export class KeyService {
 
   /** Runs a device operation on a key, materializing it from its record once if the device lacks it. */
   private async withKey<T>(r: KeyRecord, fn: () => Promise<T>): Promise<T> {
+    await this.checkUsable(r);
     try {
       return await fn();
     } catch (e) {
@@ -250,6 +366,7 @@ export class KeyService {
       const rec: KeyRecord = { ...base, id, createdAt, publicKeySpki: spki, currentVersion: 1, versions: [version] };
       const compares = [{ key: recordKey(id), op: "absent" as const }];
       const ops = [{ type: "put" as const, key: recordKey(id), value: encodeRecord(rec) }];
+      if (this.opts.nodeId) ops.push({ type: "put", key: coverageKey(id, this.opts.nodeId), value: Buffer.from(createdAt) });
       if (base.requestId) {
         const rk = requestKey(scopedRequestId(base.requestId, base.owner));
         compares.push({ key: rk, op: "absent" });
@@ -264,6 +381,7 @@ export class KeyService {
         throw new HsmError(Code.Unavailable, "create conflicted with a concurrent write; retry", { transient: true });
       }
       this.records.set(id, rec);
+      await this.awaitCoverage(id);
       return toApiKey(rec, rec.owner?.userId);
     } catch (e) {
       if (!this.records.has(id)) await this.device.destroy(id).catch(() => undefined);
@@ -456,6 +574,7 @@ export class KeyService {
   async deleteKey(req: DeleteKeyRequest): Promise<void> {
     const r = this.record(req.keyId);
     const ops = [{ type: "delete" as const, key: recordKey(r.id) }];
+    for (const c of await this.store.list(`${COVERAGE_PREFIX}${r.id}/`)) ops.push({ type: "delete", key: c.key });
     const res = await this.store.txn([{ key: recordKey(r.id), op: "present" }], ops);
     if (!res.succeeded) throw notFound(`key ${r.id} not found`);
     this.records.delete(r.id);

@@ -114,6 +114,28 @@ export class Metrics {
     });
   }
 
+  /**
+   * Cluster gauges, read once per scrape from `fn`: `hsmd_store_revision` (newest store revision
+   * this node knows), `hsmd_applied_revision` (what its applier materialized), `hsmd_apply_lag`
+   * (their difference), `hsmd_cluster_nodes` (members) and `hsmd_store_reachable` (1/0).
+   */
+  setClusterSource(fn: () => { storeRevision: number; appliedRevision: number; nodes: number; storeReachable: boolean }): void {
+    const g = (name: string, help: string, pick: (v: ReturnType<typeof fn>) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          this.set(pick(fn()));
+        },
+      });
+    g("hsmd_store_revision", "Newest state store revision this node knows of.", (v) => v.storeRevision);
+    g("hsmd_applied_revision", "State store revision this node's applier has materialized into its HSM.", (v) => v.appliedRevision);
+    g("hsmd_apply_lag", "Store revisions this node's HSM is behind the store.", (v) => Math.max(0, v.storeRevision - v.appliedRevision));
+    g("hsmd_cluster_nodes", "Members of the cluster.", (v) => v.nodes);
+    g("hsmd_store_reachable", "1 when the cluster store (etcd) answered the last check.", (v) => (v.storeReachable ? 1 : 0));
+  }
+
   /** Records one finished RPC: `method` is the full gRPC method path, `code` the status name (e.g. "OK"). */
   observeRpc(method: string, code: string, seconds: number): void {
     this.rpcTotal.inc({ method, code });

@@ -538,18 +538,80 @@ export class Device {
         { type: pk.CKA_VALUE_LEN, value: 32 },
         { type: pk.CKA_TOKEN, value: true },
         { type: pk.CKA_PRIVATE, value: true },
-        { type: pk.CKA_SENSITIVE, value: true },
-        { type: pk.CKA_EXTRACTABLE, value: false },
-        { type: pk.CKA_WRAP, value: true },
-        { type: pk.CKA_UNWRAP, value: true },
-        { type: pk.CKA_ENCRYPT, value: false },
-        { type: pk.CKA_DECRYPT, value: false },
-        ...idAttrs(id),
+        ...domainKeyAttrs(id),
       ];
       const h = await this.p11.C_GenerateKeyAsync(s, { mechanism: pk.CKM_AES_KEY_GEN }, tpl);
       this.handles.set(id, { secret: h });
     });
     return true;
+  }
+
+  /**
+   * Can the domain key be handed to a joining node? Only when it is extractable and guarded by
+   * CKA_WRAP_WITH_TRUSTED (a domain key made before clustering is not extractable at all).
+   */
+  async domainKeyShareable(id: string): Promise<boolean> {
+    return this.run("C_GetAttributeValue", undefined, (s) => {
+      const [ex, wwt] = this.p11.C_GetAttributeValue(s, this.handle(s, id, "secret"), [{ type: pk.CKA_EXTRACTABLE }, { type: pk.CKA_WRAP_WITH_TRUSTED }]);
+      return boolAttr(ex?.value) && boolAttr(wwt?.value);
+    });
+  }
+
+  /**
+   * Finds or generates this node's transport key pair (RSA-3072) for joining a cluster; returns its
+   * SPKI. The private half can only unwrap, is sensitive and never extractable: the domain key a
+   * member wraps under the public half can be opened only inside this HSM.
+   */
+  async ensureTransportKey(id: string): Promise<Buffer> {
+    const alg: KeyAlgorithm = { type: "rsa", bits: 3072 };
+    if (!(await this.has(id, "private"))) {
+      this.requireMechanism(pk.CKM_RSA_PKCS_OAEP, "joining a cluster");
+      const t: TemplateIntent = { id, alg, usages: ["unwrap", "wrap"], token: true, extractable: false };
+      await this.run("C_GenerateKeyPair", pk.CKM_RSA_PKCS_KEY_PAIR_GEN, async (s) => {
+        const kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: pk.CKM_RSA_PKCS_KEY_PAIR_GEN }, publicTemplate(t), privateTemplate(t));
+        this.handles.set(id, { private: kp.privateKey, public: kp.publicKey });
+      });
+    }
+    return this.run("C_GetAttributeValue", undefined, (s) => this.readPublicSpki(s, alg, this.handle(s, id, "public")));
+  }
+
+  /** The OAEP hash domain-key transport uses on this device: SHA-256 where supported, else SHA-1 (SoftHSM2 2.6). */
+  transportOaepHash(): OaepHash {
+    return this.importOaepHash();
+  }
+
+  /**
+   * Wraps the domain key (CKA_WRAP_WITH_TRUSTED) under a joiner's transport public key that a
+   * security officer has just placed in this token as a trusted object (`trustedId`, see
+   * {@link createTrustedPublicKey}): CKM_RSA_PKCS_OAEP inside the HSM. The device itself refuses
+   * to wrap the domain key under anything untrusted. The trusted object is destroyed afterwards.
+   */
+  async wrapDomainKeyForJoiner(domainKeyId: string, trustedId: string, hash: OaepHash): Promise<Buffer> {
+    try {
+      return await this.run("C_WrapKey", pk.CKM_RSA_PKCS_OAEP, async (s) => {
+        this.handles.delete(trustedId);
+        return this.p11.C_WrapKeyAsync(s, oaep(hash), this.handle(s, trustedId, "public"), this.handle(s, domainKeyId, "secret"), Buffer.alloc(1024));
+      });
+    } finally {
+      await this.destroy(trustedId).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Unwraps a domain key a member wrapped for this node with its transport key, as a token object
+   * with the domain key's attributes (so this node can in turn approve later joins).
+   */
+  async unwrapDomainKey(transportKeyId: string, blob: Buffer, hash: OaepHash, domainKeyId: string): Promise<void> {
+    await this.run("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, async (s) => {
+      const h = await this.p11.C_UnwrapKeyAsync(s, oaep(hash), this.handle(s, transportKeyId, "private"), blob, [
+        { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
+        { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
+        { type: pk.CKA_TOKEN, value: true },
+        { type: pk.CKA_PRIVATE, value: true },
+        ...domainKeyAttrs(domainKeyId),
+      ]);
+      this.handles.set(domainKeyId, { secret: h });
+    });
   }
 
   /** Finds or generates the RSA-3072 import key pair (BYOK); returns its SPKI. */
@@ -790,6 +852,27 @@ async function unwrapOnce<T>(fn: () => Promise<T>): Promise<T> {
     if (ckr === CKR.GENERAL_ERROR || ckr === 0xd1 /* CKR_TEMPLATE_INCONSISTENT */) return fn();
     throw e;
   }
+}
+
+/**
+ * The domain key's attributes: AES, sensitive, wrap/unwrap only, extractable but only under a
+ * trusted key (CKA_WRAP_WITH_TRUSTED), which only a security officer can create.
+ */
+function domainKeyAttrs(id: string): pk.Template {
+  return [
+    { type: pk.CKA_SENSITIVE, value: true },
+    { type: pk.CKA_EXTRACTABLE, value: true },
+    { type: pk.CKA_WRAP_WITH_TRUSTED, value: true },
+    { type: pk.CKA_WRAP, value: true },
+    { type: pk.CKA_UNWRAP, value: true },
+    { type: pk.CKA_ENCRYPT, value: false },
+    { type: pk.CKA_DECRYPT, value: false },
+    ...idAttrs(id),
+  ];
+}
+
+function boolAttr(v: unknown): boolean {
+  return Buffer.isBuffer(v) ? v.length > 0 && v[0] !== 0 : v === true;
 }
 
 function oaep(hash: OaepHash): pk.Mechanism {

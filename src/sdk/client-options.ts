@@ -27,10 +27,71 @@ export interface HsmClientTlsOptions {
   serverNameOverride?: string;
 }
 
-/** What {@link HsmClient} needs to reach an hsmd daemon. */
+/** Retry settings of {@link HsmClientOptions.retry}. */
+export interface HsmClientRetryOptions {
+  /**
+   * Most attempts of one call, the first included (`1` turns retrying off). Only idempotent calls are
+   * retried (the table `RPC_IDEMPOTENCY`), only after a transient error (UNAVAILABLE, or
+   * RESOURCE_EXHAUSTED because a device is out of sessions), and never past the call's deadline.
+   * @default 5
+   */
+  maxAttempts?: number;
+  /**
+   * The backoff ceiling before the first retry, in milliseconds; the ceiling doubles on each further
+   * retry up to {@link maxBackoffMs}, and the actual wait is uniformly random below it ("full jitter").
+   * @default 50
+   */
+  initialBackoffMs?: number;
+  /**
+   * The largest backoff ceiling in milliseconds.
+   * @default 2000
+   */
+  maxBackoffMs?: number;
+}
+
+/** A user's name and password, as {@link HsmClientOptions.credentials} supplies them. */
+export interface HsmClientCredentials {
+  username: string;
+  password: string;
+}
+
+/**
+ * Supplies the credentials to log in again with when the session has ended (token expired or revoked).
+ * Called only when a re-login is needed; the client does not keep what it returns.
+ */
+export type HsmCredentialsProvider = () => Promise<HsmClientCredentials>;
+
+/** What {@link HsmClient} needs to reach hsmd daemons. Give exactly one of `endpoint` and `endpoints`. */
 export interface HsmClientOptions {
-  /** The daemon's gRPC address, `"host:port"` (e.g. `"hsmd.internal:7443"`, `"127.0.0.1:7443"`). Required. */
-  endpoint: string;
+  /**
+   * One daemon's gRPC address, `"host:port"` (e.g. `"hsmd.internal:7443"`, `"127.0.0.1:7443"`,
+   * `"[::1]:7443"`). The same as `endpoints: [endpoint]`.
+   * @default none: give this or {@link endpoints}
+   */
+  endpoint?: string;
+  /**
+   * The gRPC addresses (`"host:port"`) of the daemons of a cluster. Calls are spread over them
+   * (round robin over the reachable, healthy ones), and a call retried after a transient error goes to
+   * another one. A host name that resolves to several addresses is itself balanced over them.
+   * @default none: give this or {@link endpoint}
+   */
+  endpoints?: string[];
+  /**
+   * Retrying of idempotent calls after transient errors, with exponential backoff and full jitter,
+   * within each call's deadline.
+   * @default { maxAttempts: 5, initialBackoffMs: 50, maxBackoffMs: 2000 }
+   */
+  retry?: HsmClientRetryOptions;
+  /**
+   * Where to get a user's name and password when a call fails with UNAUTHENTICATED (the session
+   * expired or was revoked, or there is none: never logged in, or after {@link HsmClient.logout}): the
+   * client logs in again once, shared by every call that needs it at that moment, and repeats the call
+   * once (even a call that is not idempotent: the daemon refused it before doing anything). The
+   * password is used for that `Login` only, never stored. A failed re-login rejects the call with the
+   * `Login`'s error. Without this option, UNAUTHENTICATED reaches the caller.
+   * @default undefined (no re-login)
+   */
+  credentials?: HsmCredentialsProvider;
   /**
    * TLS to the daemon. When absent the client speaks **insecure plaintext** gRPC: no server
    * authentication and no encryption. That is only for the daemon's dev mode on loopback
@@ -46,9 +107,11 @@ export interface HsmClientOptions {
    */
   defaultDeadlineMs?: number;
   /**
-   * Extra grpc-js channel options (keepalive, message sizes, …), passed to the channel unchanged
-   * except that {@link HsmClientTlsOptions.serverNameOverride} sets `grpc.ssl_target_name_override`
-   * and `grpc.default_authority`.
+   * Extra grpc-js channel options (keepalive, message sizes, …), passed to every endpoint's channel
+   * unchanged, except that {@link HsmClientTlsOptions.serverNameOverride} sets
+   * `grpc.ssl_target_name_override` and `grpc.default_authority`. The client sets
+   * `grpc.service_config` to `round_robin` load balancing (over the addresses an endpoint's host name
+   * resolves to) unless this gives one.
    * @default {}
    */
   channelOptions?: ChannelOptions;
@@ -57,9 +120,22 @@ export interface HsmClientOptions {
 /** Default of {@link HsmClientOptions.defaultDeadlineMs}. */
 export const DEFAULT_DEADLINE_MS = 30_000;
 
+/** Defaults of {@link HsmClientOptions.retry}. */
+export const DEFAULT_RETRY: Readonly<Required<HsmClientRetryOptions>> = Object.freeze({
+  maxAttempts: 5,
+  initialBackoffMs: 50,
+  maxBackoffMs: 2_000,
+});
+
+/** Channel option giving each endpoint's channel grpc-js's client-side `round_robin` load balancing. */
+const ROUND_ROBIN_SERVICE_CONFIG = JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] });
+
 /** {@link HsmClientOptions} with every default resolved, so the client never sees `undefined`. */
 export interface CompiledHsmClientOptions {
-  readonly endpoint: string;
+  /** Every endpoint, trimmed, in the order given (at least one). */
+  readonly endpoints: readonly string[];
+  readonly retry: Readonly<Required<HsmClientRetryOptions>>;
+  readonly credentialsProvider: HsmCredentialsProvider | undefined;
   readonly credentials: ChannelCredentials;
   /** True when the channel is insecure plaintext. */
   readonly insecure: boolean;
@@ -73,10 +149,52 @@ export interface CompiledHsmClientOptions {
  */
 export function compileHsmClientOptions(options: HsmClientOptions): CompiledHsmClientOptions {
   const problems: string[] = [];
-  const { endpoint, tls, defaultDeadlineMs = DEFAULT_DEADLINE_MS, channelOptions = {} } = options ?? {};
+  const {
+    endpoint,
+    endpoints,
+    tls,
+    retry = {},
+    credentials: credentialsProvider,
+    defaultDeadlineMs = DEFAULT_DEADLINE_MS,
+    channelOptions = {},
+  } = options ?? {};
 
-  if (typeof endpoint !== "string" || endpoint.trim() === "") {
-    problems.push('endpoint: must be a non-empty "host:port" string');
+  const addresses: string[] = [];
+  if (endpoint !== undefined && endpoints !== undefined) {
+    problems.push("endpoint, endpoints: give exactly one of them, not both");
+  } else if (endpoint === undefined && endpoints === undefined) {
+    problems.push('endpoint: required (or endpoints): a "host:port" string');
+  } else if (endpoints === undefined) {
+    const problem = endpointProblem(endpoint);
+    if (problem === undefined) addresses.push((endpoint as string).trim());
+    else problems.push(`endpoint: ${problem}`);
+  } else if (!Array.isArray(endpoints) || endpoints.length === 0) {
+    problems.push('endpoints: must be a non-empty array of "host:port" strings');
+  } else {
+    endpoints.forEach((e, i) => {
+      const problem = endpointProblem(e);
+      if (problem !== undefined) problems.push(`endpoints[${i}]: ${problem}`);
+      else if (addresses.includes(e.trim())) problems.push(`endpoints[${i}]: ${JSON.stringify(e)} is listed twice`);
+      else addresses.push(e.trim());
+    });
+  }
+
+  const resolvedRetry = { ...DEFAULT_RETRY };
+  if (typeof retry !== "object" || retry === null) {
+    problems.push("retry: must be an object");
+  } else {
+    const { maxAttempts = DEFAULT_RETRY.maxAttempts, initialBackoffMs = DEFAULT_RETRY.initialBackoffMs, maxBackoffMs = DEFAULT_RETRY.maxBackoffMs } = retry;
+    if (!Number.isInteger(maxAttempts) || maxAttempts < 1) problems.push("retry.maxAttempts: must be an integer of at least 1");
+    if (typeof initialBackoffMs !== "number" || !Number.isFinite(initialBackoffMs) || initialBackoffMs < 0) {
+      problems.push("retry.initialBackoffMs: must be a finite number of milliseconds, 0 or more");
+    }
+    if (typeof maxBackoffMs !== "number" || !Number.isFinite(maxBackoffMs) || maxBackoffMs < initialBackoffMs) {
+      problems.push("retry.maxBackoffMs: must be a finite number of milliseconds, at least retry.initialBackoffMs");
+    }
+    Object.assign(resolvedRetry, { maxAttempts, initialBackoffMs, maxBackoffMs });
+  }
+  if (credentialsProvider !== undefined && typeof credentialsProvider !== "function") {
+    problems.push("credentials: must be a function returning a promise of { username, password }");
   }
   if (typeof defaultDeadlineMs !== "number" || !Number.isFinite(defaultDeadlineMs) || defaultDeadlineMs <= 0) {
     problems.push("defaultDeadlineMs: must be a finite number of milliseconds greater than 0");
@@ -98,7 +216,8 @@ export function compileHsmClientOptions(options: HsmClientOptions): CompiledHsmC
   }
 
   let creds: ChannelCredentials;
-  const resolvedChannelOptions: ChannelOptions = { ...channelOptions };
+  // Each endpoint's channel balances over the addresses its name resolves to; the caller may override.
+  const resolvedChannelOptions: ChannelOptions = { "grpc.service_config": ROUND_ROBIN_SERVICE_CONFIG, ...channelOptions };
   if (tls === undefined) {
     creds = credentials.createInsecure();
   } else {
@@ -116,10 +235,27 @@ export function compileHsmClientOptions(options: HsmClientOptions): CompiledHsmC
   }
 
   return Object.freeze({
-    endpoint: endpoint.trim(),
+    endpoints: Object.freeze(addresses),
+    retry: Object.freeze(resolvedRetry),
+    credentialsProvider,
     credentials: creds,
     insecure: tls === undefined,
     defaultDeadlineMs,
     channelOptions: Object.freeze(resolvedChannelOptions),
   });
+}
+
+/**
+ * Why `value` is not a `"host:port"` endpoint, or undefined when it is one: a host name or IPv4
+ * address, or an IPv6 address in brackets, then a port from 1 to 65535.
+ */
+function endpointProblem(value: unknown): string | undefined {
+  const expected = 'must be "host:port" (e.g. "hsmd.internal:7443", "127.0.0.1:7443", "[::1]:7443")';
+  if (typeof value !== "string" || value.trim() === "") return `${expected}, not ${value === "" ? "empty" : String(value)}`;
+  const m = /^(?:\[([0-9A-Fa-f:.]+(?:%[\w.-]+)?)\]|([^\s:/[\]@]+)):(\d{1,5})$/.exec(value.trim());
+  const port = m ? Number(m[3]) : 0;
+  if (!m || port < 1 || port > 65_535 || (m[1] !== undefined && !m[1].includes(":"))) {
+    return `${expected}, not ${JSON.stringify(value)}`;
+  }
+  return undefined;
 }

@@ -9,8 +9,10 @@ export { HsmClient } from "./client";
 export { HsmClientError } from "./client-error";
 /** Client-side BYOK wrapping: RSA-OAEP-SHA256(ephemeral AES-256 key) || AES-KWP(key, material). */
 export { wrapForImport } from "./wrap-for-import";
-/** Default per-call deadline in milliseconds (30 s). */
-export { DEFAULT_DEADLINE_MS } from "./client-options";
+/** Default per-call deadline in milliseconds (30 s), and the default retry settings. */
+export { DEFAULT_DEADLINE_MS, DEFAULT_RETRY } from "./client-options";
+/** Which RPCs the client retries after transient errors (the one table), and the checks it applies. */
+export { RPC_IDEMPOTENCY, isIdempotent, isTransient, backoffMs } from "./retry";
 /** gRPC status codes, to compare with {@link HsmClientError.code} (`GrpcStatus.NOT_FOUND` …). */
 export { status as GrpcStatus } from "@grpc/grpc-js";
 
@@ -28,10 +30,18 @@ export {
 /** Roles and quorum request states of `hsm/v1/users.proto`. */
 export { QuorumStatus, Role } from "../gen/hsm/v1/users";
 
-/** Client and per-call settings, and what the client knows of its session. */
-export type { BatchRequestInit, CallOptions, ListKeysFilter, SessionInfo } from "./client";
+/** Client and per-call settings, what the client knows of its session, and its counters. */
+export type { BatchRequestInit, CallOptions, HsmClientStats, ListKeysFilter, SessionInfo } from "./client";
 /** Options of the {@link HsmClient} constructor. */
-export type { HsmClientOptions, HsmClientTlsOptions } from "./client-options";
+export type {
+  HsmClientCredentials,
+  HsmClientOptions,
+  HsmClientRetryOptions,
+  HsmClientTlsOptions,
+  HsmCredentialsProvider,
+} from "./client-options";
+/** The RPC paths of the hsm.v1 services and their retry classification. */
+export type { HsmRpcPath, RpcIdempotency } from "./retry";
 
 /** KeyService messages. */
 export type {
@@ -63,6 +73,9 @@ export type {
   Session,
   User,
 } from "../gen/hsm/v1/users";
+/** ClusterService messages and join states. */
+export { JoinStatus } from "../gen/hsm/v1/cluster";
+export type { ApproveJoinRequest, ClusterStatus, JoinRequest, NodeStatus } from "../gen/hsm/v1/cluster";
 /** AuditService messages. */
 export type { AuditEntry, QueryAuditLogRequest, QueryAuditLogResponse, VerifyAuditLogResponse } from "../gen/hsm/v1/audit";
 /** CryptoService messages, including the per-item results of the batch calls. */

@@ -16,3 +16,4 @@ export {
 } from "./embedded";
 export { LOCK_FILE } from "./lock";
 export { getJson, jsonCodec, putJson, type Codec, type JsonEntry } from "./json";
+export { EtcdStore, openEtcdStore, type EtcdStoreOptions, type EtcdStoreStats } from "./etcd";

@@ -28,7 +28,7 @@ type Col = "unauthenticated" | "CO" | "AU" | "CU owner" | "CU shared" | "CU othe
 const COLS: Col[] = ["unauthenticated", "CO", "AU", "CU owner", "CU shared", "CU other"];
 
 /** How a row's cells are expected to answer, by the kind of rule the RPC has. */
-type Kind = "public" | "session" | "co" | "cu" | "use" | "own" | "quorum-read" | "batch";
+type Kind = "public" | "session" | "co" | "co-au" | "co-cluster" | "cu" | "use" | "own" | "quorum-read" | "batch";
 const U = "UNAUTHENTICATED";
 const D = "PERMISSION_DENIED";
 const N = "NOT_FOUND";
@@ -36,6 +36,10 @@ const EXPECT: Record<Kind, Record<Col, string>> = {
   public: { unauthenticated: "OK", CO: "OK", AU: "OK", "CU owner": "OK", "CU shared": "OK", "CU other": "OK" },
   session: { unauthenticated: U, CO: "OK", AU: "OK", "CU owner": "OK", "CU shared": "OK", "CU other": "OK" },
   co: { unauthenticated: U, CO: "OK", AU: D, "CU owner": D, "CU shared": D, "CU other": D },
+  "co-au": { unauthenticated: U, CO: "OK", AU: "OK", "CU owner": D, "CU shared": D, "CU other": D },
+  // Membership calls on a single node (this daemon runs on its embedded store): a CO passes
+  // authorization and is told the node is not in a cluster.
+  "co-cluster": { unauthenticated: U, CO: "FAILED_PRECONDITION", AU: D, "CU owner": D, "CU shared": D, "CU other": D },
   cu: { unauthenticated: U, CO: D, AU: D, "CU owner": "OK", "CU shared": "OK", "CU other": "OK" },
   use: { unauthenticated: U, CO: D, AU: D, "CU owner": "OK", "CU shared": "OK", "CU other": N },
   own: { unauthenticated: U, CO: D, AU: D, "CU owner": "OK", "CU shared": D, "CU other": N },
@@ -118,6 +122,12 @@ const ROWS: Array<{ rpc: string; kind: Kind; call: (c: HsmClient, col: Col) => P
   { rpc: "GetQuorumRequest", kind: "quorum-read", call: async (c) => c.getQuorumRequest({ id: await pendingQuorum() }) },
   { rpc: "ApproveQuorumRequest", kind: "co", call: async (c) => c.approveQuorumRequest({ id: await pendingQuorum() }) },
   { rpc: "RejectQuorumRequest", kind: "co", call: async (c) => c.rejectQuorumRequest({ id: await pendingQuorum() }) },
+  // ClusterService
+  { rpc: "GetClusterStatus", kind: "co-au", call: (c) => c.getClusterStatus() },
+  { rpc: "ListJoinRequests", kind: "co-cluster", call: (c) => c.listJoinRequests() },
+  { rpc: "ApproveJoin", kind: "co-cluster", call: (c) => c.approveJoin({ nodeId: "node-x", transportKeySha256: "0".repeat(64), soPin: "not-used" }) },
+  { rpc: "RejectJoin", kind: "co-cluster", call: (c) => c.rejectJoin({ nodeId: "node-x" }) },
+  { rpc: "RemoveNode", kind: "co-cluster", call: (c) => c.removeNode({ nodeId: "node-x" }) },
   // AuditService
   { rpc: "QueryAuditLog", kind: "co", call: (c) => c.queryAuditLog({ limit: 5 }) },
   { rpc: "VerifyAuditLog", kind: "co", call: (c) => c.verifyAuditLog() },

@@ -60,6 +60,8 @@ const keyService: KeyServiceServer = {
   importPublicKey: unimplemented,
   getImportParameters: unimplemented,
   importKey: unimplemented,
+  shareKey: unimplemented,
+  unshareKey: unimplemented,
 };
 
 const cryptoService: CryptoServiceServer = {

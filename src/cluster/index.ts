@@ -1,0 +1,19 @@
+/**
+ * The cluster: membership records, the join ceremony (domain key handed from HSM to HSM under a
+ * trusted transport key) and node reports. The state store itself (embedded or etcd) is in src/store.
+ */
+export {
+  JOINS_PREFIX,
+  Membership,
+  NODES_PREFIX,
+  NODE_STATUS_PREFIX,
+  TRANSPORT_KEY_ID,
+  fingerprintOf,
+  joinKey,
+  nodeKey,
+  type JoinRecord,
+  type JoinState,
+  type MembershipOptions,
+  type NodeRecord,
+  type NodeReport,
+} from "./membership";

@@ -1,0 +1,99 @@
+/**
+ * The security-officer step of a join: places a joiner's transport public key in this token as a
+ * trusted object (CKA_TRUSTED), which only the token's security officer (SO) may do. PKCS#11 logs in
+ * per application, and the daemon is logged in as the user, so the SO login runs in a short-lived
+ * child process: it logs in as SO with the PIN the operator gave for this ceremony, creates the
+ * object, logs out and exits. The PIN reaches it on stdin, never in argv or the environment, and is
+ * not kept.
+ */
+import { spawn } from "node:child_process";
+import { createPublicKey } from "node:crypto";
+import { Code, HsmError, invalid, precondition } from "../errors";
+
+export interface TrustedKeyOptions {
+  module: string;
+  tokenLabel?: string;
+  slot?: number;
+  soPin: string;
+  /** CKA_ID of the object to create */
+  id: string;
+  /** RSA public key, SPKI DER */
+  spki: Buffer;
+}
+
+/** Runs in the child (plain JavaScript, so it works from sources and from dist alike). */
+const CHILD = String.raw`
+let input = "";
+process.stdin.on("data", (d) => (input += d));
+process.stdin.on("end", () => {
+  const o = JSON.parse(input);
+  const pk = require(o.pkcs11js);
+  const p = new pk.PKCS11();
+  let code = 0;
+  try {
+    p.load(o.module);
+    p.C_Initialize({ flags: pk.CKF_OS_LOCKING_OK });
+    const slots = p.C_GetSlotList(true);
+    const slot = o.tokenLabel !== undefined ? slots.find((s) => p.C_GetTokenInfo(s).label.trim() === o.tokenLabel) : slots[o.slot ?? 0];
+    if (!slot) throw Object.assign(new Error("token not found"), { ckr: "TOKEN_NOT_FOUND" });
+    const s = p.C_OpenSession(slot, pk.CKF_SERIAL_SESSION | pk.CKF_RW_SESSION);
+    p.C_Login(s, pk.CKU_SO, o.soPin);
+    try {
+      p.C_CreateObject(s, [
+        { type: pk.CKA_CLASS, value: pk.CKO_PUBLIC_KEY },
+        { type: pk.CKA_KEY_TYPE, value: pk.CKK_RSA },
+        { type: pk.CKA_TOKEN, value: true },
+        { type: pk.CKA_PRIVATE, value: false },
+        { type: pk.CKA_TRUSTED, value: true },
+        { type: pk.CKA_WRAP, value: true },
+        { type: pk.CKA_ENCRYPT, value: false },
+        { type: pk.CKA_VERIFY, value: false },
+        { type: pk.CKA_ID, value: Buffer.from(o.id, "utf8") },
+        { type: pk.CKA_LABEL, value: "hsmd:" + o.id },
+        { type: pk.CKA_MODULUS, value: Buffer.from(o.n, "base64url") },
+        { type: pk.CKA_PUBLIC_EXPONENT, value: Buffer.from(o.e, "base64url") },
+      ]);
+    } finally {
+      try { p.C_Logout(s); } catch {}
+      try { p.C_CloseSession(s); } catch {}
+    }
+  } catch (e) {
+    process.stdout.write(JSON.stringify({ error: String((e && e.message) || e) }));
+    code = 1;
+  }
+  try { p.C_Finalize(); } catch {}
+  process.exit(code);
+});
+`;
+
+/** Creates the trusted transport public key as the token's SO (see the module comment). */
+export async function createTrustedPublicKey(opts: TrustedKeyOptions): Promise<void> {
+  if (!opts.soPin) throw invalid("so_pin is required: approving a join marks the joiner's transport key trusted, which takes the token's security officer");
+  let jwk: { n?: string; e?: string; kty?: string };
+  try {
+    jwk = createPublicKey({ key: opts.spki, format: "der", type: "spki" }).export({ format: "jwk" });
+  } catch {
+    throw invalid("the transport key is not a valid SPKI public key");
+  }
+  if (jwk.kty !== "RSA" || !jwk.n || !jwk.e) throw invalid("the transport key must be an RSA public key");
+  const input = JSON.stringify({ pkcs11js: require.resolve("pkcs11js"), module: opts.module, tokenLabel: opts.tokenLabel, slot: opts.slot, soPin: opts.soPin, id: opts.id, n: jwk.n, e: jwk.e });
+  const out = await new Promise<{ code: number | null; stdout: string }>((resolve, reject) => {
+    const child = spawn(process.execPath, ["-e", CHILD], { stdio: ["pipe", "pipe", "ignore"], env: process.env });
+    let stdout = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString("utf8")));
+    child.on("error", reject);
+    child.on("exit", (code) => resolve({ code, stdout }));
+    child.stdin.end(input);
+  });
+  if (out.code === 0) return;
+  let message = "unknown error";
+  try {
+    message = (JSON.parse(out.stdout) as { error: string }).error;
+  } catch {
+    /* the child died before answering */
+  }
+  if (/PIN_INCORRECT/.test(message)) throw new HsmError(Code.PermissionDenied, "the security officer PIN of this node's token is incorrect");
+  if (/PIN_LOCKED/.test(message)) throw precondition("the security officer PIN of this node's token is locked");
+  if (/ALREADY_LOGGED_IN/.test(message)) throw new HsmError(Code.Unavailable, "another security officer session is open on this token; retry", { transient: true });
+  throw new HsmError(Code.Internal, "could not mark the transport key trusted", { cause: new Error(message) });
+}
