@@ -8,6 +8,7 @@ import { spawn, execSync, type ChildProcess } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { mergeConfig } from "../../src/config/merge";
 import { createTempToken, SOFTHSM_MODULE, type TempToken } from "./softhsm";
 
 export const REPO = resolve(__dirname, "../..");
@@ -30,6 +31,10 @@ export interface DaemonProcess {
   /** admin base URL of the current run */
   admin: string;
   pid: number;
+  /** resolves when the first run is ready (with `noWait`) */
+  ready: Promise<void>;
+  /** the command later restarts use */
+  setCommand(c: "init" | "join" | "start"): void;
   /** everything every run wrote to stdout / stderr, concatenated */
   stdout(): string;
   stderr(): string;
@@ -48,7 +53,20 @@ interface Run {
   exited: boolean;
 }
 
-export async function startDaemonProcess(opts: { limits?: Record<string, number>; poolSize?: number } = {}): Promise<DaemonProcess> {
+export interface DaemonProcessOptions {
+  limits?: Record<string, number>;
+  poolSize?: number;
+  /** deep-merged over the generated config (e.g. a `cluster` section, fixed ports) */
+  config?: Record<string, unknown>;
+  /** node id. @default "proc-node" */
+  nodeId?: string;
+  /** `init` (default), `join` or `start` */
+  command?: "init" | "join" | "start";
+  /** Resolve at once instead of when the daemon is ready (a `join` waits for an approval): await `ready`. */
+  noWait?: boolean;
+}
+
+export async function startDaemonProcess(opts: DaemonProcessOptions = {}): Promise<DaemonProcess> {
   const token = createTempToken();
   const root = mkdtempSync(join(tmpdir(), "hsmd-proc-"));
   const dataDir = join(root, "data");
@@ -59,21 +77,27 @@ export async function startDaemonProcess(opts: { limits?: Record<string, number>
   const configFile = join(root, "hsmd.json");
   writeFileSync(
     configFile,
-    JSON.stringify({
-      node: { id: "proc-node", dataDir },
-      listen: { grpc: "127.0.0.1:0", admin: "127.0.0.1:0" },
-      devMode: true,
-      device: { profile: "softhsm2", module: SOFTHSM_MODULE, tokenLabel: token.label, pin: { file: pinFile }, poolSize: opts.poolSize ?? 4 },
-      ...(opts.limits ? { limits: opts.limits } : {}),
-    }),
+    JSON.stringify(
+      mergeConfig(
+        {
+          node: { id: opts.nodeId ?? "proc-node", dataDir },
+          listen: { grpc: "127.0.0.1:0", admin: "127.0.0.1:0" },
+          devMode: true,
+          device: { profile: "softhsm2", module: SOFTHSM_MODULE, tokenLabel: token.label, pin: { file: pinFile }, poolSize: opts.poolSize ?? 4 },
+          ...(opts.limits ? { limits: opts.limits } : {}),
+        },
+        opts.config ?? {},
+      ),
+    ),
   );
   let out = "";
   let err = "";
   let run: Run | undefined;
+  let command = opts.command ?? "init";
 
   const launch = (): Promise<{ grpc: string; admin: string; pid: number }> =>
     new Promise((resolveReady, reject) => {
-      const child = spawn(process.execPath, [MAIN_JS, "init", "--config", configFile], {
+      const child = spawn(process.execPath, [MAIN_JS, command, "--config", configFile], {
         cwd: root,
         env: { ...process.env, SOFTHSM2_CONF: token.conf },
         stdio: ["ignore", "pipe", "pipe"],
@@ -108,7 +132,8 @@ export async function startDaemonProcess(opts: { limits?: Record<string, number>
       });
     });
 
-  const first = await launch();
+  const firstRun = launch();
+  const first = opts.noWait ? { grpc: "", admin: "", pid: 0 } : await firstRun;
   const dp: DaemonProcess = {
     token,
     root,
@@ -116,6 +141,12 @@ export async function startDaemonProcess(opts: { limits?: Record<string, number>
     pinFile,
     configFile,
     ...first,
+    ready: firstRun.then((r) => {
+      Object.assign(dp, r);
+    }),
+    setCommand: (c) => {
+      command = c;
+    },
     stdout: () => out,
     stderr: () => err,
     kill: (signal) => {
