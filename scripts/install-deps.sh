@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what hsmd needs on Debian with Node 20: apt packages (only those missing), npm
 # dependencies (npm ci builds pkcs11js, allowed in package.json's allowScripts), the ts-proto code
-# and the build. Usage: scripts/install-deps.sh [--test]   (--test adds what the test suite needs)
+# and the build. Usage: scripts/install-deps.sh [--test|--cluster]   (--test adds what the test suite
+# needs, --cluster what scripts/cluster.sh needs: both add etcd-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(softhsm2 protobuf-compiler opensc openssl)
-[ "${1:-}" = "--test" ] && pkgs+=(etcd-server)
+case "${1:-}" in
+  --test | --cluster) pkgs+=(etcd-server) ;;
+esac
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

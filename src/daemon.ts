@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { existsSync, unlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import type * as grpc from "@grpc/grpc-js";
@@ -96,9 +96,12 @@ export class Daemon {
     const credentials = grpcServerCredentials(config);
     const metrics = new Metrics();
     const cluster = config.cluster;
+    mkdirSync(config.node.dataDir, { recursive: true, mode: 0o700 });
+    const tStore = Date.now();
     const store: StateStore = cluster
       ? await openEtcdStore({ endpoints: [...cluster.endpoints], prefix: `hsmd/${cluster.name}/`, tls: cluster.tls ?? undefined, log })
       : await openEmbeddedStore(join(config.node.dataDir, "store"));
+    log(`state store (${cluster ? "etcd" : "embedded"}) open at revision ${store.revision()} in ${Date.now() - tStore} ms`);
     let device: Device | undefined;
     let audit: AuditLog | undefined;
     try {
@@ -109,7 +112,10 @@ export class Daemon {
         slot: config.device.slot ?? undefined,
         pin: config.device.pin,
         poolSize: config.device.poolSize,
-        tokenObjects: !config.device.quirks.sessionObjectsOnly,
+        // In a cluster, keys live in their records (wrapped) and every node materializes them: as
+        // session objects, which SoftHSM2 creates ~50x faster than token objects (each of those is a
+        // file it rescans); a restart materializes them again from the records.
+        tokenObjects: !config.device.quirks.sessionObjectsOnly && !config.cluster,
         observer: (m, s, ok) => metrics.observeDevice(m, s, ok),
         log,
       });
@@ -135,8 +141,13 @@ export class Daemon {
         minNodes: cluster?.minNodes,
       });
       await keys.start();
+      if (cluster) {
+        const last = Number.parseInt(readFileSync(join(config.node.dataDir, "applied-revision"), { encoding: "utf8", flag: "a+" }) || "0", 10) || 0;
+        log(`applier: last applied revision ${last}, store at ${store.revision()}: ${Math.max(0, store.revision() - last)} revisions to catch up`);
+      }
+      const t0 = Date.now();
       const rec = await keys.reconcile();
-      log(`records checked against the token: ${keys.keyCount} keys, ${rec.materialized} materialized, ${rec.orphansRemoved} orphans removed${rec.lost.length ? `, ${rec.lost.length} LOST: ${rec.lost.join(", ")}` : ""}`);
+      log(`records checked against the token in ${Date.now() - t0} ms: ${keys.keyCount} keys, ${rec.materialized} materialized, ${rec.orphansRemoved} orphans removed${rec.lost.length ? `, ${rec.lost.length} LOST: ${rec.lost.join(", ")}` : ""}`);
 
       const users = new UserService({ store, sessionTtlMs: config.auth.sessionTtlMs, maxFailedLogins: config.auth.maxFailedLogins });
       const quorum = new QuorumService({ store, ttlMs: config.auth.quorumTtlMs, policy: { ...config.auth.quorum } });
@@ -207,6 +218,8 @@ export class Daemon {
     if (storeReachable !== this.storeReachable) this.log(storeReachable ? "state store reachable again" : "state store unreachable: serving crypto with the keys this node holds, refusing writes");
     this.storeReachable = storeReachable;
     if (!storeReachable) return undefined;
+    // Kept locally too: after a restart the node says how far behind it starts.
+    writeFileSync(join(this.config.node.dataDir, "applied-revision"), `${this.keys.appliedRevision}\n`);
     try {
       await this.membership.report({ appliedRevision: this.keys.appliedRevision, storeRevision: this.store.revision(), hsmHealthy, storeReachable, keys: this.keys.keyCount });
       return (await this.membership.nodes()).length;
@@ -224,6 +237,7 @@ export class Daemon {
     await this.audit.append({ operation: "NodeRemoved", target: this.config.node.id, status: "OK" }, { sync: true }).catch(() => undefined);
     await this.device.destroy(this.domainKeyId).catch(() => undefined);
     await this.device.destroy(TRANSPORT_KEY_ID).catch(() => undefined);
+    await this.keys.destroyAll();
   }
 
   /**

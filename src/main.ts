@@ -8,7 +8,7 @@
  */
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "./config";
-import { existsSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { Daemon, firstOfficerPasswordFile, stderrLog } from "./daemon";
 import { HsmError } from "./errors";
 import { describeTransport } from "./grpc";
@@ -36,6 +36,12 @@ async function main(): Promise<number> {
   if (values["data-dir"]) overrides.node = { dataDir: values["data-dir"] };
   if (values.grpc || values.admin) overrides.listen = { ...(values.grpc ? { grpc: values.grpc } : {}), ...(values.admin ? { admin: values.admin } : {}) };
   const config = loadConfig({ file: values.config ?? process.env.HSMD_CONFIG, env: process.env, overrides });
+
+  // The daemon runs in its data directory (every configured path is absolute by now): files a
+  // device library writes relative to the working directory stay with the node's data, never in a
+  // source tree or wherever it was started from.
+  mkdirSync(config.node.dataDir, { recursive: true, mode: 0o700 });
+  process.chdir(config.node.dataDir);
 
   // Crypto calls run on libuv's thread pool: one thread per session plus a few for fs and DNS. Must be
   // set before the pool is first used.

@@ -189,7 +189,7 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
           name: rawCluster.name,
           endpoints: rawCluster.etcd.endpoints.map((e) => `${clusterTls ? "https" : "http"}://${e}`),
           tls: clusterTls,
-          advertise: rawCluster.advertise ?? `${grpc.host}:${grpc.port}`,
+          advertise: rawCluster.advertise ?? grpc.address,
           minNodes: rawCluster.minNodes ?? CLUSTER_DEFAULTS.minNodes,
           joinTtlMs: (rawCluster.joinTtlSeconds ?? CLUSTER_DEFAULTS.joinTtlSeconds) * 1000,
         }

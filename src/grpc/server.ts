@@ -151,9 +151,10 @@ function services(opts: GrpcServerOptions) {
         },
         async (e: unknown) => {
           const err = HsmError.from(e);
-          if (err.code === Code.Internal) opts.log?.(`${method}: internal error: ${describeCause(e)}`);
+          if (err.code === Code.Internal) opts.log?.(`${method}: internal error: ${err.message}; ${describeCause(e)}`);
           const failed = await record(c, statusName(err), !!rule.change);
-          reply(failed ?? err);
+          // INTERNAL is logged here in full and answered without details.
+          reply(failed ?? (err.code === Code.Internal ? new HsmError(Code.Internal, "internal error (logged on the daemon)") : err));
         },
       );
       function observe(code: string) {
@@ -313,7 +314,10 @@ function services(opts: GrpcServerOptions) {
 
   const keyImpl: KeyServiceServer = {
     generateKey: rpc("GenerateKey", (r, c) => k.generateKey(r, owner(c))),
-    getKey: rpc("GetKey", (r, c) => k.getKey(r, c.principal!.userId)),
+    getKey: rpc("GetKey", async (r, c) => {
+      const key = k.getKey(r, c.principal!.userId);
+      return opts.membership ? { ...key, heldBy: (await k.coverage(key.id)).sort() } : key;
+    }),
     listKeys: rpc("ListKeys", (r, c) => k.listKeys(r, guard.visibleTo(c.principal!), c.principal!.userId)),
     deleteKey: rpc("DeleteKey", async (r, c) => {
       await withQuorum(c, "DeleteKey", { keyId: r.keyId }, r.quorumRequestId, () => k.deleteKey(r));

@@ -75,6 +75,7 @@ export function toApiKey(r: KeyRecord, viewerId?: string): Key {
     exportable: r.exportable,
     version: r.currentVersion,
     owner: r.owner?.user ?? "",
+    heldBy: [],
     sharedWith: viewerId !== undefined && r.owner?.userId === viewerId ? (r.shares ?? []).map((s) => s.user) : [],
   };
 }

@@ -69,6 +69,27 @@ export interface KeyServiceOptions {
   minNodes?: number;
 }
 
+/** Device operations the applier and reconcile run at once. */
+const APPLY_CONCURRENCY = 8;
+
+/** A counting semaphore. */
+class Slots {
+  private waiting: Array<() => void> = [];
+  constructor(private free: number) {}
+  async acquire(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((r) => this.waiting.push(r));
+  }
+  release(): void {
+    const w = this.waiting.shift();
+    if (w) w();
+    else this.free++;
+  }
+}
+
 /** Store prefix of coverage entries: `coverage/<key id>/<node id>`. */
 export const COVERAGE_PREFIX = "coverage/";
 const coverageKey = (id: string, node: string) => `${COVERAGE_PREFIX}${id}/${node}`;
@@ -89,10 +110,13 @@ export class KeyService {
   private readonly store: StateStore;
   private readonly limits: KeyLimits;
   private unwatch: (() => void) | undefined;
-  /** The applier: store events, applied to the device one after another in revision order. */
+  /** The applier: store events in revision order, their device work bounded and ordered per key. */
   private applyQueue: Promise<void> = Promise.resolve();
-  /** Store revision the applier has materialized up to. */
-  appliedRevision = 0;
+  private readonly applyPending: Array<{ revision: number; done: boolean }> = [];
+  private readonly applyChains = new Map<string, Promise<void>>();
+  private readonly applySlots = new Slots(APPLY_CONCURRENCY);
+  /** Highest store revision whose key events the applier has materialized. */
+  private appliedKeysRevision = 0;
   /** Keys the applier could not materialize (id → reason), for status. */
   readonly applyFailures = new Map<string, string>();
   /** Materializations in flight, so that the applier and an on-demand use never race on one key. */
@@ -113,34 +137,79 @@ export class KeyService {
       const r = decodeRecord(e.value);
       this.records.set(r.id, r);
     }
-    this.appliedRevision = rev;
+    this.appliedKeysRevision = rev;
     this.unwatch = this.store.watch("keys/", rev, (ev: WatchEvent) => {
       const id = ev.key.slice("keys/".length);
       if (ev.type === "delete") {
         this.records.delete(id);
         this.usable.delete(id);
-        this.apply(ev.revision, async () => {
-          // Deleted on another node (or here, already done): the objects follow the record.
-          await this.device.destroy(id).catch(() => undefined);
-          this.applyFailures.delete(id);
-        });
+        this.apply(
+          ev.revision,
+          async () => {
+            // Deleted on another node (or here, already done): the objects follow the record.
+            await this.device.destroy(id).catch(() => undefined);
+            this.applyFailures.delete(id);
+          },
+          id,
+        );
       } else if (ev.value) {
         const r = decodeRecord(ev.value);
         const isNew = !this.records.has(id);
         this.records.set(id, r);
-        this.apply(ev.revision, isNew ? () => this.applyRecord(r) : undefined);
+        this.apply(ev.revision, isNew ? () => this.applyRecord(r) : undefined, id);
       }
     });
   }
 
-  /** Queues one store event's device work; `appliedRevision` advances as the queue does. */
-  private apply(revision: number, work?: () => Promise<void>): void {
-    this.applyQueue = this.applyQueue
-      .then(work)
-      .catch((e: unknown) => this.opts.log?.(`applier: revision ${revision}: ${e instanceof Error ? e.message : String(e)}`))
-      .then(() => {
-        if (revision > this.appliedRevision) this.appliedRevision = revision;
+  /**
+   * Queues one store event's device work. Events of different keys run concurrently (up to
+   * APPLY_CONCURRENCY, the device's sessions bound the rest); events of one key run in order.
+   * `appliedRevision` advances only past events whose work is done, so it never claims more than
+   * the HSM holds.
+   */
+  private apply(revision: number, work?: () => Promise<void>, keyId?: string): void {
+    const entry = { revision, done: false };
+    this.applyPending.push(entry);
+    const run = async () => {
+      if (work) {
+        await this.applySlots.acquire();
+        try {
+          await work();
+        } catch (e) {
+          this.opts.log?.(`applier: revision ${revision}: ${e instanceof Error ? e.message : String(e)}`);
+        } finally {
+          this.applySlots.release();
+        }
+      }
+      entry.done = true;
+      while (this.applyPending.length && this.applyPending[0]!.done) {
+        const r = this.applyPending.shift()!.revision;
+        if (r > this.appliedKeysRevision) this.appliedKeysRevision = r;
+      }
+    };
+    const prev = keyId ? this.applyChains.get(keyId) : undefined;
+    const p = (prev ?? Promise.resolve()).then(run);
+    if (keyId) {
+      this.applyChains.set(keyId, p);
+      void p.then(() => {
+        if (this.applyChains.get(keyId) === p) this.applyChains.delete(keyId);
       });
+    }
+    this.applyQueue = Promise.all([this.applyQueue, p]).then(() => undefined);
+  }
+
+  /**
+   * The store revision this node's HSM is materialized up to: the store's own revision when the
+   * applier has nothing pending (other records, such as node reports, need no device work), else
+   * the revision of the last key event done.
+   */
+  get appliedRevision(): number {
+    return this.applyPending.length === 0 ? Math.max(this.appliedKeysRevision, this.store.revision()) : this.appliedKeysRevision;
+  }
+
+  /** Destroys every key object this service put in the device (a node removed from its cluster). */
+  async destroyAll(): Promise<void> {
+    for (const id of this.records.keys()) await this.device.destroy(id).catch(() => undefined);
   }
 
   /** Resolves when every store event seen so far has been applied to the device. */
@@ -219,18 +288,27 @@ export class KeyService {
     let materialized = 0;
     let orphansRemoved = 0;
     const lost: string[] = [];
-    for (const r of this.records.values()) {
+    const missing = [...this.records.values()].filter((r) => {
       const parts = present.get(r.id);
       const need: Part[] = r.publicOnly ? ["public"] : isSecret(algorithmOf(r.spec)) ? ["secret"] : ["private", "public"];
-      if (need.every((p) => parts?.has(p))) continue;
-      try {
-        await this.materialize(r);
-        materialized++;
-      } catch (e) {
-        lost.push(r.id);
-        this.opts.log?.(`reconcile: key ${r.id} cannot be materialized: ${(e as Error).message}`);
-      }
-    }
+      return !need.every((p) => parts?.has(p));
+    });
+    // Several at a time: the device's session pool bounds the real concurrency.
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(APPLY_CONCURRENCY, missing.length) }, async () => {
+        while (next < missing.length) {
+          const r = missing[next++]!;
+          try {
+            await this.materialize(r);
+            materialized++;
+          } catch (e) {
+            lost.push(r.id);
+            this.opts.log?.(`reconcile: key ${r.id} cannot be materialized: ${(e as Error).message}`);
+          }
+        }
+      }),
+    );
     for (const id of present.keys()) {
       // hsmd's own objects (domain, import, transport keys) are named hsmd-…; records are UUIDs.
       if (id.startsWith("hsmd-") || id === this.opts.domainKeyId || id === this.opts.importKeyId || this.records.has(id)) continue;

@@ -431,7 +431,8 @@ export class Device {
   }
 
   private intent(id: string, alg: KeyAlgorithm, usages: readonly Usage[], extractable = true): TemplateIntent {
-    return { id, alg, usages, token: this.opts.tokenObjects, extractable };
+    // A key the device cannot wrap (EdDSA on SoftHSM2) has no copy in its record: it must persist in the token.
+    return { id, alg, usages, token: this.opts.tokenObjects || alg.type === "ed25519", extractable };
   }
 
   private readPublicSpki(s: Buffer, alg: KeyAlgorithm, pub: Buffer): Buffer {
@@ -451,15 +452,21 @@ export class Device {
     if (alg.type === "aes" || alg.type === "hmac") {
       const mech = alg.type === "aes" ? pk.CKM_AES_KEY_GEN : pk.CKM_GENERIC_SECRET_KEY_GEN;
       this.requireMechanism(mech, `${alg.type.toUpperCase()} key generation`);
-      return this.run("C_GenerateKey", mech, async (s) => {
-        const h = await this.p11.C_GenerateKeyAsync(s, { mechanism: mech }, secretTemplate(t, true));
-        this.handles.set(id, { secret: h });
-        return {};
-      });
+      // SoftHSM2 answers a spurious CKR_GENERAL_ERROR now and then while other sessions write token
+      // objects (the applier unwrapping keys made elsewhere): retried once, like unwraps.
+      return unwrapOnce(
+        () =>
+          this.run("C_GenerateKey", mech, async (s) => {
+            const h = await this.p11.C_GenerateKeyAsync(s, { mechanism: mech }, secretTemplate(t, true));
+            this.handles.set(id, { secret: h });
+            return {};
+          }),
+        () => this.destroy(id).catch(() => undefined),
+      );
     }
     const mech = alg.type === "rsa" ? pk.CKM_RSA_PKCS_KEY_PAIR_GEN : alg.type === "ec" ? pk.CKM_EC_KEY_PAIR_GEN : CKM_EC_EDWARDS_KEY_PAIR_GEN;
     this.requireMechanism(mech, `${alg.type} key pair generation`);
-    return this.run("C_GenerateKeyPair", mech, async (s) => {
+    return unwrapOnce(() => this.run("C_GenerateKeyPair", mech, async (s) => {
       let kp: pk.KeyPair;
       try {
         kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: mech }, publicTemplate(t), privateTemplate(t));
@@ -471,7 +478,7 @@ export class Device {
       }
       this.handles.set(id, { private: kp.privateKey, public: kp.publicKey });
       return { spki: this.readPublicSpki(s, alg, kp.publicKey) };
-    });
+    }), () => this.destroy(id).catch(() => undefined));
   }
 
   /** Creates a public key object from an SPKI (import, and materializing a pair's public half). */
@@ -844,12 +851,16 @@ function badBlob(e: unknown): never {
  * (seen about once in a few thousand unwraps): try such an unwrap once more before calling the blob
  * bad. A bad blob fails both times, so the answer is unchanged; only its cost doubles.
  */
-async function unwrapOnce<T>(fn: () => Promise<T>): Promise<T> {
+async function unwrapOnce<T>(fn: () => Promise<T>, cleanup?: () => Promise<void>): Promise<T> {
   try {
     return await fn();
   } catch (e) {
     const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
-    if (ckr === CKR.GENERAL_ERROR || ckr === 0xd1 /* CKR_TEMPLATE_INCONSISTENT */) return fn();
+    if (ckr === CKR.GENERAL_ERROR || ckr === 0xd1 /* CKR_TEMPLATE_INCONSISTENT */) {
+      // Whatever the failed attempt left under this id goes first, so the retry makes exactly one.
+      await cleanup?.();
+      return fn();
+    }
     throw e;
   }
 }

@@ -45,7 +45,7 @@ async function gracefulRestart(): Promise<void> {
 
 /** The last "records checked against the token" line of stderr, as numbers. */
 function lastReconcile(): { keys: number; materialized: number; orphans: number; lost: boolean } {
-  const all = [...dp.stderr().matchAll(/records checked against the token: (\d+) keys, (\d+) materialized, (\d+) orphans removed(, \d+ LOST)?/g)];
+  const all = [...dp.stderr().matchAll(/records checked against the token(?: in \d+ ms)?: (\d+) keys, (\d+) materialized, (\d+) orphans removed(, \d+ LOST)?/g)];
   const m = all[all.length - 1];
   if (!m) throw new Error(`no reconcile line in stderr:\n${dp.stderr()}`);
   return { keys: Number(m[1]), materialized: Number(m[2]), orphans: Number(m[3]), lost: !!m[4] };
