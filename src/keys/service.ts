@@ -2,6 +2,7 @@ import { createPublicKey, randomBytes, randomUUID } from "node:crypto";
 import { Code, HsmError, exhausted, invalid, notFound, precondition } from "../errors";
 import {
   KeyOrigin,
+  KeySpec,
   PublicKeyFormat,
   type DeleteKeyRequest,
   type GenerateKeyRequest,
@@ -16,8 +17,13 @@ import {
   type ListKeysResponse,
 } from "../gen/hsm/v1/keys";
 import {
+  EncryptionAlgorithm,
   MessageType,
   SignatureFormat,
+  type DecryptDataKeyRequest,
+  type DecryptDataKeyResponse,
+  type GenerateDataKeyRequest,
+  type GenerateDataKeyResponse,
   type DecryptRequest,
   type DecryptResponse,
   type DeriveKeyRequest,
@@ -302,6 +308,11 @@ export class KeyService {
           try {
             await this.materialize(r);
             materialized++;
+            // Keys written while this node was down reach it here, not through the applier: record its coverage too.
+            const node = this.opts.nodeId;
+            if (node && !(await this.store.get(coverageKey(r.id, node)))) {
+              await this.store.put(coverageKey(r.id, node), Buffer.from(new Date().toISOString())).catch((e: unknown) => this.opts.log?.(`reconcile: coverage of ${r.id}: ${(e as Error).message}`));
+            }
           } catch (e) {
             lost.push(r.id);
             this.opts.log?.(`reconcile: key ${r.id} cannot be materialized: ${(e as Error).message}`);
@@ -703,6 +714,59 @@ export class KeyService {
     return { keyId: r.id, ciphertext: ct, iv: c.name === "RSA_OAEP" ? Buffer.alloc(0) : iv };
   }
 
+  // ---- data keys (envelope encryption) ----------------------------------------------------------
+
+  /**
+   * A fresh data key from the HSM's random generator, wrapped under the key-encryption key with
+   * AES-GCM (the service's IV), the encryption context bound as AAD. `withPlaintext` false answers
+   * only the wrapped key (GenerateDataKeyWithoutPlaintext).
+   */
+  async generateDataKey(req: GenerateDataKeyRequest, withPlaintext: boolean): Promise<GenerateDataKeyResponse> {
+    const r = this.dataKek(req.keyId);
+    const spec = req.spec === KeySpec.KEY_SPEC_UNSPECIFIED ? KeySpec.KEY_SPEC_AES_256 : req.spec;
+    if (spec !== KeySpec.KEY_SPEC_AES_256 && spec !== KeySpec.KEY_SPEC_AES_128) throw invalid("spec must be KEY_SPEC_AES_256 (the default) or KEY_SPEC_AES_128 for a data key");
+    const aad = encryptionContextAad(req.encryptionContext);
+    const dk = await this.device.random(spec === KeySpec.KEY_SPEC_AES_256 ? 32 : 16);
+    try {
+      const { ciphertext, iv } = await this.encrypt({ keyId: r.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: dk, aad, iv: Buffer.alloc(0) });
+      return {
+        keyId: r.id,
+        keyVersion: r.currentVersion,
+        spec,
+        plaintextDataKey: withPlaintext ? Buffer.from(dk) : Buffer.alloc(0),
+        wrappedDataKey: Buffer.concat([DATA_KEY_MAGIC, iv, ciphertext]),
+      };
+    } finally {
+      dk.fill(0);
+    }
+  }
+
+  /** Unwraps a data key made by {@link generateDataKey}: the same key, and exactly the same encryption context. */
+  async decryptDataKey(req: DecryptDataKeyRequest): Promise<DecryptDataKeyResponse> {
+    const r = this.dataKek(req.keyId);
+    const blob = Buffer.from(req.wrappedDataKey);
+    if (blob.length === 0) throw invalid("wrapped_data_key is required");
+    if (blob.length !== 4 + 12 + 16 + 16 && blob.length !== 4 + 12 + 32 + 16) throw invalid("wrapped_data_key is not a data key this service wrapped (wrong length)");
+    if (!blob.subarray(0, 4).equals(DATA_KEY_MAGIC)) throw invalid("wrapped_data_key is not a data key this service wrapped (unknown format)");
+    const aad = encryptionContextAad(req.encryptionContext);
+    try {
+      const { plaintext } = await this.decrypt({ keyId: r.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, ciphertext: blob.subarray(16), iv: blob.subarray(4, 16), aad, tagLength: 16 });
+      return { keyId: r.id, keyVersion: r.currentVersion, plaintextDataKey: plaintext };
+    } catch (e) {
+      if (e instanceof HsmError && e.code === Code.InvalidArgument) {
+        throw invalid(`wrapped_data_key does not open under key ${r.id} with this encryption context: a different key, a different context, or a damaged blob`);
+      }
+      throw e;
+    }
+  }
+
+  /** A key-encryption key for data keys: AES, with encrypt and decrypt usages. */
+  private dataKek(id: string): KeyRecord {
+    const r = this.record(id);
+    if (algorithmOf(r.spec).type !== "aes") throw invalid(`data keys are wrapped under an AES key; ${r.id} is ${algorithmOf(r.spec).type.toUpperCase()}`);
+    return r;
+  }
+
   async decrypt(req: DecryptRequest): Promise<DecryptResponse> {
     const r = this.record(req.keyId);
     const alg = algorithmOf(r.spec);
@@ -874,6 +938,25 @@ export class KeyService {
       }),
     );
   }
+}
+
+/** First bytes of a wrapped data key: the format's name and version. */
+const DATA_KEY_MAGIC = Buffer.from("HDK1", "ascii");
+const MAX_CONTEXT_ENTRIES = 64;
+
+/**
+ * The encryption context as AAD: its entries sorted by key, as JSON pairs, so that the same map
+ * always gives the same bytes (and maps that differ in any key or value never do).
+ */
+export function encryptionContextAad(ctx: Record<string, string>): Buffer {
+  const entries = Object.entries(ctx ?? {});
+  if (entries.length > MAX_CONTEXT_ENTRIES) throw invalid(`encryption_context has more than ${MAX_CONTEXT_ENTRIES} entries`);
+  for (const [k, v] of entries) {
+    if (k.length < 1 || k.length > 256) throw invalid("encryption_context keys must be 1 to 256 characters");
+    if (typeof v !== "string" || v.length > 1024) throw invalid(`encryption_context value of ${k.slice(0, 40)} must be at most 1024 characters`);
+  }
+  entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return Buffer.from(JSON.stringify(entries), "utf8");
 }
 
 /** Request ids are per owner: one user's retry never returns another user's key. */

@@ -13,6 +13,10 @@ import {
   UnwrapKeyRequest,
   VerifyRequest,
   WrapKeyRequest,
+  GenerateDataKeyRequest,
+  DecryptDataKeyRequest,
+  type GenerateDataKeyResponse,
+  type DecryptDataKeyResponse,
   type BatchDecryptResponse,
   type BatchEncryptResponse,
   type BatchSignResponse,
@@ -326,6 +330,26 @@ export class HsmClient {
   /** Rejects a quorum request (`RejectQuorumRequest`). */
   rejectQuorumRequest(request: Partial<RejectQuorumRequestRequest>, options?: CallOptions): Promise<QuorumRequest> {
     return this.call(QuorumServiceService.rejectQuorumRequest, () => RejectQuorumRequestRequest.fromPartial(request), options);
+  }
+
+  // ---- data keys (envelope encryption) ----
+
+  /**
+   * A fresh data key and the same key wrapped under `keyId` (`GenerateDataKey`), the encryption
+   * context bound to the wrapped key. Use the plaintext, then zero it.
+   */
+  generateDataKey(request: Partial<GenerateDataKeyRequest>, options?: CallOptions): Promise<GenerateDataKeyResponse> {
+    return this.call(CryptoServiceService.generateDataKey, () => GenerateDataKeyRequest.fromPartial(request), options);
+  }
+
+  /** Only the wrapped data key (`GenerateDataKeyWithoutPlaintext`). */
+  generateDataKeyWithoutPlaintext(request: Partial<GenerateDataKeyRequest>, options?: CallOptions): Promise<GenerateDataKeyResponse> {
+    return this.call(CryptoServiceService.generateDataKeyWithoutPlaintext, () => GenerateDataKeyRequest.fromPartial(request), options);
+  }
+
+  /** Unwraps a data key (`DecryptDataKey`); the encryption context must be exactly the one it was made with. */
+  decryptDataKey(request: Partial<DecryptDataKeyRequest>, options?: CallOptions): Promise<DecryptDataKeyResponse> {
+    return this.call(CryptoServiceService.decryptDataKey, () => DecryptDataKeyRequest.fromPartial(request), options);
   }
 
   // ---- ClusterService ----

@@ -107,4 +107,8 @@ export type {
   VerifyResponse,
   WrapKeyRequest,
   WrapKeyResponse,
+  GenerateDataKeyRequest,
+  GenerateDataKeyResponse,
+  DecryptDataKeyRequest,
+  DecryptDataKeyResponse,
 } from "../gen/hsm/v1/crypto";

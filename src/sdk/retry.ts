@@ -78,6 +78,9 @@ export const RPC_IDEMPOTENCY: Readonly<Record<HsmRpcPath, RpcIdempotency>> = Obj
   // AuditService
   "/hsm.v1.AuditService/QueryAuditLog": "always",
   "/hsm.v1.AuditService/VerifyAuditLog": "always",
+  "/hsm.v1.CryptoService/GenerateDataKey": "always",
+  "/hsm.v1.CryptoService/GenerateDataKeyWithoutPlaintext": "always",
+  "/hsm.v1.CryptoService/DecryptDataKey": "always",
   // ClusterService
   "/hsm.v1.ClusterService/GetClusterStatus": "always",
   "/hsm.v1.ClusterService/ListJoinRequests": "always",

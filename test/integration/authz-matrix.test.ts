@@ -56,6 +56,7 @@ const k = {} as Record<"aes" | "p256" | "wrap" | "exportable" | "ecdh", string>;
 let ciphertext: { ciphertext: Buffer; iv: Buffer };
 let signature: Buffer;
 let wrappedBlob: Buffer;
+let wrappedDataKey: Buffer;
 const message = Buffer.from("matrix message");
 let quorumStore: QuorumService;
 let seq = 0;
@@ -164,6 +165,9 @@ const ROWS: Array<{ rpc: string; kind: Kind; call: (c: HsmClient, col: Col) => P
   },
   { rpc: "DeriveKey", kind: "use", call: (c) => c.deriveKey({ privateKeyId: k.ecdh, peerPublicKeySpki: spki(), spec: KeySpec.KEY_SPEC_AES_256, label: fresh("drv") }) },
   { rpc: "GenerateRandom", kind: "cu", call: (c) => c.generateRandom({ length: 16 }) },
+  { rpc: "GenerateDataKey", kind: "use", call: (c) => c.generateDataKey({ keyId: k.aes, encryptionContext: { purpose: "matrix" } }) },
+  { rpc: "GenerateDataKeyWithoutPlaintext", kind: "use", call: (c) => c.generateDataKeyWithoutPlaintext({ keyId: k.aes }) },
+  { rpc: "DecryptDataKey", kind: "use", call: (c) => c.decryptDataKey({ keyId: k.aes, wrappedDataKey: wrappedDataKey, encryptionContext: { purpose: "matrix" } }) },
   { rpc: "BatchSign", kind: "batch", call: async (c) => itemOutcome(await c.batchSign({ items: [{ keyId: k.p256, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message }] })) },
   {
     rpc: "BatchVerify",
@@ -203,6 +207,7 @@ beforeAll(async () => {
   for (const id of Object.values(k)) await o.shareKey({ keyId: id, username: "shared" });
   ciphertext = await o.encrypt({ keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: message });
   signature = (await o.sign({ keyId: k.p256, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message })).signature;
+  wrappedDataKey = (await o.generateDataKeyWithoutPlaintext({ keyId: k.aes, encryptionContext: { purpose: "matrix" } })).wrappedDataKey;
   wrappedBlob = (await o.wrapKey({ wrappingKeyId: k.wrap, keyId: k.exportable, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP })).wrappedKey;
 }, 120_000);
 
