@@ -61,7 +61,8 @@ export class AccessGuard {
    * the caller answers NOT_FOUND, as if it did not exist (no probing for other users' key ids); a key
    * only shared with the caller answers PERMISSION_DENIED for owner-only actions.
    */
-  key(principal: Principal, id: string, need: KeyNeed, field = "key_id"): KeyRecord {
+  async key(principal: Principal, id: string, need: KeyNeed, field = "key_id"): Promise<KeyRecord> {
+    await this.keys.ensureRecord(id);
     const r = this.keys.record(id, field);
     const owner = r.owner?.userId === principal.userId;
     if (owner) return r;

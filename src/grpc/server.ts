@@ -75,8 +75,8 @@ interface CallContext {
   audit: { user?: string; role?: string; keyId?: string; target?: string; detail?: string };
   /** Sent back as trailing metadata (also on errors). */
   trailer: grpc.Metadata;
-  /** Batches: the access check of one item's key (throws for a denied item). */
-  checkItem: (keyId: string) => void;
+  /** Batches: the access check of one item's key (rejects for a denied item). */
+  checkItem: (keyId: string) => Promise<void>;
 }
 
 type Handler<Req, Res> = (req: Req, c: CallContext) => Promise<Res> | Res;
@@ -113,7 +113,7 @@ function services(opts: GrpcServerOptions) {
         requestId: auditable(req["requestId"]) ?? auditable(call.metadata.get(REQUEST_ID_HEADER)[0]) ?? randomUUID(),
         audit: {},
         trailer: new grpc.Metadata(),
-        checkItem: () => {
+        checkItem: async () => {
           throw new HsmError(Code.PermissionDenied, "no session");
         },
       };
@@ -137,8 +137,8 @@ function services(opts: GrpcServerOptions) {
           c.token = token;
         }
         guard.authorize(method, c.principal);
-        for (const ref of keyRefs) guard.key(c.principal!, ref.id, ref.need, ref.field);
-        if (rule.batch) c.checkItem = (id) => void guard.key(c.principal!, id, "use");
+        for (const ref of keyRefs) await guard.key(c.principal!, ref.id, ref.need, ref.field);
+        if (rule.batch) c.checkItem = async (id) => void (await guard.key(c.principal!, id, "use"));
         return fn(call.request, c);
       };
       run().then(
@@ -339,7 +339,7 @@ function services(opts: GrpcServerOptions) {
 
   const batch = <I extends { keyId: string }, O>(c: CallContext, items: I[], fn: (i: I) => Promise<O>) =>
     k.runBatch(items, async (i) => {
-      c.checkItem(i.keyId);
+      await c.checkItem(i.keyId);
       return fn(i);
     });
   const cryptoImpl: CryptoServiceServer = {

@@ -394,6 +394,19 @@ export class KeyService {
     return items;
   }
 
+  /**
+   * Makes sure a record committed elsewhere is known here before it is used: on a miss, one read
+   * straight from the replicated store (see StateStore.getFresh), and the record is applied as the
+   * watch would have. A no-op for known ids, malformed ids and stores without fresh reads.
+   */
+  async ensureRecord(id: string): Promise<void> {
+    if (!id || this.records.has(id) || !ID_RE.test(id) || !this.store.getFresh) return;
+    const e = await this.store.getFresh(recordKey(id));
+    if (!e || this.records.has(id)) return;
+    const r = decodeRecord(e.value);
+    this.records.set(id, r);
+  }
+
   /** The record of a key id; NOT_FOUND when none. */
   record(id: string, field = "key_id"): KeyRecord {
     if (!id) throw invalid(`${field} is required`);

@@ -413,6 +413,22 @@ export class EtcdStore implements StateStore {
     return e ? copyEntry(e) : undefined;
   }
 
+  /**
+   * A linearizable read of one key from etcd itself (not the mirror): for a record another node has
+   * just committed and this node's watch has not delivered yet (a key created on node A and used on
+   * node B a moment later). Falls back to the mirror when etcd cannot answer in time.
+   */
+  async getFresh(key: string): Promise<StoreEntry | undefined> {
+    if (this.closed) throw closedError();
+    try {
+      const res = await this.call<IRangeResponse>("fresh read", "KV", "range", { key: Buffer.concat([this.prefixBuf, Buffer.from(key, "utf8")]) }, Date.now() + this.healthTimeoutMs, true);
+      const kv = res.kvs[0];
+      return kv ? this.entryOf(key, kv) : undefined;
+    } catch {
+      return this.get(key);
+    }
+  }
+
   async list(prefix: string, opts: ListOptions = {}): Promise<StoreEntry[]> {
     const limit = opts.limit ?? Infinity;
     if (!(limit >= 0)) throw invalid(`list limit must be >= 0, got ${String(opts.limit)}`);

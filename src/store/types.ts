@@ -41,6 +41,12 @@ export interface StateStore {
   /** current revision (monotonic, increases by 1 per committed txn that changed something) */
   revision(): number;
   get(key: string): Promise<StoreEntry | undefined>;
+  /**
+   * Like get, but straight from the replicated store when reads are otherwise served from a local
+   * copy (etcd): a miss in the local copy may be a write another node just committed. Optional:
+   * stores whose get is already current (the embedded one) do not have it.
+   */
+  getFresh?(key: string): Promise<StoreEntry | undefined>;
   /** entries whose key starts with prefix, sorted by key; startAfter for pagination, limit */
   list(prefix: string, opts?: ListOptions): Promise<StoreEntry[]>;
   count(prefix: string): Promise<number>;
