@@ -112,3 +112,29 @@ export type {
   DecryptDataKeyRequest,
   DecryptDataKeyResponse,
 } from "../gen/hsm/v1/crypto";
+
+/**
+ * Envelope encryption (docs/ENVELOPE.md): AES-256-GCM in this process under a data key per message
+ * that the service makes and unwraps, buffers and streams, and the data-key cache with its stats.
+ */
+export {
+  encryptEnvelope,
+  decryptEnvelope,
+  createEncryptStream,
+  createDecryptStream,
+  readEnvelopeHeader,
+  DataKeyCache,
+  DEFAULT_FRAME_SIZE as ENVELOPE_DEFAULT_FRAME_SIZE,
+  MAX_FRAME_SIZE as ENVELOPE_MAX_FRAME_SIZE,
+  ENVELOPE_VERSION,
+} from "./envelope";
+export type {
+  DataKeyCacheOptions,
+  DataKeyCacheStats,
+  DataKeySource,
+  EnvelopeDecryptOptions,
+  EnvelopeDecryptResult,
+  EnvelopeEncryptOptions,
+  EnvelopeEncryptStreamOptions,
+  EnvelopeHeaderEvent,
+} from "./envelope";
