@@ -295,6 +295,8 @@ export class KeyService {
     let orphansRemoved = 0;
     const lost: string[] = [];
     const missing = [...this.records.values()].filter((r) => {
+      // A key that lives only in the HSM that generated it (EdDSA on SoftHSM2) is not missing elsewhere.
+      if (r.versions.find((v) => v.version === r.currentVersion)?.residency === "device" && this.opts.nodeId) return false;
       const parts = present.get(r.id);
       const need: Part[] = r.publicOnly ? ["public"] : isSecret(algorithmOf(r.spec)) ? ["secret"] : ["private", "public"];
       return !need.every((p) => parts?.has(p));

@@ -55,7 +55,13 @@ export class EndpointPool {
   constructor(addresses: readonly string[], credentials: grpc.ChannelCredentials, channelOptions: grpc.ChannelOptions) {
     this.endpoints = addresses.map((address) => {
       // channelz bookkeeping costs CPU on every call and nothing here reads it: off unless asked for.
-      const channel = new grpc.Channel(address, credentials, { "grpc.enable_channelz": 0, ...channelOptions });
+      const channel = new grpc.Channel(address, credentials, {
+        "grpc.enable_channelz": 0,
+        // Subchannels of its own: a new client to a node that just restarted must not inherit the
+        // reconnect backoff another client's connection to the old process ran into.
+        "grpc.use_local_subchannel_pool": 1,
+        ...channelOptions,
+      });
       const client = new grpc.Client(address, credentials, { channelOverride: channel });
       return { address, channel, client, ejected: false, probeBackoffMs: PROBE_BACKOFF_MS.initial, probeTimer: undefined, probing: false };
     });

@@ -192,6 +192,8 @@ class RpcFailure extends Error {
 
   /** The member certainly did not execute the request, so another member may be asked. */
   get notSent(): boolean {
+    // A deadline that passed while grpc-js was still waiting for a connection: nothing was sent.
+    if (this.code === 4 && /Waiting for LB pick/i.test(this.details)) return true;
     if (this.code !== 14) return false;
     if (this.details.startsWith("etcdserver: no leader")) return true; // refused by the require-leader check
     if (this.details.startsWith("etcdserver:")) return false; // e.g. "request timed out": may still commit
