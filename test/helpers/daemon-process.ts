@@ -5,7 +5,7 @@
  * in dev mode (plaintext gRPC on loopback).
  */
 import { spawn, execSync, type ChildProcess } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { mergeConfig } from "../../src/config/merge";
@@ -14,8 +14,29 @@ import { createTempToken, SOFTHSM_MODULE, type TempToken } from "./softhsm";
 export const REPO = resolve(__dirname, "../..");
 export const MAIN_JS = join(REPO, "dist/src/main.js");
 
-/** Compiles src/ into dist/ (once per test file, in its beforeAll). */
+/** Newest modification time of the files under `dir` (recursively). */
+function newestMtime(dir: string): number {
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    newest = Math.max(newest, e.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+/**
+ * Is dist/ built from the current sources? (scripts/test.sh builds before the suite; tsc rewrites
+ * every output, so dist/src/main.js is as new as the build.) Saves each test file a full tsc run.
+ */
+export function distIsFresh(): boolean {
+  if (!existsSync(MAIN_JS) || !existsSync(join(REPO, "dist/src/cli/main.js"))) return false;
+  const built = statSync(MAIN_JS).mtimeMs;
+  return ["src", "scripts"].every((d) => newestMtime(join(REPO, d)) <= built);
+}
+
+/** Compiles src/ into dist/ unless it is fresh (once per test file, in its beforeAll). */
 export function buildDist(): void {
+  if (distIsFresh()) return;
   execSync("npx tsc -p tsconfig.json", { cwd: REPO, stdio: "pipe" });
 }
 

@@ -21,7 +21,7 @@ import { firstOfficerPasswordFile } from "../../src/daemon";
 import { hashEntry, verifyAuditLog, type AuditRecord, type StoredAuditEntry } from "../../src/audit";
 import { UserServiceClient, type Session } from "../../src/gen/hsm/v1/users";
 import { HsmClient, HsmClientError, KeySpec, QuorumStatus, Role, SigningAlgorithm, type AuditEntry } from "../../src/sdk";
-import { MAIN_JS, REPO } from "../helpers/daemon-process";
+import { MAIN_JS, REPO, distIsFresh } from "../helpers/daemon-process";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { OFFICER_PASSWORD, USER_PASSWORD } from "../helpers/users";
 
@@ -152,6 +152,7 @@ async function cuClient(td: TestDaemon, username: string): Promise<HsmClient> {
 
 /** The compiled CLI (`npx tsc -p tsconfig.json`, as test/helpers/daemon-process.ts buildDist does), started early, awaited where needed. */
 function buildDist(): Promise<{ code: number | null; output: string }> {
+  if (distIsFresh()) return Promise.resolve({ code: 0, output: "" });
   return new Promise((resolve) => {
     const child = spawn("npx", ["tsc", "-p", "tsconfig.json"], { cwd: REPO, stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
