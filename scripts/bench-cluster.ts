@@ -279,7 +279,7 @@ async function main(): Promise<void> {
     const section = `<!-- cluster:start -->
 ## Cluster
 
-Measured by \`npm run bench\` (scripts/bench-cluster.ts) on ${new Date().toISOString().slice(0, 10)}, on the same machine: etcd members and hsmd daemons on loopback, each daemon on its own SoftHSM2 token (pool 8), created by a crypto user through the SDK over all endpoints, ${CONCURRENCY} creations in flight for ${SECONDS} s per cell. A creation is acknowledged after the etcd commit. Replication lag: from the acknowledgement to each node's materialization of the key in its HSM (its coverage entry), over the last 300 AES-256 keys created, every node counted. On one 2-core machine every etcd member, daemon and the client share the cores, so the 3-node figures measure contention as much as replication.
+Measured by \`npm run bench\` (scripts/bench-cluster.ts) on ${new Date().toISOString().slice(0, 10)}, on the same machine: etcd members and hsmd daemons on loopback, each daemon on its own SoftHSM2 token (pool 8), created by a crypto user through the SDK over all endpoints, ${CONCURRENCY} creations in flight for ${SECONDS} s per cell. A creation is acknowledged after the etcd commit. Replication lag: from the acknowledgement to each node's materialization of the key in its HSM (its coverage entry), over the last 300 AES-256 keys created, every node counted: the creating node's own entry is written with the commit (lag 0), and a node that materializes a key before the client has read the answer also counts 0. On one 2-core machine every etcd member, daemon and the client share the cores, so the 3-node figures measure contention as much as replication.
 
 Targets (not tests): ≥ 500 creations/s on 3 nodes, lag p99 ≤ 50 ms, catch-up ≤ 10 s.
 

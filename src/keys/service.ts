@@ -96,6 +96,9 @@ class Slots {
   }
 }
 
+/** Coverage entries written in one store txn (etcd allows 128 operations). */
+const COVERAGE_BATCH = 100;
+
 /** Store prefix of coverage entries: `coverage/<key id>/<node id>`. */
 export const COVERAGE_PREFIX = "coverage/";
 const coverageKey = (id: string, node: string) => `${COVERAGE_PREFIX}${id}/${node}`;
@@ -127,6 +130,8 @@ export class KeyService {
   readonly applyFailures = new Map<string, string>();
   /** Materializations in flight, so that the applier and an on-demand use never race on one key. */
   private readonly materializing = new Map<string, Promise<void>>();
+  private coverQueue: Array<{ id: string; at: string; done: () => void }> = [];
+  private coverTimer: NodeJS.Timeout | undefined;
   /** Keys known to be held by at least minNodes nodes. */
   private readonly usable = new Set<string>();
 
@@ -227,11 +232,15 @@ export class KeyService {
   private async applyRecord(r: KeyRecord): Promise<void> {
     if (!this.records.has(r.id)) return; // deleted again meanwhile
     const part: Part = r.publicOnly ? "public" : isSecret(algorithmOf(r.spec)) ? "secret" : "private";
-    if (!(await this.device.has(r.id, part))) {
+    // In a cluster, keys are session objects of this process: one it has no handle for is not in
+    // the device, and no search (linear in SoftHSM2) is needed to know it.
+    const clustered = !!this.opts.nodeId;
+    const present = clustered ? this.device.cached(r.id, part) : await this.device.has(r.id, part);
+    if (!present) {
       const v = r.versions.find((x) => x.version === r.currentVersion);
       if (v?.residency === "device") return; // lives only in the HSM that generated it
       try {
-        await this.materialize(r);
+        await this.materialize(r, !clustered);
         this.applyFailures.delete(r.id);
       } catch (e) {
         this.applyFailures.set(r.id, e instanceof Error ? e.message : String(e));
@@ -239,8 +248,32 @@ export class KeyService {
       }
     }
     const node = this.opts.nodeId;
-    if (node && !(await this.store.get(coverageKey(r.id, node))) && this.records.has(r.id)) {
-      await this.store.put(coverageKey(r.id, node), Buffer.from(new Date().toISOString()));
+    if (node && !(await this.store.get(coverageKey(r.id, node))) && this.records.has(r.id)) await this.cover(r.id);
+  }
+
+  /**
+   * Records that this node holds a key. Entries are written in batches (one store txn for up to
+   * COVERAGE_BATCH of them, every few milliseconds) rather than one write each: with several nodes
+   * each materializing every key, per-key writes would multiply the cluster's write load.
+   */
+  private cover(id: string): Promise<void> {
+    return new Promise((resolve) => {
+      this.coverQueue.push({ id, at: new Date().toISOString(), done: resolve });
+      this.coverTimer ??= setTimeout(() => void this.flushCoverage(), 5);
+    });
+  }
+
+  private async flushCoverage(): Promise<void> {
+    this.coverTimer = undefined;
+    while (this.coverQueue.length) {
+      const batch = this.coverQueue.splice(0, COVERAGE_BATCH);
+      const ops = batch.filter((b) => this.records.has(b.id)).map((b) => ({ type: "put" as const, key: coverageKey(b.id, this.opts.nodeId!), value: Buffer.from(b.at) }));
+      try {
+        if (ops.length) await this.store.txn([], ops);
+      } catch (e) {
+        this.opts.log?.(`coverage: ${ops.length} entries not recorded: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      for (const b of batch) b.done();
     }
   }
 
@@ -303,18 +336,18 @@ export class KeyService {
     });
     // Several at a time: the device's session pool bounds the real concurrency.
     let next = 0;
+    const covering: Promise<void>[] = [];
     await Promise.all(
       Array.from({ length: Math.min(APPLY_CONCURRENCY, missing.length) }, async () => {
         while (next < missing.length) {
           const r = missing[next++]!;
           try {
-            await this.materialize(r);
+            // Nothing of it in the listing: nothing to clean up first (and no per-key search).
+            await this.materialize(r, present.has(r.id));
             materialized++;
             // Keys written while this node was down reach it here, not through the applier: record its coverage too.
             const node = this.opts.nodeId;
-            if (node && !(await this.store.get(coverageKey(r.id, node)))) {
-              await this.store.put(coverageKey(r.id, node), Buffer.from(new Date().toISOString())).catch((e: unknown) => this.opts.log?.(`reconcile: coverage of ${r.id}: ${(e as Error).message}`));
-            }
+            if (node && !(await this.store.get(coverageKey(r.id, node)))) covering.push(this.cover(r.id));
           } catch (e) {
             lost.push(r.id);
             this.opts.log?.(`reconcile: key ${r.id} cannot be materialized: ${(e as Error).message}`);
@@ -322,6 +355,7 @@ export class KeyService {
         }
       }),
     );
+    await Promise.all(covering);
     for (const id of present.keys()) {
       // hsmd's own objects (domain, import, transport keys) are named hsmd-…; records are UUIDs.
       if (id.startsWith("hsmd-") || id === this.opts.domainKeyId || id === this.opts.importKeyId || this.records.has(id)) continue;
@@ -333,19 +367,22 @@ export class KeyService {
     return { materialized, orphansRemoved, lost };
   }
 
-  /** Materializes a key from its record; concurrent calls for one key share one run. */
-  private materialize(r: KeyRecord): Promise<void> {
+  /**
+   * Materializes a key from its record; concurrent calls for one key share one run. `clean` first
+   * destroys whatever parts of it the device holds (a half-made key); skipped when none can exist.
+   */
+  private materialize(r: KeyRecord, clean = true): Promise<void> {
     const running = this.materializing.get(r.id);
     if (running) return running;
-    const p = this.materializeNow(r).finally(() => this.materializing.delete(r.id));
+    const p = this.materializeNow(r, clean).finally(() => this.materializing.delete(r.id));
     this.materializing.set(r.id, p);
     return p;
   }
 
-  private async materializeNow(r: KeyRecord): Promise<void> {
+  private async materializeNow(r: KeyRecord, clean: boolean): Promise<void> {
     const alg = algorithmOf(r.spec);
     const v = r.versions.find((x) => x.version === r.currentVersion)!;
-    await this.device.destroy(r.id);
+    if (clean) await this.device.destroy(r.id);
     if (v.residency === "public") {
       await this.device.createPublic(r.id, r.publicKeySpki!, r.usages);
       return;

@@ -348,6 +348,14 @@ export class Device {
     return h;
   }
 
+  /**
+   * Does this process hold a handle for the key's part (it made, materialized or found it)? No
+   * device call: SoftHSM2 searches objects linearly, which a cluster applier cannot afford per key.
+   */
+  cached(id: string, part: Part): boolean {
+    return this.handles.get(id)?.[part] !== undefined;
+  }
+
   /** Is this part of the key present in the device? */
   async has(id: string, part: Part): Promise<boolean> {
     return this.run("C_FindObjects", undefined, (s) => {
