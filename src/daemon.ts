@@ -285,28 +285,18 @@ export class Daemon {
 
   /** Every member with its last report: applied revision, lag behind this node's view, HSM health, last contact. */
   async clusterStatus() {
-    const m = this.membership!;
-    const [nodes, reports] = await Promise.all([m.nodes(), m.reports()]);
-    const rev = this.store.revision();
+    const members = await this.membership!.members(this.store.revision());
     return {
       name: this.config.cluster!.name,
       self: this.config.node.id,
       removed: this.removed,
       applyFailures: this.keys.applyFailures.size,
-      nodes: nodes.map((n) => {
-        const r = reports.get(n.id);
-        return {
-          id: n.id,
-          advertise: n.advertise,
-          joinedAt: new Date(n.joinedAt).toISOString(),
-          appliedRevision: r?.appliedRevision ?? 0,
-          lag: r ? Math.max(0, rev - r.appliedRevision) : null,
-          hsmHealthy: r?.hsmHealthy ?? false,
-          storeReachable: r?.storeReachable ?? false,
-          keys: r?.keys ?? 0,
-          lastContact: r ? new Date(r.at).toISOString() : null,
-        };
-      }),
+      nodes: members.map((n) => ({
+        ...n,
+        joinedAt: new Date(n.joinedAt).toISOString(),
+        lag: n.lag ?? null,
+        lastContact: n.lastContact === undefined ? null : new Date(n.lastContact).toISOString(),
+      })),
     };
   }
 

@@ -13,6 +13,7 @@ export {
   nodeKey,
   type JoinRecord,
   type JoinState,
+  type MemberView,
   type MembershipOptions,
   type NodeRecord,
   type NodeReport,

@@ -61,6 +61,20 @@ export interface NodeReport {
   at: number;
 }
 
+/** A member as the cluster status shows it. Times in ms since the epoch. */
+export interface MemberView {
+  id: string;
+  advertise: string;
+  joinedAt: number;
+  appliedRevision: number;
+  /** undefined until the node has reported */
+  lag: number | undefined;
+  hsmHealthy: boolean;
+  storeReachable: boolean;
+  keys: number;
+  lastContact: number | undefined;
+}
+
 const NODE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const FINGERPRINT = /^[0-9a-f]{64}$/;
 const encode = (v: unknown) => Buffer.from(JSON.stringify(v), "utf8");
@@ -113,6 +127,29 @@ export class Membership {
     const out = new Map<string, NodeReport>();
     for (const e of await this.o.store.list(NODE_STATUS_PREFIX)) out.set(e.key.slice(NODE_STATUS_PREFIX.length), JSON.parse(e.value.toString("utf8")) as NodeReport);
     return out;
+  }
+
+  /**
+   * Every member with its last report and its lag behind `storeRevision` (the newest revision the
+   * asking node knows): what GetClusterStatus and /v1/status show. Nodes that never reported show
+   * zeros and no last contact.
+   */
+  async members(storeRevision: number): Promise<MemberView[]> {
+    const [nodes, reports] = await Promise.all([this.nodes(), this.reports()]);
+    return nodes.map((n) => {
+      const r = reports.get(n.id);
+      return {
+        id: n.id,
+        advertise: n.advertise,
+        joinedAt: n.joinedAt,
+        appliedRevision: r?.appliedRevision ?? 0,
+        lag: r ? Math.max(0, storeRevision - r.appliedRevision) : undefined,
+        hsmHealthy: r?.hsmHealthy ?? false,
+        storeReachable: r?.storeReachable ?? false,
+        keys: r?.keys ?? 0,
+        lastContact: r?.at,
+      };
+    });
   }
 
   /** Writes this node's report (applied revision, HSM health): the cluster status and lag come from these. */

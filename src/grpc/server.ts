@@ -152,7 +152,7 @@ function services(opts: GrpcServerOptions) {
         async (e: unknown) => {
           const err = HsmError.from(e);
           if (err.code === Code.Internal) opts.log?.(`${method}: internal error: ${err.message}; ${describeCause(e)}`);
-          const failed = await record(c, statusName(err), !!rule.change);
+          const failed = await record(c, err.code, !!rule.change);
           // INTERNAL is logged here in full and answered without details.
           reply(failed ?? (err.code === Code.Internal ? new HsmError(Code.Internal, "internal error (logged on the daemon)") : err));
         },
@@ -166,8 +166,6 @@ function services(opts: GrpcServerOptions) {
       }
     };
   }
-
-  const statusName = (err: HsmError): string => err.code;
 
   /** Appends the call's audit entry; answers the error to send instead when the log cannot be written. */
   async function record(c: CallContext, status: string, change: boolean): Promise<HsmError | undefined> {
@@ -369,28 +367,24 @@ function services(opts: GrpcServerOptions) {
       if (!opts.membership) {
         return { cluster: "", store: "embedded", storeRevision: BigInt(k.appliedRevision), self, nodes: [] };
       }
-      const m = opts.membership;
-      const [nodes, reports] = await Promise.all([m.nodes(), m.reports()]);
       const rev = opts.storeRevision?.() ?? 0;
+      const members = await opts.membership.members(rev);
       return {
         cluster: opts.clusterName ?? "",
         store: "etcd",
         storeRevision: BigInt(rev),
         self,
-        nodes: nodes.map((n) => {
-          const r = reports.get(n.id);
-          return {
-            nodeId: n.id,
-            advertise: n.advertise,
-            appliedRevision: BigInt(r?.appliedRevision ?? 0),
-            lag: BigInt(r ? Math.max(0, rev - r.appliedRevision) : 0),
-            hsmHealthy: r?.hsmHealthy ?? false,
-            storeReachable: r?.storeReachable ?? false,
-            lastContact: r ? new Date(r.at).toISOString() : "",
-            joinedAt: new Date(n.joinedAt).toISOString(),
-            keys: r?.keys ?? 0,
-          };
-        }),
+        nodes: members.map((n) => ({
+          nodeId: n.id,
+          advertise: n.advertise,
+          appliedRevision: BigInt(n.appliedRevision),
+          lag: BigInt(n.lag ?? 0),
+          hsmHealthy: n.hsmHealthy,
+          storeReachable: n.storeReachable,
+          lastContact: n.lastContact === undefined ? "" : new Date(n.lastContact).toISOString(),
+          joinedAt: new Date(n.joinedAt).toISOString(),
+          keys: n.keys,
+        })),
       };
     }),
     listJoinRequests: rpc("ListJoinRequests", async () => ({ requests: (await member().listJoins()).map(joinToProto) })),

@@ -11,6 +11,7 @@ import { Code, HsmError, invalid, unavailable } from "../errors";
 import { DirLock } from "./lock";
 import { FORMAT_VERSION, encodeFrame, scanLines, type Frame, type TxnOp } from "./log-format";
 import { SortedKeys } from "./sorted-keys";
+import { checkTxnInput } from "./txn-input";
 import type { Compare, ListOptions, Op, StateStore, StoreEntry, TxnResult, WatchEvent } from "./types";
 
 export const LOG_FILE = "store.log";
@@ -86,10 +87,6 @@ function eventOf(change: Change, revision: number): WatchEvent {
   return change.entry
     ? { type: "put", key: change.key, value: change.entry.value, revision }
     : { type: "delete", key: change.key, revision };
-}
-
-function validateKey(key: unknown, what: string): asserts key is string {
-  if (typeof key !== "string" || key.length === 0) throw invalid(`${what}: key must be a non-empty string`);
 }
 
 export class EmbeddedStore implements StateStore {
@@ -215,30 +212,9 @@ export class EmbeddedStore implements StateStore {
   txn(compares: Compare[], ops: Op[]): Promise<TxnResult> {
     try {
       this.checkWritable();
-      const seen = new Set<string>();
-      for (const c of compares) {
-        validateKey(c.key, "compare");
-        if (c.op !== "absent" && c.op !== "present" && c.op !== "modRevision") {
-          throw invalid(`compare on ${String((c as { key: unknown }).key)}: unknown op ${String((c as { op: unknown }).op)}`);
-        }
-        if (c.op === "modRevision" && !Number.isSafeInteger(c.equals)) {
-          throw invalid(`compare on ${c.key}: modRevision must be an integer`);
-        }
-      }
-      // Copy values now: the caller may reuse its buffers before the txn commits.
-      const owned: Op[] = ops.map((op) => {
-        validateKey(op.key, op.type);
-        if (seen.has(op.key)) throw invalid(`txn touches key ${op.key} more than once`);
-        seen.add(op.key);
-        if (op.type === "put") {
-          if (!(op.value instanceof Uint8Array)) throw invalid(`put ${op.key}: value must be a Buffer`);
-          return { type: "put", key: op.key, value: Buffer.from(op.value) };
-        }
-        if (op.type !== "delete") throw invalid(`unknown op type ${String((op as { type: unknown }).type)}`);
-        return { type: "delete", key: op.key };
-      });
+      const input = checkTxnInput(compares, ops);
       return new Promise<TxnResult>((resolve, reject) => {
-        this.queue.push({ compares: compares.map((c) => ({ ...c })), ops: owned, resolve, reject });
+        this.queue.push({ ...input, resolve, reject });
         this.kick();
       });
     } catch (err) {

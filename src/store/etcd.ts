@@ -54,6 +54,7 @@ import {
 import { Code, HsmError, invalid, unavailable } from "../errors";
 import { StoreCompactedError } from "./embedded";
 import { SortedKeys } from "./sorted-keys";
+import { checkTxnInput } from "./txn-input";
 import type { Compare, ListOptions, Op, StateStore, StoreEntry, TxnResult, WatchEvent } from "./types";
 
 /** Options of {@link openEtcdStore}. */
@@ -265,10 +266,6 @@ interface Waiter {
 
 function copyEntry(e: StoreEntry): StoreEntry {
   return { ...e, value: Buffer.from(e.value) };
-}
-
-function validateKey(key: unknown, what: string): asserts key is string {
-  if (typeof key !== "string" || key.length === 0) throw invalid(`${what}: key must be a non-empty string`);
 }
 
 function positiveInt(name: string, v: number | undefined, dflt: number): number {
@@ -486,8 +483,9 @@ export class EtcdStore implements StateStore {
 
   async txn(compares: Compare[], ops: Op[]): Promise<TxnResult> {
     if (this.closed) throw closedError();
-    const etcdCompares: ICompare[] = compares.map((c) => {
-      validateKey(c.key, "compare");
+    const input = checkTxnInput(compares, ops);
+    const owned = input.ops;
+    const etcdCompares: ICompare[] = input.compares.map((c) => {
       const key = this.etcdKey(c.key);
       switch (c.op) {
         case "absent":
@@ -495,24 +493,8 @@ export class EtcdStore implements StateStore {
         case "present":
           return { key, target: CompareTarget.Create, result: CompareResult.Greater, create_revision: 0 };
         case "modRevision":
-          if (!Number.isSafeInteger(c.equals)) throw invalid(`compare on ${c.key}: modRevision must be an integer`);
           return { key, target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: c.equals };
-        default:
-          throw invalid(`compare on ${String((c as { key: unknown }).key)}: unknown op ${String((c as { op: unknown }).op)}`);
       }
-    });
-    const seen = new Set<string>();
-    // Copy values now: the caller may reuse its buffers before the txn commits.
-    const owned: Op[] = ops.map((op) => {
-      validateKey(op.key, op.type);
-      if (seen.has(op.key)) throw invalid(`txn touches key ${op.key} more than once`);
-      seen.add(op.key);
-      if (op.type === "put") {
-        if (!(op.value instanceof Uint8Array)) throw invalid(`put ${op.key}: value must be a Buffer`);
-        return { type: "put", key: op.key, value: Buffer.from(op.value) };
-      }
-      if (op.type !== "delete") throw invalid(`unknown op type ${String((op as { type: unknown }).type)}`);
-      return { type: "delete", key: op.key };
     });
     const success: IRequestOp[] = owned.map((op) =>
       op.type === "put"

@@ -33,3 +33,14 @@ export async function getJson<T>(store: StateStore, key: string): Promise<JsonEn
 export function putJson<T>(store: StateStore, key: string, value: T): Promise<number> {
   return store.put(key, jsonCodec<T>().encode(value));
 }
+
+/**
+ * Like {@link getJson}, but on a miss reads straight from the replicated store where the store has
+ * fresh reads (StateStore.getFresh): a record another node committed a moment ago.
+ */
+export async function getJsonFresh<T>(store: StateStore, key: string): Promise<JsonEntry<T> | undefined> {
+  const cur = await getJson<T>(store, key);
+  if (cur || !store.getFresh) return cur;
+  const e = await store.getFresh(key);
+  return e ? { ...e, value: jsonCodec<T>().decode(e.value, key) } : undefined;
+}

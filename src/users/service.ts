@@ -4,7 +4,7 @@
  */
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { Code, HsmError, invalid, notFound, precondition } from "../errors";
-import { getJson, type Compare, type JsonEntry, type Op, type StateStore } from "../store";
+import { getJson, getJsonFresh, type Compare, type JsonEntry, type Op, type StateStore } from "../store";
 import {
   DEFAULT_SCRYPT,
   checkPasswordPolicy,
@@ -369,7 +369,8 @@ export class UserService {
     }
     const verified = new Map<string, boolean>();
     const out = await retryTxn<LoginResult | HsmError>(this.store, `login ${name}`, async () => {
-      const cur = await this.readUserFresh(name);
+      // A user created on another node a moment ago may not be in this node's copy yet.
+      const cur = await getJsonFresh<UserRecord>(this.store, userKey(name));
       if (!cur) {
         await this.dummyVerify(password);
         return { result: unauthenticated(INVALID_CREDENTIALS) };
@@ -512,14 +513,6 @@ export class UserService {
     return { token, id: sessionIdOf(token), session };
   }
 
-  /** The user record, read straight from the replicated store on a local miss (a user created on another node a moment ago). */
-  private async readUserFresh(name: string): Promise<JsonEntry<UserRecord> | undefined> {
-    const cur = await getJson<UserRecord>(this.store, userKey(name));
-    if (cur || !this.store.getFresh) return cur;
-    const e = await this.store.getFresh(userKey(name));
-    return e ? { ...e, value: JSON.parse(e.value.toString("utf8")) as UserRecord } : undefined;
-  }
-
   private async readUser(name: string): Promise<JsonEntry<UserRecord>> {
     checkUsername(name);
     const cur = await getJson<UserRecord>(this.store, userKey(name));
@@ -530,12 +523,8 @@ export class UserService {
   private async readSession(token: string): Promise<{ session: JsonEntry<SessionRecord>; id: string }> {
     if (typeof token !== "string" || !TOKEN_PATTERN.test(token)) throw unauthenticated("invalid session token");
     const id = sessionIdOf(token);
-    let session = await getJson<SessionRecord>(this.store, sessionKey(id));
     // A session another node created a moment ago may not be in this node's copy yet.
-    if (!session && this.store.getFresh) {
-      const e = await this.store.getFresh(sessionKey(id));
-      if (e) session = { ...e, value: JSON.parse(e.value.toString("utf8")) as SessionRecord };
-    }
+    const session = await getJsonFresh<SessionRecord>(this.store, sessionKey(id));
     if (!session) throw unauthenticated("invalid session token");
     return { session, id };
   }

@@ -305,6 +305,16 @@ describe("what the matrix implies", () => {
     expect(await outcome(() => clients.CO.deleteUser({ username: name }))).toBe("OK");
   });
 
+  it("refusals that need no quorum or device come first, with their reasons", async () => {
+    const self = await clients.CO.deleteUser({ username: "admin" }).catch((e: HsmClientError) => e);
+    expect(self).toMatchObject({ codeName: "FAILED_PRECONDITION", details: expect.stringContaining("cannot delete itself") });
+    const reset = await clients.CO.resetPassword({ username: "admin", newPassword: "another-password-9" }).catch((e: HsmClientError) => e);
+    expect(reset).toMatchObject({ codeName: "FAILED_PRECONDITION", details: expect.stringContaining("ChangePassword") });
+    expect(await outcome(() => clients["CU owner"].unshareKey({ keyId: k.aes, username: "Not A Name" }))).toBe("INVALID_ARGUMENT");
+    expect(await outcome(() => clients["CU owner"].shareKey({ keyId: k.aes, username: "" }))).toBe("INVALID_ARGUMENT");
+    expect(await outcome(() => clients.CO.queryAuditLog({ limit: 1001 }))).toBe("INVALID_ARGUMENT");
+  });
+
   it("a denied batch item fails alone: the others in the same call still answer", async () => {
     const own = await clients["CU other"].generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "mine" });
     const res = await clients["CU other"].batchSign({
