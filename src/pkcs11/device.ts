@@ -13,6 +13,7 @@ import {
 import { oaepDecode, oaepEncode } from "./oaep";
 import { generateKeyPairSync } from "node:crypto";
 import { CKR, ckrOf, isHandleStale, isSessionLost, mapDeviceError } from "./ckr";
+import { FindDeferred, FindGate } from "./find-gate";
 import { SessionPool } from "./pool";
 import { derOctetString, partsFromSpki, spkiFromAttributes } from "./spki";
 import { idAttrs, privateTemplate, publicTemplate, secretTemplate, type TemplateIntent } from "./templates";
@@ -70,6 +71,10 @@ export class Device {
   /** OAEP hashes the device does natively (probed at open). */
   private oaepNative = new Set<OaepHash>();
   private importQueue: Promise<void> = Promise.resolve();
+  /** Searches wait for token-object creations in flight (see FindGate). */
+  private readonly findGate = new FindGate();
+  /** True while a pooled call's synchronous part runs: where a search may be deferred. */
+  private syncPhase = false;
   token!: TokenInfo;
 
   private constructor(private readonly opts: DeviceOptions) {}
@@ -208,19 +213,56 @@ export class Device {
   /**
    * Runs `fn` on a pooled session. Session loss triggers one recovery and one retry; a stale object
    * handle clears the cache and retries once. Every error leaves as an HsmError.
+   *
+   * `createsTokenObject` marks a call whose async part creates a token object: it waits while a
+   * search holds the FindGate and counts as in flight until it settles. A search in the synchronous
+   * part of any call (a handle cache miss, has(), destroy()) that would overlap such creations is
+   * deferred: the call releases its session, waits at the gate, and runs again holding it.
    */
-  private async run<T>(op: string, mech: number | undefined, fn: (s: Buffer) => Promise<T> | T, retry = true): Promise<T> {
+  private async run<T>(op: string, mech: number | undefined, fn: (s: Buffer) => Promise<T> | T, retry = true, createsTokenObject = false, gateHeld?: () => void): Promise<T> {
     if (this.recovering) await this.recovering.catch(() => undefined);
     const gen = this.generation;
+    if (createsTokenObject && !gateHeld) await this.findGate.open();
     let session = await this.pool.acquire();
+    if (createsTokenObject && !gateHeld && this.findGate.held) {
+      // A search took the gate while this call waited for a session.
+      this.pool.release(session);
+      return this.run(op, mech, fn, retry, createsTokenObject);
+    }
     const t0 = process.hrtime.bigint();
     let ok = false;
     let released = false;
+    let entered = false;
     try {
-      const r = await fn(session);
+      let pending: Promise<T> | T;
+      this.syncPhase = true;
+      try {
+        pending = fn(session);
+      } finally {
+        this.syncPhase = false;
+        gateHeld?.();
+      }
+      if (createsTokenObject) {
+        this.findGate.enter();
+        entered = true;
+      }
+      const r = await pending;
       ok = true;
       return r;
     } catch (e) {
+      if (e instanceof FindDeferred) {
+        // (An async fn rejects rather than throws: nothing of it started, but it was counted.)
+        if (entered) this.findGate.leave();
+        entered = false;
+        this.pool.release(session);
+        released = true;
+        const release = await this.findGate.acquire();
+        try {
+          return await this.run(op, mech, fn, retry, createsTokenObject, release);
+        } finally {
+          release();
+        }
+      }
       const ckr = ckrOf(e);
       if (retry && !this.closed && gen === this.generation && ckr === CKR.OPERATION_ACTIVE) {
         // An earlier failure left an operation open on this session (SoftHSM2 2.6 does that after
@@ -228,27 +270,33 @@ export class Device {
         session = this.replaceSession(session);
         this.pool.release(session);
         released = true;
-        return this.run(op, mech, fn, false);
+        return this.run(op, mech, fn, false, createsTokenObject);
       }
       if (retry && !this.closed && isSessionLost(ckr)) {
         this.pool.release(session, gen !== this.generation);
         released = true;
         await this.recover(gen);
-        return this.run(op, mech, fn, false);
+        return this.run(op, mech, fn, false, createsTokenObject);
       }
       if (retry && isHandleStale(ckr)) {
         this.handles.clear();
         this.pool.release(session, gen !== this.generation);
         released = true;
-        return this.run(op, mech, fn, false);
+        return this.run(op, mech, fn, false, createsTokenObject);
       }
       throw mapDeviceError(e, op);
     } finally {
+      if (entered) this.findGate.leave();
       if (!released) this.pool.release(session, gen !== this.generation);
       if (mech !== undefined && this.opts.observer) {
         this.opts.observer(mechanismName(mech), Number(process.hrtime.bigint() - t0) / 1e9, ok);
       }
     }
+  }
+
+  /** {@link run} for a call that creates an object, a token object when `token` is set. */
+  private runCreating<T>(op: string, mech: number, token: boolean, fn: (s: Buffer) => Promise<T> | T): Promise<T> {
+    return this.run(op, mech, fn, true, token);
   }
 
   /** Closes one session and opens another in its place (logging in again if that was the last one). */
@@ -328,8 +376,14 @@ export class Device {
 
   // ---- object lookup -------------------------------------------------------------------------
 
+  /** C_FindObjectsInit, deferred (see run) while token-object creations are in flight. */
+  private findInit(s: Buffer, template: pk.Template): void {
+    if (this.syncPhase && this.findGate.busy) throw new FindDeferred();
+    this.p11.C_FindObjectsInit(s, template);
+  }
+
   private findHandles(s: Buffer, id: string, part: Part): Buffer[] {
-    this.p11.C_FindObjectsInit(s, [{ type: pk.CKA_ID, value: Buffer.from(id, "utf8") }, { type: pk.CKA_CLASS, value: CLASS_OF[part] }]);
+    this.findInit(s, [{ type: pk.CKA_ID, value: Buffer.from(id, "utf8") }, { type: pk.CKA_CLASS, value: CLASS_OF[part] }]);
     try {
       return this.p11.C_FindObjects(s, 16);
     } finally {
@@ -393,7 +447,7 @@ export class Device {
   async listObjectIds(): Promise<Map<string, Set<Part>>> {
     return this.run("C_FindObjects", undefined, (s) => {
       const out = new Map<string, Set<Part>>();
-      this.p11.C_FindObjectsInit(s, []);
+      this.findInit(s, []);
       let hs: Buffer[] = [];
       try {
         for (;;) {
@@ -460,21 +514,20 @@ export class Device {
     if (alg.type === "aes" || alg.type === "hmac") {
       const mech = alg.type === "aes" ? pk.CKM_AES_KEY_GEN : pk.CKM_GENERIC_SECRET_KEY_GEN;
       this.requireMechanism(mech, `${alg.type.toUpperCase()} key generation`);
-      // SoftHSM2 answers a spurious CKR_GENERAL_ERROR now and then while other sessions write token
-      // objects (the applier unwrapping keys made elsewhere): retried once, like unwraps.
-      return unwrapOnce(
+      return retrySpurious(
         () =>
-          this.run("C_GenerateKey", mech, async (s) => {
+          this.runCreating("C_GenerateKey", mech, t.token, async (s) => {
             const h = await this.p11.C_GenerateKeyAsync(s, { mechanism: mech }, secretTemplate(t, true));
             this.handles.set(id, { secret: h });
             return {};
           }),
         () => this.destroy(id).catch(() => undefined),
+        this.opts.log,
       );
     }
     const mech = alg.type === "rsa" ? pk.CKM_RSA_PKCS_KEY_PAIR_GEN : alg.type === "ec" ? pk.CKM_EC_KEY_PAIR_GEN : CKM_EC_EDWARDS_KEY_PAIR_GEN;
     this.requireMechanism(mech, `${alg.type} key pair generation`);
-    return unwrapOnce(() => this.run("C_GenerateKeyPair", mech, async (s) => {
+    return retrySpurious(() => this.runCreating("C_GenerateKeyPair", mech, t.token, async (s) => {
       let kp: pk.KeyPair;
       try {
         kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: mech }, publicTemplate(t), privateTemplate(t));
@@ -486,7 +539,7 @@ export class Device {
       }
       this.handles.set(id, { private: kp.privateKey, public: kp.publicKey });
       return { spki: this.readPublicSpki(s, alg, kp.publicKey) };
-    }), () => this.destroy(id).catch(() => undefined));
+    }), () => this.destroy(id).catch(() => undefined), this.opts.log);
   }
 
   /** Creates a public key object from an SPKI (import, and materializing a pair's public half). */
@@ -527,7 +580,7 @@ export class Device {
   async materialize(id: string, alg: KeyAlgorithm, usages: readonly Usage[], material: WrappedMaterial, spki?: Buffer): Promise<void> {
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
-    await unwrapOnce(() => this.run("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, async (s) => {
+    await retrySpurious(() => this.runCreating("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, t.token, async (s) => {
       const h = await this.p11.C_UnwrapKeyAsync(
         s,
         { mechanism: CKM_AES_KEY_WRAP_PAD },
@@ -536,7 +589,7 @@ export class Device {
         secret ? secretTemplate(t, false) : privateTemplate(t),
       );
       this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
-    }));
+    }), () => this.destroy(id).catch(() => undefined), this.opts.log);
     if (!secret && spki && !(await this.has(id, "public"))) await this.createPublic(id, spki, usages);
   }
 
@@ -546,7 +599,7 @@ export class Device {
     if (!create) return false;
     this.requireMechanism(pk.CKM_AES_KEY_GEN, "the domain key");
     this.requireMechanism(CKM_AES_KEY_WRAP_PAD, "the domain key");
-    await this.run("C_GenerateKey", pk.CKM_AES_KEY_GEN, async (s) => {
+    await this.runCreating("C_GenerateKey", pk.CKM_AES_KEY_GEN, true, async (s) => {
       const tpl: pk.Template = [
         { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
         { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
@@ -582,7 +635,7 @@ export class Device {
     if (!(await this.has(id, "private"))) {
       this.requireMechanism(pk.CKM_RSA_PKCS_OAEP, "joining a cluster");
       const t: TemplateIntent = { id, alg, usages: ["unwrap", "wrap"], token: true, extractable: false };
-      await this.run("C_GenerateKeyPair", pk.CKM_RSA_PKCS_KEY_PAIR_GEN, async (s) => {
+      await this.runCreating("C_GenerateKeyPair", pk.CKM_RSA_PKCS_KEY_PAIR_GEN, true, async (s) => {
         const kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: pk.CKM_RSA_PKCS_KEY_PAIR_GEN }, publicTemplate(t), privateTemplate(t));
         this.handles.set(id, { private: kp.privateKey, public: kp.publicKey });
       });
@@ -617,7 +670,7 @@ export class Device {
    * with the domain key's attributes (so this node can in turn approve later joins).
    */
   async unwrapDomainKey(transportKeyId: string, blob: Buffer, hash: OaepHash, domainKeyId: string): Promise<void> {
-    await this.run("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, async (s) => {
+    await this.runCreating("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, true, async (s) => {
       const h = await this.p11.C_UnwrapKeyAsync(s, oaep(hash), this.handle(s, transportKeyId, "private"), blob, [
         { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
         { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
@@ -635,7 +688,7 @@ export class Device {
     if (!(await this.has(id, "private"))) {
       this.requireMechanism(pk.CKM_RSA_PKCS_OAEP, "key import (BYOK)");
       const t: TemplateIntent = { id, alg, usages: ["unwrap", "wrap"], token: true, extractable: false };
-      await this.run("C_GenerateKeyPair", pk.CKM_RSA_PKCS_KEY_PAIR_GEN, async (s) => {
+      await this.runCreating("C_GenerateKeyPair", pk.CKM_RSA_PKCS_KEY_PAIR_GEN, true, async (s) => {
         const kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: pk.CKM_RSA_PKCS_KEY_PAIR_GEN }, publicTemplate(t), privateTemplate(t));
         this.handles.set(id, { private: kp.privateKey, public: kp.publicKey });
       });
@@ -667,7 +720,7 @@ export class Device {
     const rsaLen = 384;
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
-    await unwrapOnce(() => this.run("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, async (s) => {
+    await retrySpurious(() => this.runCreating("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, t.token, async (s) => {
       const eph = await this.p11.C_UnwrapKeyAsync(s, oaep(this.importOaepHash()), this.handle(s, importKeyId, "private"), blob.subarray(0, rsaLen), [
         { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
         { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
@@ -682,7 +735,7 @@ export class Device {
       } finally {
         this.safe(() => this.p11.C_DestroyObject(s, eph));
       }
-    })).catch(badBlob);
+    }), () => this.destroy(id).catch(() => undefined), this.opts.log).catch(badBlob);
   }
 
   /** Key wrapping has no host-side OAEP fallback: the unwrapped key must never pass through the host. */
@@ -706,11 +759,13 @@ export class Device {
     this.requireMechanism(mech.mechanism, `unwrap with ${spec.name}`);
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
-    await unwrapOnce(() =>
-      this.run("C_UnwrapKey", mech.mechanism, async (s) => {
+    await retrySpurious(() =>
+      this.runCreating("C_UnwrapKey", mech.mechanism, t.token, async (s) => {
         const h = await this.p11.C_UnwrapKeyAsync(s, mech, this.handle(s, unwrappingKeyId, unwrappingPart), blob, secret ? secretTemplate(t, false) : privateTemplate(t));
         this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
       }),
+      () => this.destroy(id).catch(() => undefined),
+      this.opts.log,
     ).catch(badBlob);
   }
 
@@ -729,7 +784,7 @@ export class Device {
   async deriveEcdh(privateKeyId: string, peerPoint: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<void> {
     this.requireMechanism(pk.CKM_ECDH1_DERIVE, "ECDH key derivation");
     const t = this.intent(id, alg, usages);
-    await this.run("C_DeriveKey", pk.CKM_ECDH1_DERIVE, async (s) => {
+    await this.runCreating("C_DeriveKey", pk.CKM_ECDH1_DERIVE, t.token, async (s) => {
       const h = await this.p11.C_DeriveKeyAsync(
         s,
         { mechanism: pk.CKM_ECDH1_DERIVE, parameter: { type: pk.CK_PARAMS_EC_DH, kdf: pk.CKD_NULL, publicData: peerPoint } as pk.ECDH1 },
@@ -855,21 +910,24 @@ function badBlob(e: unknown): never {
 }
 
 /**
- * SoftHSM2 2.6 now and then fails a sound C_UnwrapKey with CKR_GENERAL_ERROR under concurrent load
- * (seen about once in a few thousand unwraps): try such an unwrap once more before calling the blob
- * bad. A bad blob fails both times, so the answer is unchanged; only its cost doubles.
+ * SoftHSM2 2.6 now and then fails a sound creation of a token object with CKR_GENERAL_ERROR or
+ * CKR_TEMPLATE_INCONSISTENT under concurrent load. The FindGate removes the cause hsmd itself
+ * makes (searches beside creations); what is left (another process searching the same token) is
+ * retried twice, after destroying whatever the failed attempt left under the key's id and a short
+ * pause. A bad blob fails every time, so the answer is unchanged; only its cost triples.
  */
-async function unwrapOnce<T>(fn: () => Promise<T>, cleanup?: () => Promise<void>): Promise<T> {
-  try {
-    return await fn();
-  } catch (e) {
-    const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
-    if (ckr === CKR.GENERAL_ERROR || ckr === 0xd1 /* CKR_TEMPLATE_INCONSISTENT */) {
+async function retrySpurious<T>(fn: () => Promise<T>, cleanup?: () => Promise<void>, log?: (msg: string) => void): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn();
+    } catch (e) {
+      const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
+      if (attempt >= 2 || (ckr !== CKR.GENERAL_ERROR && ckr !== 0xd1) /* CKR_TEMPLATE_INCONSISTENT */) throw e;
+      log?.(`pkcs11: a key creation failed with ${ckr === CKR.GENERAL_ERROR ? "CKR_GENERAL_ERROR" : "CKR_TEMPLATE_INCONSISTENT"}; trying again (attempt ${attempt + 2} of 3)`);
       // Whatever the failed attempt left under this id goes first, so the retry makes exactly one.
       await cleanup?.();
-      return fn();
+      await new Promise((r) => setTimeout(r, 5 * 4 ** attempt + Math.random() * 5));
     }
-    throw e;
   }
 }
 
