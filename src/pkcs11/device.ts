@@ -944,6 +944,8 @@ function domainKeyAttrs(id: string): pk.Template {
     { type: pk.CKA_UNWRAP, value: true },
     { type: pk.CKA_ENCRYPT, value: false },
     { type: pk.CKA_DECRYPT, value: false },
+    { type: pk.CKA_SIGN, value: false },
+    { type: pk.CKA_VERIFY, value: false },
     ...idAttrs(id),
   ];
 }

@@ -136,4 +136,12 @@ describe("device", () => {
     expect(out).toContain("hsmd:aes");
     expect(out).toMatch(/sensitive/);
   });
+
+  it("the domain key can only wrap and unwrap (pkcs11-tool)", () => {
+    const out = pkcs11Tool(token, ["--list-objects", "--type", "secrkey"]);
+    const block = out.split(/\n(?=Secret Key Object)/).find((b) => b.includes(`label:      hsmd:${DOMAIN}`));
+    expect(block, out).toBeDefined();
+    expect(block).toMatch(/Usage:\s+wrap, unwrap\s*\n/);
+    expect(block).toMatch(/Access:\s+.*sensitive/);
+  });
 });
