@@ -9,7 +9,7 @@ import { homedir } from "node:os";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { HsmClient, HsmClientError, type HsmClientTlsOptions } from "../sdk";
-import { ChangePasswordRequest, LoginRequest, UserServiceClient, type Session } from "../gen/hsm/v1/users";
+import { ChangePasswordRequest, RefreshSessionRequest, LoginRequest, UserServiceClient, type Session } from "../gen/hsm/v1/users";
 import { UsageError } from "./errors";
 import { ioReason } from "./io";
 import { stringValue, type OutputMode, type Values } from "./spec";
@@ -243,4 +243,10 @@ export function loginForToken(settings: Settings, username: string, password: st
 export function changePasswordForToken(settings: Settings, token: string, oldPassword: string, newPassword: string): Promise<Session> {
   const request = ChangePasswordRequest.fromPartial({ oldPassword, newPassword });
   return sessionCall(settings, (c, md, deadline, done) => c.changePassword(request, md, { deadline }, done), token);
+}
+
+/** `RefreshSession` with a raw client: a fresh session for the saved one, token included; the old token stops working. */
+export function refreshForToken(settings: Settings, token: string): Promise<Session> {
+  const request = RefreshSessionRequest.fromPartial({});
+  return sessionCall(settings, (c, md, deadline, done) => c.refreshSession(request, md, { deadline }, done), token);
 }

@@ -185,7 +185,8 @@ export async function runHsmctl(argv: readonly string[], io: CliIo): Promise<num
         const s = ctx.session();
         const c = makeClient(ctx.settings());
         // No expiry given: the SDK must not refresh the token on its own, as a refreshed token would
-        // revoke the one in the session file without hsmctl being able to save the new one.
+        // revoke the one in the session file that other hsmctl processes may be using ("hsmctl
+        // refresh" does it on request).
         c.useToken(s.token);
         client = c;
       }

@@ -275,6 +275,44 @@ describe("session", () => {
     expect(flag.stderr).toContain("unknown option --password");
   });
 
+  it("refresh saves a fresh token: the new one works, the old one is refused; no, stale or expired sessions say to log in", async () => {
+    await ok(["login", "--username", "bob"], { as: "bob4", env: { HSMCTL_PASSWORD: USER_PASSWORD } });
+    const oldToken = rememberToken("bob4");
+    const before = JSON.parse(readFileSync(file("bob4.session.json"), "utf8")) as { expiresAt: string };
+
+    const r = await json<{ username: string; role: string; expiresAt: string }>(["refresh"], { as: "bob4" });
+    expect(r).toMatchObject({ username: "bob", role: "crypto-user" });
+    expect(Object.keys(r)).not.toContain("token");
+    const newToken = rememberToken("bob4");
+    expect(newToken).not.toBe(oldToken);
+    expect(Date.parse(r.expiresAt)).toBeGreaterThanOrEqual(Date.parse(before.expiresAt));
+    expect(statSync(file("bob4.session.json")).mode & 0o777).toBe(0o600);
+    await ok(["key", "list"], { as: "bob4" });
+
+    // The old token, as another process holding the previous session file would still send it.
+    writeFileSync(file("bob4old.session.json"), JSON.stringify({ ...before, token: oldToken }), { mode: 0o600 });
+    const stale = await hsmctl(["key", "list"], { as: "bob4old" });
+    expect(stale.code).toBe(1);
+    expect(stale.stderr).toMatch(/^error: UNAUTHENTICATED: /);
+    const staleRefresh = await hsmctl(["refresh"], { as: "bob4old" });
+    expect(staleRefresh.code).toBe(1);
+    expect(staleRefresh.stderr).toMatch(/^error: UNAUTHENTICATED: .*run "hsmctl login --username bob" again\n$/);
+
+    const text = await ok(["refresh"], { as: "bob4" });
+    rememberToken("bob4");
+    expect(text.stdout).toMatch(/^refreshed the session of bob \(crypto-user\): valid until \d{4}-/);
+    await ok(["key", "list"], { as: "bob4" });
+
+    const none = await hsmctl(["refresh"], { as: "nobody-refresh" });
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/^error: UNAUTHENTICATED: not logged in/);
+    writeFileSync(file("expired2.session.json"), JSON.stringify({ version: 1, username: "bob", role: "crypto-user", token: "expired-token-2", expiresAt: "2001-01-01T00:00:00Z" }), { mode: 0o600 });
+    secrets.add("expired-token-2");
+    const expired = await hsmctl(["refresh"], { as: "expired2" });
+    expect(expired.code).toBe(1);
+    expect(expired.stderr).toContain("error: UNAUTHENTICATED: the session of bob expired at 2001-01-01T00:00:00Z");
+  });
+
   it("a revoked session file is refused by the server with a hint to log in again", async () => {
     writeFileSync(file("forged.session.json"), JSON.stringify({ version: 1, username: "alice", role: "crypto-user", token: "forged-token-value", expiresAt: "2099-01-01T00:00:00Z" }), { mode: 0o600 });
     secrets.add("forged-token-value");

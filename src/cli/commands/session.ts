@@ -1,6 +1,6 @@
 /** `login`, `logout` and `whoami`: the saved session. */
 import { GrpcStatus, HsmClientError } from "../../sdk";
-import { loginForToken } from "../connection";
+import { loginForToken, refreshForToken } from "../connection";
 import { CliFailure } from "../errors";
 import { readSecret } from "../secrets";
 import { describe, isExposed, readSession, removeSession, toSaved, writeSession } from "../session";
@@ -65,6 +65,37 @@ the session can still be ended later.`,
       }
       removeSession(sessionFile);
       ctx.emit({ username: saved.username, loggedOut: true, sessionFile }, `logged out ${saved.username}${note}; removed ${sessionFile}`);
+    },
+  },
+  {
+    words: ["refresh"],
+    summary: "exchange the saved session's token for a fresh one and save it",
+    details: `Exchanges the saved session's token for a new one with a full lifetime (RefreshSession) and
+saves it to the session file. The old token stops working at once, also in any other hsmctl
+process or script that is using the same session file right now: refresh between batches of work,
+not during one. hsmctl never refreshes on its own, for that reason. An expired or ended session
+cannot be refreshed: log in again.`,
+    options: {},
+    needsSession: false,
+    async run(ctx) {
+      const { sessionFile } = ctx;
+      const saved = readSession(sessionFile);
+      if (saved === undefined) throw new CliFailure("UNAUTHENTICATED", `not logged in (no session in ${sessionFile})`);
+      if (Date.parse(saved.expiresAt) <= Date.now()) {
+        throw new CliFailure("UNAUTHENTICATED", `the session of ${saved.username} expired at ${saved.expiresAt}: run "hsmctl login --username ${saved.username}" again`);
+      }
+      const settings = ctx.settings();
+      let fresh;
+      try {
+        fresh = await refreshForToken(settings, saved.token);
+      } catch (err) {
+        const e = HsmClientError.from(err);
+        const hint = e.code === GrpcStatus.UNAUTHENTICATED ? `; run "hsmctl login --username ${saved.username}" again` : " (the session file was kept)";
+        throw new CliFailure(e.codeName, `${e.details}${hint}`);
+      }
+      const next = toSaved(fresh, saved.endpoints);
+      writeSession(sessionFile, next);
+      ctx.emit({ ...describe(next), sessionFile }, `refreshed the session of ${next.username} (${next.role}): valid until ${next.expiresAt}; saved to ${sessionFile}`);
     },
   },
   {
