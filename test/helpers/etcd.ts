@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { get } from "node:http";
+import { get as httpsGet } from "node:https";
 import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -53,10 +54,25 @@ export function freePort(): Promise<number> {
   });
 }
 
+/**
+ * Files for etcd's client TLS (made by scripts/dev-ca.sh): the members serve https with `server`,
+ * require client certificates that chain to `ca`, and the health probe presents `client`.
+ */
+export interface EtcdTlsFiles {
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+}
+
 /** GET /health on a member's client URL: true when it answers {"health":"true"} (it has a leader). */
-export function memberHealthy(clientUrl: string, timeoutMs = 1000): Promise<boolean> {
+export function memberHealthy(clientUrl: string, timeoutMs = 1000, tls?: EtcdTlsFiles): Promise<boolean> {
   return new Promise((resolve) => {
-    const req = get(`${clientUrl}/health`, { timeout: timeoutMs }, (res) => {
+    const options = tls
+      ? { timeout: timeoutMs, ca: readFileSync(tls.ca), cert: readFileSync(tls.clientCert), key: readFileSync(tls.clientKey) }
+      : { timeout: timeoutMs };
+    const req = (tls ? httpsGet : get)(`${clientUrl}/health`, options, (res) => {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (c: string) => (body += c));
@@ -116,6 +132,7 @@ class Member implements EtcdMember {
   constructor(
     spec: MemberSpec,
     private readonly args: string[],
+    private readonly tls?: EtcdTlsFiles,
   ) {
     this.name = spec.name;
     this.clientUrl = spec.clientUrl;
@@ -153,7 +170,7 @@ class Member implements EtcdMember {
   async waitHealthy(what: string): Promise<void> {
     const until = Date.now() + START_TIMEOUT_MS;
     while (Date.now() < until && this.proc) {
-      if (await memberHealthy(this.clientUrl)) return;
+      if (await memberHealthy(this.clientUrl, 1000, this.tls)) return;
       await sleep(50);
     }
     const why = this.proc ? `was not healthy within ${START_TIMEOUT_MS} ms` : "exited";
@@ -184,7 +201,8 @@ class Member implements EtcdMember {
  * reports healthy. Each member's output goes to `etcd.log` next to its data dir and is shown only when
  * a start fails.
  */
-export async function startEtcdCluster(n: 1 | 3): Promise<EtcdCluster> {
+export async function startEtcdCluster(n: 1 | 3, opts: { tls?: EtcdTlsFiles } = {}): Promise<EtcdCluster> {
+  const tls = opts.tls;
   installExitHook();
   const token = `hsmd-test-${process.pid}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
   const used = new Set<number>();
@@ -205,7 +223,7 @@ export async function startEtcdCluster(n: 1 | 3): Promise<EtcdCluster> {
       root,
       dataDir: join(root, "data"),
       logFile: join(root, "etcd.log"),
-      clientUrl: `http://127.0.0.1:${await pick()}`,
+      clientUrl: `${tls ? "https" : "http"}://127.0.0.1:${await pick()}`,
       peerUrl: `http://127.0.0.1:${await pick()}`,
     });
   }
@@ -226,7 +244,8 @@ export async function startEtcdCluster(n: 1 | 3): Promise<EtcdCluster> {
         "--election-timeout", "500",
         "--logger", "zap",
         "--log-outputs", "stderr",
-      ]),
+        ...(tls ? ["--cert-file", tls.serverCert, "--key-file", tls.serverKey, "--trusted-ca-file", tls.ca, "--client-cert-auth"] : []),
+      ], tls),
   );
 
   const cleanup = async () => {
