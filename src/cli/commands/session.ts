@@ -3,11 +3,18 @@ import { GrpcStatus, HsmClientError } from "../../sdk";
 import { loginForToken, refreshForToken } from "../connection";
 import { CliFailure } from "../errors";
 import { readSecret } from "../secrets";
-import { describe, isExposed, readSession, removeSession, toSaved, writeSession } from "../session";
+import { describe, isExposed, readSession, removeSession, toSaved, writeSession, type SavedSession } from "../session";
 import { fields } from "../render";
 import { requireString, type CommandSpec } from "../spec";
 
 const USERNAME = { type: "string", arg: "NAME", required: true, description: "the user to log in as" } as const;
+
+/** The saved session, or UNAUTHENTICATED "not logged in" when there is none. */
+function savedSession(sessionFile: string): SavedSession {
+  const saved = readSession(sessionFile);
+  if (saved === undefined) throw new CliFailure("UNAUTHENTICATED", `not logged in (no session in ${sessionFile})`);
+  return saved;
+}
 
 export const sessionCommands: CommandSpec[] = [
   {
@@ -47,8 +54,7 @@ the session can still be ended later.`,
     needsSession: false,
     async run(ctx) {
       const { sessionFile } = ctx;
-      const saved = readSession(sessionFile);
-      if (saved === undefined) throw new CliFailure("UNAUTHENTICATED", `not logged in (no session in ${sessionFile})`);
+      const saved = savedSession(sessionFile);
       let note = "";
       if (Date.parse(saved.expiresAt) <= Date.now()) {
         note = " (it had expired)";
@@ -79,8 +85,7 @@ cannot be refreshed: log in again.`,
     needsSession: false,
     async run(ctx) {
       const { sessionFile } = ctx;
-      const saved = readSession(sessionFile);
-      if (saved === undefined) throw new CliFailure("UNAUTHENTICATED", `not logged in (no session in ${sessionFile})`);
+      const saved = savedSession(sessionFile);
       if (Date.parse(saved.expiresAt) <= Date.now()) {
         throw new CliFailure("UNAUTHENTICATED", `the session of ${saved.username} expired at ${saved.expiresAt}: run "hsmctl login --username ${saved.username}" again`);
       }
@@ -105,8 +110,7 @@ cannot be refreshed: log in again.`,
     needsSession: false,
     async run(ctx) {
       const { sessionFile } = ctx;
-      const saved = readSession(sessionFile);
-      if (saved === undefined) throw new CliFailure("UNAUTHENTICATED", `not logged in (no session in ${sessionFile})`);
+      const saved = savedSession(sessionFile);
       if (isExposed(sessionFile)) ctx.note(`warning: ${sessionFile} is readable by others: chmod 600 it`);
       const expired = Date.parse(saved.expiresAt) <= Date.now();
       ctx.emit({ ...describe(saved), expired, endpoints: saved.endpoints, sessionFile }, () =>
