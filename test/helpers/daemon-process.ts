@@ -13,6 +13,7 @@ import { createTempToken, SOFTHSM_MODULE, type TempToken } from "./softhsm";
 
 export const REPO = resolve(__dirname, "../..");
 export const MAIN_JS = join(REPO, "dist/src/main.js");
+export const HSMCTL_JS = join(REPO, "dist/src/cli/main.js");
 
 /** Newest modification time of the files under `dir` (recursively). */
 function newestMtime(dir: string): number {
@@ -85,6 +86,11 @@ export interface DaemonProcessOptions {
   command?: "init" | "join" | "start";
   /** Resolve at once instead of when the daemon is ready (a `join` waits for an approval): await `ready`. */
   noWait?: boolean;
+  /**
+   * Start it through `hsmctl cluster join --hsmd-config FILE` (the built CLI) instead of `hsmd join`
+   * (first run only); an array adds hsmctl flags (e.g. `["--output", "json"]`).
+   */
+  viaHsmctl?: boolean | string[];
 }
 
 export async function startDaemonProcess(opts: DaemonProcessOptions = {}): Promise<DaemonProcess> {
@@ -115,10 +121,14 @@ export async function startDaemonProcess(opts: DaemonProcessOptions = {}): Promi
   let err = "";
   let run: Run | undefined;
   let command = opts.command ?? "init";
+  let viaHsmctl = opts.viaHsmctl !== undefined && opts.viaHsmctl !== false;
+  const hsmctlFlags = Array.isArray(opts.viaHsmctl) ? opts.viaHsmctl : [];
 
   const launch = (): Promise<{ grpc: string; admin: string; pid: number }> =>
     new Promise((resolveReady, reject) => {
-      const child = spawn(process.execPath, [MAIN_JS, command, "--config", configFile], {
+      const argv = viaHsmctl ? [HSMCTL_JS, "cluster", "join", "--hsmd-config", configFile, ...hsmctlFlags] : [MAIN_JS, command, "--config", configFile];
+      viaHsmctl = false;
+      const child = spawn(process.execPath, argv, {
         cwd: root,
         env: { ...process.env, SOFTHSM2_CONF: token.conf },
         stdio: ["ignore", "pipe", "pipe"],

@@ -17,6 +17,7 @@ import {
   grpcHealth,
   initNode,
   joinNode,
+  nodeConfig,
   nodeReadiness,
   nodeStatus,
   portAcceptsConnections,
@@ -25,7 +26,7 @@ import {
   tokenKeyAttributes,
   tokenObjects,
 } from "../helpers/cluster";
-import { buildDist, type DaemonProcess } from "../helpers/daemon-process";
+import { buildDist, startDaemonProcess, type DaemonProcess } from "../helpers/daemon-process";
 import { startEtcdCluster, type EtcdCluster } from "../helpers/etcd";
 import { USER_PASSWORD, ensureUser, officerClient } from "../helpers/users";
 
@@ -125,6 +126,49 @@ describe("join", () => {
     expect((await co.getClusterStatus()).nodes.map((n) => n.nodeId).sort()).toEqual(["n1", "n2"]);
     expect(tokenKeyAttributes(n2.token).find((o) => o.id === domainKeyId)).toMatchObject({ sensitive: true, wrapWithTrusted: true });
     expectNoTrustedObjects();
+  });
+
+  it("hsmctl cluster join on the joining host does what hsmd join does: prints the fingerprint, serves once approved; SIGTERM stops it cleanly", async () => {
+    const dp = await startDaemonProcess({ nodeId: "n-ctl", command: "join", noWait: true, viaHsmctl: true, config: await nodeConfig(etcd) });
+    daemons.push(dp);
+    dp.ready.catch(() => undefined);
+    const fingerprint = await eventually(() => /transport key sha256 ([0-9a-f]{64})/.exec(dp.stdout())?.[1], "hsmctl cluster join printed the fingerprint");
+    expect(await portAcceptsConnections(configuredListen(dp).grpc)).toBe(false); // nothing served before the approval
+    await co.approveJoin({ nodeId: "n-ctl", transportKeySha256: fingerprint, soPin: n1.token.soPin });
+    await dp.ready;
+
+    const a1 = new HsmClient({ endpoint: n1.grpc, defaultDeadlineMs: 20_000 });
+    const a3 = new HsmClient({ endpoint: dp.grpc, defaultDeadlineMs: 20_000 });
+    clients.push(a1, a3);
+    await a1.login("alice", USER_PASSWORD);
+    await a3.login("alice", USER_PASSWORD);
+    const key = await a1.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "joined-by-hsmctl" });
+    const message = Buffer.from("joined by hsmctl");
+    const { signature } = await a3.sign({ keyId: key.id, algorithm: ECDSA, message });
+    expect(verifySignature("sha256", message, createPublicKey((await a1.getPublicKey({ keyId: key.id })).pem), signature)).toBe(true);
+    expect(tokenKeyAttributes(dp.token).find((o) => o.id === domainKeyId)).toMatchObject({ sensitive: true, wrapWithTrusted: true });
+
+    dp.kill("SIGTERM"); // to hsmctl, which passes it on to hsmd
+    expect(await dp.waitExit()).toEqual({ code: 0, signal: null });
+    expect(await portAcceptsConnections(dp.grpc)).toBe(false);
+    await co.removeNode({ nodeId: "n-ctl" });
+  });
+
+  it("hsmctl cluster join --output json: the request as a JSON event; rejected, it exits 1 with hsmd's reason", async () => {
+    const dp = await startDaemonProcess({ nodeId: "n-ctl-json", command: "join", noWait: true, viaHsmctl: ["--output", "json"], config: await nodeConfig(etcd) });
+    daemons.push(dp);
+    dp.ready.catch(() => undefined);
+    const event = await eventually(() => {
+      const line = dp.stdout().split("\n").find((l) => l.startsWith("{"));
+      return line ? (JSON.parse(line) as Record<string, string>) : undefined;
+    }, "hsmctl printed the join-request event");
+    expect(event).toMatchObject({ event: "join-request", nodeId: "n-ctl-json" });
+    expect(event.fingerprint).toMatch(/^[0-9a-f]{64}$/);
+    expect(Date.parse(event.expiresAt!)).toBeGreaterThan(Date.now());
+    expect((await co.listJoinRequests()).requests.find((r) => r.nodeId === "n-ctl-json")?.transportKeySha256).toBe(event.fingerprint);
+    await co.rejectJoin({ nodeId: "n-ctl-json" });
+    expect((await dp.waitExit()).code).toBe(1);
+    expect(dp.stderr()).toMatch(/rejected/);
   });
 
   it("an unapproved join never serves; rejected, it exits with nothing", async () => {

@@ -762,7 +762,7 @@ describe("keys", () => {
 });
 
 describe("cluster and audit (crypto officer)", () => {
-  it("cluster status on a single node; the join commands answer the server's error", async () => {
+  it("cluster status on a single node; the join commands answer the server's error; cluster join without a usable hsmd config fails", async () => {
     expect((await ok(["cluster", "status"], { as: "admin" })).stdout).toMatch(/^single node \(embedded store, revision \d+\)/);
     expect(await json(["cluster", "status"], { as: "admin" })).toMatchObject({ store: "embedded", nodes: [] });
     const joins = await hsmctl(["cluster", "join-requests"], { as: "admin" });
@@ -782,6 +782,15 @@ describe("cluster and audit (crypto officer)", () => {
     const remove = await hsmctl(["cluster", "remove", "--node", "n2"], { as: "admin" });
     expect(remove.code).toBe(1);
     expect(remove.stderr).toMatch(/^error: [A-Z_]+: /);
+    // cluster join runs this host's hsmd: without its config it is a usage error; with a config hsmd
+    // refuses, hsmd's reason and exit status come through (the joining itself: cluster-join.test.ts).
+    const noConfig = await hsmctl(["cluster", "join"], { as: "nobody" });
+    expect(noConfig.code).toBe(2);
+    expect(noConfig.stderr).toContain("--hsmd-config");
+    writeFileSync(file("bad-hsmd.json"), JSON.stringify({ node: { id: "x" }, surprise: true }));
+    const badConfig = await hsmctl(["cluster", "join", "--hsmd-config", file("bad-hsmd.json")], { as: "nobody" });
+    expect(badConfig.code).toBe(1);
+    expect(badConfig.stderr).toContain("configuration rejected");
   });
 
   it("audit tail (last N, filters) and audit verify on the daemon and offline, in text and JSON", async () => {
