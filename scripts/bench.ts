@@ -203,13 +203,25 @@ ${table}
 
 ## Where the time goes
 
-Profiled with \`node --cpu-prof\` on both sides while 64 P-256 signs were in flight (2026-11-22): the
-device work itself is small next to the RPC. Client and daemon each spend most of their busy time in
-grpc-js and Node's HTTP/2 (framing, headers, metadata, promise and timer bookkeeping per call); on a
-2-core machine the two processes and the device's worker threads share the same cores, so per-call
-CPU, not the device, caps unbatched throughput. A bare grpc-js unary echo on this machine has a p50 of
-about 0.45 ms, which is most of the latency the daemon adds at 1 in flight. Batching amortizes the
-per-call cost (64 signatures per call) and is the way to approach the device's own rate.
+Daemon side, profiled with \`node --cpu-prof\` over the P-256 rows (2026-11-22): the event loop is busy
+about 40% of the time. Of that busy time:
+- About 48% went to the synchronous part of the PKCS#11 calls. pkcs11js runs \`C_SignInit\` (and
+  every \`*Init\`) only synchronously, on the event loop. SoftHSM2 makes \`C_SignInit\` on a token
+  object cost about twice as much as on a session object (54 against 29 µs for ECDSA, measured
+  alone), because it re-reads the object's file state on every attribute access.
+- grpc-js and Node's HTTP/2 took about 10%.
+- hsmd's own code (auth, access, audit, store, the device wrapper) took about 10%.
+- prom-client and SHA-256 hashing took about 2% each.
+
+Since then, crypto calls on token keys run on a session-object copy of the key (made once per key and
+process); in an A/B of this benchmark, run three times each way on the same machine, that raised
+daemon P-256 signs/s by about 20% (batched and 64 in flight).
+
+The rest of the gap is per-call CPU on a 2-core machine shared by the client, the daemon and the
+device's worker threads. A bare grpc-js unary echo here has a p50 of about 0.45 ms, which is most of
+the latency the daemon adds at 1 in flight. Batching amortizes the RPC (64 signatures per call), but
+not the per-item \`C_SignInit\` on the event loop. That, not the device, is what caps batched
+throughput.
 `;
       // The cluster section (scripts/bench-cluster.ts) is kept as it is.
       const file = join(ROOT, "docs/BENCHMARKS.md");

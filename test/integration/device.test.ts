@@ -131,6 +131,23 @@ describe("device", () => {
     expect(ct.length).toBe(16);
   });
 
+  it("crypto on token keys runs on session copies: a deleted key leaves no copy behind, and a copy lost with its session is made again", async () => {
+    const { spki } = await dev.generate("copied", { type: "ec", curve: "P-256" }, ["sign", "verify"]);
+    const msg = Buffer.from("signed on the session copy");
+    const sig = await dev.sign("copied", { name: "ECDSA", hash: "sha256", input: "message" }, msg);
+    expect(crypto.verify("sha256", msg, { key: pub(spki!), dsaEncoding: "ieee-p1363" }, sig)).toBe(true);
+    // The copy is a session object of this process: the token itself holds the key once.
+    expect(pkcs11Tool(token, ["--list-objects", "--type", "privkey"]).match(/label:\s+hsmd:copied\n/g)).toHaveLength(1);
+
+    dev.simulateSessionLoss(); // the copy dies with the session that made it
+    const again = await dev.sign("copied", { name: "ECDSA", hash: "sha256", input: "message" }, msg);
+    expect(crypto.verify("sha256", msg, { key: pub(spki!), dsaEncoding: "ieee-p1363" }, again)).toBe(true);
+
+    await dev.destroy("copied"); // finds every object with the id, the copy included
+    expect((await dev.listObjectIds()).has("copied")).toBe(false);
+    await expect(dev.sign("copied", { name: "ECDSA", hash: "sha256", input: "message" }, msg)).rejects.toThrow(/not materialized/);
+  });
+
   it("keys are sensitive in the token (pkcs11-tool)", () => {
     const out = pkcs11Tool(token, ["--list-objects", "--type", "secrkey"]);
     expect(out).toContain("hsmd:aes");
