@@ -116,6 +116,7 @@ export class Daemon {
         // session objects, which SoftHSM2 creates ~50x faster than token objects (each of those is a
         // file it rescans); a restart materializes them again from the records.
         tokenObjects: !config.device.quirks.sessionObjectsOnly && !config.cluster,
+        sessionCopies: config.device.quirks.sessionCopiesForCrypto,
         observer: (m, s, ok) => metrics.observeDevice(m, s, ok),
         log,
       });

@@ -75,6 +75,7 @@ const quirkProperties = {
   },
   maxRsaBits: { type: "integer", minimum: 1024, maximum: 16384 },
   sessionObjectsOnly: { type: "boolean" },
+  sessionCopiesForCrypto: { type: "boolean" },
   supportsEd25519: { type: "boolean" },
   supportsAesKeyWrapPad: { type: "boolean" },
 };

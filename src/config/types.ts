@@ -42,6 +42,12 @@ export interface DeviceQuirks {
   readonly maxRsaBits: number;
   /** Keys are materialized as session objects (CKA_TOKEN false) only, reloaded from the store on demand. */
   readonly sessionObjectsOnly: boolean;
+  /**
+   * Crypto calls on a token key use a session-object copy of it (C_CopyObject, once per key and
+   * process): worth it where *Init on a token object is slow (SoftHSM2 re-reads the object's file);
+   * off where session objects are scarce (a YubiHSM 2's 256 objects).
+   */
+  readonly sessionCopiesForCrypto: boolean;
   /** CKM_EC_EDWARDS_KEY_PAIR_GEN / CKM_EDDSA with Ed25519 is usable. */
   readonly supportsEd25519: boolean;
   /** CKM_AES_KEY_WRAP_PAD (RFC 5649) is usable: needed to hold the cluster's domain key wraps. */

@@ -28,6 +28,8 @@ export interface DeviceOptions {
   poolSize: number;
   /** CKA_TOKEN for hsmd's keys: persistent token objects (true) or session objects materialized on demand. */
   tokenObjects: boolean;
+  /** With token objects: crypto calls use a session-object copy of the key (see cryptoHandle). @default false */
+  sessionCopies?: boolean;
   observer?: DeviceObserver;
   log?: (msg: string) => void;
 }
@@ -409,8 +411,9 @@ export class Device {
   }
 
   /**
-   * The handle crypto calls use: with token objects, a session-object copy of the key's part
-   * (C_CopyObject with CKA_TOKEN=false, made once and cached). SoftHSM2 re-reads a token object's file
+   * The handle crypto calls use: with token objects and `sessionCopies` (the profile's
+   * quirks.sessionCopiesForCrypto), a session-object copy of the key's part (C_CopyObject with
+   * CKA_TOKEN=false, made once and cached). SoftHSM2 re-reads a token object's file
    * state on every attribute access, so C_SignInit and friends (which pkcs11js runs synchronously, on
    * the event loop) cost about twice as much on a token object as on a session object: measured 54
    * against 29 µs per ECDSA C_SignInit. The copy has the same attributes (sensitive, not extractable
@@ -421,7 +424,7 @@ export class Device {
     const copy = this.copies.get(id)?.[part];
     if (copy) return copy;
     const h = this.handle(s, id, part);
-    if (!this.opts.tokenObjects || this.noCopy.has(id)) return h;
+    if (!this.opts.tokenObjects || !this.opts.sessionCopies || this.noCopy.has(id)) return h;
     let c: Buffer;
     try {
       c = this.p11.C_CopyObject(s, h, [{ type: pk.CKA_TOKEN, value: false }]);

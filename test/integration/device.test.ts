@@ -10,7 +10,7 @@ const DOMAIN = "domain-test";
 
 beforeAll(async () => {
   token = createTempToken();
-  dev = await Device.open({ module: SOFTHSM_MODULE, tokenLabel: token.label, pin: token.pin, poolSize: 4, tokenObjects: true });
+  dev = await Device.open({ module: SOFTHSM_MODULE, tokenLabel: token.label, pin: token.pin, poolSize: 4, tokenObjects: true, sessionCopies: true });
   await dev.ensureDomainKey(DOMAIN, true);
 });
 afterAll(async () => {

@@ -114,8 +114,20 @@ describe("profiles", () => {
       profile: "yubihsm2",
       module: "/usr/lib/x86_64-linux-gnu/pkcs11/yubihsm_pkcs11.so",
       poolSize: 2,
-      quirks: { maxObjects: 256, maxSessions: 16, maxRsaBits: 2048, aesKeyBits: [128, 192, 256] },
+      quirks: { maxObjects: 256, maxSessions: 16, maxRsaBits: 2048, aesKeyBits: [128, 192, 256], sessionCopiesForCrypto: false },
     });
+  });
+
+  it("session copies for crypto: on for SoftHSM2, off where session objects are scarce or *Init is cheap, and overridable", () => {
+    const of = (device: Record<string, unknown>) => loadConfig({ env, overrides: { ...minimal(), device } }).device.quirks.sessionCopiesForCrypto;
+    expect(of({ profile: "softhsm2" })).toBe(true);
+    expect(of({ profile: "yubihsm2" })).toBe(false);
+    expect(of({ profile: "luna" })).toBe(false);
+    expect(of({ profile: "generic", module: "/opt/x.so", slot: 1 })).toBe(false);
+    expect(of({ profile: "softhsm2", quirks: { sessionCopiesForCrypto: false } })).toBe(false);
+    expect(validateConfig({ ...minimal(), device: { profile: "softhsm2", quirks: { sessionCopiesForCrypto: "yes" } } }, { env })).toEqual([
+      { path: "/device/quirks/sessionCopiesForCrypto", message: "must be boolean" },
+    ]);
   });
 
   it("replaces the token selector and the PIN source as a whole", () => {
@@ -145,7 +157,7 @@ describe("profiles", () => {
     cpSync(join(findProfileDir({})!, "luna.json"), join(custom, "luna.json"));
     writeFileSync(
       join(custom, "softhsm2.json"),
-      JSON.stringify({ module: "/custom.so", tokenLabel: "t", pin: { env: "OTHER_PIN" }, poolSize: 3, quirks: { maxObjects: 10, maxSessions: null, aesKeyBits: [256], maxRsaBits: 2048, sessionObjectsOnly: true, supportsEd25519: false, supportsAesKeyWrapPad: true } }),
+      JSON.stringify({ module: "/custom.so", tokenLabel: "t", pin: { env: "OTHER_PIN" }, poolSize: 3, quirks: { maxObjects: 10, maxSessions: null, aesKeyBits: [256], maxRsaBits: 2048, sessionObjectsOnly: true, sessionCopiesForCrypto: false, supportsEd25519: false, supportsAesKeyWrapPad: true } }),
     );
     const config = loadConfig({ env: { HSMD_CONFIG_DIR: custom, OTHER_PIN: "x" }, overrides: minimal() });
     expect(config.device).toMatchObject({ module: "/custom.so", poolSize: 3, pin: "x", quirks: { sessionObjectsOnly: true } });
