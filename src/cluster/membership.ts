@@ -11,7 +11,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import { Code, HsmError, invalid, notFound, precondition } from "../errors";
 import { createTrustedPublicKey, type Device, type OaepHash } from "../pkcs11";
-import { getJson, type StateStore } from "../store";
+import { getJson, getJsonLatest, type StateStore } from "../store";
 
 /** CKA_ID of a node's transport key pair. */
 export const TRANSPORT_KEY_ID = "hsmd-transport";
@@ -236,7 +236,8 @@ export class Membership {
     this.checkNodeId(nodeId);
     if (!FINGERPRINT.test(fingerprint)) throw invalid("transport_key_sha256 must be the 64 hex digits the joining node printed");
     if (!soPin) throw invalid("so_pin is required: the token's security officer marks the joiner's transport key trusted");
-    const cur = await getJson<JoinRecord>(this.o.store, joinKey(nodeId));
+    // Read from etcd itself, not the mirror: the decision is about the request as it stands now.
+    const cur = await getJsonLatest<JoinRecord>(this.o.store, joinKey(nodeId));
     if (!cur) throw notFound(`no join request from node ${nodeId}`);
     const r = this.view(cur.value);
     if (r.status !== "pending") throw precondition(`the join request of ${nodeId} is ${r.status}: it cannot be approved`);
@@ -258,7 +259,7 @@ export class Membership {
 
   async reject(officer: string, nodeId: string): Promise<JoinRecord> {
     this.checkNodeId(nodeId);
-    const cur = await getJson<JoinRecord>(this.o.store, joinKey(nodeId));
+    const cur = await getJsonLatest<JoinRecord>(this.o.store, joinKey(nodeId));
     if (!cur) throw notFound(`no join request from node ${nodeId}`);
     const r = this.view(cur.value);
     if (r.status !== "pending") throw precondition(`the join request of ${nodeId} is ${r.status}: it cannot be rejected`);

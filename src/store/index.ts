@@ -15,5 +15,5 @@ export {
   type EmbeddedStoreStats,
 } from "./embedded";
 export { LOCK_FILE } from "./lock";
-export { getJson, getJsonFresh, jsonCodec, putJson, type Codec, type JsonEntry } from "./json";
+export { getJson, getJsonFresh, getJsonLatest, jsonCodec, putJson, type Codec, type JsonEntry } from "./json";
 export { EtcdStore, openEtcdStore, type EtcdStoreOptions, type EtcdStoreStats } from "./etcd";

@@ -25,9 +25,12 @@ export interface JsonEntry<T> extends Omit<StoreEntry, "value"> {
   value: T;
 }
 
-export async function getJson<T>(store: StateStore, key: string): Promise<JsonEntry<T> | undefined> {
-  const e = await store.get(key);
+function decoded<T>(e: StoreEntry | undefined, key: string): JsonEntry<T> | undefined {
   return e ? { ...e, value: jsonCodec<T>().decode(e.value, key) } : undefined;
+}
+
+export async function getJson<T>(store: StateStore, key: string): Promise<JsonEntry<T> | undefined> {
+  return decoded<T>(await store.get(key), key);
 }
 
 export function putJson<T>(store: StateStore, key: string, value: T): Promise<number> {
@@ -41,6 +44,15 @@ export function putJson<T>(store: StateStore, key: string, value: T): Promise<nu
 export async function getJsonFresh<T>(store: StateStore, key: string): Promise<JsonEntry<T> | undefined> {
   const cur = await getJson<T>(store, key);
   if (cur || !store.getFresh) return cur;
-  const e = await store.getFresh(key);
-  return e ? { ...e, value: jsonCodec<T>().decode(e.value, key) } : undefined;
+  return decoded<T>(await store.getFresh(key), key);
+}
+
+/**
+ * The record as the replicated store holds it now (StateStore.getFresh, always, where the store has
+ * it): for decisions that must not act on a mirror that lags another writer, such as approving or
+ * rejecting a join request. On the embedded store, the same as {@link getJson}.
+ */
+export async function getJsonLatest<T>(store: StateStore, key: string): Promise<JsonEntry<T> | undefined> {
+  if (!store.getFresh) return getJson<T>(store, key);
+  return decoded<T>(await store.getFresh(key), key);
 }
