@@ -368,11 +368,21 @@ export class Device {
     }
   }
 
-  /** Closes every session and finalizes the module. */
+  /**
+   * Refuses new calls, waits (up to 10 s) for the calls still running on the thread pool to settle,
+   * then closes every session and finalizes the module. Closing sessions or finalizing under a
+   * running C_*Async call crashes the process (a daemon stopped while its applier unwrapped keys
+   * died with SIGSEGV); if calls are still running after the wait, the module is left as it is for
+   * the process's exit to end.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.pool.close("the device is shutting down");
+    if (!(await this.pool.drained(10_000))) {
+      this.opts.log?.(`pkcs11: ${this.pool.stats().busy} device call(s) still running after 10 s; leaving the sessions open for the process exit`);
+      return;
+    }
     this.safe(() => this.p11.C_CloseAllSessions(this.slot));
     this.safe(() => this.p11.C_Finalize());
   }

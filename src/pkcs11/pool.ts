@@ -12,6 +12,7 @@ export class SessionPool {
   private busyCount = 0;
   private waiters: Array<{ resolve: (s: Buffer) => void; reject: (e: Error) => void }> = [];
   private closed = false;
+  private drainWaiters: Array<() => void> = [];
 
   /** Replaces the pool's sessions (at start and after recovery). */
   reset(sessions: Buffer[]): void {
@@ -46,6 +47,7 @@ export class SessionPool {
   release(session: Buffer, stale = false): void {
     if (stale) return;
     this.busyCount = Math.max(0, this.busyCount - 1);
+    if (this.busyCount === 0) for (const d of this.drainWaiters.splice(0)) d();
     const w = this.waiters.shift();
     if (w) {
       this.busyCount++;
@@ -60,5 +62,25 @@ export class SessionPool {
     this.closed = true;
     this.idle = [];
     for (const w of this.waiters.splice(0)) w.reject(unavailable(reason));
+  }
+
+  /**
+   * Resolves true once no session is lent out (every call that holds one has settled), or false
+   * after `timeoutMs`. Used after {@link close}: the device must not close sessions or finalize the
+   * module under a call still running on the thread pool.
+   */
+  drained(timeoutMs: number): Promise<boolean> {
+    if (this.busyCount === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        resolve(true);
+      };
+      const t = setTimeout(() => {
+        this.drainWaiters = this.drainWaiters.filter((d) => d !== done);
+        resolve(false);
+      }, timeoutMs);
+      this.drainWaiters.push(done);
+    });
   }
 }
