@@ -301,6 +301,11 @@ export class Device {
     }
   }
 
+  /** A key creation under {@link retrySpurious}: up to 3 attempts, the key's leftovers destroyed between them. */
+  private retryCreation<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return retrySpurious(fn, { what: "a key creation", attempts: 3, cleanup: () => this.destroy(id).catch(() => undefined), log: this.opts.log });
+  }
+
   /** {@link run} for a call that creates an object, a token object when `token` is set. */
   private runCreating<T>(op: string, mech: number, token: boolean, fn: (s: Buffer) => Promise<T> | T): Promise<T> {
     return this.run(op, mech, fn, true, token);
@@ -561,20 +566,17 @@ export class Device {
     if (alg.type === "aes" || alg.type === "hmac") {
       const mech = alg.type === "aes" ? pk.CKM_AES_KEY_GEN : pk.CKM_GENERIC_SECRET_KEY_GEN;
       this.requireMechanism(mech, `${alg.type.toUpperCase()} key generation`);
-      return retrySpurious(
-        () =>
-          this.runCreating("C_GenerateKey", mech, t.token, async (s) => {
-            const h = await this.p11.C_GenerateKeyAsync(s, { mechanism: mech }, secretTemplate(t, true));
-            this.handles.set(id, { secret: h });
-            return {};
-          }),
-        () => this.destroy(id).catch(() => undefined),
-        this.opts.log,
+      return this.retryCreation(id, () =>
+        this.runCreating("C_GenerateKey", mech, t.token, async (s) => {
+          const h = await this.p11.C_GenerateKeyAsync(s, { mechanism: mech }, secretTemplate(t, true));
+          this.handles.set(id, { secret: h });
+          return {};
+        }),
       );
     }
     const mech = alg.type === "rsa" ? pk.CKM_RSA_PKCS_KEY_PAIR_GEN : alg.type === "ec" ? pk.CKM_EC_KEY_PAIR_GEN : CKM_EC_EDWARDS_KEY_PAIR_GEN;
     this.requireMechanism(mech, `${alg.type} key pair generation`);
-    return retrySpurious(() => this.runCreating("C_GenerateKeyPair", mech, t.token, async (s) => {
+    return this.retryCreation(id, () => this.runCreating("C_GenerateKeyPair", mech, t.token, async (s) => {
       let kp: pk.KeyPair;
       try {
         kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: mech }, publicTemplate(t), privateTemplate(t));
@@ -586,7 +588,7 @@ export class Device {
       }
       this.handles.set(id, { private: kp.privateKey, public: kp.publicKey });
       return { spki: this.readPublicSpki(s, alg, kp.publicKey) };
-    }), () => this.destroy(id).catch(() => undefined), this.opts.log);
+    }));
   }
 
   /** Creates a public key object from an SPKI (import, and materializing a pair's public half). */
@@ -627,7 +629,7 @@ export class Device {
   async materialize(id: string, alg: KeyAlgorithm, usages: readonly Usage[], material: WrappedMaterial, spki?: Buffer): Promise<void> {
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
-    await retrySpurious(() => this.runCreating("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, t.token, async (s) => {
+    await this.retryCreation(id, () => this.runCreating("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, t.token, async (s) => {
       const h = await this.p11.C_UnwrapKeyAsync(
         s,
         { mechanism: CKM_AES_KEY_WRAP_PAD },
@@ -636,7 +638,7 @@ export class Device {
         secret ? secretTemplate(t, false) : privateTemplate(t),
       );
       this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
-    }), () => this.destroy(id).catch(() => undefined), this.opts.log);
+    }));
     if (!secret && spki && !(await this.has(id, "public"))) await this.createPublic(id, spki, usages);
   }
 
@@ -767,7 +769,7 @@ export class Device {
     const rsaLen = 384;
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
-    await retrySpurious(() => this.runCreating("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, t.token, async (s) => {
+    await this.retryCreation(id, () => this.runCreating("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, t.token, async (s) => {
       const eph = await this.p11.C_UnwrapKeyAsync(s, oaep(this.importOaepHash()), this.handle(s, importKeyId, "private"), blob.subarray(0, rsaLen), [
         { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
         { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
@@ -782,7 +784,7 @@ export class Device {
       } finally {
         this.safe(() => this.p11.C_DestroyObject(s, eph));
       }
-    }), () => this.destroy(id).catch(() => undefined), this.opts.log).catch(badBlob);
+    })).catch(badBlob);
   }
 
   /** Key wrapping has no host-side OAEP fallback: the unwrapped key must never pass through the host. */
@@ -806,13 +808,11 @@ export class Device {
     this.requireMechanism(mech.mechanism, `unwrap with ${spec.name}`);
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
-    await retrySpurious(() =>
+    await this.retryCreation(id, () =>
       this.runCreating("C_UnwrapKey", mech.mechanism, t.token, async (s) => {
         const h = await this.p11.C_UnwrapKeyAsync(s, mech, this.handle(s, unwrappingKeyId, unwrappingPart), blob, secret ? secretTemplate(t, false) : privateTemplate(t));
         this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
       }),
-      () => this.destroy(id).catch(() => undefined),
-      this.opts.log,
     ).catch(badBlob);
   }
 
@@ -907,23 +907,17 @@ export class Device {
   async sign(id: string, spec: SignSpec, data: Buffer, part: Part = spec.name === "HMAC" ? "secret" : "private"): Promise<Buffer> {
     const { mech, input } = signMechanism(spec, data, this.mechs);
     this.requireMechanism(mech.mechanism, spec.name);
-    const once = () =>
-      this.run("C_Sign", mech.mechanism, (s) => {
-        this.p11.C_SignInit(s, mech, this.cryptoHandle(s, id, part));
-        return this.p11.C_SignAsync(s, ptr(input), Buffer.alloc(1024));
-      });
-    let out: Buffer;
-    try {
-      out = await once();
-    } catch (e) {
-      // No input makes a sound key fail to sign: a CKR_GENERAL_ERROR here is the device's, not the
-      // caller's. SoftHSM2 answered one once in about 20 full test runs, to the first sign on a key the
-      // cluster applier had just materialized (cause not found). Signing again is harmless: tried
-      // once more, logged.
-      if (!(e instanceof HsmError) || ckrOf(e.cause) !== CKR.GENERAL_ERROR) throw e;
-      this.opts.log?.(`pkcs11: C_Sign failed with CKR_GENERAL_ERROR on key ${id}; trying once more`);
-      out = await once();
-    }
+    // No input makes a sound key fail to sign: a CKR_GENERAL_ERROR here is the device's, not the
+    // caller's. SoftHSM2 answered one once in about 20 full test runs, to the first sign on a key the
+    // cluster applier had just materialized (cause not found). Signing again is harmless: 2 attempts.
+    const out = await retrySpurious(
+      () =>
+        this.run("C_Sign", mech.mechanism, (s) => {
+          this.p11.C_SignInit(s, mech, this.cryptoHandle(s, id, part));
+          return this.p11.C_SignAsync(s, ptr(input), Buffer.alloc(1024));
+        }),
+      { what: `C_Sign on key ${id}`, attempts: 2, log: this.opts.log },
+    );
     return Buffer.from(out);
   }
 
@@ -970,23 +964,24 @@ function badBlob(e: unknown): never {
 }
 
 /**
- * SoftHSM2 2.6 now and then fails a sound creation of a token object with CKR_GENERAL_ERROR or
- * CKR_TEMPLATE_INCONSISTENT under concurrent load. The FindGate removes the cause hsmd itself
- * makes (searches beside creations); what is left (another process searching the same token) is
- * retried twice, after destroying whatever the failed attempt left under the key's id and a short
- * pause. A bad blob fails every time, so the answer is unchanged; only its cost triples.
+ * SoftHSM2 2.6 now and then fails a sound call with CKR_GENERAL_ERROR (or, for a creation,
+ * CKR_TEMPLATE_INCONSISTENT) under concurrent load. For token-object creations the FindGate removes
+ * the cause hsmd itself makes (searches beside creations); what is left (another process searching
+ * the same token) is retried, after `cleanup` (destroying whatever the failed attempt left under the
+ * key's id) and a short pause. A bad blob fails every time, so the answer is unchanged; only its
+ * cost grows. Each retry is logged.
  */
-async function retrySpurious<T>(fn: () => Promise<T>, cleanup?: () => Promise<void>, log?: (msg: string) => void): Promise<T> {
-  for (let attempt = 0; ; attempt++) {
+async function retrySpurious<T>(fn: () => Promise<T>, o: { what: string; attempts: number; cleanup?: () => Promise<void>; log?: (msg: string) => void }): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
     } catch (e) {
       const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
-      if (attempt >= 2 || (ckr !== CKR.GENERAL_ERROR && ckr !== 0xd1) /* CKR_TEMPLATE_INCONSISTENT */) throw e;
-      log?.(`pkcs11: a key creation failed with ${ckr === CKR.GENERAL_ERROR ? "CKR_GENERAL_ERROR" : "CKR_TEMPLATE_INCONSISTENT"}; trying again (attempt ${attempt + 2} of 3)`);
+      if (attempt >= o.attempts || (ckr !== CKR.GENERAL_ERROR && ckr !== 0xd1) /* CKR_TEMPLATE_INCONSISTENT */) throw e;
+      o.log?.(`pkcs11: ${o.what} failed with ${ckr === CKR.GENERAL_ERROR ? "CKR_GENERAL_ERROR" : "CKR_TEMPLATE_INCONSISTENT"}; trying again (attempt ${attempt + 1} of ${o.attempts})`);
       // Whatever the failed attempt left under this id goes first, so the retry makes exactly one.
-      await cleanup?.();
-      await new Promise((r) => setTimeout(r, 5 * 4 ** attempt + Math.random() * 5));
+      await o.cleanup?.();
+      await new Promise((r) => setTimeout(r, 5 * 4 ** (attempt - 1) + Math.random() * 5));
     }
   }
 }

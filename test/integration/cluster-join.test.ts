@@ -104,19 +104,24 @@ function expectNoTrustedObjects(): void {
   expect(tokenKeyAttributes(n1.token).filter((o) => o.trusted === true)).toEqual([]);
 }
 
+/** A P-256 key alice creates on n1 signs on `node`; Node's crypto verifies the signature. */
+async function expectSignsWithKeyFromN1(node: DaemonProcess, label: string): Promise<void> {
+  const a1 = new HsmClient({ endpoint: n1.grpc, defaultDeadlineMs: 20_000 });
+  const other = new HsmClient({ endpoint: node.grpc, defaultDeadlineMs: 20_000 });
+  clients.push(a1, other);
+  await a1.login("alice", USER_PASSWORD);
+  await other.login("alice", USER_PASSWORD);
+  const key = await a1.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label });
+  const message = Buffer.from(label);
+  const { signature } = await other.sign({ keyId: key.id, algorithm: ECDSA, message });
+  expect(verifySignature("sha256", message, createPublicKey((await a1.getPublicKey({ keyId: key.id })).pem), signature)).toBe(true);
+}
+
 describe("join", () => {
   it("an approved join works: the node unwraps the domain key, serves the cluster's keys, and the record keeps no wrapped copy", async () => {
     n2 = await joinNode(etcd, "n2", co, n1);
     daemons.push(n2);
-    const a1 = new HsmClient({ endpoint: n1.grpc, defaultDeadlineMs: 20_000 });
-    const a2 = new HsmClient({ endpoint: n2.grpc, defaultDeadlineMs: 20_000 });
-    clients.push(a1, a2);
-    await a1.login("alice", USER_PASSWORD);
-    await a2.login("alice", USER_PASSWORD);
-    const key = await a1.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "joined" });
-    const message = Buffer.from("joined");
-    const { signature } = await a2.sign({ keyId: key.id, algorithm: ECDSA, message });
-    expect(verifySignature("sha256", message, createPublicKey((await a1.getPublicKey({ keyId: key.id })).pem), signature)).toBe(true);
+    await expectSignsWithKeyFromN1(n2, "joined");
 
     const j = (await co.listJoinRequests()).requests.find((r) => r.nodeId === "n2");
     expect(j).toMatchObject({ status: JoinStatus.JOIN_STATUS_COMPLETED, approvedBy: "admin", approvedOn: "n1" });
@@ -146,15 +151,7 @@ describe("join", () => {
     await co.approveJoin({ nodeId: "n-ctl", transportKeySha256: fingerprint, soPin: n1.token.soPin });
     await dp.ready;
 
-    const a1 = new HsmClient({ endpoint: n1.grpc, defaultDeadlineMs: 20_000 });
-    const a3 = new HsmClient({ endpoint: dp.grpc, defaultDeadlineMs: 20_000 });
-    clients.push(a1, a3);
-    await a1.login("alice", USER_PASSWORD);
-    await a3.login("alice", USER_PASSWORD);
-    const key = await a1.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "joined-by-hsmctl" });
-    const message = Buffer.from("joined by hsmctl");
-    const { signature } = await a3.sign({ keyId: key.id, algorithm: ECDSA, message });
-    expect(verifySignature("sha256", message, createPublicKey((await a1.getPublicKey({ keyId: key.id })).pem), signature)).toBe(true);
+    await expectSignsWithKeyFromN1(dp, "joined-by-hsmctl");
     expect(tokenKeyAttributes(dp.token).find((o) => o.id === domainKeyId)).toMatchObject({ sensitive: true, wrapWithTrusted: true });
 
     dp.kill("SIGTERM"); // to hsmctl, which passes it on to hsmd
