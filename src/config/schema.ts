@@ -30,6 +30,7 @@ export const LIMITS: { readonly [K in keyof LimitsConfig]: { readonly default: n
   maxRandomBytes: { default: 4096, max: 1024 * 1024 },
   maxPageSize: { default: 1000, max: 10000 },
   maxRequestIdLength: { default: 128, max: 1024 },
+  maxOaepLabelBytes: { default: 256, max: 65536 },
 });
 
 /** Default limits, as a `LimitsConfig`. */

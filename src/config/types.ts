@@ -86,6 +86,11 @@ export interface LimitsConfig {
   readonly maxPageSize: number;
   /** Longest client request id (idempotency key), in characters. */
   readonly maxRequestIdLength: number;
+  /**
+   * Longest RSA-OAEP label (CK_RSA_PKCS_OAEP_PARAMS pSourceData) of Encrypt, Decrypt, WrapKey and
+   * UnwrapKey, in bytes. The label is hashed, never stored, so a small bound costs callers nothing.
+   */
+  readonly maxOaepLabelBytes: number;
 }
 
 /**

@@ -58,6 +58,7 @@ describe("defaults", () => {
       maxRandomBytes: 4096,
       maxPageSize: 1000,
       maxRequestIdLength: 128,
+      maxOaepLabelBytes: 256,
     });
     expect(config.limits).toEqual(LIMIT_DEFAULTS);
     expect(config.device).toMatchObject({
@@ -207,6 +208,8 @@ describe("problems", () => {
     expect(check({ ...minimal(), device: { poolSize: 257 } })).toEqual([{ path: "/device/poolSize", message: "must be <= 256" }]);
     expect(check({ ...minimal(), device: { slot: -1 } })).toEqual([{ path: "/device/slot", message: "must be >= 0" }]);
     expect(check({ ...minimal(), limits: { maxRandomBytes: 0 } })).toEqual([{ path: "/limits/maxRandomBytes", message: "must be >= 1" }]);
+    expect(check({ ...minimal(), limits: { maxOaepLabelBytes: 65537 } })).toEqual([{ path: "/limits/maxOaepLabelBytes", message: "must be <= 65536" }]);
+    expect(loadConfig({ file: writeConfig({ ...minimal(), limits: { maxOaepLabelBytes: 1 } }), env }).limits.maxOaepLabelBytes).toBe(1);
     expect(check({ ...minimal(), device: { profile: "yubihsm2", poolSize: 17 } })).toEqual([
       { path: "/device/poolSize", message: "must be <= 16 (the device's quirks.maxSessions)" },
     ]);
