@@ -111,6 +111,10 @@ export function defaultSigningAlgorithm(spec: KeySpec): SigningAlgorithm | undef
       return SigningAlgorithm.SIGNING_ALGORITHM_HMAC_SHA384;
     case KeySpec.KEY_SPEC_HMAC_SHA512:
       return SigningAlgorithm.SIGNING_ALGORITHM_HMAC_SHA512;
+    case KeySpec.KEY_SPEC_AES_128:
+    case KeySpec.KEY_SPEC_AES_256:
+      // An AES key signs only as an AES-CMAC key (usages sign, verify).
+      return SigningAlgorithm.SIGNING_ALGORITHM_AES_CMAC;
     default:
       return undefined;
   }

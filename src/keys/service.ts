@@ -1,4 +1,4 @@
-import { createPublicKey, randomBytes, randomUUID } from "node:crypto";
+import { createPublicKey, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { Code, HsmError, exhausted, invalid, notFound, precondition } from "../errors";
 import {
   KeyOrigin,
@@ -20,6 +20,8 @@ import {
   EncryptionAlgorithm,
   MessageType,
   SignatureFormat,
+  SigningAlgorithm,
+  WrapAlgorithm,
   type DecryptDataKeyRequest,
   type DecryptDataKeyResponse,
   type GenerateDataKeyRequest,
@@ -40,10 +42,10 @@ import {
   type WrapKeyRequest,
   type WrapKeyResponse,
 } from "../gen/hsm/v1/crypto";
-import { CURVE_BYTES, Device, KeyNotMaterializedError, partsFromSpki, type KeyAlgorithm, type Part, type Usage, type WrappedMaterial } from "../pkcs11";
+import { CURVE_BYTES, Device, KeyNotMaterializedError, partsFromSpki, type KeyAlgorithm, type Part, type SignSpec, type Usage, type WrapSpec, type WrappedMaterial } from "../pkcs11";
 import type { StateStore, WatchEvent } from "../store";
 import { decodeRecord, encodeRecord, recordKey, requestKey, toApiKey, type KeyRecord, type KeyVersion, type UserRef } from "./record";
-import { HASH_LEN, algorithmOf, cipherFor, isSecret, resolveUsages, signFor, specOf, wrapFor } from "./spec";
+import { HASH_LEN, algorithmOf, cipherFor, isSecret, macLengthFor, oaepLabelFor, resolveUsages, signFor, specOf, wrapFor } from "./spec";
 import { derToRaw, rawToDer } from "./signature";
 
 /** Limits enforced at the edge of every call (named in configuration). */
@@ -54,6 +56,7 @@ export interface KeyLimits {
   maxRandomBytes: number;
   maxPageSize: number;
   maxRequestIdLength: number;
+  maxOaepLabelBytes: number;
 }
 
 export interface KeyServiceOptions {
@@ -421,6 +424,13 @@ export class KeyService {
     return rid;
   }
 
+  /** A wrap algorithm with the request's oaep_label (RSA_OAEP only, limits.maxOaepLabelBytes). */
+  private wrapSpec(alg: WrapAlgorithm, oaepLabel: Uint8Array): WrapSpec {
+    const spec = wrapFor(alg);
+    const label = oaepLabelFor(oaepLabel, spec.name === "RSA_OAEP", WrapAlgorithm[alg] ?? String(alg), this.limits.maxOaepLabelBytes);
+    return spec.name === "RSA_OAEP" ? { ...spec, label } : spec;
+  }
+
   private payload(name: string, b: Buffer, allowEmpty = false): Buffer {
     if (b.length > this.limits.maxPayloadBytes) throw exhausted(`${name} is ${b.length} bytes; the limit is ${this.limits.maxPayloadBytes} (limits.maxPayloadBytes)`);
     if (!allowEmpty && b.length === 0) throw invalid(`${name} is empty`);
@@ -740,6 +750,7 @@ export class KeyService {
     const c = cipherFor(req.algorithm, alg);
     this.needUsage(r, "encrypt");
     const pt = this.payload("plaintext", Buffer.from(req.plaintext), c.name !== "RSA_OAEP");
+    const label = oaepLabelFor(req.oaepLabel, c.name === "RSA_OAEP", EncryptionAlgorithm[req.algorithm], this.limits.maxOaepLabelBytes);
     const aad = Buffer.from(req.aad);
     let iv = Buffer.from(req.iv);
     if (c.name !== "AES_GCM" && aad.length) throw invalid("aad is only for AES_GCM");
@@ -760,7 +771,7 @@ export class KeyService {
       if (pt.length > max) throw invalid(`plaintext is ${pt.length} bytes; RSA-OAEP with this key and hash takes at most ${max}`);
       outLen = k;
     }
-    const spec = c.name === "AES_GCM" ? { name: c.name, iv, aad, tagBytes: 16 } : c.name === "RSA_OAEP" ? { name: c.name, hash: c.hash!, k } : { name: c.name, iv };
+    const spec = c.name === "AES_GCM" ? { name: c.name, iv, aad, tagBytes: 16 } : c.name === "RSA_OAEP" ? { name: c.name, hash: c.hash!, k, label } : { name: c.name, iv };
     const part: Part = r.publicKeySpki ? "public" : "secret";
     const ct = await this.withKey(r, () => this.device.encrypt(r.id, part, spec, pt, outLen));
     return { keyId: r.id, ciphertext: ct, iv: c.name === "RSA_OAEP" ? Buffer.alloc(0) : iv };
@@ -780,7 +791,7 @@ export class KeyService {
     const aad = encryptionContextAad(req.encryptionContext);
     const dk = await this.device.random(spec === KeySpec.KEY_SPEC_AES_256 ? 32 : 16);
     try {
-      const { ciphertext, iv } = await this.encrypt({ keyId: r.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: dk, aad, iv: Buffer.alloc(0) });
+      const { ciphertext, iv } = await this.encrypt({ keyId: r.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: dk, aad, iv: Buffer.alloc(0), oaepLabel: Buffer.alloc(0) });
       return {
         keyId: r.id,
         keyVersion: r.currentVersion,
@@ -802,7 +813,7 @@ export class KeyService {
     if (!blob.subarray(0, 4).equals(DATA_KEY_MAGIC)) throw invalid("wrapped_data_key is not a data key this service wrapped (unknown format)");
     const aad = encryptionContextAad(req.encryptionContext);
     try {
-      const { plaintext } = await this.decrypt({ keyId: r.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, ciphertext: blob.subarray(16), iv: blob.subarray(4, 16), aad, tagLength: 16 });
+      const { plaintext } = await this.decrypt({ keyId: r.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, ciphertext: blob.subarray(16), iv: blob.subarray(4, 16), aad, tagLength: 16, oaepLabel: Buffer.alloc(0) });
       return { keyId: r.id, keyVersion: r.currentVersion, plaintextDataKey: plaintext };
     } catch (e) {
       if (e instanceof HsmError && e.code === Code.InvalidArgument) {
@@ -826,6 +837,7 @@ export class KeyService {
     this.needUsage(r, "decrypt");
     if (r.publicOnly) throw precondition(`key ${r.id} is a public key: it cannot decrypt`);
     const ct = this.payload("ciphertext", Buffer.from(req.ciphertext), c.name === "AES_CTR");
+    const label = oaepLabelFor(req.oaepLabel, c.name === "RSA_OAEP", EncryptionAlgorithm[req.algorithm], this.limits.maxOaepLabelBytes);
     const aad = Buffer.from(req.aad);
     const iv = Buffer.from(req.iv);
     let spec;
@@ -842,7 +854,7 @@ export class KeyService {
       if (req.tagLength) throw invalid("tag_length is only for AES_GCM");
       if (c.name === "RSA_OAEP") {
         if (iv.length) throw invalid("iv is not used with RSA_OAEP");
-        spec = { name: c.name, hash: c.hash!, k: (alg as { bits: number }).bits / 8 };
+        spec = { name: c.name, hash: c.hash!, k: (alg as { bits: number }).bits / 8, label };
       } else {
         if (iv.length !== 16) throw invalid(`iv must be 16 bytes for ${c.name}; got ${iv.length}`);
         if (c.name === "AES_CBC_PAD" && ct.length % 16 !== 0) throw invalid("AES_CBC_PAD ciphertext must be a multiple of 16 bytes");
@@ -867,26 +879,30 @@ export class KeyService {
       throw invalid(`signature_format must be DER or RAW; got ${req.signatureFormat}`);
     }
     if (req.signatureFormat === SignatureFormat.SIGNATURE_FORMAT_RAW && spec.name !== "ECDSA") throw invalid("signature_format RAW applies to ECDSA only");
-    return { alg, spec, msg };
+    const macLength = macLengthFor(req.macLength, spec, SigningAlgorithm[req.algorithm] ?? String(req.algorithm));
+    return { alg, spec, msg, macLength };
   }
 
   async sign(req: SignRequest): Promise<SignResponse> {
     const r = this.record(req.keyId);
-    const { spec, msg } = this.signInput(req, r);
+    const { spec, msg, macLength } = this.signInput(req, r);
     this.needUsage(r, "sign");
     if (r.publicOnly) throw precondition(`key ${r.id} is a public key: it cannot sign`);
     let sig = await this.withKey(r, () => this.device.sign(r.id, spec, msg));
     if (spec.name === "ECDSA" && req.signatureFormat === SignatureFormat.SIGNATURE_FORMAT_DER) sig = rawToDer(sig);
+    // A truncated HMAC tag is the leftmost bytes of the full one (RFC 2104 §5).
+    if (macLength !== undefined) sig = sig.subarray(0, macLength);
     return { keyId: r.id, signature: sig };
   }
 
   async verify(req: VerifyRequest): Promise<VerifyResponse> {
     const r = this.record(req.keyId);
-    const { alg, spec, msg } = this.signInput(req, r);
+    const { alg, spec, msg, macLength } = this.signInput(req, r);
     this.needUsage(r, "verify");
     let sig: Buffer = Buffer.from(req.signature);
     if (sig.length === 0) throw invalid("signature is empty");
     if (sig.length > 2048) throw invalid("signature is longer than any supported key's signature");
+    if (macLength !== undefined) return { keyId: r.id, valid: await this.verifyTruncated(r, spec, msg, sig, macLength) };
     if (spec.name === "ECDSA") {
       const size = CURVE_BYTES[(alg as { curve: keyof typeof CURVE_BYTES }).curve];
       if (req.signatureFormat === SignatureFormat.SIGNATURE_FORMAT_DER) {
@@ -901,10 +917,30 @@ export class KeyService {
     return { keyId: r.id, valid };
   }
 
+  /**
+   * A truncated HMAC tag (RFC 2104 §5): the device verifies full-length tags only (C_Verify answers
+   * CKR_SIGNATURE_LEN_RANGE), so the full MAC is computed in the HSM (C_Sign, hence the key's sign
+   * usage) and its leftmost `macLength` bytes compared with the tag in constant time. A tag of
+   * another length than `macLength` is `false`, as any malformed signature.
+   */
+  private async verifyTruncated(r: KeyRecord, spec: SignSpec, msg: Buffer, tag: Buffer, macLength: number): Promise<boolean> {
+    if (!r.usages.includes("sign")) {
+      throw precondition(
+        `key ${r.id} cannot verify a truncated tag (mac_length): the device checks full-length tags only, so the MAC is computed in the HSM and compared on the host, which needs the key's sign usage (its usages: ${r.usages.join(", ")})`,
+      );
+    }
+    const full = await this.withKey(r, () => this.device.sign(r.id, spec, msg));
+    try {
+      return tag.length === macLength && timingSafeEqual(full.subarray(0, macLength), tag);
+    } finally {
+      full.fill(0);
+    }
+  }
+
   async wrapKey(req: WrapKeyRequest): Promise<WrapKeyResponse> {
     const w = this.record(req.wrappingKeyId, "wrapping_key_id");
     const k = this.record(req.keyId);
-    const spec = wrapFor(req.algorithm);
+    const spec = this.wrapSpec(req.algorithm, req.oaepLabel);
     this.needUsage(w, "wrap");
     const walg = algorithmOf(w.spec);
     const kalg = algorithmOf(k.spec);
@@ -920,7 +956,7 @@ export class KeyService {
   /** `owner`: the crypto user the new key belongs to (absent only in device-level tests). */
   async unwrapKey(req: UnwrapKeyRequest, owner?: UserRef): Promise<Key> {
     const w = this.record(req.unwrappingKeyId, "unwrapping_key_id");
-    const spec = wrapFor(req.algorithm);
+    const spec = this.wrapSpec(req.algorithm, req.oaepLabel);
     const alg = algorithmOf(req.spec);
     const label = this.label(req.label);
     const usages = resolveUsages(alg, req.usages);

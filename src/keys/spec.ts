@@ -49,7 +49,7 @@ const USAGE_ENUM = Object.fromEntries(Object.entries(USAGE_NAME).map(([k, v]) =>
 
 /** Which usages each kind of key may have. */
 const ALLOWED: Record<KeyAlgorithm["type"], Usage[]> = {
-  aes: ["encrypt", "decrypt", "wrap", "unwrap"],
+  aes: ["encrypt", "decrypt", "wrap", "unwrap", "sign", "verify"],
   hmac: ["sign", "verify"],
   rsa: ["encrypt", "decrypt", "sign", "verify", "wrap", "unwrap"],
   ec: ["sign", "verify", "derive"],
@@ -63,8 +63,27 @@ const DEFAULTS: Record<KeyAlgorithm["type"], Usage[]> = {
   ed25519: ["sign", "verify"],
 };
 
-/** Resolves requested usages: defaults when empty; INVALID_ARGUMENT for one that the kind cannot have. */
+/** AES usages that make a MAC key (CKM_AES_CMAC); the others make a cipher key. */
+const AES_MAC_USAGES: readonly Usage[] = ["sign", "verify"];
+
+/**
+ * Resolves requested usages: defaults when empty; INVALID_ARGUMENT for one that the kind cannot
+ * have. An AES key is a cipher key (encrypt, decrypt, wrap, unwrap) or a MAC key (sign, verify for
+ * AES-CMAC), never both: one key, one purpose (as KMS's key usages).
+ */
 export function resolveUsages(alg: KeyAlgorithm, requested: readonly KeyUsage[], publicOnly = false): Usage[] {
+  const out = resolveRequested(alg, requested, publicOnly);
+  if (alg.type === "aes") {
+    const mac = out.filter((u) => AES_MAC_USAGES.includes(u));
+    const cipher = out.filter((u) => !AES_MAC_USAGES.includes(u));
+    if (mac.length && cipher.length) {
+      throw invalid(`usages: an AES key is either a cipher key (encrypt, decrypt, wrap, unwrap) or an AES-CMAC key (sign, verify), not both; got ${out.join(", ")}`);
+    }
+  }
+  return out;
+}
+
+function resolveRequested(alg: KeyAlgorithm, requested: readonly KeyUsage[], publicOnly: boolean): Usage[] {
   if (requested.length === 0) return publicOnly ? (alg.type === "rsa" ? ["verify"] : ["verify"]) : [...DEFAULTS[alg.type]];
   const out = new Set<Usage>();
   const allowed = publicOnly ? ALLOWED[alg.type].filter((u) => u === "verify" || u === "encrypt" || u === "wrap") : ALLOWED[alg.type];
@@ -110,7 +129,7 @@ export function cipherFor(alg: EncryptionAlgorithm, key: KeyAlgorithm): { name: 
 export function signFor(alg: SigningAlgorithm, key: KeyAlgorithm, digest: boolean): SignSpec {
   const input = digest ? "digest" : "message";
   const need = (t: KeyAlgorithm["type"]) => {
-    if (key.type !== t) throw invalid(`algorithm ${SigningAlgorithm[alg]} needs ${t === "ec" ? "an EC" : t === "rsa" ? "an RSA" : t === "hmac" ? "an HMAC" : "an Ed25519"} key; this key is ${key.type.toUpperCase()}`);
+    if (key.type !== t) throw invalid(`algorithm ${SigningAlgorithm[alg]} needs ${t === "ec" ? "an EC" : t === "rsa" ? "an RSA" : t === "hmac" ? "an HMAC" : t === "aes" ? "an AES" : "an Ed25519"} key; this key is ${key.type.toUpperCase()}`);
   };
   const S = SigningAlgorithm;
   const hashOf: Partial<Record<SigningAlgorithm, Hash>> = {
@@ -147,6 +166,10 @@ export function signFor(alg: SigningAlgorithm, key: KeyAlgorithm, digest: boolea
       if (digest) throw invalid("HMAC is computed over the message: message_type DIGEST is not allowed");
       if (key.type === "hmac" && key.hash !== hash) throw invalid(`this is an HMAC-${key.hash.toUpperCase()} key; use SIGNING_ALGORITHM_HMAC_${key.hash.toUpperCase()}`);
       return { name: "HMAC", hash: hash! };
+    case S.SIGNING_ALGORITHM_AES_CMAC:
+      need("aes");
+      if (digest) throw invalid("AES-CMAC is computed over the message: message_type DIGEST is not allowed");
+      return { name: "AES_CMAC" };
     default:
       throw invalid(`algorithm must be a SigningAlgorithm other than UNSPECIFIED; got ${SigningAlgorithm[alg] ?? alg}`);
   }
@@ -168,3 +191,36 @@ export function wrapFor(alg: WrapAlgorithm): WrapSpec {
 }
 
 export const HASH_LEN: Record<OaepHash, number> = { sha1: 20, sha256: 32, sha384: 48, sha512: 64 };
+
+/**
+ * The OAEP label of a request (CK_RSA_PKCS_OAEP_PARAMS pSourceData): INVALID_ARGUMENT for one on an
+ * algorithm other than RSA-OAEP, or longer than `max` bytes (limits.maxOaepLabelBytes).
+ */
+export function oaepLabelFor(label: Uint8Array, isOaep: boolean, algorithmName: string, max: number): Buffer {
+  const b = Buffer.from(label);
+  if (b.length === 0) return b;
+  if (!isOaep) throw invalid(`oaep_label is only for the RSA_OAEP algorithms; ${algorithmName} takes none`);
+  if (b.length > max) throw invalid(`oaep_label is ${b.length} bytes; the limit is ${max} (limits.maxOaepLabelBytes)`);
+  return b;
+}
+
+/**
+ * The shortest truncated HMAC tag hsmd computes or accepts, for every hash: 16 bytes (128 bits).
+ * RFC 2104 §5 asks for at least 80 bits and half the hash output (16 bytes for SHA-256); callers
+ * of HMAC-SHA384/512 who follow it to the letter choose 24 or 32.
+ */
+export const MIN_MAC_LENGTH = 16;
+
+/**
+ * The request's `mac_length` for a signing spec: undefined for the full tag (0, or the hash's full
+ * length); INVALID_ARGUMENT for one on an algorithm other than HMAC, below {@link MIN_MAC_LENGTH}
+ * or above the full tag.
+ */
+export function macLengthFor(macLength: number, spec: SignSpec, algorithmName: string): number | undefined {
+  if (!macLength) return undefined;
+  if (spec.name !== "HMAC") throw invalid(`mac_length is only for the HMAC algorithms (truncated HMAC tags); ${algorithmName} takes none`);
+  const full = HASH_LEN[spec.hash];
+  if (macLength < MIN_MAC_LENGTH) throw invalid(`mac_length must be at least ${MIN_MAC_LENGTH} bytes (shorter HMAC tags are too easy to forge); got ${macLength}`);
+  if (macLength > full) throw invalid(`mac_length must be at most ${full} bytes, the full HMAC-${spec.hash.toUpperCase()} tag; got ${macLength}`);
+  return macLength === full ? undefined : macLength;
+}

@@ -11,7 +11,7 @@ import {
   mechanismName,
 } from "./constants";
 import { oaepDecode, oaepEncode } from "./oaep";
-import { generateKeyPairSync } from "node:crypto";
+import { constants as cryptoConstants, generateKeyPairSync, privateDecrypt, publicEncrypt, type KeyObject } from "node:crypto";
 import { CKR, ckrOf, isHandleStale, isSessionLost, mapDeviceError } from "./ckr";
 import { FindDeferred, FindGate } from "./find-gate";
 import { SessionPool } from "./pool";
@@ -76,6 +76,8 @@ export class Device {
   private mechs = new Set<number>();
   /** OAEP hashes the device does natively (probed at open). */
   private oaepNative = new Set<OaepHash>();
+  /** OAEP hashes for which the device also honours a label (pSourceData) both ways (probed at open). */
+  private oaepLabelNative = new Set<OaepHash>();
   private importQueue: Promise<void> = Promise.resolve();
   /** Searches wait for token-object creations in flight (see FindGate). */
   private readonly findGate = new FindGate();
@@ -101,20 +103,47 @@ export class Device {
 
   /**
    * Which OAEP hashes CKM_RSA_PKCS_OAEP accepts: the mechanism list cannot tell (SoftHSM2 2.6 lists
-   * it but takes SHA-1 only), so try each on a throw-away public key.
+   * it but takes SHA-1 only), so try each on a throw-away key pair made on the host for the purpose.
+   * For each native hash, also whether the device honours an OAEP label (pSourceData) both ways:
+   * SoftHSM2 2.6 refuses one on encrypt (CKR_ARGUMENTS_BAD) and ignores it on decrypt (a ciphertext
+   * made with another label decrypts), so a label must never be passed to such a device.
    */
   private async probeOaep(): Promise<void> {
     if (!this.mechs.has(pk.CKM_RSA_PKCS_OAEP)) return;
-    const jwk = generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey.export({ format: "jwk" });
+    const pair = generateKeyPairSync("rsa", { modulusLength: 2048 });
+    const jwk = pair.privateKey.export({ format: "jwk" });
+    const b = (x: string | undefined) => Buffer.from(x!, "base64url");
     await this.run("C_EncryptInit", undefined, (s) => {
       const h = this.p11.C_CreateObject(s, [
         { type: pk.CKA_CLASS, value: pk.CKO_PUBLIC_KEY },
         { type: pk.CKA_KEY_TYPE, value: pk.CKK_RSA },
         { type: pk.CKA_TOKEN, value: false },
         { type: pk.CKA_ENCRYPT, value: true },
-        { type: pk.CKA_MODULUS, value: Buffer.from(jwk.n!, "base64url") },
-        { type: pk.CKA_PUBLIC_EXPONENT, value: Buffer.from(jwk.e!, "base64url") },
+        { type: pk.CKA_MODULUS, value: b(jwk.n) },
+        { type: pk.CKA_PUBLIC_EXPONENT, value: b(jwk.e) },
       ]);
+      let priv: Buffer | undefined;
+      try {
+        // A device that refuses private keys in the clear (as it should for real keys) simply gets
+        // no native labels: labelled calls then take the host-side encoding.
+        priv = this.p11.C_CreateObject(s, [
+          { type: pk.CKA_CLASS, value: pk.CKO_PRIVATE_KEY },
+          { type: pk.CKA_KEY_TYPE, value: pk.CKK_RSA },
+          { type: pk.CKA_TOKEN, value: false },
+          { type: pk.CKA_SENSITIVE, value: true },
+          { type: pk.CKA_DECRYPT, value: true },
+          { type: pk.CKA_MODULUS, value: b(jwk.n) },
+          { type: pk.CKA_PUBLIC_EXPONENT, value: b(jwk.e) },
+          { type: pk.CKA_PRIVATE_EXPONENT, value: b(jwk.d) },
+          { type: pk.CKA_PRIME_1, value: b(jwk.p) },
+          { type: pk.CKA_PRIME_2, value: b(jwk.q) },
+          { type: pk.CKA_EXPONENT_1, value: b(jwk.dp) },
+          { type: pk.CKA_EXPONENT_2, value: b(jwk.dq) },
+          { type: pk.CKA_COEFFICIENT, value: b(jwk.qi) },
+        ]);
+      } catch {
+        priv = undefined;
+      }
       try {
         for (const hash of ["sha1", "sha256", "sha384", "sha512"] as OaepHash[]) {
           try {
@@ -124,16 +153,51 @@ export class Device {
           } catch {
             /* not supported */
           }
+          if (this.oaepNative.has(hash) && priv && this.labelHonoured(s, hash, h, priv, pair.publicKey, pair.privateKey)) this.oaepLabelNative.add(hash);
         }
       } finally {
         this.p11.C_DestroyObject(s, h);
+        if (priv) this.p11.C_DestroyObject(s, priv);
       }
     });
+  }
+
+  /**
+   * Does the device apply an OAEP label (checked against Node's crypto): a ciphertext it makes with
+   * a label opens on the host under that label, and one the host makes opens in the device under
+   * that label and fails under another.
+   */
+  private labelHonoured(s: Buffer, hash: OaepHash, pub: Buffer, priv: Buffer, hostPub: KeyObject, hostPriv: KeyObject): boolean {
+    const label = Buffer.from("hsmd oaep label probe");
+    const msg = Buffer.from("probe");
+    const host = { padding: cryptoConstants.RSA_PKCS1_OAEP_PADDING, oaepHash: hash };
+    try {
+      this.p11.C_EncryptInit(s, oaep(hash, label), pub);
+      const ct = this.p11.C_Encrypt(s, msg, Buffer.alloc(256));
+      if (!privateDecrypt({ key: hostPriv, ...host, oaepLabel: label }, ct).equals(msg)) return false;
+      const ct2 = publicEncrypt({ key: hostPub, ...host, oaepLabel: label }, msg);
+      this.p11.C_DecryptInit(s, oaep(hash, label), priv);
+      if (!Buffer.from(this.p11.C_Decrypt(s, ct2, Buffer.alloc(256))).equals(msg)) return false;
+    } catch {
+      return false;
+    }
+    try {
+      this.p11.C_DecryptInit(s, oaep(hash, Buffer.from("another label")), priv);
+      this.p11.C_Decrypt(s, publicEncrypt({ key: hostPub, ...host, oaepLabel: label }, msg), Buffer.alloc(256));
+      return false; // it ignored the label
+    } catch {
+      return true;
+    }
   }
 
   /** Does CKM_RSA_PKCS_OAEP work with this hash on this device? */
   supportsOaep(hash: OaepHash): boolean {
     return this.oaepNative.has(hash);
+  }
+
+  /** Does CKM_RSA_PKCS_OAEP with this hash honour a label (pSourceData) on this device? */
+  supportsOaepLabel(hash: OaepHash): boolean {
+    return this.oaepLabelNative.has(hash);
   }
 
   private initialize(): void {
@@ -792,6 +856,11 @@ export class Device {
     if (spec.name === "RSA_OAEP" && !this.oaepNative.has(spec.hash)) {
       throw precondition(`the device does not support CKM_RSA_PKCS_OAEP with ${spec.hash.toUpperCase()}${this.oaepNative.has("sha1") ? "; use RSA_OAEP_SHA1" : ""}`);
     }
+    if (spec.name === "RSA_OAEP" && spec.label?.length && !this.oaepLabelNative.has(spec.hash)) {
+      throw precondition(
+        `the device does not honour an OAEP label (CKM_RSA_PKCS_OAEP pSourceData) with ${spec.hash.toUpperCase()}, and key wrapping has no host-side fallback: wrap without oaep_label`,
+      );
+    }
   }
 
   /** The OAEP hash BYOK import uses on this device: SHA-256 where supported, else SHA-1. */
@@ -844,10 +913,15 @@ export class Device {
 
   // ---- crypto --------------------------------------------------------------------------------
 
+  /** RSA-OAEP encoded on the host: the device lacks the hash, or ignores or refuses the label. */
+  private oaepOnHost(spec: CipherSpec): boolean {
+    return spec.name === "RSA_OAEP" && (!this.oaepNative.has(spec.hash) || (!!spec.label?.length && !this.oaepLabelNative.has(spec.hash)));
+  }
+
   async encrypt(id: string, part: Part, spec: CipherSpec, data: Buffer, outLen: number): Promise<Buffer> {
-    if (spec.name === "RSA_OAEP" && !this.oaepNative.has(spec.hash)) {
+    if (spec.name === "RSA_OAEP" && this.oaepOnHost(spec)) {
       // RSA in the device, OAEP encoding on the host (only the message passes through the host).
-      const em = oaepEncode(data, spec.k, spec.hash);
+      const em = oaepEncode(data, spec.k, spec.hash, spec.label);
       this.requireMechanism(pk.CKM_RSA_X_509, `RSA-OAEP with ${spec.hash}`);
       const out = await this.run("C_Encrypt", pk.CKM_RSA_X_509, (s) => {
         this.p11.C_EncryptInit(s, { mechanism: pk.CKM_RSA_X_509 }, this.cryptoHandle(s, id, part));
@@ -865,7 +939,7 @@ export class Device {
   }
 
   async decrypt(id: string, part: Part, spec: CipherSpec, data: Buffer, outLen: number): Promise<Buffer> {
-    if (spec.name === "RSA_OAEP" && !this.oaepNative.has(spec.hash)) {
+    if (spec.name === "RSA_OAEP" && this.oaepOnHost(spec)) {
       this.requireMechanism(pk.CKM_RSA_X_509, `RSA-OAEP with ${spec.hash}`);
       if (data.length !== spec.k) throw new HsmError(Code.InvalidArgument, `RSA-OAEP ciphertext must be ${spec.k} bytes for this key; got ${data.length}`);
       let em: Buffer;
@@ -881,7 +955,7 @@ export class Device {
         }
         throw e;
       }
-      const m = oaepDecode(Buffer.from(em), spec.k, spec.hash);
+      const m = oaepDecode(Buffer.from(em), spec.k, spec.hash, spec.label);
       em.fill(0);
       if (!m) throw new HsmError(Code.InvalidArgument, "decrypt: RSA-OAEP decryption failed: wrong key, hash or ciphertext");
       return m;
@@ -895,8 +969,14 @@ export class Device {
       });
       return Buffer.from(out);
     } catch (e) {
+      const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
+      // A native OAEP decoding failure (SoftHSM2: CKR_GENERAL_ERROR; others CKR_ENCRYPTED_DATA_*):
+      // the same one answer as the host-side decoding gives, for every kind of bad ciphertext.
+      if (spec.name === "RSA_OAEP" && (ckr === CKR.GENERAL_ERROR || ckr === CKR.ENCRYPTED_DATA_INVALID || ckr === CKR.ENCRYPTED_DATA_LEN_RANGE || ckr === CKR.DATA_INVALID || ckr === CKR.DATA_LEN_RANGE)) {
+        throw new HsmError(Code.InvalidArgument, "decrypt: RSA-OAEP decryption failed: wrong key, hash or ciphertext", { cause: (e as HsmError).cause });
+      }
       // SoftHSM2 answers a failed GCM tag check or bad CBC padding with CKR_GENERAL_ERROR.
-      if (e instanceof HsmError && ckrOf(e.cause) === CKR.GENERAL_ERROR && spec.name !== "RSA_OAEP") {
+      if (e instanceof HsmError && ckr === CKR.GENERAL_ERROR && spec.name !== "RSA_OAEP") {
         throw new HsmError(Code.InvalidArgument, `decrypt: ${spec.name} authentication or padding check failed: wrong key, IV, tag, AAD or ciphertext`, { cause: e.cause });
       }
       throw e;
@@ -904,7 +984,7 @@ export class Device {
   }
 
   /** Signs; ECDSA signatures come back raw (r ‖ s), as PKCS#11 returns them. */
-  async sign(id: string, spec: SignSpec, data: Buffer, part: Part = spec.name === "HMAC" ? "secret" : "private"): Promise<Buffer> {
+  async sign(id: string, spec: SignSpec, data: Buffer, part: Part = spec.name === "HMAC" || spec.name === "AES_CMAC" ? "secret" : "private"): Promise<Buffer> {
     const { mech, input } = signMechanism(spec, data, this.mechs);
     this.requireMechanism(mech.mechanism, spec.name);
     // No input makes a sound key fail to sign: a CKR_GENERAL_ERROR here is the device's, not the
@@ -922,7 +1002,7 @@ export class Device {
   }
 
   /** Verifies; a signature that does not verify (or has the wrong length) is `false`, not an error. */
-  async verify(id: string, spec: SignSpec, data: Buffer, signature: Buffer, part: Part = spec.name === "HMAC" ? "secret" : "public"): Promise<boolean> {
+  async verify(id: string, spec: SignSpec, data: Buffer, signature: Buffer, part: Part = spec.name === "HMAC" || spec.name === "AES_CMAC" ? "secret" : "public"): Promise<boolean> {
     const { mech, input } = signMechanism(spec, data, this.mechs);
     this.requireMechanism(mech.mechanism, spec.name);
     try {
@@ -1009,10 +1089,17 @@ function boolAttr(v: unknown): boolean {
   return Buffer.isBuffer(v) ? v.length > 0 && v[0] !== 0 : v === true;
 }
 
-function oaep(hash: OaepHash): pk.Mechanism {
+/** CKM_RSA_PKCS_OAEP with MGF1 of the same hash; a non-empty label goes in pSourceData (CKZ_DATA_SPECIFIED). */
+function oaep(hash: OaepHash, label?: Buffer): pk.Mechanism {
   return {
     mechanism: pk.CKM_RSA_PKCS_OAEP,
-    parameter: { type: pk.CK_PARAMS_RSA_OAEP, hashAlg: OAEP_MECH[hash].digest, mgf: OAEP_MECH[hash].mgf, source: 1 /* CKZ_DATA_SPECIFIED */ } as pk.RsaOAEP,
+    parameter: {
+      type: pk.CK_PARAMS_RSA_OAEP,
+      hashAlg: OAEP_MECH[hash].digest,
+      mgf: OAEP_MECH[hash].mgf,
+      source: 1 /* CKZ_DATA_SPECIFIED */,
+      ...(label?.length ? { sourceData: label } : {}),
+    } as pk.RsaOAEP,
   };
 }
 
@@ -1023,7 +1110,7 @@ function wrapMechanism(spec: WrapSpec): pk.Mechanism {
     case "AES_KWP":
       return { mechanism: CKM_AES_KEY_WRAP_PAD };
     case "RSA_OAEP":
-      return oaep(spec.hash);
+      return oaep(spec.hash, spec.label);
   }
 }
 
@@ -1044,7 +1131,7 @@ function cipherMechanism(spec: CipherSpec): pk.Mechanism {
       return { mechanism: pk.CKM_AES_CTR, parameter: prm };
     }
     case "RSA_OAEP":
-      return oaep(spec.hash);
+      return oaep(spec.hash, spec.label);
   }
 }
 
@@ -1067,6 +1154,8 @@ function signMechanism(spec: SignSpec, data: Buffer, mechs: Set<number>): { mech
       return { mech: { mechanism: CKM_EDDSA }, input: data };
     case "HMAC":
       return { mech: { mechanism: HASH_MECH[spec.hash].hmac }, input: data };
+    case "AES_CMAC":
+      return { mech: { mechanism: pk.CKM_AES_CMAC }, input: data };
   }
 }
 

@@ -5,7 +5,8 @@ import type { OaepHash } from "./types";
 /**
  * EME-OAEP encoding and decoding (RFC 8017 §7.1), for devices that do RSA in the HSM
  * (CKM_RSA_X_509) but not OAEP with the wanted hash. Only message bytes pass through here, never a
- * key: the private-key operation stays in the device. The label is always empty.
+ * key: the private-key operation stays in the device. `label` is the OAEP label L (empty by
+ * default); only its hash enters the encoding.
  */
 const HLEN: Record<OaepHash, number> = { sha1: 20, sha256: 32, sha384: 48, sha512: 64 };
 
@@ -31,11 +32,11 @@ export function oaepMaxMessage(k: number, hash: OaepHash): number {
   return k - 2 * HLEN[hash] - 2;
 }
 
-/** EM (k bytes) for message `m`. */
-export function oaepEncode(m: Buffer, k: number, hash: OaepHash): Buffer {
+/** EM (k bytes) for message `m` under label `label`. */
+export function oaepEncode(m: Buffer, k: number, hash: OaepHash, label: Buffer = Buffer.alloc(0)): Buffer {
   const h = HLEN[hash];
   if (m.length > oaepMaxMessage(k, hash)) throw invalid(`plaintext is ${m.length} bytes; RSA-OAEP with this key and hash takes at most ${oaepMaxMessage(k, hash)}`);
-  const lHash = createHash(hash).digest();
+  const lHash = createHash(hash).update(label).digest();
   const db = Buffer.concat([lHash, Buffer.alloc(k - m.length - 2 * h - 2), Buffer.from([1]), m]);
   const seed = randomBytes(h);
   xorInto(db, mgf1(hash, seed, db.length));
@@ -47,7 +48,7 @@ export function oaepEncode(m: Buffer, k: number, hash: OaepHash): Buffer {
  * Message from EM, or undefined when EM is not a valid encoding. Every check runs before the one
  * verdict, so the failure reveals nothing about which part was wrong (Manger's attack).
  */
-export function oaepDecode(em: Buffer, k: number, hash: OaepHash): Buffer | undefined {
+export function oaepDecode(em: Buffer, k: number, hash: OaepHash, label: Buffer = Buffer.alloc(0)): Buffer | undefined {
   const h = HLEN[hash];
   if (k < 2 * h + 2) return undefined;
   // The device returns the integer's bytes; left-pad to k.
@@ -58,7 +59,7 @@ export function oaepDecode(em: Buffer, k: number, hash: OaepHash): Buffer | unde
   const db = full.subarray(1 + h);
   xorInto(seed, mgf1(hash, db, h));
   xorInto(db, mgf1(hash, seed, db.length));
-  const lHash = createHash(hash).digest();
+  const lHash = createHash(hash).update(label).digest();
   let bad = timingSafeEqual(db.subarray(0, h), lHash) ? 0 : 1;
   bad |= y;
   // Find the 0x01 separator without branching on secret data.

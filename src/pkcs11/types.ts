@@ -21,7 +21,7 @@ export type CipherSpec =
   | { name: "AES_GCM"; iv: Buffer; aad: Buffer; tagBytes: number }
   | { name: "AES_CBC_PAD"; iv: Buffer }
   | { name: "AES_CTR"; iv: Buffer }
-  | { name: "RSA_OAEP"; hash: OaepHash; /** modulus length in bytes */ k: number };
+  | { name: "RSA_OAEP"; hash: OaepHash; /** modulus length in bytes */ k: number; /** OAEP label L (pSourceData); empty or absent: the empty label */ label?: Buffer };
 
 /** A signature operation. `input` says whether the data is the message or its digest. */
 export type SignSpec =
@@ -29,9 +29,11 @@ export type SignSpec =
   | { name: "RSA_PSS"; hash: Hash; input: "message" | "digest" }
   | { name: "ECDSA"; hash: Hash; input: "message" | "digest" }
   | { name: "EDDSA" }
-  | { name: "HMAC"; hash: Hash };
+  | { name: "HMAC"; hash: Hash }
+  /** CKM_AES_CMAC (NIST SP 800-38B): a 16-byte tag under an AES key. */
+  | { name: "AES_CMAC" };
 
-export type WrapSpec = { name: "AES_KW" } | { name: "AES_KWP" } | { name: "RSA_OAEP"; hash: OaepHash };
+export type WrapSpec = { name: "AES_KW" } | { name: "AES_KWP" } | { name: "RSA_OAEP"; hash: OaepHash; /** OAEP label (pSourceData); empty or absent: none */ label?: Buffer };
 
 /** Stats of the session pool, for /metrics. */
 export interface PoolStats {
