@@ -112,6 +112,7 @@ export class Daemon {
         slot: config.device.slot ?? undefined,
         pin: config.device.pin,
         poolSize: config.device.poolSize,
+        disabledMechanisms: config.device.disabledMechanisms,
         // In a cluster, keys live in their records (wrapped) and every node materializes them: as
         // session objects, which SoftHSM2 creates ~50x faster than token objects (each of those is a
         // file it rescans); a restart materializes them again from the records.

@@ -31,6 +31,7 @@ interface MergedDevice {
   pin: PinSource;
   poolSize: number;
   quirks: DeviceQuirks;
+  disabledMechanisms?: string[];
 }
 
 interface RawDoc {
@@ -118,6 +119,7 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
           pinSource: pin.source,
           poolSize: m.poolSize,
           quirks: { ...m.quirks, aesKeyBits: [...m.quirks.aesKeyBits].sort((a, b) => a - b) },
+          disabledMechanisms: [...(m.disabledMechanisms ?? [])],
         };
       }
     }

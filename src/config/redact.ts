@@ -29,6 +29,7 @@ export function describeConfig(config: Config): RedactedConfig {
       pinSource: { ...device.pinSource },
       poolSize: device.poolSize,
       quirks: { ...device.quirks, aesKeyBits: [...device.quirks.aesKeyBits] },
+      disabledMechanisms: [...device.disabledMechanisms],
     },
     limits: { ...limits },
     auth: { ...auth, quorum: { ...auth.quorum } },

@@ -89,6 +89,11 @@ const deviceProperties = {
   pin: pinSchema,
   poolSize: { type: "integer", minimum: 1, maximum: 256 },
   quirks: { type: "object", additionalProperties: false, properties: quirkProperties },
+  disabledMechanisms: {
+    type: "array",
+    uniqueItems: true,
+    items: { type: "string", pattern: "^CKM_[A-Z0-9_]+$", errorMessages: { pattern: "must be a PKCS#11 mechanism name such as CKM_AES_CMAC" } },
+  },
 };
 
 const onlyOneTokenSelector = {

@@ -70,6 +70,13 @@ export interface DeviceConfig {
   /** Number of open sessions in the pool (one operation per session at a time). */
   readonly poolSize: number;
   readonly quirks: DeviceQuirks;
+  /**
+   * Mechanisms (CKM_* names) hsmd treats as absent although the token lists them: policy (a
+   * mechanism an operator does not want used), or one a device lists but does wrong. A call that
+   * needs one answers FAILED_PRECONDITION naming it, as for a mechanism the device lacks.
+   * @default []
+   */
+  readonly disabledMechanisms: readonly string[];
 }
 
 /** Every limit enforced at the edge (DESIGN principle 7): requests beyond them get INVALID_ARGUMENT. */

@@ -77,3 +77,10 @@ export const MECHANISM_NAMES: Record<number, string> = {
 export function mechanismName(m: number): string {
   return MECHANISM_NAMES[m] ?? `0x${m.toString(16)}`;
 }
+
+/** The value of a CKM_* name: hsmd's own names, then every one pkcs11js defines; undefined if unknown. */
+export function mechanismByName(name: string): number | undefined {
+  for (const [v, n] of Object.entries(MECHANISM_NAMES)) if (n === name) return Number(v);
+  const v = (pk as unknown as Record<string, unknown>)[name];
+  return name.startsWith("CKM_") && typeof v === "number" ? v : undefined;
+}

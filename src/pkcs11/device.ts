@@ -8,6 +8,7 @@ import {
   DIGEST_INFO_PREFIX,
   HASH_MECH,
   OAEP_MECH,
+  mechanismByName,
   mechanismName,
 } from "./constants";
 import { oaepDecode, oaepEncode } from "./oaep";
@@ -30,6 +31,8 @@ export interface DeviceOptions {
   tokenObjects: boolean;
   /** With token objects: crypto calls use a session-object copy of the key (see cryptoHandle). @default false */
   sessionCopies?: boolean;
+  /** CKM_* names treated as absent from the token's mechanism list (config device.disabledMechanisms). @default [] */
+  disabledMechanisms?: readonly string[];
   observer?: DeviceObserver;
   log?: (msg: string) => void;
 }
@@ -74,6 +77,8 @@ export class Device {
   private recovering: Promise<void> | undefined;
   private closed = false;
   private mechs = new Set<number>();
+  /** Mechanisms left out of the token's list (DeviceOptions.disabledMechanisms). */
+  private disabled = new Set<number>();
   /** OAEP hashes the device does natively (probed at open). */
   private oaepNative = new Set<OaepHash>();
   /** OAEP hashes for which the device also honours a label (pSourceData) both ways (probed at open). */
@@ -90,6 +95,11 @@ export class Device {
   /** Opens the module, finds the token, opens the pool and logs in. */
   static async open(opts: DeviceOptions): Promise<Device> {
     const d = new Device(opts);
+    for (const name of opts.disabledMechanisms ?? []) {
+      const m = mechanismByName(name);
+      if (m === undefined) throw precondition(`device.disabledMechanisms: ${name} is not a mechanism this PKCS#11 library knows`);
+      d.disabled.add(m);
+    }
     try {
       d.p11.load(opts.module);
     } catch (e) {
@@ -215,7 +225,7 @@ export class Device {
       serial: ti.serialNumber.trim(),
       slot: this.slot.toString("hex"),
     };
-    this.mechs = new Set(this.p11.C_GetMechanismList(this.slot));
+    this.mechs = new Set(this.p11.C_GetMechanismList(this.slot).filter((m) => !this.disabled.has(m)));
   }
 
   private findSlot(): Buffer {

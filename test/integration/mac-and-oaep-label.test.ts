@@ -282,3 +282,24 @@ describe("AES-CMAC (SIGNING_ALGORITHM_AES_CMAC), against openssl", () => {
     await expectError(c.getPublicKey({ keyId: macKey.id }), "FAILED_PRECONDITION", "secret key");
   });
 });
+
+describe("a device without CKM_AES_CMAC (device.disabledMechanisms)", () => {
+  it("AES-CMAC answers FAILED_PRECONDITION naming the mechanism, the rest works, and an unknown name stops the start", async () => {
+    const { token, dataDir } = td;
+    c.close();
+    await td.stop();
+    await expect(startTestDaemon({ token, dataDir, config: { device: { disabledMechanisms: ["CKM_NO_SUCH_THING"] } } })).rejects.toThrow(
+      "device.disabledMechanisms: CKM_NO_SUCH_THING is not a mechanism",
+    );
+    td = await startTestDaemon({ token, dataDir, limits: { maxOaepLabelBytes: LABEL_LIMIT }, config: { device: { disabledMechanisms: ["CKM_AES_CMAC"] } } });
+    c = await userClient(td);
+    const status = (await (await fetch(`${td.admin}/v1/status`)).json()) as { mechanisms: string[] };
+    expect(status.mechanisms).toContain("CKM_SHA256_HMAC");
+    expect(status.mechanisms).not.toContain("CKM_AES_CMAC");
+    const mac = await c.generateKey({ spec: KeySpec.KEY_SPEC_AES_128, label: "no-cmac", usages: SIGN_VERIFY });
+    await expectError(c.sign({ keyId: mac.id, algorithm: CMAC, message: Buffer.from("m") }), "FAILED_PRECONDITION", "does not support CKM_AES_CMAC");
+    await expectError(c.verify({ keyId: mac.id, algorithm: CMAC, message: Buffer.from("m"), signature: Buffer.alloc(16) }), "FAILED_PRECONDITION", "CKM_AES_CMAC");
+    const hmac = await c.generateKey({ spec: KeySpec.KEY_SPEC_HMAC_SHA256, label: "still-hmac" });
+    expect((await c.sign({ keyId: hmac.id, algorithm: HMAC256, message: Buffer.from("m"), macLength: 16 })).signature.length).toBe(16);
+  });
+});

@@ -131,6 +131,16 @@ describe("profiles", () => {
     ]);
   });
 
+  it("disabled mechanisms: none by default, CKM_* names kept as given, anything else refused with its path", () => {
+    const of = (device: Record<string, unknown>) => loadConfig({ env, overrides: { ...minimal(), device } }).device.disabledMechanisms;
+    expect(of({})).toEqual([]);
+    expect(of({ disabledMechanisms: ["CKM_AES_CMAC", "CKM_RSA_X_509"] })).toEqual(["CKM_AES_CMAC", "CKM_RSA_X_509"]);
+    expect(validateConfig({ ...minimal(), device: { disabledMechanisms: ["aes-cmac"] } }, { env })).toEqual([
+      { path: "/device/disabledMechanisms/0", message: "must be a PKCS#11 mechanism name such as CKM_AES_CMAC" },
+    ]);
+    expect(validateConfig({ ...minimal(), device: { disabledMechanisms: "CKM_AES_CMAC" } }, { env })).toEqual([{ path: "/device/disabledMechanisms", message: "must be array" }]);
+  });
+
   it("replaces the token selector and the PIN source as a whole", () => {
     writeFileSync(join(dir, "pin"), `${SECRET}\n`);
     const config = loadConfig({
