@@ -97,7 +97,7 @@ export class Device {
     const d = new Device(opts);
     for (const name of opts.disabledMechanisms ?? []) {
       const m = mechanismByName(name);
-      if (m === undefined) throw precondition(`device.disabledMechanisms: ${name} is not a mechanism this PKCS#11 library knows`);
+      if (m === undefined) throw precondition(`device.disabledMechanisms: ${name} is not a mechanism name hsmd knows (a PKCS#11 CKM_* constant, such as CKM_AES_CMAC)`);
       d.disabled.add(m);
     }
     try {
