@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 bash scripts/dev-ports.sh
 bash scripts/install-deps.sh
 bash scripts/dev-token.sh
-DEV="$PWD/.dev"
+DEV="${HSMD_DEV_DIR:-$PWD/.dev}"
 export SOFTHSM2_CONF="$DEV/softhsm2.conf"
 export HSMD_PIN_FILE="$DEV/pin"
 cat > "$DEV/hsmd.json" <<JSON
