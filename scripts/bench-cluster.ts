@@ -7,7 +7,8 @@
  *
  *   node dist/scripts/bench-cluster.js [--seconds N] [--behind N] [--no-write]
  */
-import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
+import { initTokenFromFiles } from "./init-token";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -93,8 +94,9 @@ async function prepareNode(dir: string, id: string, etcd: string[], cluster: str
   const pin = randomBytes(12).toString("hex");
   const soPin = randomBytes(12).toString("hex");
   const env = { ...process.env, SOFTHSM2_CONF: conf, UV_THREADPOOL_SIZE: "12" };
-  execFileSync("softhsm2-util", ["--init-token", "--free", "--label", id, "--pin", pin, "--so-pin", soPin], { env, stdio: "ignore" });
   writeFileSync(join(root, "pin"), pin, { mode: 0o600 });
+  writeFileSync(join(root, "so-pin"), soPin, { mode: 0o600 });
+  initTokenFromFiles(env, id, join(root, "pin"), join(root, "so-pin"));
   const grpc = `127.0.0.1:${await freePort()}`;
   const admin = `127.0.0.1:${await freePort()}`;
   const config = join(root, "hsmd.json");

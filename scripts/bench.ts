@@ -7,7 +7,8 @@
  */
 process.env.UV_THREADPOOL_SIZE ??= "16";
 
-import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
+import { initTokenFromFiles } from "./init-token";
 import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
@@ -135,7 +136,9 @@ async function main() {
   const pinFile = join(dir, "pin");
   writeFileSync(pinFile, pin, { mode: 0o600 });
   process.env.SOFTHSM2_CONF = conf;
-  execFileSync("softhsm2-util", ["--init-token", "--free", "--label", "bench", "--pin", pin, "--so-pin", pin + "so"], { stdio: "ignore" });
+  const soPinFile = join(dir, "so-pin");
+  writeFileSync(soPinFile, pin + "so", { mode: 0o600 });
+  initTokenFromFiles(process.env, "bench", pinFile, soPinFile);
 
   const { child, grpc } = await startDaemon(dir, conf, pinFile);
   const raw = new RawDevice("bench", pin);

@@ -145,7 +145,7 @@ if [ "${HSMD_CLUSTER_SKIP_INSTALL:-}" != 1 ]; then
   bash scripts/install-deps.sh --cluster
 fi
 [ -x "$ETCD_BIN" ] || die "etcd not found at $ETCD_BIN (Debian: etcd-server; or set ETCD_BIN)"
-[ -f dist/src/main.js ] && [ -f dist/scripts/cluster-approve.js ] || die "dist/ is not built: npm run build"
+[ -f dist/src/main.js ] && [ -f dist/scripts/cluster-approve.js ] && [ -f dist/scripts/init-token.js ] || die "dist/ is not built: npm run build"
 
 for i in $(seq 1 $N); do
   for p in "$(etcd_port "$i")" "$(peer_port "$i")" "$(grpc_port "$i")" "$(admin_port "$i")"; do
@@ -201,7 +201,8 @@ CONF
     head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$d/pin"
     head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$d/so-pin"
     chmod 600 "$d/pin" "$d/so-pin"
-    SOFTHSM2_CONF="$d/softhsm2.conf" softhsm2-util --init-token --free --label "hsmd-n$i" --pin "$(cat "$d/pin")" --so-pin "$(cat "$d/so-pin")" >/dev/null
+    # PINs from their files, never on a command line (/proc/<pid>/cmdline would show them).
+    SOFTHSM2_CONF="$d/softhsm2.conf" node "$ROOT/dist/scripts/init-token.js" --label "hsmd-n$i" --pin-file "$d/pin" --so-pin-file "$d/so-pin" --module "$MODULE" >/dev/null
   fi
   cat > "$d/hsmd.json" <<JSON
 {

@@ -14,6 +14,7 @@ import { Metrics } from "./metrics";
 import { Device, mechanismName } from "./pkcs11";
 import { openEmbeddedStore, openEtcdStore, type StateStore } from "./store";
 import { Membership, TRANSPORT_KEY_ID, type JoinRecord } from "./cluster";
+import { checkListenAddresses, listenError } from "./listen-check";
 import { QuorumService, USERS_INIT_KEY, UserService, generateOneTimePassword } from "./users";
 
 /** The store key of the node's cluster identity: which domain key wraps its records. */
@@ -94,6 +95,8 @@ export class Daemon {
     const log = opts.log ?? stderrLog;
     // TLS files are read before anything is opened: a bad file stops the start with a ConfigError.
     const credentials = grpcServerCredentials(config);
+    // A busy port is answered now, in one line, not after the store, the device and the reconcile.
+    await checkListenAddresses(config);
     const metrics = new Metrics();
     const cluster = config.cluster;
     mkdirSync(config.node.dataDir, { recursive: true, mode: 0o700 });
@@ -104,6 +107,7 @@ export class Daemon {
     log(`state store (${cluster ? "etcd" : "embedded"}) open at revision ${store.revision()} in ${Date.now() - tStore} ms`);
     let device: Device | undefined;
     let audit: AuditLog | undefined;
+    let grpcBound: grpc.Server | undefined;
     try {
       audit = await AuditLog.open(config.audit.file, { node: config.node.id, fsync: config.audit.fsync === "always" ? "always" : "never", warn: (m) => log(`audit: ${m}`) });
       device = await Device.open({
@@ -196,13 +200,21 @@ export class Daemon {
       }
       d.sweeper = setInterval(() => void d.sweep(), SWEEP_MS);
       d.sweeper.unref();
-      d.grpcPort = await bindGrpc(server, `${config.listen.grpc.host}:${config.listen.grpc.port}`, credentials);
+      try {
+        d.grpcPort = await bindGrpc(server, `${config.listen.grpc.host}:${config.listen.grpc.port}`, credentials);
+      } catch (e) {
+        throw listenError("grpc", config.listen.grpc, e);
+      }
+      grpcBound = server;
       log(`gRPC transport: ${describeTransport(config)}`);
-      await admin.listen({ host: config.listen.admin.host, port: config.listen.admin.port });
+      await admin.listen({ host: config.listen.admin.host, port: config.listen.admin.port }).catch((e: unknown) => {
+        throw listenError("admin", config.listen.admin, e);
+      });
       d.adminPort = (admin.server.address() as { port: number }).port;
       setServing(health, true);
       return d;
     } catch (e) {
+      grpcBound?.forceShutdown();
       await device?.close();
       await audit?.close();
       await store.close();

@@ -31,6 +31,30 @@ export interface AuditLogOptions {
   now?: () => Date;
 }
 
+/**
+ * Why the log file cannot be opened, naming the path and what to do (not Node's raw EISDIR or EACCES
+ * with a stack): FAILED_PRECONDITION, since the daemon cannot start until the file system or
+ * `audit.file` is fixed. Other errors are returned as they are.
+ */
+function openFailure(path: string, err: unknown): unknown {
+  const code = (err as { code?: unknown }).code;
+  const fix = "set audit.file to another path, or fix the file system";
+  switch (code) {
+    case "EISDIR":
+      return new HsmError(Code.FailedPrecondition, `audit log ${path} is a directory: audit.file must name a file (for example ${join(path, "audit.log")}); change audit.file or move the directory away`, { cause: err });
+    case "ENOTDIR":
+    case "EEXIST":
+      return new HsmError(Code.FailedPrecondition, `audit log ${path}: a parent of it is a file, not a directory: ${fix}`, { cause: err });
+    case "EACCES":
+    case "EPERM":
+      return new HsmError(Code.FailedPrecondition, `audit log ${path}: permission denied for the daemon's user: give it write access to the file and its directory, or ${fix}`, { cause: err });
+    case "EROFS":
+      return new HsmError(Code.FailedPrecondition, `audit log ${path} is on a read-only file system: ${fix}`, { cause: err });
+    default:
+      return err;
+  }
+}
+
 /** Options of {@link AuditLog.append}. */
 export interface AppendOptions {
   /** fdatasync before resolving, even when the log was opened with `fsync: "never"`. */
@@ -97,7 +121,14 @@ export class AuditLog {
       throw new HsmError(Code.InvalidArgument, 'audit log fsync must be "always" or "never"');
     }
     const dir = dirname(path);
-    const created = mkdirSync(dir, { recursive: true, mode: 0o700 });
+    let created: string | undefined;
+    let handle: FileHandle;
+    try {
+      created = mkdirSync(dir, { recursive: true, mode: 0o700 });
+      handle = await openFile(path, "a+", 0o600);
+    } catch (err) {
+      throw openFailure(path, err);
+    }
     if (created !== undefined) {
       // Only the directories created here are tightened (never an existing /tmp or /var/lib).
       let d = created;
@@ -107,7 +138,6 @@ export class AuditLog {
         chmodSync(d, 0o700);
       }
     }
-    const handle = await openFile(path, "a+", 0o600);
     try {
       await handle.chmod(0o600);
       const warnings: string[] = [];

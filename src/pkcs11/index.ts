@@ -8,3 +8,4 @@ export type { DeviceOptions, TokenInfo } from "./device";
 export { partsFromSpki, spkiFromAttributes } from "./spki";
 export { CURVE_BYTES, mechanismName } from "./constants";
 export type { CipherSpec, Curve, OaepHash, DeviceObserver, Hash, KeyAlgorithm, Part, PoolStats, SignSpec, Usage, WrapSpec, WrappedMaterial } from "./types";
+export { initToken, type InitTokenOptions, type InitializedToken } from "./init-token";

@@ -617,6 +617,43 @@ describe("keys", () => {
       expect(await json(["crypto", "verify", "--key-id", ids.hmac!, "--in", "msg", "--signature", "hmac.bin"])).toMatchObject({ valid: true, algorithm: "hmac-sha256" });
     });
 
+    it("sign and verify a 1 MiB file (over the 64 KiB message limit): hashed locally, checked by openssl; Ed25519 and HMAC refused before sending", async () => {
+      const big = Buffer.alloc(1024 * 1024);
+      for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
+      writeFileSync(file("big.bin"), big);
+      await ok(["crypto", "sign", "--key-id", ids.ec!, "--in", "big.bin", "--out", "big-ec.der"]);
+      expect(opensslOk(["dgst", "-sha256", "-verify", "ec-pub.pem", "-signature", "big-ec.der", "big.bin"])).toContain("Verified OK");
+      const valid = await ok(["crypto", "verify", "--key-id", ids.ec!, "--in", "big.bin", "--signature", "big-ec.der"]);
+      expect(valid.stdout).toBe(`signature valid (key ${ids.ec}, ecdsa-sha256)\n`);
+      const flipped = Buffer.from(big);
+      flipped[big.length - 1]! ^= 1;
+      writeFileSync(file("big-flipped.bin"), flipped);
+      expect((await hsmctl(["crypto", "verify", "--key-id", ids.ec!, "--in", "big-flipped.bin", "--signature", "big-ec.der"])).code).toBe(1);
+      // From stdin too, RSA-PSS: the same streaming hash.
+      const pss = await ok(["crypto", "sign", "--key-id", ids.rsa!, "--algorithm", "rsa-pss-sha256", "--in", "-", "--out", "-"], { input: big });
+      writeFileSync(file("big-pss.bin"), pss.out);
+      expect(opensslOk(["dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32", "-verify", "rsa-pub.pem", "-signature", "big-pss.bin", "big.bin"])).toContain("Verified OK");
+
+      // Ed25519 (PureEdDSA) and HMAC sign the message itself: over the limit, refused here (exit 2) with why.
+      for (const [id, name] of [[ids.ed!, "ed25519"], [ids.hmac!, "hmac-sha256"]] as const) {
+        const r = await hsmctl(["crypto", "sign", "--key-id", id, "--in", "big.bin"]);
+        expect(r.code, r.stderr).toBe(2);
+        expect(r.stderr).toContain(`--in: big.bin holds 1048576 bytes (1.0 MiB); ${name} is computed over the whole message in the HSM`);
+        expect(r.stderr).toContain("at most 65536 bytes (64.0 KiB) per message (its limits.maxPayloadBytes; if yours allows more, give --max-message-bytes)");
+      }
+      const piped = await hsmctl(["crypto", "verify", "--key-id", ids.hmac!, "--in", "-", "--signature", "hmac.bin"], { input: big });
+      expect(piped.code).toBe(2);
+      expect(piped.stderr).toContain("--in: - holds more than 65536 bytes; hmac-sha256 is computed over the whole message");
+      // Lifting the client's check sends it: the daemon itself answers RESOURCE_EXHAUSTED (its limit is intact).
+      const sent = await hsmctl(["crypto", "sign", "--key-id", ids.ed!, "--in", "big.bin", "--max-message-bytes", String(big.length)]);
+      expect(sent.code).toBe(1);
+      expect(sent.stderr).toContain("error: RESOURCE_EXHAUSTED: message is 1048576 bytes; the limit is 65536 (limits.maxPayloadBytes)");
+      // At the limit it is sent whole, and openssl checks the Ed25519 signature over it.
+      writeFileSync(file("limit.bin"), big.subarray(0, 65536));
+      await ok(["crypto", "sign", "--key-id", ids.ed!, "--in", "limit.bin", "--out", "limit-ed.bin"]);
+      expect(opensslOk(["pkeyutl", "-verify", "-pubin", "-inkey", "ed-pub.pem", "-rawin", "-in", "limit.bin", "-sigfile", "limit-ed.bin"])).toContain("Signature Verified Successfully");
+    });
+
     it("encrypt and decrypt: AES-GCM with AAD in the HCE1 file, CBC with --iv-out, RSA-OAEP; a wrong AAD writes nothing", async () => {
       const plaintext = Buffer.from(Array.from({ length: 5000 }, (_, i) => i & 0xff));
       writeFileSync(file("plain.bin"), plaintext);

@@ -13,6 +13,7 @@ import {
   signingAlgorithms,
   wrapAlgorithms,
 } from "../names";
+import { DEFAULT_MAX_MESSAGE_BYTES, digestHashOf, hashInput, readBoundedInput } from "../message-input";
 import { keyText, keyView } from "../render";
 import { choiceValue, intValue, requireString, stringValue, type CommandContext, type CommandSpec, type OptionSpec, type Values } from "../spec";
 import { checkPublicKey } from "./key";
@@ -70,7 +71,7 @@ async function signInputs(ctx: CommandContext, values: Values): Promise<SignInpu
   const algorithmText = stringValue(values, "algorithm");
   let algorithm = algorithmText === undefined ? undefined : signingAlgorithms.parse(algorithmText, "--algorithm");
   const format = choiceValue(values, "format", ["der", "raw"] as const, "der");
-  const message = await readInput(ctx.io, path, "in");
+  const maxMessage = intValue(values, "max-message-bytes", DEFAULT_MAX_MESSAGE_BYTES, 1, 16 * 1024 * 1024);
   if (algorithm === undefined) {
     const spec = await specOf(ctx.client(), keyId);
     algorithm = defaultSigningAlgorithm(spec);
@@ -79,32 +80,53 @@ async function signInputs(ctx: CommandContext, values: Values): Promise<SignInpu
   if (format === "raw" && !isEcdsa(algorithm)) {
     throw new UsageError(`--format raw is for ECDSA signatures; ${signingAlgorithms.name(algorithm)} has one format`);
   }
+  // The message is hashed here and its digest sent, so any size works; what has no digest form is sent whole.
+  const hash = digestHashOf(algorithm);
+  let message: Buffer;
+  let digest = values.digest === true;
+  if (digest) message = await readInput(ctx.io, path, "in");
+  else if (hash !== undefined) {
+    message = await hashInput(ctx.io, path, "in", hash);
+    digest = true;
+  } else message = await readBoundedInput(ctx.io, path, "in", maxMessage, signingAlgorithms.name(algorithm));
   return {
     keyId,
     algorithm,
     message,
-    messageType: values.digest === true ? MessageType.MESSAGE_TYPE_DIGEST : MessageType.MESSAGE_TYPE_RAW,
+    messageType: digest ? MessageType.MESSAGE_TYPE_DIGEST : MessageType.MESSAGE_TYPE_RAW,
     signatureFormat: format === "raw" ? SignatureFormat.SIGNATURE_FORMAT_RAW : SignatureFormat.SIGNATURE_FORMAT_DER,
   };
 }
 
 const SIGN_OPTIONS: Record<string, OptionSpec> = {
   "key-id": KEY_ID,
-  in: { ...IN, description: "the message (- for stdin); with --digest, its digest" },
+  in: { ...IN, description: "the message (- for stdin), any size: hashed here and its digest sent (ed25519, HMAC and AES-CMAC: sent whole); with --digest, its digest" },
   algorithm: {
     type: "string",
     arg: "ALG",
     description: `default from the key: ecdsa-sha256/384/512 by curve, rsa-pkcs1-sha256, ed25519, hmac-sha*.
 One of: ${signingAlgorithms.names.join(", ")}`,
   },
-  digest: { type: "boolean", description: "--in holds the digest of the algorithm's hash, not the message (not for ed25519 or HMAC)" },
+  digest: { type: "boolean", description: "--in holds the digest of the algorithm's hash, not the message (not for ed25519, HMAC or AES-CMAC)" },
   format: { type: "string", arg: "FORMAT", description: "ECDSA signature encoding: der (ASN.1, as OpenSSL; default) or raw (r||s, as JOSE/WebCrypto)" },
+  "max-message-bytes": {
+    type: "string",
+    arg: "N",
+    description: `ed25519, HMAC and AES-CMAC only (sent whole): refuse a larger --in before sending. Default ${DEFAULT_MAX_MESSAGE_BYTES}, the daemon's default limits.maxPayloadBytes`,
+  },
 };
+
+const SIGN_DETAILS = `For ECDSA, RSA PKCS#1 v1.5 and RSA-PSS the message is hashed here with the algorithm's hash, read in
+chunks, and only the digest is sent (message type DIGEST, as openssl dgst does): a file of any size
+signs, and the signature is the one over the whole message (openssl dgst -verify checks it against
+the file). Ed25519 (PureEdDSA), HMAC and AES-CMAC have no digest form: the message is sent whole, and one over
+the daemon's message limit (limits.maxPayloadBytes, 64 KiB by default) is refused before sending.`;
 
 const cryptoCore: CommandSpec[] = [
   {
     words: ["crypto", "sign"],
     summary: "sign a message (or digest) with a private key, or compute an HMAC",
+    details: SIGN_DETAILS,
     options: { ...SIGN_OPTIONS, out: OUT_OPTION, encoding: ENCODING_OPTION },
     examples: [
       "hsmctl crypto sign --key-id K --in msg --out sig.der && openssl dgst -sha256 -verify pub.pem -signature sig.der msg",
@@ -119,6 +141,7 @@ const cryptoCore: CommandSpec[] = [
   {
     words: ["crypto", "verify"],
     summary: "verify a signature or HMAC in the HSM (exit 0 valid, 1 invalid)",
+    details: SIGN_DETAILS,
     options: { ...SIGN_OPTIONS, signature: { type: "string", arg: "FILE", required: true, description: "the signature, raw bytes (as crypto sign --out writes it)" } },
     async run(ctx, values) {
       const sigPath = requireString(values, "signature");
