@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import type * as grpc from "@grpc/grpc-js";
 import type { Config } from "./config";
-import { AccessGuard } from "./access";
+import { AccessGuard, PeerRateLimiter } from "./access";
 import { AuditLog } from "./audit";
 import { Code, HsmError, precondition } from "./errors";
 import { bindGrpc, buildGrpcServer, describeTransport, grpcServerCredentials, setServing } from "./grpc";
@@ -14,7 +14,7 @@ import { Metrics } from "./metrics";
 import { Device, mechanismName } from "./pkcs11";
 import { openEmbeddedStore, openEtcdStore, type StateStore } from "./store";
 import { Membership, TRANSPORT_KEY_ID, type JoinRecord } from "./cluster";
-import { QuorumService, USERS_INIT_KEY, UserService, generateOneTimePassword } from "./users";
+import { HashLane, QuorumService, USERS_INIT_KEY, UserService, generateOneTimePassword } from "./users";
 
 /** The store key of the node's cluster identity: which domain key wraps its records. */
 const DOMAIN_META = "meta/domain";
@@ -150,7 +150,9 @@ export class Daemon {
       const rec = await keys.reconcile();
       log(`records checked against the token in ${Date.now() - t0} ms: ${keys.keyCount} keys, ${rec.materialized} materialized, ${rec.orphansRemoved} orphans removed${rec.lost.length ? `, ${rec.lost.length} LOST: ${rec.lost.join(", ")}` : ""}`);
 
-      const users = new UserService({ store, sessionTtlMs: config.auth.sessionTtlMs, maxFailedLogins: config.auth.maxFailedLogins });
+      const hashLane = new HashLane(config.auth.hashLane);
+      const loginLimiter = new PeerRateLimiter(config.auth.loginRateLimit);
+      const users = new UserService({ store, sessionTtlMs: config.auth.sessionTtlMs, maxFailedLogins: config.auth.maxFailedLogins, hashLane });
       const quorum = new QuorumService({ store, ttlMs: config.auth.quorumTtlMs, policy: { ...config.auth.quorum } });
       await ensureUsers(store, users, !!opts.init, config, log);
       const otpFile = firstOfficerPasswordFile(config.node.dataDir);
@@ -169,6 +171,7 @@ export class Daemon {
         clusterName: cluster?.name,
         storeRevision: () => store.revision(),
         gate: () => (self?.removed ? new HsmError(Code.Unavailable, `node ${config.node.id} was removed from cluster ${cluster?.name ?? ""}: it serves nothing`) : undefined),
+        loginLimiter,
         onPasswordChanged: (user) => {
           if (user === config.auth.firstOfficer && existsSync(otpFile)) unlinkSync(otpFile);
         },
@@ -178,6 +181,7 @@ export class Daemon {
       });
       metrics.setPoolSource(() => device!.poolStats());
       metrics.setKeyCountSource(() => keys.keyCount);
+      metrics.setLoginSource(() => ({ ...hashLane.stats(), rateLimited: loginLimiter.refused }));
       // The admin routes call back into the daemon, which needs the admin app to stop it.
       let self: Daemon | undefined;
       const admin = buildAdminApp({ metrics, readiness: () => self!.readiness(), status: () => self!.status() });
@@ -279,7 +283,14 @@ export class Daemon {
       domainKeyId: this.domainKeyId,
       keys: this.keys.keyCount,
       limits: this.config.limits,
-      auth: { sessionTtlMs: this.config.auth.sessionTtlMs, maxFailedLogins: this.config.auth.maxFailedLogins, quorum: this.config.auth.quorum, quorumTtlMs: this.config.auth.quorumTtlMs },
+      auth: {
+        sessionTtlMs: this.config.auth.sessionTtlMs,
+        maxFailedLogins: this.config.auth.maxFailedLogins,
+        quorum: this.config.auth.quorum,
+        quorumTtlMs: this.config.auth.quorumTtlMs,
+        loginRateLimit: this.config.auth.loginRateLimit,
+        hashLane: this.config.auth.hashLane,
+      },
       audit: { file: this.config.audit.file, entries: this.audit.lastSeq, lastHash: this.audit.lastHash },
     };
   }

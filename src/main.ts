@@ -43,9 +43,9 @@ async function main(): Promise<number> {
   mkdirSync(config.node.dataDir, { recursive: true, mode: 0o700 });
   process.chdir(config.node.dataDir);
 
-  // Crypto calls run on libuv's thread pool: one thread per session plus a few for fs and DNS. Must be
-  // set before the pool is first used.
-  if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, config.device.poolSize + 4));
+  // Crypto calls run on libuv's thread pool: one thread per session, the password-hashing lane's
+  // threads, plus a few for fs and DNS. Must be set before the pool is first used.
+  if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, config.device.poolSize + config.auth.hashLane.concurrency + 4));
 
   const daemon = await Daemon.start({
     config,

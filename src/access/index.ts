@@ -4,3 +4,4 @@
  */
 export { AccessGuard } from "./guard";
 export { RULES, ROLE_NAMES, type KeyNeed, type KeyRef, type Rule } from "./policy";
+export { DEFAULT_LOGIN_RATE, PeerRateLimiter, peerAddress, type RateDecision, type RateLimitOptions } from "./rate-limit";
