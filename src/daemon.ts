@@ -12,7 +12,7 @@ import { buildAdminApp } from "./http";
 import { KeyService } from "./keys";
 import { Metrics } from "./metrics";
 import { Device, mechanismName } from "./pkcs11";
-import { openEmbeddedStore, openEtcdStore, type StateStore } from "./store";
+import { DirLock, openEmbeddedStore, openEtcdStore, type StateStore } from "./store";
 import { Membership, TRANSPORT_KEY_ID, type JoinRecord } from "./cluster";
 import { HashLane, QuorumService, USERS_INIT_KEY, UserService, generateOneTimePassword } from "./users";
 
@@ -28,6 +28,14 @@ const REPORT_MS = 2_000;
 /** Where `hsmd init` leaves the first crypto officer's one-time password (mode 600; removed when it is changed). */
 export function firstOfficerPasswordFile(dataDir: string): string {
   return join(dataDir, "first-officer-password");
+}
+
+/**
+ * Where `hsmd officer unlock NAME` leaves the officer's new one-time password (mode 600; removed
+ * when the officer changes it on this node).
+ */
+export function officerPasswordFile(dataDir: string, name: string): string {
+  return join(dataDir, `officer-${name}-password`);
 }
 
 interface DomainMeta {
@@ -71,6 +79,8 @@ export class Daemon {
   /** Set when this node was removed from its cluster: it then serves nothing. */
   removed = false;
   private storeReachable = true;
+  /** The node data directory's lock (cluster mode; the embedded store holds its own). */
+  private nodeLock: DirLock | undefined;
 
   private constructor(
     readonly config: Config,
@@ -97,10 +107,20 @@ export class Daemon {
     const metrics = new Metrics();
     const cluster = config.cluster;
     mkdirSync(config.node.dataDir, { recursive: true, mode: 0o700 });
+    // One process per node data directory (its audit log has one writer): the embedded store locks its
+    // own directory; on etcd the data directory is locked (offline commands such as `hsmd officer
+    // unlock` take the same lock).
+    const nodeLock = cluster ? DirLock.acquire(config.node.dataDir, "node data directory") : undefined;
     const tStore = Date.now();
-    const store: StateStore = cluster
-      ? await openEtcdStore({ endpoints: [...cluster.endpoints], prefix: `hsmd/${cluster.name}/`, tls: cluster.tls ?? undefined, log })
-      : await openEmbeddedStore(join(config.node.dataDir, "store"));
+    let store: StateStore;
+    try {
+      store = cluster
+        ? await openEtcdStore({ endpoints: [...cluster.endpoints], prefix: `hsmd/${cluster.name}/`, tls: cluster.tls ?? undefined, log })
+        : await openEmbeddedStore(join(config.node.dataDir, "store"));
+    } catch (e) {
+      nodeLock?.release();
+      throw e;
+    }
     log(`state store (${cluster ? "etcd" : "embedded"}) open at revision ${store.revision()} in ${Date.now() - tStore} ms`);
     let device: Device | undefined;
     let audit: AuditLog | undefined;
@@ -174,6 +194,8 @@ export class Daemon {
         loginLimiter,
         onPasswordChanged: (user) => {
           if (user === config.auth.firstOfficer && existsSync(otpFile)) unlinkSync(otpFile);
+          const recovered = officerPasswordFile(config.node.dataDir, user);
+          if (existsSync(recovered)) unlinkSync(recovered);
         },
         maxMessageBytes: limits.maxPayloadBytes * Math.max(1, Math.min(limits.maxBatchItems, 64)) + 1024 * 1024,
         observe: (m, c, s) => metrics.observeRpc(m, c, s),
@@ -186,6 +208,7 @@ export class Daemon {
       let self: Daemon | undefined;
       const admin = buildAdminApp({ metrics, readiness: () => self!.readiness(), status: () => self!.status() });
       const d = new Daemon(config, store, device, keys, metrics, domainKeyId, users, quorum, audit, membership, server, health, admin, log);
+      d.nodeLock = nodeLock;
       self = d;
       if (membership) {
         let members = 1;
@@ -209,6 +232,7 @@ export class Daemon {
       await device?.close();
       await audit?.close();
       await store.close();
+      nodeLock?.release();
       throw e;
     }
   }
@@ -334,6 +358,7 @@ export class Daemon {
     await this.audit.close();
     await this.device.close();
     await this.store.close();
+    this.nodeLock?.release();
     this.log("stopped");
   }
 }

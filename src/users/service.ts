@@ -297,6 +297,28 @@ export class UserService {
   }
 
   /**
+   * Offline recovery of a crypto officer (`hsmd officer unlock`, run on a node's host by an operator
+   * who proved the token's SO PIN): clears the lockout and the failed-login count, replaces the
+   * password with `oneTimePassword` (which must be changed before anything else) and revokes the
+   * officer's sessions. The way back when failed logins locked the last officer, whom no other
+   * officer can unlock. NOT_FOUND for an unknown user; FAILED_PRECONDITION for a user that is not a
+   * crypto officer (officers unlock those with UnlockUser).
+   */
+  async recoverOfficer(name: string, oneTimePassword: string): Promise<UserInfo> {
+    checkUsername(name);
+    checkPasswordPolicy(oneTimePassword, "one-time password");
+    const notOfficer = (u: UserRecord) =>
+      precondition(`user ${name} is a ${u.role}, not a crypto officer: officer unlock recovers crypto officers only (a crypto officer unlocks other users with UnlockUser)`);
+    const first = await this.readUser(name);
+    if (first.value.role !== "CO") throw notOfficer(first.value);
+    const password = await this.hash(oneTimePassword);
+    return this.update(name, `recover officer ${name}`, (u) => {
+      if (u.role !== "CO") throw notOfficer(u);
+      return { ...u, locked: false, lockReason: null, failedLogins: 0, password, mustChangePassword: true, tokenGeneration: u.tokenGeneration + 1 };
+    });
+  }
+
+  /**
    * Sets another user's password (policy applies), makes it change that password at its next login
    * and revokes its sessions. A user changes its own password with {@link changePassword} instead
    * (FAILED_PRECONDITION). Does not unlock.
