@@ -18,8 +18,6 @@ import { HashLane, QuorumService, USERS_INIT_KEY, UserService, generateOneTimePa
 
 /** The store key of the node's cluster identity: which domain key wraps its records. */
 const DOMAIN_META = "meta/domain";
-/** CKA_ID of the BYOK import key pair. */
-const IMPORT_KEY_ID = "hsmd-import";
 /** How often expired quorum requests are marked (and audited) and dead sessions purged. */
 const SWEEP_MS = 30_000;
 /** How often a cluster member reports its applied revision and health to the store. */
@@ -156,7 +154,6 @@ export class Daemon {
         store,
         limits: config.limits,
         domainKeyId,
-        importKeyId: IMPORT_KEY_ID,
         log,
         nodeId: cluster ? config.node.id : undefined,
         minNodes: cluster?.minNodes,
