@@ -436,17 +436,30 @@ export class KeyService {
     return items;
   }
 
+  /** Throws INVALID_ARGUMENT naming `field` unless `id` is a well-formed key id. */
+  checkKeyId(id: string, field = "key_id"): void {
+    if (!id) throw invalid(`${field} is required`);
+    if (!ID_RE.test(id)) throw invalid(`${field} "${id.slice(0, 80)}" is not a key id`);
+  }
+
+  /** This node's copy of a key's record, if it has one (no store read). */
+  known(id: string): KeyRecord | undefined {
+    return this.records.get(id);
+  }
+
   /**
-   * Makes sure a record committed elsewhere is known here before it is used: on a miss, one read
-   * straight from the replicated store (see StateStore.getFresh), and the record is applied as the
-   * watch would have. A no-op for known ids, malformed ids and stores without fresh reads.
+   * The record as the replicated store holds it now: one read straight from it (StateStore.getFresh)
+   * whether or not this node knows the key, so that callers can make a miss and a hit cost the same.
+   * A record this node did not know yet is applied as the watch would have; a known one is left to
+   * the watch (which delivers changes in order). Stores without fresh reads answer the local copy.
    */
-  async ensureRecord(id: string): Promise<void> {
-    if (!id || this.records.has(id) || !ID_RE.test(id) || !this.store.getFresh) return;
+  async freshRecord(id: string): Promise<KeyRecord | undefined> {
+    if (!ID_RE.test(id) || !this.store.getFresh) return this.records.get(id);
     const e = await this.store.getFresh(recordKey(id));
-    if (!e || this.records.has(id)) return;
+    if (!e) return undefined;
     const r = decodeRecord(e.value);
-    this.records.set(id, r);
+    if (!this.records.has(id)) this.records.set(id, r);
+    return r;
   }
 
   /** The record of a key id; NOT_FOUND when none. */
