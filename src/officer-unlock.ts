@@ -92,13 +92,13 @@ async function openNodeStore(config: Config): Promise<{ store: StateStore; lock?
  * unknown user, not an officer, hsmd running), 2 on a usage or configuration error.
  */
 export async function runOfficerUnlock(argv: string[], io: OfficerIo = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
-  let parsed: ReturnType<typeof parse>;
   const parse = () =>
     parseArgs({
       args: argv,
       allowPositionals: true,
       options: { config: { type: "string", short: "c" }, "so-pin-file": { type: "string" }, help: { type: "boolean", short: "h" } },
     });
+  let parsed: ReturnType<typeof parse>;
   try {
     parsed = parse();
   } catch (e) {

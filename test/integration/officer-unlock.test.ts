@@ -8,6 +8,8 @@
 import { readFileSync, statSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { PassThrough } from "node:stream";
+import { runOfficerUnlock } from "../../src/officer-unlock";
 import { HsmClient, Role } from "../../src/sdk";
 import { buildDist, runHsmdCommand, startDaemonProcess, type DaemonProcess } from "../helpers/daemon-process";
 import { OFFICER_PASSWORD, USER_PASSWORD, officerClient } from "../helpers/users";
@@ -30,6 +32,23 @@ const unlock = (name: string, env: Record<string, string | undefined>, extra: st
   runHsmdCommand(dp, ["officer", "unlock", name, "--config", dp.configFile, ...extra], { HSMD_SO_PIN: undefined, ...env });
 
 describe("hsmd officer unlock", () => {
+  it("answers usage errors with exit 2 and the usage, touching nothing", async () => {
+    const run = async (argv: string[], env: NodeJS.ProcessEnv = {}) => {
+      const out = new PassThrough();
+      const err = new PassThrough();
+      let text = "";
+      out.on("data", (d: Buffer) => (text += d.toString()));
+      err.on("data", (d: Buffer) => (text += d.toString()));
+      const code = await runOfficerUnlock(argv, { stdin: new PassThrough(), stdout: out, stderr: err, env });
+      return { code, text };
+    };
+    expect(await run(["lock", "admin", "--config", dp.configFile])).toEqual({ code: 2, text: expect.stringContaining('unknown officer command "lock"') });
+    expect(await run(["unlock", "--config", dp.configFile])).toEqual({ code: 2, text: expect.stringContaining("missing the officer's name") });
+    expect(await run(["unlock", "admin"])).toEqual({ code: 2, text: expect.stringContaining("missing --config FILE") });
+    expect(await run(["unlock", "Not A Name", "--config", dp.configFile])).toEqual({ code: 2, text: expect.stringContaining("username \"Not A Name\" is not allowed") });
+    expect(await run(["unlock", "admin", "--so-pin", "1234", "--config", dp.configFile])).toEqual({ code: 2, text: expect.stringContaining("Unknown option '--so-pin'") });
+  });
+
   it("recovers the only crypto officer locked by failed logins, and refuses everything else", async () => {
     // Five wrong passwords lock the only officer; nobody is left to call UnlockUser.
     const c = client();
