@@ -28,8 +28,17 @@ afterAll(async () => {
 });
 
 const client = () => new HsmClient({ endpoint: dp.grpc, defaultDeadlineMs: 20_000 });
+/** `hsmd officer unlock NAME` as its own process (the wiring in main.ts, the exit code). */
 const unlock = (name: string, env: Record<string, string | undefined>, extra: string[] = []) =>
   runHsmdCommand(dp, ["officer", "unlock", name, "--config", dp.configFile, ...extra], { HSMD_SO_PIN: undefined, ...env });
+
+/** The same command in this process (no node start-up to pay): exit code and what it wrote. */
+async function unlockHere(name: string, env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = { stdout: "", stderr: "" };
+  const sink = (k: "stdout" | "stderr") => new PassThrough().on("data", (d: Buffer) => (out[k] += d.toString()));
+  const code = await runOfficerUnlock(["unlock", name, "--config", dp.configFile], { stdin: new PassThrough(), stdout: sink("stdout"), stderr: sink("stderr"), env: { SOFTHSM2_CONF: dp.token.conf, ...env } });
+  return { code, ...out };
+}
 
 describe("hsmd officer unlock", () => {
   it("answers usage errors with exit 2 and the usage, touching nothing", async () => {
@@ -65,19 +74,19 @@ describe("hsmd officer unlock", () => {
     dp.kill("SIGTERM");
     await dp.waitExit();
 
-    const noPin = await unlock("admin", {});
+    const noPin = await unlockHere("admin", {});
     expect(noPin.code).toBe(2);
     expect(noPin.stderr).toMatch(/security officer PIN is needed: set HSMD_SO_PIN, give --so-pin-file FILE, or run on a terminal/);
 
-    const wrongPin = await unlock("admin", { HSMD_SO_PIN: "not-the-so-pin" });
+    const wrongPin = await unlockHere("admin", { HSMD_SO_PIN: "not-the-so-pin" });
     expect(wrongPin.code).toBe(1);
     expect(wrongPin.stderr).toMatch(/the security officer PIN of this node's token is incorrect/);
 
-    const unknown = await unlock("nobody", { HSMD_SO_PIN: dp.token.soPin });
+    const unknown = await unlockHere("nobody", { HSMD_SO_PIN: dp.token.soPin });
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/user nobody not found/);
 
-    const notOfficer = await unlock("carol", { HSMD_SO_PIN: dp.token.soPin });
+    const notOfficer = await unlockHere("carol", { HSMD_SO_PIN: dp.token.soPin });
     expect(notOfficer.code).toBe(1);
     expect(notOfficer.stderr).toMatch(/user carol is a CU, not a crypto officer/);
     expect(existsSync(join(dp.dataDir, "officer-carol-password"))).toBe(false);
