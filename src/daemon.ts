@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import type * as grpc from "@grpc/grpc-js";
 import type { Config } from "./config";
-import { AccessGuard } from "./access";
+import { AccessGuard, PeerRateLimiter } from "./access";
 import { AuditLog } from "./audit";
 import { Code, HsmError, precondition } from "./errors";
 import { bindGrpc, buildGrpcServer, describeTransport, grpcServerCredentials, setServing } from "./grpc";
@@ -12,15 +12,13 @@ import { buildAdminApp } from "./http";
 import { KeyService } from "./keys";
 import { Metrics } from "./metrics";
 import { Device, mechanismName } from "./pkcs11";
-import { openEmbeddedStore, openEtcdStore, type StateStore } from "./store";
+import { DirLock, openEmbeddedStore, openEtcdStore, type StateStore } from "./store";
 import { Membership, TRANSPORT_KEY_ID, type JoinRecord } from "./cluster";
 import { checkListenAddresses, listenError } from "./listen-check";
-import { QuorumService, USERS_INIT_KEY, UserService, generateOneTimePassword } from "./users";
+import { HashLane, QuorumService, USERS_INIT_KEY, UserService, generateOneTimePassword } from "./users";
 
 /** The store key of the node's cluster identity: which domain key wraps its records. */
 const DOMAIN_META = "meta/domain";
-/** CKA_ID of the BYOK import key pair. */
-const IMPORT_KEY_ID = "hsmd-import";
 /** How often expired quorum requests are marked (and audited) and dead sessions purged. */
 const SWEEP_MS = 30_000;
 /** How often a cluster member reports its applied revision and health to the store. */
@@ -29,6 +27,14 @@ const REPORT_MS = 2_000;
 /** Where `hsmd init` leaves the first crypto officer's one-time password (mode 600; removed when it is changed). */
 export function firstOfficerPasswordFile(dataDir: string): string {
   return join(dataDir, "first-officer-password");
+}
+
+/**
+ * Where `hsmd officer unlock NAME` leaves the officer's new one-time password (mode 600; removed
+ * when the officer changes it on this node).
+ */
+export function officerPasswordFile(dataDir: string, name: string): string {
+  return join(dataDir, `officer-${name}-password`);
 }
 
 interface DomainMeta {
@@ -72,6 +78,8 @@ export class Daemon {
   /** Set when this node was removed from its cluster: it then serves nothing. */
   removed = false;
   private storeReachable = true;
+  /** The node data directory's lock (cluster mode; the embedded store holds its own). */
+  private nodeLock: DirLock | undefined;
 
   private constructor(
     readonly config: Config,
@@ -100,10 +108,20 @@ export class Daemon {
     const metrics = new Metrics();
     const cluster = config.cluster;
     mkdirSync(config.node.dataDir, { recursive: true, mode: 0o700 });
+    // One process per node data directory (its audit log has one writer): the embedded store locks its
+    // own directory; on etcd the data directory is locked (offline commands such as `hsmd officer
+    // unlock` take the same lock).
+    const nodeLock = cluster ? DirLock.acquire(config.node.dataDir, "node data directory") : undefined;
     const tStore = Date.now();
-    const store: StateStore = cluster
-      ? await openEtcdStore({ endpoints: [...cluster.endpoints], prefix: `hsmd/${cluster.name}/`, tls: cluster.tls ?? undefined, log })
-      : await openEmbeddedStore(join(config.node.dataDir, "store"));
+    let store: StateStore;
+    try {
+      store = cluster
+        ? await openEtcdStore({ endpoints: [...cluster.endpoints], prefix: `hsmd/${cluster.name}/`, tls: cluster.tls ?? undefined, log })
+        : await openEmbeddedStore(join(config.node.dataDir, "store"));
+    } catch (e) {
+      nodeLock?.release();
+      throw e;
+    }
     log(`state store (${cluster ? "etcd" : "embedded"}) open at revision ${store.revision()} in ${Date.now() - tStore} ms`);
     let device: Device | undefined;
     let audit: AuditLog | undefined;
@@ -141,7 +159,6 @@ export class Daemon {
         store,
         limits: config.limits,
         domainKeyId,
-        importKeyId: IMPORT_KEY_ID,
         log,
         nodeId: cluster ? config.node.id : undefined,
         minNodes: cluster?.minNodes,
@@ -155,7 +172,9 @@ export class Daemon {
       const rec = await keys.reconcile();
       log(`records checked against the token in ${Date.now() - t0} ms: ${keys.keyCount} keys, ${rec.materialized} materialized, ${rec.orphansRemoved} orphans removed${rec.lost.length ? `, ${rec.lost.length} LOST: ${rec.lost.join(", ")}` : ""}`);
 
-      const users = new UserService({ store, sessionTtlMs: config.auth.sessionTtlMs, maxFailedLogins: config.auth.maxFailedLogins });
+      const hashLane = new HashLane(config.auth.hashLane);
+      const loginLimiter = new PeerRateLimiter(config.auth.loginRateLimit);
+      const users = new UserService({ store, sessionTtlMs: config.auth.sessionTtlMs, maxFailedLogins: config.auth.maxFailedLogins, hashLane });
       const quorum = new QuorumService({ store, ttlMs: config.auth.quorumTtlMs, policy: { ...config.auth.quorum } });
       await ensureUsers(store, users, !!opts.init, config, log);
       const otpFile = firstOfficerPasswordFile(config.node.dataDir);
@@ -174,8 +193,11 @@ export class Daemon {
         clusterName: cluster?.name,
         storeRevision: () => store.revision(),
         gate: () => (self?.removed ? new HsmError(Code.Unavailable, `node ${config.node.id} was removed from cluster ${cluster?.name ?? ""}: it serves nothing`) : undefined),
+        loginLimiter,
         onPasswordChanged: (user) => {
           if (user === config.auth.firstOfficer && existsSync(otpFile)) unlinkSync(otpFile);
+          const recovered = officerPasswordFile(config.node.dataDir, user);
+          if (existsSync(recovered)) unlinkSync(recovered);
         },
         maxMessageBytes: limits.maxPayloadBytes * Math.max(1, Math.min(limits.maxBatchItems, 64)) + 1024 * 1024,
         observe: (m, c, s) => metrics.observeRpc(m, c, s),
@@ -183,10 +205,12 @@ export class Daemon {
       });
       metrics.setPoolSource(() => device!.poolStats());
       metrics.setKeyCountSource(() => keys.keyCount);
+      metrics.setLoginSource(() => ({ ...hashLane.stats(), rateLimited: loginLimiter.refused }));
       // The admin routes call back into the daemon, which needs the admin app to stop it.
       let self: Daemon | undefined;
       const admin = buildAdminApp({ metrics, readiness: () => self!.readiness(), status: () => self!.status() });
       const d = new Daemon(config, store, device, keys, metrics, domainKeyId, users, quorum, audit, membership, server, health, admin, log);
+      d.nodeLock = nodeLock;
       self = d;
       if (membership) {
         let members = 1;
@@ -218,6 +242,7 @@ export class Daemon {
       await device?.close();
       await audit?.close();
       await store.close();
+      nodeLock?.release();
       throw e;
     }
   }
@@ -292,7 +317,14 @@ export class Daemon {
       domainKeyId: this.domainKeyId,
       keys: this.keys.keyCount,
       limits: this.config.limits,
-      auth: { sessionTtlMs: this.config.auth.sessionTtlMs, maxFailedLogins: this.config.auth.maxFailedLogins, quorum: this.config.auth.quorum, quorumTtlMs: this.config.auth.quorumTtlMs },
+      auth: {
+        sessionTtlMs: this.config.auth.sessionTtlMs,
+        maxFailedLogins: this.config.auth.maxFailedLogins,
+        quorum: this.config.auth.quorum,
+        quorumTtlMs: this.config.auth.quorumTtlMs,
+        loginRateLimit: this.config.auth.loginRateLimit,
+        hashLane: this.config.auth.hashLane,
+      },
       audit: { file: this.config.audit.file, entries: this.audit.lastSeq, lastHash: this.audit.lastHash },
     };
   }
@@ -336,6 +368,7 @@ export class Daemon {
     await this.audit.close();
     await this.device.close();
     await this.store.close();
+    this.nodeLock?.release();
     this.log("stopped");
   }
 }

@@ -5,6 +5,7 @@
  *
  *   hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]
  *   hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]
+ *   hsmd officer unlock NAME --config FILE [--so-pin-file FILE]
  */
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "./config";
@@ -13,10 +14,13 @@ import { Daemon, firstOfficerPasswordFile, stderrLog } from "./daemon";
 import { HsmError } from "./errors";
 import { describeTransport } from "./grpc";
 import { runAuditVerify } from "./audit";
+import { runOfficerUnlock } from "./officer-unlock";
 
 async function main(): Promise<number> {
   // `hsmd audit verify FILE …`: checks an audit log's hash chain offline (exit 0 intact, 1 tampered, 2 usage/I/O).
   if (process.argv[2] === "audit") return runAuditVerify(process.argv.slice(3));
+  // `hsmd officer unlock NAME --config FILE`: offline recovery of a locked crypto officer (the token's SO PIN; see officer-unlock.ts).
+  if (process.argv[2] === "officer") return runOfficerUnlock(process.argv.slice(3));
   const { values, positionals } = parseArgs({
     allowPositionals: true,
     options: {
@@ -29,7 +33,7 @@ async function main(): Promise<number> {
   });
   const cmd = positionals[0] ?? "start";
   if (values.help || !["start", "init", "join"].includes(cmd)) {
-    process.stdout.write("usage: hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]\n       hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]\n");
+    process.stdout.write("usage: hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]\n       hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]\n       hsmd officer unlock NAME --config FILE [--so-pin-file FILE]\n");
     return values.help ? 0 : 2;
   }
   const overrides: Record<string, unknown> = {};
@@ -43,9 +47,9 @@ async function main(): Promise<number> {
   mkdirSync(config.node.dataDir, { recursive: true, mode: 0o700 });
   process.chdir(config.node.dataDir);
 
-  // Crypto calls run on libuv's thread pool: one thread per session plus a few for fs and DNS. Must be
-  // set before the pool is first used.
-  if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, config.device.poolSize + 4));
+  // Crypto calls run on libuv's thread pool: one thread per session, the password-hashing lane's
+  // threads, plus a few for fs and DNS. Must be set before the pool is first used.
+  if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, config.device.poolSize + config.auth.hashLane.concurrency + 4));
 
   const daemon = await Daemon.start({
     config,

@@ -2,6 +2,7 @@ import { Code, HsmError, notFound } from "../errors";
 import type { KeyRecord, KeyService } from "../keys";
 import type { Principal, UserService } from "../users";
 import { requirePasswordChanged } from "../users";
+import { keyAccess } from "./key-access";
 import { ROLE_NAMES, RULES, type KeyNeed, type Rule } from "./policy";
 
 const denied = (msg: string) => new HsmError(Code.PermissionDenied, msg);
@@ -60,15 +61,22 @@ export class AccessGuard {
    * The record of a key the principal may access with `need`. A key neither owned by nor shared with
    * the caller answers NOT_FOUND, as if it did not exist (no probing for other users' key ids); a key
    * only shared with the caller answers PERMISSION_DENIED for owner-only actions.
+   *
+   * Whenever this node's copy would answer NOT_FOUND, the decision is taken again on the record as
+   * the replicated store holds it now (one fresh read: a key or share committed on another node a
+   * moment ago counts). Both ways to NOT_FOUND, an unknown id and another user's key, so cost the
+   * same store read, and the answer's timing does not tell whether the key exists.
    */
   async key(principal: Principal, id: string, need: KeyNeed, field = "key_id"): Promise<KeyRecord> {
-    await this.keys.ensureRecord(id);
-    const r = this.keys.record(id, field);
-    const owner = r.owner?.userId === principal.userId;
-    if (owner) return r;
-    const shared = r.shares?.some((s) => s.userId === principal.userId) ?? false;
-    if (!shared) throw notFound(`key ${id} not found`);
-    if (need === "own") throw denied(`key ${id} is shared with ${principal.user}, who may use it for crypto; only its owner ${r.owner?.user ?? ""} may delete, share, unshare or wrap it out`);
+    this.keys.checkKeyId(id, field);
+    let r = this.keys.known(id);
+    let access = keyAccess(r, principal.userId);
+    if (access === "none") {
+      r = await this.keys.freshRecord(id);
+      access = keyAccess(r, principal.userId);
+    }
+    if (access === "none" || !r) throw notFound(`key ${id} not found`);
+    if (access === "shared" && need === "own") throw denied(`key ${id} is shared with ${principal.user}, who may use it for crypto; only its owner ${r.owner?.user ?? ""} may delete, share, unshare or wrap it out`);
     return r;
   }
 

@@ -3,4 +3,6 @@
  * (sessions, roles, key ownership and shares). Every RPC passes through it.
  */
 export { AccessGuard } from "./guard";
+export { keyAccess, type KeyAccess } from "./key-access";
 export { RULES, ROLE_NAMES, type KeyNeed, type KeyRef, type Rule } from "./policy";
+export { DEFAULT_LOGIN_RATE, PeerRateLimiter, peerAddress, type RateDecision, type RateLimitOptions } from "./rate-limit";

@@ -5,3 +5,4 @@
 export { runHsmctl, COMMANDS } from "./run";
 export { EXIT, CliFailure, UsageError } from "./errors";
 export type { CliIo, CommandSpec, OptionSpec } from "./spec";
+export { promptHidden } from "./secrets";

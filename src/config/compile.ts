@@ -8,7 +8,7 @@ import { ConfigError } from "./problems";
 import { readProfile } from "./profiles";
 import { parseListenAddress } from "./listen";
 import { sealConfig } from "./redact";
-import { AUTH_DEFAULTS, CLUSTER_DEFAULTS, DEFAULT_PROFILE, LIMIT_DEFAULTS, LISTEN_DEFAULTS } from "./schema";
+import { AUTH_DEFAULTS, CLUSTER_DEFAULTS, DEFAULT_PROFILE, LIMIT_DEFAULTS, LISTEN_DEFAULTS, LOGIN_RATE_DEFAULTS, HASH_LANE_DEFAULTS } from "./schema";
 import { checkTransport, type RawTls } from "./tls";
 import { checkSchema } from "./validator";
 import { PROFILE_NAMES, type Config, type ConfigProblem, type DeviceQuirks, type LimitsConfig, type PinSource, type ProfileName } from "./types";
@@ -41,7 +41,14 @@ interface RawDoc {
   listen?: { grpc?: string; admin?: string };
   device?: Record<string, unknown>;
   limits?: Partial<LimitsConfig>;
-  auth?: { sessionTtlSeconds?: number; maxFailedLogins?: number; firstOfficer?: string; quorum?: { ttlSeconds?: number; operations?: Record<string, number> } };
+  auth?: {
+    sessionTtlSeconds?: number;
+    maxFailedLogins?: number;
+    firstOfficer?: string;
+    quorum?: { ttlSeconds?: number; operations?: Record<string, number> };
+    loginRateLimit?: { burst?: number; perSecond?: number; maxPeers?: number };
+    hashLane?: { concurrency?: number; maxQueue?: number };
+  };
   audit?: { file?: string; fsync?: "always" | "changes" };
   cluster?: { name: string; etcd: { endpoints: string[]; tls?: { ca?: string; cert?: string; key?: string } }; advertise?: string; minNodes?: number; joinTtlSeconds?: number };
 }
@@ -185,6 +192,8 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
       firstOfficer: auth.firstOfficer ?? AUTH_DEFAULTS.firstOfficer,
       quorumTtlMs: (auth.quorum?.ttlSeconds ?? AUTH_DEFAULTS.quorumTtlSeconds) * 1000,
       quorum: { ...(auth.quorum?.operations ?? {}) },
+      loginRateLimit: { ...LOGIN_RATE_DEFAULTS, ...auth.loginRateLimit },
+      hashLane: { ...HASH_LANE_DEFAULTS, ...auth.hashLane },
     },
     cluster: rawCluster
       ? {

@@ -16,6 +16,18 @@ export const CLUSTER_DEFAULTS = Object.freeze({ minNodes: 1, joinTtlSeconds: 600
 /** Defaults of the `auth` section. */
 export const AUTH_DEFAULTS = Object.freeze({ sessionTtlSeconds: 3600, maxFailedLogins: 5, firstOfficer: "admin", quorumTtlSeconds: 600 });
 
+/**
+ * Defaults of `auth.loginRateLimit`: a token bucket per client address (a burst of 30 logins, then 10
+ * a second), so that one peer cannot spend the node's password hashing on guesses.
+ */
+export const LOGIN_RATE_DEFAULTS = Object.freeze({ burst: 30, perSecond: 10, maxPeers: 10_000 });
+
+/**
+ * Defaults of `auth.hashLane`: scrypt runs on libuv's thread pool beside the device calls, so
+ * at most 2 hashes run at once and 64 wait; more are refused with RESOURCE_EXHAUSTED (retry).
+ */
+export const HASH_LANE_DEFAULTS = Object.freeze({ concurrency: 2, maxQueue: 64 });
+
 /** Default listen addresses: loopback only, so a fresh install is not reachable from the network. */
 export const LISTEN_DEFAULTS = Object.freeze({ grpc: "127.0.0.1:7443", admin: "127.0.0.1:7480" });
 
@@ -154,6 +166,25 @@ export const CONFIG_SCHEMA = {
         sessionTtlSeconds: { type: "integer", minimum: 1, maximum: 604800, default: AUTH_DEFAULTS.sessionTtlSeconds, description: "session token lifetime" },
         maxFailedLogins: { type: "integer", minimum: 1, maximum: 100, default: AUTH_DEFAULTS.maxFailedLogins, description: "consecutive failed logins that lock a user" },
         firstOfficer: { type: "string", minLength: 1, maxLength: 32, pattern: "^[a-z0-9][a-z0-9._-]*$", errorMessages: { pattern: "must be a username: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit" }, default: AUTH_DEFAULTS.firstOfficer, description: "name of the crypto officer `hsmd init` creates" },
+        loginRateLimit: {
+          type: "object",
+          additionalProperties: false,
+          description: "logins per client address: a token bucket; over it Login answers RESOURCE_EXHAUSTED saying when to retry",
+          properties: {
+            burst: { type: "integer", minimum: 1, maximum: 100000, default: LOGIN_RATE_DEFAULTS.burst, description: "logins a client address may make at once" },
+            perSecond: { type: "number", exclusiveMinimum: 0, maximum: 100000, default: LOGIN_RATE_DEFAULTS.perSecond, description: "logins a client address regains per second" },
+            maxPeers: { type: "integer", minimum: 1, maximum: 10000000, default: LOGIN_RATE_DEFAULTS.maxPeers, description: "client addresses tracked at once (least recently seen forgotten first)" },
+          },
+        },
+        hashLane: {
+          type: "object",
+          additionalProperties: false,
+          description: "the lane scrypt runs in (beside the device calls on libuv's thread pool)",
+          properties: {
+            concurrency: { type: "integer", minimum: 1, maximum: 64, default: HASH_LANE_DEFAULTS.concurrency, description: "password hashes running at once" },
+            maxQueue: { type: "integer", minimum: 0, maximum: 100000, default: HASH_LANE_DEFAULTS.maxQueue, description: "password hashes waiting; beyond it RESOURCE_EXHAUSTED (retry)" },
+          },
+        },
         quorum: {
           type: "object",
           additionalProperties: false,

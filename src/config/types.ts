@@ -132,6 +132,10 @@ export interface AuthConfig {
   readonly quorumTtlMs: number;
   /** operation -> M approvals; absent means no quorum. @default {} */
   readonly quorum: Readonly<Record<string, number>>;
+  /** Login rate per client address (token bucket). @default { burst: 30, perSecond: 10, maxPeers: 10000 } */
+  readonly loginRateLimit: { readonly burst: number; readonly perSecond: number; readonly maxPeers: number };
+  /** The lane every scrypt hash runs in. @default { concurrency: 2, maxQueue: 64 } */
+  readonly hashLane: { readonly concurrency: number; readonly maxQueue: number };
 }
 
 /** The audit log (the `audit` section, resolved). */

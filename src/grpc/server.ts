@@ -5,7 +5,7 @@ import { HealthImplementation } from "grpc-health-check";
 import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import type { AccessGuard } from "../access";
+import type { AccessGuard, PeerRateLimiter } from "../access";
 import { queryAuditLog, verifyAuditLog, type AuditEntry, type AuditLog } from "../audit";
 import { Code, HsmError, invalid, notFound, precondition } from "../errors";
 import { AuditServiceService, type AuditServiceServer } from "../gen/hsm/v1/audit";
@@ -49,6 +49,8 @@ export interface GrpcServerOptions {
   domainKeyId?: string;
   /** Checked before anything else on every call: an error here (e.g. a removed node) is the answer. */
   gate?: () => HsmError | undefined;
+  /** Logins per client address (absent: unlimited). */
+  loginLimiter?: PeerRateLimiter;
   /** Called after a user changed its own password (the daemon removes the first officer's one-time password file). */
   onPasswordChanged?: (user: string) => void;
 }
@@ -223,6 +225,8 @@ function services(opts: GrpcServerOptions) {
 
   const userImpl: UserServiceServer = {
     login: rpc("Login", async (r, c) => {
+      // Before anything else: a refused login costs no hash and no store read.
+      opts.loginLimiter?.admitLogin(c.peer);
       if (!r.username) throw invalid("username is required");
       if (!r.password) throw invalid("password is required");
       const res = await users.login(r.username, r.password, c.peer ? { client: c.peer.slice(0, 256) } : undefined);

@@ -47,6 +47,7 @@ import type { StateStore, WatchEvent } from "../store";
 import { decodeRecord, encodeRecord, recordKey, requestKey, toApiKey, type KeyRecord, type KeyVersion, type UserRef } from "./record";
 import { HASH_LEN, algorithmOf, cipherFor, isSecret, macLengthFor, oaepLabelFor, resolveUsages, signFor, specOf, wrapFor } from "./spec";
 import { derToRaw, rawToDer } from "./signature";
+import { ClusterImportKey } from "./import-key";
 
 /** Limits enforced at the edge of every call (named in configuration). */
 export interface KeyLimits {
@@ -65,8 +66,6 @@ export interface KeyServiceOptions {
   limits: KeyLimits;
   /** CKA_ID of the domain key in the device. */
   domainKeyId: string;
-  /** CKA_ID of the BYOK import key pair. */
-  importKeyId: string;
   log?: (msg: string) => void;
   /**
    * In a cluster: this node's id. The key service then records which nodes hold each key
@@ -138,10 +137,14 @@ export class KeyService {
   /** Keys known to be held by at least minNodes nodes. */
   private readonly usable = new Set<string>();
 
+  /** The BYOK import key, one for the whole cluster (a record, materialized on first use). */
+  private readonly importKeys: ClusterImportKey;
+
   constructor(private readonly opts: KeyServiceOptions) {
     this.device = opts.device;
     this.store = opts.store;
     this.limits = opts.limits;
+    this.importKeys = new ClusterImportKey({ device: opts.device, store: opts.store, domainKeyId: opts.domainKeyId, nodeId: opts.nodeId, log: opts.log });
   }
 
   /** Loads every record, then follows the store so records written elsewhere show up. */
@@ -361,7 +364,7 @@ export class KeyService {
     await Promise.all(covering);
     for (const id of present.keys()) {
       // hsmd's own objects (domain, import, transport keys) are named hsmd-…; records are UUIDs.
-      if (id.startsWith("hsmd-") || id === this.opts.domainKeyId || id === this.opts.importKeyId || this.records.has(id)) continue;
+      if (id.startsWith("hsmd-") || id === this.opts.domainKeyId || this.records.has(id)) continue;
       // A record may have landed since the listing: check the store, not just the cache.
       if (await this.store.get(recordKey(id))) continue;
       await this.device.destroy(id);
@@ -443,17 +446,30 @@ export class KeyService {
     return items;
   }
 
+  /** Throws INVALID_ARGUMENT naming `field` unless `id` is a well-formed key id. */
+  checkKeyId(id: string, field = "key_id"): void {
+    if (!id) throw invalid(`${field} is required`);
+    if (!ID_RE.test(id)) throw invalid(`${field} "${id.slice(0, 80)}" is not a key id`);
+  }
+
+  /** This node's copy of a key's record, if it has one (no store read). */
+  known(id: string): KeyRecord | undefined {
+    return this.records.get(id);
+  }
+
   /**
-   * Makes sure a record committed elsewhere is known here before it is used: on a miss, one read
-   * straight from the replicated store (see StateStore.getFresh), and the record is applied as the
-   * watch would have. A no-op for known ids, malformed ids and stores without fresh reads.
+   * The record as the replicated store holds it now: one read straight from it (StateStore.getFresh)
+   * whether or not this node knows the key, so that callers can make a miss and a hit cost the same.
+   * A record this node did not know yet is applied as the watch would have; a known one is left to
+   * the watch (which delivers changes in order). Stores without fresh reads answer the local copy.
    */
-  async ensureRecord(id: string): Promise<void> {
-    if (!id || this.records.has(id) || !ID_RE.test(id) || !this.store.getFresh) return;
+  async freshRecord(id: string): Promise<KeyRecord | undefined> {
+    if (!ID_RE.test(id) || !this.store.getFresh) return this.records.get(id);
     const e = await this.store.getFresh(recordKey(id));
-    if (!e || this.records.has(id)) return;
+    if (!e) return undefined;
     const r = decodeRecord(e.value);
-    this.records.set(id, r);
+    if (!this.records.has(id)) this.records.set(id, r);
+    return r;
   }
 
   /** The record of a key id; NOT_FOUND when none. */
@@ -589,13 +605,17 @@ export class KeyService {
     );
   }
 
+  /**
+   * The cluster's import key (made once, the same on every node: see ClusterImportKey): its id, its
+   * public key and the wrapping algorithm (RSA-OAEP with the record's hash, then AES-KWP).
+   */
   async getImportParameters(): Promise<GetImportParametersResponse> {
-    const spki = await this.device.ensureImportKey(this.opts.importKeyId);
+    const ik = await this.importKeys.get();
     return {
-      importKeyId: this.opts.importKeyId,
-      publicKeySpki: spki,
-      publicKeyPem: String(createPublicKey({ key: spki, format: "der", type: "spki" }).export({ type: "spki", format: "pem" })),
-      wrappingAlgorithm: `RSA_OAEP_${this.device.importOaepHash().toUpperCase()}_AES_KWP`,
+      importKeyId: ik.id,
+      publicKeySpki: ik.spki,
+      publicKeyPem: String(createPublicKey({ key: ik.spki, format: "der", type: "spki" }).export({ type: "spki", format: "pem" })),
+      wrappingAlgorithm: `RSA_OAEP_${ik.oaepHash.toUpperCase()}_AES_KWP`,
     };
   }
 
@@ -605,15 +625,25 @@ export class KeyService {
     const label = this.label(req.label);
     const usages = resolveUsages(alg, req.usages);
     const requestId = this.requestId(req.requestId);
-    if (req.importKeyId !== this.opts.importKeyId) throw notFound(`import key ${req.importKeyId || "(empty)"} not found: call GetImportParameters`);
     const blob = this.payload("wrapped_key_material", Buffer.from(req.wrappedKeyMaterial));
-    if (!(await this.device.has(this.opts.importKeyId, "private"))) throw precondition("no import key yet: call GetImportParameters first");
+    const ik = await this.importKeys.forImport(req.importKeyId);
     const spki = isSecret(alg) ? undefined : this.checkPairSpki(alg, Buffer.from(req.publicKeySpki));
+    // The import key's objects may have gone with the device's sessions (session objects): materialized again once.
+    const unwrap = async (id: string, u: Usage[]) => {
+      try {
+        await this.device.importWrapped(ik.id, blob, id, alg, u, ik.oaepHash);
+      } catch (e) {
+        if (!(e instanceof KeyNotMaterializedError) || e.keyId !== ik.id) throw e;
+        this.importKeys.reset();
+        const again = await this.importKeys.forImport(req.importKeyId);
+        await this.device.importWrapped(again.id, blob, id, alg, u, again.oaepHash);
+      }
+    };
     return this.create(
       { label, spec: req.spec, usages, state: "enabled", origin: KeyOrigin.KEY_ORIGIN_IMPORTED, publicOnly: false, exportable: req.exportable, requestId, owner },
       async (id) => {
-        await this.device.importWrapped(this.opts.importKeyId, blob, id, alg, usages);
-        if (spki) await this.provePair(id, alg, usages, spki, (tmp) => this.device.importWrapped(this.opts.importKeyId, blob, tmp, alg, ["sign"]));
+        await unwrap(id, usages);
+        if (spki) await this.provePair(id, alg, usages, spki, (tmp) => unwrap(tmp, ["sign"]));
         return spki;
       },
     );

@@ -136,6 +136,40 @@ export class Metrics {
     g("hsmd_store_reachable", "1 when the cluster store (etcd) answered the last check.", (v) => (v.storeReachable ? 1 : 0));
   }
 
+  /**
+   * Login gauges, read once per scrape from `fn`: the password-hashing lane (`hsmd_password_hashes`
+   * by state running/queued, `hsmd_password_hashes_peak_running`, `hsmd_password_hashes_completed`,
+   * `hsmd_password_hashes_refused`: refused because the lane was full) and
+   * `hsmd_logins_rate_limited` (logins refused by the per-address rate limit).
+   */
+  setLoginSource(fn: () => { inFlight: number; queued: number; peakInFlight: number; completed: number; refused: number; rateLimited: number }): void {
+    const registers = [this.registry];
+    new Gauge({
+      name: "hsmd_password_hashes",
+      help: "Password hashes (scrypt) in the hashing lane, by state (running, queued).",
+      labelNames: ["state"] as const,
+      registers,
+      collect() {
+        const v = fn();
+        this.set({ state: "running" }, v.inFlight);
+        this.set({ state: "queued" }, v.queued);
+      },
+    });
+    const g = (name: string, help: string, pick: (v: ReturnType<typeof fn>) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(pick(fn()));
+        },
+      });
+    g("hsmd_password_hashes_peak_running", "Most password hashes that ran at once since start (bounded by auth.hashLane.concurrency).", (v) => v.peakInFlight);
+    g("hsmd_password_hashes_completed", "Password hashes run since start.", (v) => v.completed);
+    g("hsmd_password_hashes_refused", "Password hashes refused since start because the hashing lane was full.", (v) => v.refused);
+    g("hsmd_logins_rate_limited", "Logins refused since start by the per-address rate limit (auth.loginRateLimit).", (v) => v.rateLimited);
+  }
+
   /** Records one finished RPC: `method` is the full gRPC method path, `code` the status name (e.g. "OK"). */
   observeRpc(method: string, code: string, seconds: number): void {
     this.rpcTotal.inc({ method, code });

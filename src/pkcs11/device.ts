@@ -805,27 +805,14 @@ export class Device {
     });
   }
 
-  /** Finds or generates the RSA-3072 import key pair (BYOK); returns its SPKI. */
-  async ensureImportKey(id: string): Promise<Buffer> {
-    const alg: KeyAlgorithm = { type: "rsa", bits: 3072 };
-    if (!(await this.has(id, "private"))) {
-      this.requireMechanism(pk.CKM_RSA_PKCS_OAEP, "key import (BYOK)");
-      const t: TemplateIntent = { id, alg, usages: ["unwrap", "wrap"], token: true, extractable: false };
-      await this.runCreating("C_GenerateKeyPair", pk.CKM_RSA_PKCS_KEY_PAIR_GEN, true, async (s) => {
-        const kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: pk.CKM_RSA_PKCS_KEY_PAIR_GEN }, publicTemplate(t), privateTemplate(t));
-        this.handles.set(id, { private: kp.privateKey, public: kp.publicKey });
-      });
-    }
-    return this.run("C_GetAttributeValue", undefined, (s) => this.readPublicSpki(s, alg, this.handle(s, id, "public")));
-  }
-
   /**
    * BYOK: `blob` = RSA-OAEP-SHA256(ephemeral AES-256 key) ‖ AES-KWP(ephemeral key, material), where
    * the RSA key is the import key. Both unwraps run inside the device; the ephemeral key is a
    * session object destroyed at once.
    */
-  async importWrapped(importKeyId: string, blob: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<void> {
+  async importWrapped(importKeyId: string, blob: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[], hash: OaepHash = this.importOaepHash()): Promise<void> {
     const rsaLen = 384;
+    if (!this.oaepNative.has(hash)) throw precondition(`the device does not support CKM_RSA_PKCS_OAEP with ${hash.toUpperCase()}, which the import key is used with`);
     if (blob.length <= rsaLen + 8) throw new HsmError(Code.InvalidArgument, `wrapped key material must be ${rsaLen} bytes of RSA-OAEP then the AES-KWP blob; got ${blob.length} bytes`);
     // Imports are rare: run them one at a time, so the import key is never used concurrently.
     const turn = this.importQueue.then(() => undefined);
@@ -833,18 +820,18 @@ export class Device {
     this.importQueue = new Promise<void>((r) => (done = r));
     await turn;
     try {
-      await this.importWrappedNow(importKeyId, blob, id, alg, usages);
+      await this.importWrappedNow(importKeyId, blob, id, alg, usages, hash);
     } finally {
       done();
     }
   }
 
-  private async importWrappedNow(importKeyId: string, blob: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<void> {
+  private async importWrappedNow(importKeyId: string, blob: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[], hash: OaepHash): Promise<void> {
     const rsaLen = 384;
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
     await this.retryCreation(id, () => this.runCreating("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, t.token, async (s) => {
-      const eph = await this.p11.C_UnwrapKeyAsync(s, oaep(this.importOaepHash()), this.handle(s, importKeyId, "private"), blob.subarray(0, rsaLen), [
+      const eph = await this.p11.C_UnwrapKeyAsync(s, oaep(hash), this.handle(s, importKeyId, "private"), blob.subarray(0, rsaLen), [
         { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
         { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
         { type: pk.CKA_TOKEN, value: false },

@@ -3,7 +3,7 @@
  * SPKI, wrapped blobs), never raw handles.
  */
 export { Device, KeyNotMaterializedError } from "./device";
-export { createTrustedPublicKey, type TrustedKeyOptions } from "./trusted";
+export { checkSoPin, createTrustedPublicKey, type SoLoginOptions, type TrustedKeyOptions } from "./trusted";
 export type { DeviceOptions, TokenInfo } from "./device";
 export { partsFromSpki, spkiFromAttributes } from "./spki";
 export { CURVE_BYTES, mechanismName } from "./constants";

@@ -1,6 +1,7 @@
 /**
- * The security-officer step of a join: places a joiner's transport public key in this token as a
- * trusted object (CKA_TRUSTED), which only the token's security officer (SO) may do. PKCS#11 logs in
+ * The security-officer steps: placing a joiner's transport public key in this token as a trusted
+ * object (CKA_TRUSTED), which only the token's security officer (SO) may do, and proving an operator
+ * holds the SO PIN (offline recovery). PKCS#11 logs in
  * per application, and the daemon is logged in as the user, so the SO login runs in a short-lived
  * child process: it logs in as SO with the PIN the operator gave for this ceremony, creates the
  * object, logs out and exits. The PIN reaches it on stdin, never in argv or the environment, and is
@@ -39,7 +40,7 @@ process.stdin.on("end", () => {
     const s = p.C_OpenSession(slot, pk.CKF_SERIAL_SESSION | pk.CKF_RW_SESSION);
     p.C_Login(s, pk.CKU_SO, o.soPin);
     try {
-      p.C_CreateObject(s, [
+      if (o.op === "create") p.C_CreateObject(s, [
         { type: pk.CKA_CLASS, value: pk.CKO_PUBLIC_KEY },
         { type: pk.CKA_KEY_TYPE, value: pk.CKK_RSA },
         { type: pk.CKA_TOKEN, value: true },
@@ -76,7 +77,31 @@ export async function createTrustedPublicKey(opts: TrustedKeyOptions): Promise<v
     throw invalid("the transport key is not a valid SPKI public key");
   }
   if (jwk.kty !== "RSA" || !jwk.n || !jwk.e) throw invalid("the transport key must be an RSA public key");
-  const input = JSON.stringify({ pkcs11js: require.resolve("pkcs11js"), module: opts.module, tokenLabel: opts.tokenLabel, slot: opts.slot, soPin: opts.soPin, id: opts.id, n: jwk.n, e: jwk.e });
+  await runAsSecurityOfficer({ op: "create", module: opts.module, tokenLabel: opts.tokenLabel, slot: opts.slot, soPin: opts.soPin, id: opts.id, n: jwk.n, e: jwk.e }, "could not mark the transport key trusted");
+}
+
+/** Which token, and the SO PIN the operator gave for this step. */
+export interface SoLoginOptions {
+  module: string;
+  tokenLabel?: string;
+  slot?: number;
+  soPin: string;
+}
+
+/**
+ * Proves that `soPin` is the token's security-officer PIN by really logging in as SO (CKU_SO) in a
+ * short-lived child process, then logging out. PERMISSION_DENIED for a wrong PIN (CKR_PIN_INCORRECT),
+ * FAILED_PRECONDITION for a locked one (CKR_PIN_LOCKED). Offline recovery steps (`hsmd officer
+ * unlock`) take it as the operator's proof of authority over the token.
+ */
+export async function checkSoPin(opts: SoLoginOptions): Promise<void> {
+  if (!opts.soPin) throw invalid("the security officer PIN is required");
+  await runAsSecurityOfficer({ op: "check", module: opts.module, tokenLabel: opts.tokenLabel, slot: opts.slot, soPin: opts.soPin }, "could not log in as the token's security officer");
+}
+
+/** Runs {@link CHILD} with `o` on its stdin (the PIN never in argv or the environment); maps its failure. */
+async function runAsSecurityOfficer(o: Record<string, unknown>, failure: string): Promise<void> {
+  const input = JSON.stringify({ pkcs11js: require.resolve("pkcs11js"), ...o });
   const out = await new Promise<{ code: number | null; stdout: string }>((resolve, reject) => {
     const child = spawn(process.execPath, ["-e", CHILD], { stdio: ["pipe", "pipe", "ignore"], env: process.env });
     let stdout = "";
@@ -95,5 +120,6 @@ export async function createTrustedPublicKey(opts: TrustedKeyOptions): Promise<v
   if (/PIN_INCORRECT/.test(message)) throw new HsmError(Code.PermissionDenied, "the security officer PIN of this node's token is incorrect");
   if (/PIN_LOCKED/.test(message)) throw precondition("the security officer PIN of this node's token is locked");
   if (/ALREADY_LOGGED_IN/.test(message)) throw new HsmError(Code.Unavailable, "another security officer session is open on this token; retry", { transient: true });
-  throw new HsmError(Code.Internal, "could not mark the transport key trusted", { cause: new Error(message) });
+  if (/TOKEN_NOT_FOUND|token not found/.test(message)) throw precondition("the token was not found: check device.tokenLabel or device.slot");
+  throw new HsmError(Code.Internal, failure, { cause: new Error(message) });
 }

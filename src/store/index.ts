@@ -14,6 +14,6 @@ export {
   type EmbeddedStoreOptions,
   type EmbeddedStoreStats,
 } from "./embedded";
-export { LOCK_FILE } from "./lock";
+export { DirLock, LOCK_FILE } from "./lock";
 export { getJson, getJsonFresh, getJsonLatest, jsonCodec, putJson, type Codec, type JsonEntry } from "./json";
 export { EtcdStore, openEtcdStore, type EtcdStoreOptions, type EtcdStoreStats } from "./etcd";

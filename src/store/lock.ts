@@ -22,7 +22,8 @@ function alive(pid: number): boolean {
 export class DirLock {
   private constructor(readonly path: string) {}
 
-  static acquire(dir: string): DirLock {
+  /** `what` names the lock's purpose in the refusal (`state store`, `node data directory`). */
+  static acquire(dir: string, what = "state store"): DirLock {
     const path = join(dir, LOCK_FILE);
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
@@ -61,8 +62,8 @@ export class DirLock {
       if (Number.isSafeInteger(pid) && pid > 0 && (pid === process.pid || alive(pid))) {
         throw new HsmError(
           Code.FailedPrecondition,
-          `state store ${dir} is locked by ${pid === process.pid ? "this process" : `process ${pid}`} ` +
-            `(${path}); only one daemon may open a store. If no hsmd runs as pid ${pid}, remove ${path}.`,
+          `${what} ${dir} is locked by ${pid === process.pid ? "this process" : `process ${pid}`} ` +
+            `(${path}); only one daemon may open a ${what}. If no hsmd runs as pid ${pid}, remove ${path}.`,
         );
       }
       // Stale (owner dead) or unreadable content written by a crash mid-create: take it over.

@@ -16,6 +16,7 @@ import {
   verifyPassword,
   type ScryptParams,
 } from "./password";
+import { HashLane } from "./hash-lane";
 import { retryTxn, type Attempt } from "./txn";
 import {
   ROLES,
@@ -60,6 +61,11 @@ export interface UserServiceOptions {
   maxFailedLogins?: number;
   /** scrypt cost of new hashes, default {@link DEFAULT_SCRYPT}; existing hashes keep their own */
   scrypt?: ScryptParams;
+  /**
+   * Where every scrypt hash and check runs: a bounded lane, so that logins never take the libuv
+   * threads device calls need (default: a lane of {@link DEFAULT_HASH_LANE}'s size).
+   */
+  hashLane?: HashLane;
 }
 
 /** The answer of {@link UserService.initialize}: the first CO and its one-time password, shown only this once. */
@@ -147,7 +153,9 @@ export class UserService {
   private readonly sessionTtlMs: number;
   private readonly maxFailedLogins: number;
   private readonly scrypt: ScryptParams;
-  private dummyHash: Promise<PasswordHash> | undefined;
+  private dummyHash: PasswordHash | undefined;
+  /** The bounded lane every scrypt call of this service runs in. */
+  readonly hashLane: HashLane;
 
   constructor(opts: UserServiceOptions) {
     this.store = opts.store;
@@ -155,6 +163,7 @@ export class UserService {
     this.sessionTtlMs = opts.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS;
     this.maxFailedLogins = opts.maxFailedLogins ?? DEFAULT_MAX_FAILED_LOGINS;
     this.scrypt = { ...(opts.scrypt ?? DEFAULT_SCRYPT) };
+    this.hashLane = opts.hashLane ?? new HashLane();
     if (!Number.isSafeInteger(this.sessionTtlMs) || this.sessionTtlMs <= 0) {
       throw invalid(`sessionTtlMs must be a positive integer, got ${String(opts.sessionTtlMs)}`);
     }
@@ -174,7 +183,7 @@ export class UserService {
     checkPasswordPolicy(oneTimePassword);
     const refused = () => precondition("users are already initialized: the first crypto officer exists");
     if ((await this.store.count(USERS_PREFIX)) > 0 || (await this.store.get(USERS_INIT_KEY))) throw refused();
-    const rec = this.newRecord(firstCoName, "CO", await hashPassword(oneTimePassword, this.scrypt), true);
+    const rec = this.newRecord(firstCoName, "CO", await this.hash(oneTimePassword), true);
     const res = await this.store.txn(
       [
         { key: USERS_INIT_KEY, op: "absent" },
@@ -205,7 +214,7 @@ export class UserService {
     checkUsername(name);
     checkRole(role);
     checkPasswordPolicy(password);
-    const rec = this.newRecord(name, role, await hashPassword(password, this.scrypt), opts.mustChangePassword ?? false);
+    const rec = this.newRecord(name, role, await this.hash(password), opts.mustChangePassword ?? false);
     const res = await this.store.txn([{ key: userKey(name), op: "absent" }], [{ type: "put", key: userKey(name), value: encode(rec) }]);
     if (!res.succeeded) throw new HsmError(Code.AlreadyExists, `user ${name} already exists`);
     return toUserInfo(rec);
@@ -288,6 +297,28 @@ export class UserService {
   }
 
   /**
+   * Offline recovery of a crypto officer (`hsmd officer unlock`, run on a node's host by an operator
+   * who proved the token's SO PIN): clears the lockout and the failed-login count, replaces the
+   * password with `oneTimePassword` (which must be changed before anything else) and revokes the
+   * officer's sessions. The way back when failed logins locked the last officer, whom no other
+   * officer can unlock. NOT_FOUND for an unknown user; FAILED_PRECONDITION for a user that is not a
+   * crypto officer (officers unlock those with UnlockUser).
+   */
+  async recoverOfficer(name: string, oneTimePassword: string): Promise<UserInfo> {
+    checkUsername(name);
+    checkPasswordPolicy(oneTimePassword, "one-time password");
+    const notOfficer = (u: UserRecord) =>
+      precondition(`user ${name} is a ${u.role}, not a crypto officer: officer unlock recovers crypto officers only (a crypto officer unlocks other users with UnlockUser)`);
+    const first = await this.readUser(name);
+    if (first.value.role !== "CO") throw notOfficer(first.value);
+    const password = await this.hash(oneTimePassword);
+    return this.update(name, `recover officer ${name}`, (u) => {
+      if (u.role !== "CO") throw notOfficer(u);
+      return { ...u, locked: false, lockReason: null, failedLogins: 0, password, mustChangePassword: true, tokenGeneration: u.tokenGeneration + 1 };
+    });
+  }
+
+  /**
    * Sets another user's password (policy applies), makes it change that password at its next login
    * and revokes its sessions. A user changes its own password with {@link changePassword} instead
    * (FAILED_PRECONDITION). Does not unlock.
@@ -296,7 +327,7 @@ export class UserService {
     checkUsername(name);
     checkPasswordPolicy(newPassword, "new password");
     if (actorName(actor) === name) throw precondition(`use ChangePassword to change your own password`);
-    const password = await hashPassword(newPassword, this.scrypt);
+    const password = await this.hash(newPassword);
     return this.update(name, `reset password of ${name}`, (u) => ({
       ...u,
       password,
@@ -318,7 +349,7 @@ export class UserService {
     if (oldPassword.normalize("NFC") === newPassword.normalize("NFC")) {
       throw invalid("the new password must differ from the current one");
     }
-    const password = await hashPassword(newPassword, this.scrypt);
+    const password = await this.hash(newPassword);
     const verified = new Map<string, boolean>();
     const out = await retryTxn<LoginResult | HsmError>(this.store, `change password of ${name}`, async () => {
       const cur = await getJson<UserRecord>(this.store, userKey(name));
@@ -584,15 +615,29 @@ export class UserService {
     const k = `${hash.salt}:${hash.hash}`;
     let ok = cache.get(k);
     if (ok === undefined) {
-      ok = await verifyPassword(password, hash);
+      ok = await this.verify(password, hash);
       cache.set(k, ok);
     }
     return ok;
   }
 
-  /** The same scrypt work as a real check, for unknown users (no user enumeration by timing). */
+  /** scrypt of a new password, in the lane (RESOURCE_EXHAUSTED when it is full). */
+  private hash(password: string): Promise<PasswordHash> {
+    return this.hashLane.run(() => hashPassword(password, this.scrypt));
+  }
+
+  /** scrypt check of a password, in the lane (RESOURCE_EXHAUSTED when it is full). */
+  private verify(password: string, stored: PasswordHash): Promise<boolean> {
+    return this.hashLane.run(() => verifyPassword(password, stored));
+  }
+
+  /**
+   * The same scrypt work as a real check, for unknown users (no user enumeration by timing): a check
+   * against a hash of this service's cost whose salt and value are random, so it never matches and
+   * needs no hashing of its own to make.
+   */
   private async dummyVerify(password: string): Promise<void> {
-    this.dummyHash ??= hashPassword(randomBytes(16).toString("base64"), this.scrypt);
-    await verifyPassword(password, await this.dummyHash);
+    this.dummyHash ??= { alg: "scrypt", ...this.scrypt, salt: randomBytes(16).toString("base64"), hash: randomBytes(32).toString("base64"), keyLen: 32 };
+    await this.verify(password, this.dummyHash);
   }
 }

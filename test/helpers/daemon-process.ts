@@ -205,3 +205,19 @@ export async function startDaemonProcess(opts: DaemonProcessOptions = {}): Promi
   };
   return dp;
 }
+
+/**
+ * Runs a one-shot hsmd command (`node dist/src/main.js ARGS…`, e.g. `officer unlock admin --config
+ * FILE`) against a daemon process's token, stdin not a terminal; resolves its exit code and output.
+ */
+export function runHsmdCommand(dp: Pick<DaemonProcess, "token">, args: string[], env: Record<string, string | undefined> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolveRun, reject) => {
+    const child = spawn(process.execPath, [MAIN_JS, ...args], { env: { ...process.env, SOFTHSM2_CONF: dp.token.conf, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout!.setEncoding("utf8").on("data", (s: string) => (stdout += s));
+    child.stderr!.setEncoding("utf8").on("data", (s: string) => (stderr += s));
+    child.on("error", reject);
+    child.on("exit", (code) => resolveRun({ code, stdout, stderr }));
+  });
+}

@@ -411,6 +411,8 @@ describe("auth and audit", () => {
       firstOfficer: "admin",
       quorumTtlMs: 600_000,
       quorum: {},
+      loginRateLimit: { burst: 30, perSecond: 10, maxPeers: 10_000 },
+      hashLane: { concurrency: 2, maxQueue: 64 },
     });
     expect(config.audit).toEqual({ file: join(dir, "data", "audit", "audit.log"), fsync: "changes" });
     // Empty sections are the same as absent ones.
@@ -433,6 +435,8 @@ describe("auth and audit", () => {
           maxFailedLogins: 3,
           firstOfficer: "root-officer",
           quorum: { ttlSeconds: 120, operations: { DeleteUser: 2, ResetPassword: 3, ShareKey: 1, DeleteKey: 2 } },
+          loginRateLimit: { burst: 5, perSecond: 0.5 },
+          hashLane: { concurrency: 4, maxQueue: 0 },
         },
         audit: { file: "logs/audit.jsonl", fsync: "always" },
       }),
@@ -444,6 +448,8 @@ describe("auth and audit", () => {
       firstOfficer: "root-officer",
       quorumTtlMs: 120_000,
       quorum: { DeleteUser: 2, ResetPassword: 3, ShareKey: 1, DeleteKey: 2 },
+      loginRateLimit: { burst: 5, perSecond: 0.5, maxPeers: 10_000 },
+      hashLane: { concurrency: 4, maxQueue: 0 },
     });
     expect(config.audit).toEqual({ file: join(dir, "logs", "audit.jsonl"), fsync: "always" });
     // An absolute path is kept as is; the limits are inclusive.
@@ -484,6 +490,17 @@ describe("auth and audit", () => {
     expect(check({ ...minimal(), audit: { fsync: "never" } })).toEqual([{ path: "/audit/fsync", message: "must be one of always, changes" }]);
     expect(check({ ...minimal(), audit: { file: "" } })[0]!.path).toBe("/audit/file");
     expect(check({ ...minimal(), auth: { firstOfficer: "two words" } })[0]!.path).toBe("/auth/firstOfficer");
+    expect(check({ ...minimal(), auth: { loginRateLimit: { burst: 0, perSecond: 0, maxPeers: 0 } } })).toEqual([
+      { path: "/auth/loginRateLimit/burst", message: "must be >= 1" },
+      { path: "/auth/loginRateLimit/perSecond", message: "must be > 0" },
+      { path: "/auth/loginRateLimit/maxPeers", message: "must be >= 1" },
+    ]);
+    expect(check({ ...minimal(), auth: { hashLane: { concurrency: 65, maxQueue: -1 } } })).toEqual([
+      { path: "/auth/hashLane/concurrency", message: "must be <= 64" },
+      { path: "/auth/hashLane/maxQueue", message: "must be >= 0" },
+    ]);
+    expect(check({ ...minimal(), auth: { loginRateLimit: { perMinute: 3 } } })[0]!.path).toBe("/auth/loginRateLimit/perMinute");
+    expect(check({ ...minimal(), auth: { hashLane: { concurrency: 1.5 } } })).toEqual([{ path: "/auth/hashLane/concurrency", message: "must be integer" }]);
   });
 
   it("refuses wrong types and unknown keys with their paths", () => {
@@ -516,7 +533,15 @@ describe("auth and audit", () => {
       overrides: { ...minimal(), auth: { quorum: { operations: { DeleteKey: 2 } } }, audit: { file: join(dir, "a.log") } },
     });
     const described = describeConfig(config);
-    expect(described.auth).toEqual({ sessionTtlMs: 3_600_000, maxFailedLogins: 5, firstOfficer: "admin", quorumTtlMs: 600_000, quorum: { DeleteKey: 2 } });
+    expect(described.auth).toEqual({
+      sessionTtlMs: 3_600_000,
+      maxFailedLogins: 5,
+      firstOfficer: "admin",
+      quorumTtlMs: 600_000,
+      quorum: { DeleteKey: 2 },
+      loginRateLimit: { burst: 30, perSecond: 10, maxPeers: 10_000 },
+      hashLane: { concurrency: 2, maxQueue: 64 },
+    });
     expect(described.audit).toEqual({ file: join(dir, "a.log"), fsync: "changes" });
     expect(described.auth).not.toBe(config.auth);
     expect(described.auth.quorum).not.toBe(config.auth.quorum);
@@ -551,6 +576,8 @@ describe("auth and audit", () => {
       firstOfficer: "admin",
       quorumTtlMs: 600_000,
       quorum: { DeleteUser: 2, ResetPassword: 2 },
+      loginRateLimit: { burst: 30, perSecond: 10, maxPeers: 10_000 },
+      hashLane: { concurrency: 2, maxQueue: 64 },
     });
     expect(example.audit).toEqual({ file: "/var/log/hsmd/audit.log", fsync: "changes" });
   });

@@ -436,6 +436,23 @@ describe("users: crypto officers protect themselves and the last of them", () =>
     expect(lock.filter((r) => r.status === "fulfilled")).toHaveLength(1);
     expect((await users.listUsers("x")).filter((u) => u.role === "CO" && !u.locked)).toHaveLength(1);
   });
+  it("recoverOfficer (hsmd officer unlock) clears a failed-login lock of the last CO, sets a one-time password and revokes its sessions", async () => {
+    const users = await ready({ maxFailedLogins: 2 });
+    const before = await users.login("admin", adminPw);
+    for (let i = 0; i < 2; i++) await users.login("admin", "wrong-password").catch(() => undefined);
+    await rejectsWith(users.login("admin", adminPw), Code.PermissionDenied, /locked after 2 failed logins/);
+    const info = await users.recoverOfficer("admin", "one-time-password-1");
+    expect(info).toMatchObject({ locked: false, lockReason: null, failedLogins: 0, mustChangePassword: true });
+    await rejectsWith(users.authenticate(before.token), Code.Unauthenticated, "session revoked");
+    await rejectsWith(users.login("admin", adminPw), Code.Unauthenticated, INVALID_CREDENTIALS);
+    expect((await users.login("admin", "one-time-password-1")).mustChangePassword).toBe(true);
+
+    await users.createUser("admin", "cu1", "CU", "cu1-password");
+    await rejectsWith(users.recoverOfficer("cu1", "one-time-password-1"), Code.FailedPrecondition, /user cu1 is a CU, not a crypto officer/);
+    expect((await record("cu1"))?.mustChangePassword).toBe(false);
+    await rejectsWith(users.recoverOfficer("ghost", "one-time-password-1"), Code.NotFound, "user ghost not found");
+    await rejectsWith(users.recoverOfficer("admin", "short"), Code.InvalidArgument, /one-time password must be 8 to 64/);
+  });
 });
 
 describe("users: what the store holds", () => {
