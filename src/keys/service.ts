@@ -40,7 +40,7 @@ import {
   type WrapKeyRequest,
   type WrapKeyResponse,
 } from "../gen/hsm/v1/crypto";
-import { CURVE_BYTES, Device, KeyNotMaterializedError, partsFromSpki, type KeyAlgorithm, type Part, type Usage, type WrappedMaterial } from "../pkcs11";
+import { CURVE_BYTES, Device, KeyNotMaterializedError, partsFromSpki, type KeyAlgorithm, type Part, type Usage } from "../pkcs11";
 import type { StateStore, WatchEvent } from "../store";
 import { decodeRecord, encodeRecord, recordKey, requestKey, toApiKey, type KeyRecord, type KeyVersion, type UserRef } from "./record";
 import { HASH_LEN, algorithmOf, cipherFor, isSecret, resolveUsages, signFor, specOf, wrapFor } from "./spec";
@@ -500,9 +500,10 @@ export class KeyService {
       if (base.publicOnly) {
         version = { version: 1, createdAt, residency: "public" };
       } else {
-        const material = await this.device.wrapForRecord(id, isSecret(alg) ? "secret" : "private", this.opts.domainKeyId);
+        // The record's copy is wrapped from the new key's transient object, which the device then
+        // replaces by the kept one that nothing can wrap (see Device.sealForRecord).
+        const material = await this.device.sealForRecord(id, alg, base.usages, this.opts.domainKeyId);
         version = material ? { version: 1, createdAt, residency: "wrapped", material } : { version: 1, createdAt, residency: "device" };
-        if (material && alg.type === "hmac") await this.checkRoundTrip(id, alg, base.usages, material);
       }
       const rec: KeyRecord = { ...base, id, createdAt, publicKeySpki: spki, currentVersion: 1, versions: [version] };
       const compares = [{ key: recordKey(id), op: "absent" as const }];
@@ -527,27 +528,6 @@ export class KeyService {
     } catch (e) {
       if (!this.records.has(id)) await this.device.destroy(id).catch(() => undefined);
       throw e;
-    }
-  }
-
-  /**
-   * Proves that an HMAC key's record unwraps to the same key: a temporary copy from the wrapped
-   * material must compute the same MAC. SoftHSM2 2.6 zero-pads keys whose length is not a multiple
-   * of 8 when it wraps them (and reports no length for unwrapped keys), so such a key would change
-   * when materialized from its record.
-   */
-  private async checkRoundTrip(id: string, alg: KeyAlgorithm, usages: Usage[], material: WrappedMaterial): Promise<void> {
-    const tmp = randomUUID();
-    try {
-      await this.device.materialize(tmp, alg, ["sign"], material);
-      const spec = { name: "HMAC" as const, hash: (alg as { hash: "sha256" }).hash };
-      const challenge = randomBytes(32);
-      const mac = await this.device.sign(tmp, spec, challenge, "secret");
-      // The original key may be sign-only or verify-only: ask it the way its usages allow.
-      const same = usages.includes("sign") ? mac.equals(await this.device.sign(id, spec, challenge, "secret")) : await this.device.verify(id, spec, challenge, mac, "secret");
-      if (!same) throw invalid("secret key material must be a multiple of 8 bytes long: the device cannot wrap other lengths faithfully under the domain key");
-    } finally {
-      await this.device.destroy(tmp).catch(() => undefined);
     }
   }
 
@@ -913,7 +893,12 @@ export class KeyService {
     if ((spec.name === "AES_KW" || spec.name === "AES_KWP") && walg.type !== "aes") throw invalid(`${spec.name} needs an AES wrapping key; ${w.id} is ${walg.type.toUpperCase()}`);
     if (spec.name === "RSA_OAEP" && walg.type !== "rsa") throw invalid(`RSA_OAEP needs an RSA wrapping key; ${w.id} is ${walg.type.toUpperCase()}`);
     if (spec.name !== "AES_KWP" && !isSecret(kalg)) throw invalid(`${spec.name} wraps secret keys only; use AES_KWP for a private key`);
-    const blob = await this.withKey(w, () => this.withKey(k, () => this.device.wrap(w.id, walg.type === "rsa" ? "public" : "secret", spec, k.id, isSecret(kalg) ? "secret" : "private")));
+    const v = k.versions.find((x) => x.version === k.currentVersion);
+    if (!v?.material) throw precondition(`key ${k.id} exists only in the device that generated it (the device cannot wrap ${kalg.type} keys): it cannot be exported`);
+    // Exported from the record's copy, through a transient object (the key's kept objects cannot be wrapped).
+    const material = v.material;
+    await this.checkUsable(k);
+    const blob = await this.withKey(w, () => this.device.exportWrapped(w.id, walg.type === "rsa" ? "public" : "secret", spec, kalg, material));
     return { wrappedKey: blob };
   }
 
