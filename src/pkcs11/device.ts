@@ -17,10 +17,13 @@ import { FindDeferred, FindGate } from "./find-gate";
 import { SessionPool } from "./pool";
 import { derOctetString, partsFromSpki, spkiFromAttributes } from "./spki";
 import {
+  QUARANTINE_PREFIX,
   domainKeyTemplate,
+  idAttrs,
   importEphemeralTemplate,
   privateTemplate,
   publicTemplate,
+  quarantineAttrs,
   secretTemplate,
   type TemplateIntent,
 } from "./templates";
@@ -59,6 +62,15 @@ export class KeyNotMaterializedError extends HsmError {
 
 type Handles = Partial<Record<Part, Buffer>>;
 
+/** What {@link Device.inventory} finds: hsmd's key objects, the wrappable ones, the quarantined ones. */
+export interface ObjectInventory {
+  /** key id → its parts (CKA_LABEL "hsmd:<id>") */
+  keys: Map<string, Set<Part>>;
+  /** key ids with a secret or private object that is CKA_EXTRACTABLE or not CKA_WRAP_WITH_TRUSTED */
+  weak: Set<string>;
+  /** key id it had → its quarantined parts */
+  quarantined: Map<string, Set<Part>>;
+}
 
 const CLASS_OF: Record<Part, number> = { secret: pk.CKO_SECRET_KEY, private: pk.CKO_PRIVATE_KEY, public: pk.CKO_PUBLIC_KEY };
 
@@ -505,8 +517,18 @@ export class Device {
 
   /** Every CKA_ID of hsmd's objects (label "hsmd:…") in the token, with their classes. */
   async listObjectIds(): Promise<Map<string, Set<Part>>> {
+    return (await this.inventory()).keys;
+  }
+
+  /**
+   * What the token (and this process's session objects) hold of hsmd's: every key id with its
+   * parts; which of them have a secret or private object that could be wrapped (CKA_EXTRACTABLE
+   * true or CKA_WRAP_WITH_TRUSTED false: written by an hsmd before keys were sealed); and the
+   * quarantined objects (CKA_LABEL "hsmd-quarantine:<id>") by the key id they had.
+   */
+  async inventory(): Promise<ObjectInventory> {
     return this.run("C_FindObjects", undefined, (s) => {
-      const out = new Map<string, Set<Part>>();
+      const inv: ObjectInventory = { keys: new Map(), weak: new Set(), quarantined: new Map() };
       this.findInit(s, []);
       let hs: Buffer[] = [];
       try {
@@ -531,14 +553,72 @@ export class Device {
         }
         const [label, id, cls] = attrs;
         const l = (label!.value as Buffer).toString("utf8");
-        if (!l.startsWith("hsmd:")) continue;
+        const quarantined = l.startsWith(QUARANTINE_PREFIX);
+        if (!l.startsWith("hsmd:") && !quarantined) continue;
         const c = (cls!.value as Buffer).readUInt32LE(0);
         const part: Part = c === pk.CKO_SECRET_KEY ? "secret" : c === pk.CKO_PRIVATE_KEY ? "private" : "public";
-        const key = (id!.value as Buffer).toString("utf8");
-        if (!out.has(key)) out.set(key, new Set());
-        out.get(key)!.add(part);
+        const raw = (id!.value as Buffer).toString("utf8");
+        const key = quarantined ? raw.slice(QUARANTINE_PREFIX.length) : raw;
+        const into = quarantined ? inv.quarantined : inv.keys;
+        if (!into.has(key)) into.set(key, new Set());
+        into.get(key)!.add(part);
+        if (part !== "public") {
+          try {
+            const [ex, wwt] = this.p11.C_GetAttributeValue(s, h, [{ type: pk.CKA_EXTRACTABLE }, { type: pk.CKA_WRAP_WITH_TRUSTED }]);
+            if (boolAttr(ex?.value) || !boolAttr(wwt?.value)) inv.weak.add(key);
+          } catch {
+            inv.weak.add(key);
+          }
+        }
       }
-      return out;
+      return inv;
+    });
+  }
+
+  /**
+   * Quarantines a key's objects: CKA_ID and CKA_LABEL move behind "hsmd-quarantine:" (both are
+   * modifiable attributes), so hsmd no longer finds them as a key, and nothing is destroyed.
+   */
+  async quarantine(id: string): Promise<void> {
+    await this.relabel(id, quarantineAttrs(id));
+  }
+
+  /** Gives quarantined objects their key id back (a record explains them again). */
+  async restoreQuarantined(id: string): Promise<void> {
+    await this.relabel(`${QUARANTINE_PREFIX}${id}`, idAttrs(id));
+  }
+
+  /** Destroys a key's quarantined objects (the operator asked to: --purge-orphans). */
+  async purgeQuarantined(id: string): Promise<void> {
+    await this.destroy(`${QUARANTINE_PREFIX}${id}`);
+  }
+
+  private async relabel(fromId: string, attrs: pk.Template): Promise<void> {
+    await this.run("C_SetAttributeValue", undefined, (s) => {
+      for (const part of ["secret", "private", "public"] as Part[]) {
+        for (const h of this.findHandles(s, fromId, part)) this.p11.C_SetAttributeValue(s, h, attrs);
+      }
+    });
+    // Whatever this process cached under the old or the new id is stale now.
+    const to = (attrs.find((a) => a.type === pk.CKA_ID)!.value as Buffer).toString("utf8");
+    for (const id of [fromId, to]) {
+      this.handles.delete(id);
+      this.copies.delete(id);
+    }
+  }
+
+  /**
+   * Clears CKA_EXTRACTABLE on a key's secret or private objects in place (PKCS#11 allows true →
+   * false). For keys that live only in this device and so cannot be re-materialized from a record;
+   * CKA_WRAP_WITH_TRUSTED cannot be set after creation (SoftHSM2: CKR_ATTRIBUTE_READ_ONLY), but an
+   * unextractable key cannot be wrapped under any key anyway.
+   */
+  async makeUnextractable(id: string): Promise<void> {
+    await this.run("C_SetAttributeValue", undefined, (s) => {
+      for (const part of ["secret", "private"] as Part[]) {
+        for (const h of this.findHandles(s, id, part)) this.p11.C_SetAttributeValue(s, h, [{ type: pk.CKA_EXTRACTABLE, value: false }]);
+      }
+      this.copies.delete(id);
     });
   }
 

@@ -65,6 +65,21 @@ export function idAttrs(id: string): pk.Template {
   ];
 }
 
+/**
+ * CKA_ID and CKA_LABEL prefix of a quarantined object: one that no record explains. Its key id moves
+ * behind this prefix (in both attributes), so hsmd no longer finds it as a key, yet it stays in the
+ * token until a record explains it again (restored) or an operator purges it.
+ */
+export const QUARANTINE_PREFIX = "hsmd-quarantine:";
+
+/** CKA_ID and CKA_LABEL of a quarantined object of key `id`. */
+export function quarantineAttrs(id: string): pk.Template {
+  return [
+    { type: pk.CKA_ID, value: Buffer.from(`${QUARANTINE_PREFIX}${id}`, "utf8") },
+    { type: pk.CKA_LABEL, value: `${QUARANTINE_PREFIX}${id}` },
+  ];
+}
+
 export function keyType(alg: KeyAlgorithm): number {
   switch (alg.type) {
     case "aes":
