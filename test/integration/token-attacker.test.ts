@@ -146,6 +146,11 @@ describe("an attacker holding the token's user PIN", () => {
     expect(Buffer.concat([d.update(out.wrappedKey), d.final()])).toHaveLength(32);
     // A key created not exportable does not leave this way either.
     await expect(c.wrapKey({ wrappingKeyId: kek.id, keyId: keys[0]!.key.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP })).rejects.toMatchObject({ codeName: "FAILED_PRECONDITION" });
+    // Nor does an exportable key that has no wrapped copy (the device cannot wrap Ed25519): it says why.
+    const ed = await c.generateKey({ spec: KeySpec.KEY_SPEC_ED25519, label: "exportable-ed25519", exportable: true });
+    const err = await c.wrapKey({ wrappingKeyId: kek.id, keyId: ed.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP }).then(() => undefined, (e: Error & { codeName?: string }) => e);
+    expect(err).toMatchObject({ codeName: "FAILED_PRECONDITION" });
+    expect(err!.message).toMatch(/exists only in the device that generated it .*cannot be exported/);
   });
 
   it("residual (documented): with the PIN and a record's blob from the store, the blob unwraps under the domain key in the clear", () => {
