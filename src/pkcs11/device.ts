@@ -622,16 +622,16 @@ export class Device {
     });
   }
 
-  /** Destroys every object of a key (all parts), but the handles in `keep`. Idempotent. */
-  async destroy(id: string, keep: readonly Buffer[] = []): Promise<void> {
+  /** Destroys every object of a key (all parts; a transient one too). Idempotent. */
+  async destroy(id: string): Promise<void> {
     await this.run("C_DestroyObject", undefined, (s) => {
       for (const part of ["secret", "private", "public"] as Part[]) {
-        for (const h of this.findHandles(s, id, part)) if (!keep.some((k) => k.equals(h))) this.p11.C_DestroyObject(s, h);
+        for (const h of this.findHandles(s, id, part)) this.p11.C_DestroyObject(s, h);
       }
       this.handles.delete(id);
       this.copies.delete(id);
       this.noCopy.delete(id);
-      if (keep.length === 0) this.transients.delete(id);
+      this.transients.delete(id);
     });
   }
 
@@ -764,24 +764,30 @@ export class Device {
       return undefined;
     }
     const material: WrappedMaterial = { alg: "AES_KWP", wrappingKeyId: domainKeyId, blob };
+    // A session copy a crypto call made of the intermediate (see cryptoHandle) goes first.
+    const copy = this.copies.get(id)?.[part];
+    if (copy) {
+      this.copies.set(id, { ...this.copies.get(id), [part]: undefined });
+      await this.run("C_DestroyObject", undefined, (s) => this.safe(() => this.p11.C_DestroyObject(s, copy)));
+    }
+    // Between attempts, whatever a failed unwrap left of this part goes; the intermediate and a
+    // pair's public half stay.
+    const cleanup = () =>
+      this.run("C_DestroyObject", undefined, (s) => {
+        for (const h of this.findHandles(s, id, part)) if (!h.equals(e)) this.p11.C_DestroyObject(s, h);
+      }).catch(() => undefined);
     await retrySpurious(
       () =>
         this.runCreating("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, Device.onToken(t), async (s) => {
           const h = await this.p11.C_UnwrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, this.handle(s, domainKeyId, "secret"), blob, secret ? secretTemplate(t, false) : privateTemplate(t));
           this.handles.set(id, { ...this.handles.get(id), [part]: h });
         }),
-      { what: "sealing a key", attempts: 3, cleanup: () => this.destroy(id, [e]).catch(() => undefined), log: this.opts.log },
+      { what: "sealing a key", attempts: 3, cleanup, log: this.opts.log },
     );
     try {
       if (alg.type === "hmac") await this.sameMac(id, e, alg, usages);
     } finally {
-      // The intermediate goes, with any session copy a crypto call made of it (see cryptoHandle).
-      const copy = this.copies.get(id)?.[part];
-      const stale = copy && !copy.equals(this.handles.get(id)?.[part] ?? Buffer.alloc(0)) ? [e, copy] : [e];
-      if (copy) this.copies.set(id, { ...this.copies.get(id), [part]: undefined });
-      await this.run("C_DestroyObject", undefined, (s) => {
-        for (const h of stale) this.safe(() => this.p11.C_DestroyObject(s, h));
-      });
+      await this.run("C_DestroyObject", undefined, (s) => this.safe(() => this.p11.C_DestroyObject(s, e)));
       this.transients.delete(id);
     }
     return material;
