@@ -109,6 +109,8 @@ describe("objects no record explains are quarantined, never destroyed unasked", 
     expect(advice).toMatch(/3 key\(s\) that no record explains/);
     expect(advice).toMatch(/put back the log that has their records/);
     expect(advice).toMatch(/--purge-orphans/);
+    // Every start says the domain key carries no unwrap template, and why.
+    expect(logs).toContainEqual(expect.stringMatching(/^domain key: no CKA_UNWRAP_TEMPLATE \(pkcs11js cannot pass nested attribute templates\).*docs\/SECURITY\.md/));
     const l = labels();
     for (const k of made) {
       expect(l).not.toContain(`hsmd:${k.id}`);
