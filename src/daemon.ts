@@ -54,6 +54,11 @@ export interface DaemonOptions {
   join?: boolean;
   /** Called with the join request once recorded (the operator shows its fingerprint to the approving officer). */
   onJoinRequest?: (r: JoinRecord) => void;
+  /**
+   * Destroy the device objects no record explains (and those already in quarantine) instead of
+   * quarantining them (`--purge-orphans`): only when the store is known to be complete.
+   */
+  purgeOrphans?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -169,8 +174,22 @@ export class Daemon {
         log(`applier: last applied revision ${last}, store at ${store.revision()}: ${Math.max(0, store.revision() - last)} revisions to catch up`);
       }
       const t0 = Date.now();
-      const rec = await keys.reconcile();
-      log(`records checked against the token in ${Date.now() - t0} ms: ${keys.keyCount} keys, ${rec.materialized} materialized, ${rec.orphansRemoved} orphans removed${rec.lost.length ? `, ${rec.lost.length} LOST: ${rec.lost.join(", ")}` : ""}`);
+      const rec = await keys.reconcile({ purgeOrphans: opts.purgeOrphans });
+      log(
+        `records checked against the token in ${Date.now() - t0} ms: ${keys.keyCount} keys, ${rec.materialized} materialized, ${rec.upgraded} made unextractable, ` +
+          `${rec.restored} restored from quarantine, ${rec.quarantined} quarantined, ${rec.purged} purged${rec.lost.length ? `, ${rec.lost.length} LOST: ${rec.lost.join(", ")}` : ""}`,
+      );
+      if (rec.inQuarantine > 0) {
+        log(
+          `quarantine: the token holds objects of ${rec.inQuarantine} key(s) that no record explains (CKA_LABEL hsmd-quarantine:<key id>; nothing was destroyed). ` +
+            "If the store log was restored from an older copy, or lost before `hsmd init`, put back the log that has their records and start again: they are restored. " +
+            "If they are leftovers you do not need (a create or delete a crash interrupted), start once with --purge-orphans to destroy them.",
+        );
+      }
+      log(
+        "domain key: no CKA_UNWRAP_TEMPLATE (pkcs11js cannot pass nested attribute templates), so the device does not force keys unwrapped under it to be sensitive and unextractable: " +
+          "whoever holds the token PIN and a record's wrapped blob from the store can unwrap that key in the clear. Keep the store as secret as the PIN (docs/SECURITY.md).",
+      );
 
       const hashLane = new HashLane(config.auth.hashLane);
       const loginLimiter = new PeerRateLimiter(config.auth.loginRateLimit);

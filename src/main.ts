@@ -3,7 +3,7 @@
  * hsmd entry point: load config → size the libuv pool → build the daemon → start; SIGTERM/SIGINT →
  * stop. `hsmd init` also creates the node's domain key inside the HSM when it has none.
  *
- *   hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]
+ *   hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT] [--purge-orphans]
  *   hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]
  *   hsmd officer unlock NAME --config FILE [--so-pin-file FILE]
  */
@@ -28,12 +28,13 @@ async function main(): Promise<number> {
       "data-dir": { type: "string" },
       grpc: { type: "string" },
       admin: { type: "string" },
+      "purge-orphans": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
   const cmd = positionals[0] ?? "start";
   if (values.help || !["start", "init", "join"].includes(cmd)) {
-    process.stdout.write("usage: hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT]\n       hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]\n       hsmd officer unlock NAME --config FILE [--so-pin-file FILE]\n");
+    process.stdout.write("usage: hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT] [--purge-orphans]\n       hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]\n       hsmd officer unlock NAME --config FILE [--so-pin-file FILE]\n");
     return values.help ? 0 : 2;
   }
   const overrides: Record<string, unknown> = {};
@@ -55,6 +56,8 @@ async function main(): Promise<number> {
     config,
     init: cmd === "init",
     join: cmd === "join",
+    // Destroys key objects no record explains instead of quarantining them (see KeyService.reconcile).
+    purgeOrphans: values["purge-orphans"] === true,
     onJoinRequest: (r) =>
       process.stdout.write(`join request: node ${r.nodeId}, transport key sha256 ${r.fingerprint} (a crypto officer approves it with ApproveJoin; expires ${new Date(r.expiresAt).toISOString()})\n`),
   });

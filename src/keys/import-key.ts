@@ -155,7 +155,7 @@ export class ClusterImportKey {
     await device.destroy(id);
     try {
       const { spki } = await device.generate(id, IMPORT_ALG, ["unwrap"]);
-      const material = await device.wrapForRecord(id, "private", domainKeyId);
+      const material = await device.sealForRecord(id, IMPORT_ALG, ["unwrap"], domainKeyId);
       if (!spki || !material) throw precondition("the device cannot wrap an RSA private key under the domain key: the import key cannot be shared by the cluster");
       return {
         id,

@@ -42,7 +42,7 @@ import {
   type WrapKeyRequest,
   type WrapKeyResponse,
 } from "../gen/hsm/v1/crypto";
-import { CURVE_BYTES, Device, KeyNotMaterializedError, partsFromSpki, type KeyAlgorithm, type Part, type SignSpec, type Usage, type WrapSpec, type WrappedMaterial } from "../pkcs11";
+import { CURVE_BYTES, Device, KeyNotMaterializedError, partsFromSpki, type KeyAlgorithm, type Part, type SignSpec, type Usage, type WrapSpec } from "../pkcs11";
 import type { StateStore, WatchEvent } from "../store";
 import { decodeRecord, encodeRecord, recordKey, requestKey, toApiKey, type KeyRecord, type KeyVersion, type UserRef } from "./record";
 import { HASH_LEN, algorithmOf, cipherFor, isSecret, macLengthFor, oaepLabelFor, resolveUsages, signFor, specOf, wrapFor } from "./spec";
@@ -75,6 +75,24 @@ export interface KeyServiceOptions {
   nodeId?: string;
   /** A new key may be used once this many nodes hold it. @default 1 (once committed) */
   minNodes?: number;
+}
+
+/** What the start-up reconcile did (see KeyService.reconcile). */
+export interface ReconcileResult {
+  /** records whose missing objects were unwrapped from their material */
+  materialized: number;
+  /** keys whose wrappable objects (an older hsmd's) were replaced by unextractable ones */
+  upgraded: number;
+  /** keys whose quarantined objects got their id back (their record is back) */
+  restored: number;
+  /** keys no record explains, quarantined by this start */
+  quarantined: number;
+  /** keys destroyed because the operator asked (--purge-orphans) */
+  purged: number;
+  /** keys in quarantine after this start (those just quarantined included) */
+  inQuarantine: number;
+  /** records that could not be materialized */
+  lost: string[];
 }
 
 /** Device operations the applier and reconcile run at once. */
@@ -324,39 +342,66 @@ export class KeyService {
   }
 
   /**
-   * Checks every record against the device: materializes what is missing from its wrapped material,
-   * and destroys hsmd objects that no record owns (left by a create that crashed before its record
-   * was durable).
+   * Checks every record against the device at start:
+   * - a record whose objects are missing gets its quarantined objects back if the token holds them
+   *   (a store log with the record was restored), else is materialized from its wrapped material;
+   * - a record whose secret or private object could be wrapped (written by an hsmd before keys were
+   *   sealed: CKA_EXTRACTABLE, or no CKA_WRAP_WITH_TRUSTED) is re-materialized from its record, or,
+   *   living only in this device, made unextractable in place;
+   * - objects that no record explains are never destroyed unless the operator asks
+   *   (`purgeOrphans`, `--purge-orphans`): they are quarantined (see Device.quarantine). A restored
+   *   older store log, a lost one followed by `hsmd init`, a create or delete a crash interrupted:
+   *   hsmd cannot tell these apart, and only the first two cost keys if it guessed wrong.
    */
-  async reconcile(): Promise<{ materialized: number; orphansRemoved: number; lost: string[] }> {
-    const present = await this.device.listObjectIds();
-    let materialized = 0;
-    let orphansRemoved = 0;
-    const lost: string[] = [];
+  async reconcile(opts: { purgeOrphans?: boolean } = {}): Promise<ReconcileResult> {
+    const inv = await this.device.inventory();
+    const present = inv.keys;
+    const res: ReconcileResult = { materialized: 0, upgraded: 0, restored: 0, quarantined: 0, purged: 0, inQuarantine: 0, lost: [] };
+    const need = (r: KeyRecord): Part[] => (r.publicOnly ? ["public"] : isSecret(algorithmOf(r.spec)) ? ["secret"] : ["private", "public"]);
+    const has = (r: KeyRecord) => need(r).every((p) => present.get(r.id)?.has(p));
+    const residency = (r: KeyRecord) => r.versions.find((v) => v.version === r.currentVersion)?.residency;
+    for (const r of this.records.values()) {
+      if (has(r) || !inv.quarantined.has(r.id)) continue;
+      await this.device.restoreQuarantined(r.id);
+      const parts = present.get(r.id) ?? new Set<Part>();
+      for (const p of inv.quarantined.get(r.id)!) parts.add(p);
+      present.set(r.id, parts);
+      inv.quarantined.delete(r.id);
+      res.restored++;
+      this.opts.log?.(`reconcile: key ${r.id} restored from quarantine (its record is back)`);
+    }
     const missing = [...this.records.values()].filter((r) => {
       // A key that lives only in the HSM that generated it (EdDSA on SoftHSM2) is not missing elsewhere.
-      if (r.versions.find((v) => v.version === r.currentVersion)?.residency === "device" && this.opts.nodeId) return false;
-      const parts = present.get(r.id);
-      const need: Part[] = r.publicOnly ? ["public"] : isSecret(algorithmOf(r.spec)) ? ["secret"] : ["private", "public"];
-      return !need.every((p) => parts?.has(p));
+      if (residency(r) === "device" && this.opts.nodeId) return false;
+      return !has(r);
     });
+    const weak = [...this.records.values()].filter((r) => inv.weak.has(r.id) && has(r));
+    for (const r of weak.filter((x) => residency(x) === "device")) {
+      await this.device.makeUnextractable(r.id);
+      res.upgraded++;
+    }
     // Several at a time: the device's session pool bounds the real concurrency.
+    const work = [...missing.map((r) => ({ r, upgrade: false })), ...weak.filter((r) => residency(r) !== "device").map((r) => ({ r, upgrade: true }))];
     let next = 0;
     const covering: Promise<void>[] = [];
     await Promise.all(
-      Array.from({ length: Math.min(APPLY_CONCURRENCY, missing.length) }, async () => {
-        while (next < missing.length) {
-          const r = missing[next++]!;
+      Array.from({ length: Math.min(APPLY_CONCURRENCY, work.length) }, async () => {
+        while (next < work.length) {
+          const { r, upgrade } = work[next++]!;
           try {
             // Nothing of it in the listing: nothing to clean up first (and no per-key search).
-            await this.materialize(r, present.has(r.id));
-            materialized++;
+            await this.materialize(r, upgrade || present.has(r.id));
+            if (upgrade) {
+              res.upgraded++;
+              continue;
+            }
+            res.materialized++;
             // Keys written while this node was down reach it here, not through the applier: record its coverage too.
             const node = this.opts.nodeId;
             if (node && !(await this.store.get(coverageKey(r.id, node)))) covering.push(this.cover(r.id));
           } catch (e) {
-            lost.push(r.id);
-            this.opts.log?.(`reconcile: key ${r.id} cannot be materialized: ${(e as Error).message}`);
+            res.lost.push(r.id);
+            this.opts.log?.(`reconcile: key ${r.id} cannot be ${upgrade ? "re-materialized with unextractable objects" : "materialized"}: ${(e as Error).message}`);
           }
         }
       }),
@@ -367,10 +412,24 @@ export class KeyService {
       if (id.startsWith("hsmd-") || id === this.opts.domainKeyId || this.records.has(id)) continue;
       // A record may have landed since the listing: check the store, not just the cache.
       if (await this.store.get(recordKey(id))) continue;
-      await this.device.destroy(id);
-      orphansRemoved++;
+      if (opts.purgeOrphans) {
+        await this.device.destroy(id);
+        res.purged++;
+      } else {
+        await this.device.quarantine(id);
+        res.quarantined++;
+      }
     }
-    return { materialized, orphansRemoved, lost };
+    for (const id of inv.quarantined.keys()) {
+      if (opts.purgeOrphans) {
+        await this.device.purgeQuarantined(id);
+        res.purged++;
+      } else {
+        res.inQuarantine++;
+      }
+    }
+    res.inQuarantine += res.quarantined;
+    return res;
   }
 
   /**
@@ -526,9 +585,10 @@ export class KeyService {
       if (base.publicOnly) {
         version = { version: 1, createdAt, residency: "public" };
       } else {
-        const material = await this.device.wrapForRecord(id, isSecret(alg) ? "secret" : "private", this.opts.domainKeyId);
+        // The record's copy is wrapped from the new key's transient object, which the device then
+        // replaces by the kept one that nothing can wrap (see Device.sealForRecord).
+        const material = await this.device.sealForRecord(id, alg, base.usages, this.opts.domainKeyId);
         version = material ? { version: 1, createdAt, residency: "wrapped", material } : { version: 1, createdAt, residency: "device" };
-        if (material && alg.type === "hmac") await this.checkRoundTrip(id, alg, base.usages, material);
       }
       const rec: KeyRecord = { ...base, id, createdAt, publicKeySpki: spki, currentVersion: 1, versions: [version] };
       const compares = [{ key: recordKey(id), op: "absent" as const }];
@@ -553,27 +613,6 @@ export class KeyService {
     } catch (e) {
       if (!this.records.has(id)) await this.device.destroy(id).catch(() => undefined);
       throw e;
-    }
-  }
-
-  /**
-   * Proves that an HMAC key's record unwraps to the same key: a temporary copy from the wrapped
-   * material must compute the same MAC. SoftHSM2 2.6 zero-pads keys whose length is not a multiple
-   * of 8 when it wraps them (and reports no length for unwrapped keys), so such a key would change
-   * when materialized from its record.
-   */
-  private async checkRoundTrip(id: string, alg: KeyAlgorithm, usages: Usage[], material: WrappedMaterial): Promise<void> {
-    const tmp = randomUUID();
-    try {
-      await this.device.materialize(tmp, alg, ["sign"], material);
-      const spec = { name: "HMAC" as const, hash: (alg as { hash: "sha256" }).hash };
-      const challenge = randomBytes(32);
-      const mac = await this.device.sign(tmp, spec, challenge, "secret");
-      // The original key may be sign-only or verify-only: ask it the way its usages allow.
-      const same = usages.includes("sign") ? mac.equals(await this.device.sign(id, spec, challenge, "secret")) : await this.device.verify(id, spec, challenge, mac, "secret");
-      if (!same) throw invalid("secret key material must be a multiple of 8 bytes long: the device cannot wrap other lengths faithfully under the domain key");
-    } finally {
-      await this.device.destroy(tmp).catch(() => undefined);
     }
   }
 
@@ -759,8 +798,8 @@ export class KeyService {
     const res = await this.store.txn([{ key: recordKey(r.id), op: "present" }], ops);
     if (!res.succeeded) throw notFound(`key ${r.id} not found`);
     this.records.delete(r.id);
-    // The record is gone (durably); the objects follow. A crash here leaves orphans that the next
-    // start's reconcile destroys.
+    // The record is gone (durably); the objects follow. A crash here leaves objects no record
+    // explains: the next start quarantines them (see reconcile).
     await this.device.destroy(r.id);
   }
 
@@ -979,7 +1018,12 @@ export class KeyService {
     if ((spec.name === "AES_KW" || spec.name === "AES_KWP") && walg.type !== "aes") throw invalid(`${spec.name} needs an AES wrapping key; ${w.id} is ${walg.type.toUpperCase()}`);
     if (spec.name === "RSA_OAEP" && walg.type !== "rsa") throw invalid(`RSA_OAEP needs an RSA wrapping key; ${w.id} is ${walg.type.toUpperCase()}`);
     if (spec.name !== "AES_KWP" && !isSecret(kalg)) throw invalid(`${spec.name} wraps secret keys only; use AES_KWP for a private key`);
-    const blob = await this.withKey(w, () => this.withKey(k, () => this.device.wrap(w.id, walg.type === "rsa" ? "public" : "secret", spec, k.id, isSecret(kalg) ? "secret" : "private")));
+    const v = k.versions.find((x) => x.version === k.currentVersion);
+    if (!v?.material) throw precondition(`key ${k.id} exists only in the device that generated it (the device cannot wrap ${kalg.type} keys): it cannot be exported`);
+    // Exported from the record's copy, through a transient object (the key's kept objects cannot be wrapped).
+    const material = v.material;
+    await this.checkUsable(k);
+    const blob = await this.withKey(w, () => this.device.exportWrapped(w.id, walg.type === "rsa" ? "public" : "secret", spec, kalg, material));
     return { wrappedKey: blob };
   }
 

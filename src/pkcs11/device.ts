@@ -12,12 +12,22 @@ import {
   mechanismName,
 } from "./constants";
 import { oaepDecode, oaepEncode } from "./oaep";
-import { constants as cryptoConstants, generateKeyPairSync, privateDecrypt, publicEncrypt, type KeyObject } from "node:crypto";
+import { constants as cryptoConstants, generateKeyPairSync, privateDecrypt, publicEncrypt, randomBytes, randomUUID, type KeyObject } from "node:crypto";
 import { CKR, ckrOf, isHandleStale, isSessionLost, mapDeviceError } from "./ckr";
 import { FindDeferred, FindGate } from "./find-gate";
 import { SessionPool } from "./pool";
 import { derOctetString, partsFromSpki, spkiFromAttributes } from "./spki";
-import { idAttrs, privateTemplate, publicTemplate, secretTemplate, type TemplateIntent } from "./templates";
+import {
+  QUARANTINE_PREFIX,
+  domainKeyTemplate,
+  idAttrs,
+  importEphemeralTemplate,
+  privateTemplate,
+  publicTemplate,
+  quarantineAttrs,
+  secretTemplate,
+  type TemplateIntent,
+} from "./templates";
 import type { CipherSpec, DeviceObserver, KeyAlgorithm, OaepHash, Part, PoolStats, SignSpec, Usage, WrapSpec, WrappedMaterial } from "./types";
 
 /** How to reach the token. The PIN is held in memory only, never logged. */
@@ -55,6 +65,16 @@ export class KeyNotMaterializedError extends HsmError {
 
 type Handles = Partial<Record<Part, Buffer>>;
 
+/** What {@link Device.inventory} finds: hsmd's key objects, the wrappable ones, the quarantined ones. */
+export interface ObjectInventory {
+  /** key id → its parts (CKA_LABEL "hsmd:<id>") */
+  keys: Map<string, Set<Part>>;
+  /** key ids with a secret or private object that is CKA_EXTRACTABLE or not CKA_WRAP_WITH_TRUSTED */
+  weak: Set<string>;
+  /** key id it had → its quarantined parts */
+  quarantined: Map<string, Set<Part>>;
+}
+
 const CLASS_OF: Record<Part, number> = { secret: pk.CKO_SECRET_KEY, private: pk.CKO_PRIVATE_KEY, public: pk.CKO_PUBLIC_KEY };
 
 /**
@@ -73,6 +93,8 @@ export class Device {
   private readonly copies = new Map<string, Handles>();
   /** Keys the device would not copy. */
   private readonly noCopy = new Set<string>();
+  /** Transient (extractable, process-private) parts of new keys not sealed yet (see sealForRecord). */
+  private readonly transients = new Map<string, Handles>();
   private generation = 0;
   private recovering: Promise<void> | undefined;
   private closed = false;
@@ -569,8 +591,18 @@ export class Device {
 
   /** Every CKA_ID of hsmd's objects (label "hsmd:…") in the token, with their classes. */
   async listObjectIds(): Promise<Map<string, Set<Part>>> {
+    return (await this.inventory()).keys;
+  }
+
+  /**
+   * What the token (and this process's session objects) hold of hsmd's: every key id with its
+   * parts; which of them have a secret or private object that could be wrapped (CKA_EXTRACTABLE
+   * true or CKA_WRAP_WITH_TRUSTED false: written by an hsmd before keys were sealed); and the
+   * quarantined objects (CKA_LABEL "hsmd-quarantine:<id>") by the key id they had.
+   */
+  async inventory(): Promise<ObjectInventory> {
     return this.run("C_FindObjects", undefined, (s) => {
-      const out = new Map<string, Set<Part>>();
+      const inv: ObjectInventory = { keys: new Map(), weak: new Set(), quarantined: new Map() };
       this.findInit(s, []);
       let hs: Buffer[] = [];
       try {
@@ -595,18 +627,76 @@ export class Device {
         }
         const [label, id, cls] = attrs;
         const l = (label!.value as Buffer).toString("utf8");
-        if (!l.startsWith("hsmd:")) continue;
+        const quarantined = l.startsWith(QUARANTINE_PREFIX);
+        if (!l.startsWith("hsmd:") && !quarantined) continue;
         const c = (cls!.value as Buffer).readUInt32LE(0);
         const part: Part = c === pk.CKO_SECRET_KEY ? "secret" : c === pk.CKO_PRIVATE_KEY ? "private" : "public";
-        const key = (id!.value as Buffer).toString("utf8");
-        if (!out.has(key)) out.set(key, new Set());
-        out.get(key)!.add(part);
+        const raw = (id!.value as Buffer).toString("utf8");
+        const key = quarantined ? raw.slice(QUARANTINE_PREFIX.length) : raw;
+        const into = quarantined ? inv.quarantined : inv.keys;
+        if (!into.has(key)) into.set(key, new Set());
+        into.get(key)!.add(part);
+        if (part !== "public") {
+          try {
+            const [ex, wwt] = this.p11.C_GetAttributeValue(s, h, [{ type: pk.CKA_EXTRACTABLE }, { type: pk.CKA_WRAP_WITH_TRUSTED }]);
+            if (boolAttr(ex?.value) || !boolAttr(wwt?.value)) inv.weak.add(key);
+          } catch {
+            inv.weak.add(key);
+          }
+        }
       }
-      return out;
+      return inv;
     });
   }
 
-  /** Destroys every object of a key (all parts). Idempotent. */
+  /**
+   * Quarantines a key's objects: CKA_ID and CKA_LABEL move behind "hsmd-quarantine:" (both are
+   * modifiable attributes), so hsmd no longer finds them as a key, and nothing is destroyed.
+   */
+  async quarantine(id: string): Promise<void> {
+    await this.relabel(id, quarantineAttrs(id));
+  }
+
+  /** Gives quarantined objects their key id back (a record explains them again). */
+  async restoreQuarantined(id: string): Promise<void> {
+    await this.relabel(`${QUARANTINE_PREFIX}${id}`, idAttrs(id));
+  }
+
+  /** Destroys a key's quarantined objects (the operator asked to: --purge-orphans). */
+  async purgeQuarantined(id: string): Promise<void> {
+    await this.destroy(`${QUARANTINE_PREFIX}${id}`);
+  }
+
+  private async relabel(fromId: string, attrs: pk.Template): Promise<void> {
+    await this.run("C_SetAttributeValue", undefined, (s) => {
+      for (const part of ["secret", "private", "public"] as Part[]) {
+        for (const h of this.findHandles(s, fromId, part)) this.p11.C_SetAttributeValue(s, h, attrs);
+      }
+    });
+    // Whatever this process cached under the old or the new id is stale now.
+    const to = (attrs.find((a) => a.type === pk.CKA_ID)!.value as Buffer).toString("utf8");
+    for (const id of [fromId, to]) {
+      this.handles.delete(id);
+      this.copies.delete(id);
+    }
+  }
+
+  /**
+   * Clears CKA_EXTRACTABLE on a key's secret or private objects in place (PKCS#11 allows true →
+   * false). For keys that live only in this device and so cannot be re-materialized from a record;
+   * CKA_WRAP_WITH_TRUSTED cannot be set after creation (SoftHSM2: CKR_ATTRIBUTE_READ_ONLY), but an
+   * unextractable key cannot be wrapped under any key anyway.
+   */
+  async makeUnextractable(id: string): Promise<void> {
+    await this.run("C_SetAttributeValue", undefined, (s) => {
+      for (const part of ["secret", "private"] as Part[]) {
+        for (const h of this.findHandles(s, id, part)) this.p11.C_SetAttributeValue(s, h, [{ type: pk.CKA_EXTRACTABLE, value: false }]);
+      }
+      this.copies.delete(id);
+    });
+  }
+
+  /** Destroys every object of a key (all parts; a transient one too). Idempotent. */
   async destroy(id: string): Promise<void> {
     await this.run("C_DestroyObject", undefined, (s) => {
       for (const part of ["secret", "private", "public"] as Part[]) {
@@ -615,12 +705,32 @@ export class Device {
       this.handles.delete(id);
       this.copies.delete(id);
       this.noCopy.delete(id);
+      this.transients.delete(id);
     });
   }
 
-  private intent(id: string, alg: KeyAlgorithm, usages: readonly Usage[], extractable = true): TemplateIntent {
-    // A key the device cannot wrap (EdDSA on SoftHSM2) has no copy in its record: it must persist in the token.
-    return { id, alg, usages, token: this.opts.tokenObjects || alg.type === "ed25519", extractable };
+  /**
+   * A kept object of a key (see Residence): a token object with token objects configured, else a
+   * session object. A key the device cannot wrap (EdDSA on SoftHSM2) has no copy in its record: it
+   * must persist in the token.
+   */
+  private intent(id: string, alg: KeyAlgorithm, usages: readonly Usage[]): TemplateIntent {
+    return { id, alg, usages, residence: { kind: "kept", token: this.opts.tokenObjects || alg.type === "ed25519" } };
+  }
+
+  /**
+   * What a new key (generate, import, unwrap, derive) is made as: a transient session object that
+   * {@link sealForRecord} wraps under the domain key and replaces by its kept form. An HMAC
+   * intermediate may also sign, so that the seal can prove the kept key computes the same MACs.
+   */
+  private newKeyIntent(id: string, alg: KeyAlgorithm, usages: readonly Usage[]): TemplateIntent {
+    const u = alg.type === "hmac" && !usages.includes("sign") ? [...usages, "sign" as const] : usages;
+    return { id, alg, usages: u, residence: { kind: "transient" } };
+  }
+
+  /** CKA_TOKEN of objects made from this intent. */
+  private static onToken(t: TemplateIntent): boolean {
+    return t.residence.kind === "kept" && t.residence.token;
   }
 
   private readPublicSpki(s: Buffer, alg: KeyAlgorithm, pub: Buffer): Buffer {
@@ -634,35 +744,47 @@ export class Device {
 
   // ---- key creation ----------------------------------------------------------------------------
 
-  /** Generates a key inside the device. Returns the SPKI for key pairs. */
+  /**
+   * Generates a key inside the device. Returns the SPKI for key pairs. The secret or private part is
+   * made transient (see {@link newKeyIntent}) for {@link sealForRecord}, the public half as a kept
+   * object; a key the device cannot wrap (Ed25519 on SoftHSM2 2.6) is made kept at once.
+   */
   async generate(id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<{ spki?: Buffer }> {
-    const t = this.intent(id, alg, usages);
+    const kept = this.intent(id, alg, usages);
+    const t = alg.type === "ed25519" ? kept : this.newKeyIntent(id, alg, usages);
     if (alg.type === "aes" || alg.type === "hmac") {
       const mech = alg.type === "aes" ? pk.CKM_AES_KEY_GEN : pk.CKM_GENERIC_SECRET_KEY_GEN;
       this.requireMechanism(mech, `${alg.type.toUpperCase()} key generation`);
       return this.retryCreation(id, () =>
-        this.runCreating("C_GenerateKey", mech, t.token, async (s) => {
+        this.runCreating("C_GenerateKey", mech, Device.onToken(t), async (s) => {
           const h = await this.p11.C_GenerateKeyAsync(s, { mechanism: mech }, secretTemplate(t, true));
-          this.handles.set(id, { secret: h });
+          this.setHandle(id, "secret", h, t);
           return {};
         }),
       );
     }
     const mech = alg.type === "rsa" ? pk.CKM_RSA_PKCS_KEY_PAIR_GEN : alg.type === "ec" ? pk.CKM_EC_KEY_PAIR_GEN : CKM_EC_EDWARDS_KEY_PAIR_GEN;
     this.requireMechanism(mech, `${alg.type} key pair generation`);
-    return this.retryCreation(id, () => this.runCreating("C_GenerateKeyPair", mech, t.token, async (s) => {
+    return this.retryCreation(id, () => this.runCreating("C_GenerateKeyPair", mech, Device.onToken(kept), async (s) => {
       let kp: pk.KeyPair;
       try {
-        kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: mech }, publicTemplate(t), privateTemplate(t));
+        kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: mech }, publicTemplate(kept), privateTemplate(t));
       } catch (e) {
         if (alg.type === "ec" && (ckrOf(e) === 0x130 /* CKR_DOMAIN_PARAMS_INVALID */ || ckrOf(e) === CKR.ATTRIBUTE_VALUE_INVALID)) {
           throw precondition(`the device does not support the ${alg.curve} curve`);
         }
         throw e;
       }
-      this.handles.set(id, { private: kp.privateKey, public: kp.publicKey });
+      this.setHandle(id, "private", kp.privateKey, t);
+      this.setHandle(id, "public", kp.publicKey, kept);
       return { spki: this.readPublicSpki(s, alg, kp.publicKey) };
     }));
+  }
+
+  /** Caches a new object's handle; a transient one is also remembered for {@link sealForRecord}. */
+  private setHandle(id: string, part: Part, h: Buffer, t: TemplateIntent): void {
+    this.handles.set(id, { ...this.handles.get(id), [part]: h });
+    if (t.residence.kind === "transient") this.transients.set(id, { ...this.transients.get(id), [part]: h });
   }
 
   /** Creates a public key object from an SPKI (import, and materializing a pair's public half). */
@@ -682,28 +804,109 @@ export class Device {
   }
 
   /**
-   * Wraps a key's secret or private part under the domain key (CKM_AES_KEY_WRAP_PAD) for its record.
-   * Returns undefined when the device refuses to wrap that kind of key (SoftHSM2 2.6 cannot wrap
-   * EdDSA private keys): such a key lives only in this device.
+   * Seals a new key: wraps its transient secret or private part under the domain key
+   * (CKM_AES_KEY_WRAP_PAD) for its record, unwraps that blob into the key's kept object
+   * (CKA_EXTRACTABLE=false, CKA_WRAP_WITH_TRUSTED=true; the unwrap also proves the blob is good) and
+   * destroys the transient one. For HMAC keys the kept key must compute the intermediate's MAC:
+   * SoftHSM2 2.6 zero-pads secrets whose length is not a multiple of 8 when it wraps them, and such
+   * a key would change when materialized from its record (INVALID_ARGUMENT).
+   *
+   * Returns undefined for a key that is kept already (made so because the device cannot wrap its
+   * kind, Ed25519 on SoftHSM2 2.6) or that the device refuses to wrap (CKR_KEY_NOT_WRAPPABLE: it is
+   * then copied into its kept form with CKA_EXTRACTABLE=false): such a key lives only in this device.
    */
-  async wrapForRecord(id: string, part: "secret" | "private", domainKeyId: string): Promise<WrappedMaterial | undefined> {
+  async sealForRecord(id: string, alg: KeyAlgorithm, usages: readonly Usage[], domainKeyId: string): Promise<WrappedMaterial | undefined> {
+    const secret = alg.type === "aes" || alg.type === "hmac";
+    const part: Part = secret ? "secret" : "private";
+    const e = this.transients.get(id)?.[part];
+    if (!e) return undefined;
     this.requireMechanism(CKM_AES_KEY_WRAP_PAD, "wrapping keys under the domain key");
+    const t = this.intent(id, alg, usages);
+    let blob: Buffer;
     try {
-      const blob = await this.run("C_WrapKey", CKM_AES_KEY_WRAP_PAD, (s) =>
-        this.p11.C_WrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, this.handle(s, domainKeyId, "secret"), this.handle(s, id, part), Buffer.alloc(16384)),
-      );
-      return { alg: "AES_KWP", wrappingKeyId: domainKeyId, blob: Buffer.from(blob) };
-    } catch (e) {
-      if (e instanceof HsmError && ckrOf(e.cause) === CKR.KEY_NOT_WRAPPABLE) return undefined;
-      throw e;
+      blob = Buffer.from(await this.run("C_WrapKey", CKM_AES_KEY_WRAP_PAD, (s) =>
+        this.p11.C_WrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, this.handle(s, domainKeyId, "secret"), e, Buffer.alloc(16384)),
+      ));
+    } catch (err) {
+      if (!(err instanceof HsmError && ckrOf(err.cause) === CKR.KEY_NOT_WRAPPABLE)) throw err;
+      await this.run("C_CopyObject", undefined, (s) => {
+        const h = this.p11.C_CopyObject(s, e, [{ type: pk.CKA_TOKEN, value: Device.onToken(t) }, { type: pk.CKA_EXTRACTABLE, value: false }]);
+        this.p11.C_DestroyObject(s, e);
+        this.handles.set(id, { ...this.handles.get(id), [part]: h });
+      }, true, Device.onToken(t));
+      this.transients.delete(id);
+      return undefined;
     }
+    const material: WrappedMaterial = { alg: "AES_KWP", wrappingKeyId: domainKeyId, blob };
+    // A session copy a crypto call made of the intermediate (see cryptoHandle) goes first.
+    const copy = this.copies.get(id)?.[part];
+    if (copy) {
+      this.copies.set(id, { ...this.copies.get(id), [part]: undefined });
+      await this.run("C_DestroyObject", undefined, (s) => this.safe(() => this.p11.C_DestroyObject(s, copy)));
+    }
+    // Between attempts, whatever a failed unwrap left of this part goes; the intermediate and a
+    // pair's public half stay.
+    const cleanup = () =>
+      this.run("C_DestroyObject", undefined, (s) => {
+        for (const h of this.findHandles(s, id, part)) if (!h.equals(e)) this.p11.C_DestroyObject(s, h);
+      }).catch(() => undefined);
+    await retrySpurious(
+      () =>
+        this.runCreating("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, Device.onToken(t), async (s) => {
+          const h = await this.p11.C_UnwrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, this.handle(s, domainKeyId, "secret"), blob, secret ? secretTemplate(t, false) : privateTemplate(t));
+          this.handles.set(id, { ...this.handles.get(id), [part]: h });
+        }),
+      { what: "sealing a key", attempts: 3, cleanup, log: this.opts.log },
+    );
+    try {
+      if (alg.type === "hmac") await this.sameMac(id, e, alg, usages);
+    } finally {
+      await this.run("C_DestroyObject", undefined, (s) => this.safe(() => this.p11.C_DestroyObject(s, e)));
+      this.transients.delete(id);
+    }
+    return material;
   }
 
-  /** Unwraps a record's material under the domain key into the device (materialization). */
+  /** Does the kept HMAC key `id` compute the MAC its transient intermediate `e` computes? INVALID_ARGUMENT if not. */
+  private async sameMac(id: string, e: Buffer, alg: Extract<KeyAlgorithm, { type: "hmac" }>, usages: readonly Usage[]): Promise<void> {
+    const mech = { mechanism: HASH_MECH[alg.hash].hmac };
+    const challenge = randomBytes(32);
+    const mac = Buffer.from(await this.run("C_Sign", mech.mechanism, (s) => {
+      this.p11.C_SignInit(s, mech, e);
+      return this.p11.C_SignAsync(s, challenge, Buffer.alloc(64));
+    }));
+    // The kept key may be sign-only or verify-only: ask it the way its usages allow.
+    const same = usages.includes("sign") ? mac.equals(await this.sign(id, { name: "HMAC", hash: alg.hash }, challenge, "secret")) : await this.verify(id, { name: "HMAC", hash: alg.hash }, challenge, mac, "secret");
+    if (!same) throw new HsmError(Code.InvalidArgument, "secret key material must be a multiple of 8 bytes long: the device cannot wrap other lengths faithfully under the domain key");
+  }
+
+  /**
+   * WrapKey for an exportable key: its record's blob is unwrapped under the domain key into a
+   * transient, process-private session object, which is wrapped under the caller's key and destroyed
+   * at once. The key's kept objects can never be wrapped (CKA_EXTRACTABLE=false).
+   */
+  async exportWrapped(wrappingKeyId: string, wrappingPart: Part, spec: WrapSpec, alg: KeyAlgorithm, material: WrappedMaterial): Promise<Buffer> {
+    this.requireOaepFor(spec);
+    const mech = wrapMechanism(spec);
+    this.requireMechanism(mech.mechanism, `wrap with ${spec.name}`);
+    const secret = alg.type === "aes" || alg.type === "hmac";
+    const t: TemplateIntent = { id: `hsmd-export-${randomUUID()}`, alg, usages: [], residence: { kind: "transient" } };
+    const out = await this.run("C_WrapKey", mech.mechanism, async (s) => {
+      const x = await this.p11.C_UnwrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, this.handle(s, material.wrappingKeyId, "secret"), material.blob, secret ? secretTemplate(t, false) : privateTemplate(t));
+      try {
+        return await this.p11.C_WrapKeyAsync(s, mech, this.handle(s, wrappingKeyId, wrappingPart), x, Buffer.alloc(16384));
+      } finally {
+        this.safe(() => this.p11.C_DestroyObject(s, x));
+      }
+    });
+    return Buffer.from(out);
+  }
+
+  /** Unwraps a record's material under the domain key into the device (materialization), as kept objects. */
   async materialize(id: string, alg: KeyAlgorithm, usages: readonly Usage[], material: WrappedMaterial, spki?: Buffer): Promise<void> {
     const t = this.intent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
-    await this.retryCreation(id, () => this.runCreating("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, t.token, async (s) => {
+    await this.retryCreation(id, () => this.runCreating("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, Device.onToken(t), async (s) => {
       const h = await this.p11.C_UnwrapKeyAsync(
         s,
         { mechanism: CKM_AES_KEY_WRAP_PAD },
@@ -723,15 +926,7 @@ export class Device {
     this.requireMechanism(pk.CKM_AES_KEY_GEN, "the domain key");
     this.requireMechanism(CKM_AES_KEY_WRAP_PAD, "the domain key");
     await this.runCreating("C_GenerateKey", pk.CKM_AES_KEY_GEN, true, async (s) => {
-      const tpl: pk.Template = [
-        { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
-        { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
-        { type: pk.CKA_VALUE_LEN, value: 32 },
-        { type: pk.CKA_TOKEN, value: true },
-        { type: pk.CKA_PRIVATE, value: true },
-        ...domainKeyAttrs(id),
-      ];
-      const h = await this.p11.C_GenerateKeyAsync(s, { mechanism: pk.CKM_AES_KEY_GEN }, tpl);
+      const h = await this.p11.C_GenerateKeyAsync(s, { mechanism: pk.CKM_AES_KEY_GEN }, domainKeyTemplate(id, true));
       this.handles.set(id, { secret: h });
     });
     return true;
@@ -757,7 +952,7 @@ export class Device {
     const alg: KeyAlgorithm = { type: "rsa", bits: 3072 };
     if (!(await this.has(id, "private"))) {
       this.requireMechanism(pk.CKM_RSA_PKCS_OAEP, "joining a cluster");
-      const t: TemplateIntent = { id, alg, usages: ["unwrap", "wrap"], token: true, extractable: false };
+      const t: TemplateIntent = { id, alg, usages: ["unwrap", "wrap"], residence: { kind: "kept", token: true } };
       await this.runCreating("C_GenerateKeyPair", pk.CKM_RSA_PKCS_KEY_PAIR_GEN, true, async (s) => {
         const kp = await this.p11.C_GenerateKeyPairAsync(s, { mechanism: pk.CKM_RSA_PKCS_KEY_PAIR_GEN }, publicTemplate(t), privateTemplate(t));
         this.handles.set(id, { private: kp.privateKey, public: kp.publicKey });
@@ -794,13 +989,7 @@ export class Device {
    */
   async unwrapDomainKey(transportKeyId: string, blob: Buffer, hash: OaepHash, domainKeyId: string): Promise<void> {
     await this.runCreating("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, true, async (s) => {
-      const h = await this.p11.C_UnwrapKeyAsync(s, oaep(hash), this.handle(s, transportKeyId, "private"), blob, [
-        { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
-        { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
-        { type: pk.CKA_TOKEN, value: true },
-        { type: pk.CKA_PRIVATE, value: true },
-        ...domainKeyAttrs(domainKeyId),
-      ]);
+      const h = await this.p11.C_UnwrapKeyAsync(s, oaep(hash), this.handle(s, transportKeyId, "private"), blob, domainKeyTemplate(domainKeyId, false));
       this.handles.set(domainKeyId, { secret: h });
     });
   }
@@ -828,20 +1017,13 @@ export class Device {
 
   private async importWrappedNow(importKeyId: string, blob: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[], hash: OaepHash): Promise<void> {
     const rsaLen = 384;
-    const t = this.intent(id, alg, usages);
+    const t = this.newKeyIntent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
-    await this.retryCreation(id, () => this.runCreating("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, t.token, async (s) => {
-      const eph = await this.p11.C_UnwrapKeyAsync(s, oaep(hash), this.handle(s, importKeyId, "private"), blob.subarray(0, rsaLen), [
-        { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
-        { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
-        { type: pk.CKA_TOKEN, value: false },
-        { type: pk.CKA_SENSITIVE, value: true },
-        { type: pk.CKA_EXTRACTABLE, value: false },
-        { type: pk.CKA_UNWRAP, value: true },
-      ]);
+    await this.retryCreation(id, () => this.runCreating("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, Device.onToken(t), async (s) => {
+      const eph = await this.p11.C_UnwrapKeyAsync(s, oaep(hash), this.handle(s, importKeyId, "private"), blob.subarray(0, rsaLen), importEphemeralTemplate());
       try {
         const h = await this.p11.C_UnwrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, eph, blob.subarray(rsaLen), secret ? secretTemplate(t, false) : privateTemplate(t));
-        this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
+        this.setHandle(id, secret ? "secret" : "private", h, t);
       } finally {
         this.safe(() => this.p11.C_DestroyObject(s, eph));
       }
@@ -872,39 +1054,28 @@ export class Device {
     this.requireOaepFor(spec);
     const mech = wrapMechanism(spec);
     this.requireMechanism(mech.mechanism, `unwrap with ${spec.name}`);
-    const t = this.intent(id, alg, usages);
+    const t = this.newKeyIntent(id, alg, usages);
     const secret = alg.type === "aes" || alg.type === "hmac";
     await this.retryCreation(id, () =>
-      this.runCreating("C_UnwrapKey", mech.mechanism, t.token, async (s) => {
+      this.runCreating("C_UnwrapKey", mech.mechanism, Device.onToken(t), async (s) => {
         const h = await this.p11.C_UnwrapKeyAsync(s, mech, this.handle(s, unwrappingKeyId, unwrappingPart), blob, secret ? secretTemplate(t, false) : privateTemplate(t));
-        this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
+        this.setHandle(id, secret ? "secret" : "private", h, t);
       }),
     ).catch(badBlob);
-  }
-
-  /** Wraps a key's secret or private part under another key. */
-  async wrap(wrappingKeyId: string, wrappingPart: Part, spec: WrapSpec, keyId: string, keyPart: Part): Promise<Buffer> {
-    this.requireOaepFor(spec);
-    const mech = wrapMechanism(spec);
-    this.requireMechanism(mech.mechanism, `wrap with ${spec.name}`);
-    const out = await this.run("C_WrapKey", mech.mechanism, (s) =>
-      this.p11.C_WrapKeyAsync(s, mech, this.handle(s, wrappingKeyId, wrappingPart), this.handle(s, keyId, keyPart), Buffer.alloc(16384)),
-    );
-    return Buffer.from(out);
   }
 
   /** ECDH (CKM_ECDH1_DERIVE, CKD_NULL) with a peer's public point into a new AES key. */
   async deriveEcdh(privateKeyId: string, peerPoint: Buffer, id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<void> {
     this.requireMechanism(pk.CKM_ECDH1_DERIVE, "ECDH key derivation");
-    const t = this.intent(id, alg, usages);
-    await this.runCreating("C_DeriveKey", pk.CKM_ECDH1_DERIVE, t.token, async (s) => {
+    const t = this.newKeyIntent(id, alg, usages);
+    await this.runCreating("C_DeriveKey", pk.CKM_ECDH1_DERIVE, Device.onToken(t), async (s) => {
       const h = await this.p11.C_DeriveKeyAsync(
         s,
         { mechanism: pk.CKM_ECDH1_DERIVE, parameter: { type: pk.CK_PARAMS_EC_DH, kdf: pk.CKD_NULL, publicData: peerPoint } as pk.ECDH1 },
         this.handle(s, privateKeyId, "private"),
         secretTemplate(t, true),
       );
-      this.handles.set(id, { secret: h });
+      this.setHandle(id, "secret", h, t);
     });
   }
 
@@ -1061,25 +1232,6 @@ async function retrySpurious<T>(fn: () => Promise<T>, o: { what: string; attempt
       await new Promise((r) => setTimeout(r, 5 * 4 ** (attempt - 1) + Math.random() * 5));
     }
   }
-}
-
-/**
- * The domain key's attributes: AES, sensitive, wrap/unwrap only, extractable but only under a
- * trusted key (CKA_WRAP_WITH_TRUSTED), which only a security officer can create.
- */
-function domainKeyAttrs(id: string): pk.Template {
-  return [
-    { type: pk.CKA_SENSITIVE, value: true },
-    { type: pk.CKA_EXTRACTABLE, value: true },
-    { type: pk.CKA_WRAP_WITH_TRUSTED, value: true },
-    { type: pk.CKA_WRAP, value: true },
-    { type: pk.CKA_UNWRAP, value: true },
-    { type: pk.CKA_ENCRYPT, value: false },
-    { type: pk.CKA_DECRYPT, value: false },
-    { type: pk.CKA_SIGN, value: false },
-    { type: pk.CKA_VERIFY, value: false },
-    ...idAttrs(id),
-  ];
 }
 
 function boolAttr(v: unknown): boolean {

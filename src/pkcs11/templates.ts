@@ -3,21 +3,33 @@ import { CKK_EC_EDWARDS, CURVE_OID, ED25519_OID } from "./constants";
 import type { KeyAlgorithm, Usage } from "./types";
 
 /**
- * Turns intent (algorithm, usages, persistence) into PKCS#11 attribute templates, with secure
- * defaults in one place (after node-webcrypto-p11's TemplateBuilder):
- * - every secret and private key is CKA_SENSITIVE and CKA_PRIVATE: its value never leaves the HSM in
- *   the clear;
- * - CKA_EXTRACTABLE is true only so that the key can be wrapped under the domain key for its record
- *   (and, for exportable keys, under a caller's key: the service checks that, not the device);
+ * Where a key object lives and whether it may ever be wrapped: the one switch behind CKA_TOKEN,
+ * CKA_EXTRACTABLE and CKA_WRAP_WITH_TRUSTED.
+ * - `kept`: an object hsmd keeps (a token object, or a session object materialized from its record).
+ *   CKA_EXTRACTABLE=false and CKA_WRAP_WITH_TRUSTED=true: C_WrapKey refuses it under any key, so even
+ *   someone holding the token's user PIN cannot take it out.
+ * - `transient`: a process-private session object (CKA_TOKEN=false: other applications never see
+ *   it) that may be wrapped (CKA_EXTRACTABLE=true). Only as the intermediate a new key is sealed
+ *   from (wrapped under the domain key for its record, then unwrapped into its kept form) and as the
+ *   copy a WrapKey export wraps; destroyed at once. It cannot be CKA_WRAP_WITH_TRUSTED: the domain
+ *   key is not a trusted object (on SoftHSM2 a trusted key's value lies in the clear in the token
+ *   files, see docs/SECURITY.md).
+ * A token object that can be wrapped has no spelling here.
+ */
+export type Residence = { kind: "kept"; token: boolean } | { kind: "transient" };
+
+/**
+ * Turns intent (algorithm, usages, residence) into PKCS#11 attribute templates, with secure defaults
+ * in one place (after node-webcrypto-p11's TemplateBuilder):
+ * - every secret and private key is CKA_SENSITIVE and CKA_PRIVATE: its value is never readable;
+ * - CKA_EXTRACTABLE and CKA_WRAP_WITH_TRUSTED follow the {@link Residence};
  * - each usage flag is set explicitly, true or false, so no device default grants more.
  */
 export interface TemplateIntent {
   id: string;
   alg: KeyAlgorithm;
   usages: readonly Usage[];
-  /** CKA_TOKEN: persistent token object (true) or session object (false). */
-  token: boolean;
-  extractable: boolean;
+  residence: Residence;
 }
 
 const SECRET_FLAGS: Array<[Usage, number]> = [
@@ -53,6 +65,21 @@ export function idAttrs(id: string): pk.Template {
   ];
 }
 
+/**
+ * CKA_ID and CKA_LABEL prefix of a quarantined object: one that no record explains. Its key id moves
+ * behind this prefix (in both attributes), so hsmd no longer finds it as a key, yet it stays in the
+ * token until a record explains it again (restored) or an operator purges it.
+ */
+export const QUARANTINE_PREFIX = "hsmd-quarantine:";
+
+/** CKA_ID and CKA_LABEL of a quarantined object of key `id`. */
+export function quarantineAttrs(id: string): pk.Template {
+  return [
+    { type: pk.CKA_ID, value: Buffer.from(`${QUARANTINE_PREFIX}${id}`, "utf8") },
+    { type: pk.CKA_LABEL, value: `${QUARANTINE_PREFIX}${id}` },
+  ];
+}
+
 export function keyType(alg: KeyAlgorithm): number {
   switch (alg.type) {
     case "aes":
@@ -68,15 +95,24 @@ export function keyType(alg: KeyAlgorithm): number {
   }
 }
 
+/** CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED of a secret or private key. */
+function protection(r: Residence): pk.Template {
+  const kept = r.kind === "kept";
+  return [
+    { type: pk.CKA_TOKEN, value: kept && r.token },
+    { type: pk.CKA_PRIVATE, value: true },
+    { type: pk.CKA_SENSITIVE, value: true },
+    { type: pk.CKA_EXTRACTABLE, value: !kept },
+    { type: pk.CKA_WRAP_WITH_TRUSTED, value: kept },
+  ];
+}
+
 /** Template for a secret key (generate, unwrap, derive). */
 export function secretTemplate(t: TemplateIntent, withLength: boolean): pk.Template {
   const tpl: pk.Template = [
     { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
     { type: pk.CKA_KEY_TYPE, value: keyType(t.alg) },
-    { type: pk.CKA_TOKEN, value: t.token },
-    { type: pk.CKA_PRIVATE, value: true },
-    { type: pk.CKA_SENSITIVE, value: true },
-    { type: pk.CKA_EXTRACTABLE, value: t.extractable },
+    ...protection(t.residence),
     ...idAttrs(t.id),
     ...flags(SECRET_FLAGS, t.usages),
   ];
@@ -96,21 +132,18 @@ export function privateTemplate(t: TemplateIntent): pk.Template {
   return [
     { type: pk.CKA_CLASS, value: pk.CKO_PRIVATE_KEY },
     { type: pk.CKA_KEY_TYPE, value: keyType(t.alg) },
-    { type: pk.CKA_TOKEN, value: t.token },
-    { type: pk.CKA_PRIVATE, value: true },
-    { type: pk.CKA_SENSITIVE, value: true },
-    { type: pk.CKA_EXTRACTABLE, value: t.extractable },
+    ...protection(t.residence),
     ...idAttrs(t.id),
     ...flags(PRIVATE_FLAGS, t.usages),
   ];
 }
 
-/** Template for a public key (generate: without key parts; create: with them). */
+/** Template for a public key (generate: without key parts; create: with them). Never secret, so only CKA_TOKEN follows the residence. */
 export function publicTemplate(t: TemplateIntent, parts?: { modulus?: Buffer; exponent?: Buffer; ecPointDer?: Buffer }): pk.Template {
   const tpl: pk.Template = [
     { type: pk.CKA_CLASS, value: pk.CKO_PUBLIC_KEY },
     { type: pk.CKA_KEY_TYPE, value: keyType(t.alg) },
-    { type: pk.CKA_TOKEN, value: t.token },
+    { type: pk.CKA_TOKEN, value: t.residence.kind === "kept" && t.residence.token },
     { type: pk.CKA_PRIVATE, value: false },
     ...idAttrs(t.id),
     ...flags(PUBLIC_FLAGS, t.usages),
@@ -126,4 +159,47 @@ export function publicTemplate(t: TemplateIntent, parts?: { modulus?: Buffer; ex
     if (parts?.ecPointDer) tpl.push({ type: pk.CKA_EC_POINT, value: parts.ecPointDer });
   }
   return tpl;
+}
+
+/**
+ * The domain key (generate with `withLength`, or unwrap when joining): an AES-256 token object,
+ * sensitive, wrap/unwrap only (every other usage false explicitly: SoftHSM2 defaults CKA_VERIFY to
+ * true), extractable but only under a trusted key (CKA_WRAP_WITH_TRUSTED), which only a security
+ * officer can create: that is how a joining node receives it.
+ */
+export function domainKeyTemplate(id: string, withLength: boolean): pk.Template {
+  const tpl: pk.Template = [
+    { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
+    { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
+    { type: pk.CKA_TOKEN, value: true },
+    { type: pk.CKA_PRIVATE, value: true },
+    { type: pk.CKA_SENSITIVE, value: true },
+    { type: pk.CKA_EXTRACTABLE, value: true },
+    { type: pk.CKA_WRAP_WITH_TRUSTED, value: true },
+    { type: pk.CKA_WRAP, value: true },
+    { type: pk.CKA_UNWRAP, value: true },
+    { type: pk.CKA_ENCRYPT, value: false },
+    { type: pk.CKA_DECRYPT, value: false },
+    { type: pk.CKA_SIGN, value: false },
+    { type: pk.CKA_VERIFY, value: false },
+    ...idAttrs(id),
+  ];
+  if (withLength) tpl.push({ type: pk.CKA_VALUE_LEN, value: 32 });
+  return tpl;
+}
+
+/**
+ * The ephemeral AES key of a BYOK import, unwrapped with RSA-OAEP under the import key: a session
+ * object that can only unwrap, never be wrapped, destroyed after the one unwrap.
+ */
+export function importEphemeralTemplate(): pk.Template {
+  return [
+    { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
+    { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
+    { type: pk.CKA_TOKEN, value: false },
+    { type: pk.CKA_SENSITIVE, value: true },
+    { type: pk.CKA_EXTRACTABLE, value: false },
+    { type: pk.CKA_WRAP_WITH_TRUSTED, value: true },
+    { type: pk.CKA_UNWRAP, value: true },
+  ];
 }

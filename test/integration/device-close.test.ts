@@ -15,7 +15,7 @@ describe("device close under load", () => {
     const dev = await Device.open({ module: SOFTHSM_MODULE, tokenLabel: token.label, pin: token.pin, poolSize: 8, tokenObjects: false });
     await dev.ensureDomainKey("domain-close", true);
     await dev.generate("src", { type: "aes", bits: 256 }, ["encrypt", "decrypt"]);
-    const material = (await dev.wrapForRecord("src", "secret", "domain-close"))!;
+    const material = (await dev.sealForRecord("src", { type: "aes", bits: 256 }, ["encrypt", "decrypt"], "domain-close"))!;
     await dev.generate("signer", { type: "rsa", bits: 2048 }, ["sign", "verify"]);
 
     type Outcome = { ok: true } | { ok: false; error: { code?: string; message?: string } };

@@ -31,7 +31,7 @@ afterAll(async () => {
 describe("token-object creations beside searches", () => {
   it(`${N} unwraps and ${N / 2} generations with searches running beside them: none fails, none retried`, async () => {
     await dev.generate("src", { type: "aes", bits: 256 }, ["encrypt", "decrypt"]);
-    const material = (await dev.wrapForRecord("src", "secret", DOMAIN))!;
+    const material = (await dev.sealForRecord("src", { type: "aes", bits: 256 }, ["encrypt", "decrypt"], DOMAIN))!;
     const iv = crypto.randomBytes(16);
     const ct = await dev.encrypt("src", "secret", { name: "AES_CTR", iv }, Buffer.from("same key"), 64);
 
@@ -46,7 +46,11 @@ describe("token-object creations beside searches", () => {
         const i = next++;
         try {
           await dev.materialize(`m-${i}`, { type: "aes", bits: 256 }, ["encrypt", "decrypt"], material);
-          if (i % 2 === 0) await dev.generate(`g-${i}`, { type: "aes", bits: 128 }, ["encrypt", "decrypt"]);
+          if (i % 2 === 0) {
+            // A generation makes a transient session object; its seal makes the token object.
+            await dev.generate(`g-${i}`, { type: "aes", bits: 128 }, ["encrypt", "decrypt"]);
+            await dev.sealForRecord(`g-${i}`, { type: "aes", bits: 128 }, ["encrypt", "decrypt"], DOMAIN);
+          }
         } catch (e) {
           failures.push(`${i}: ${(e as Error).message}`);
         }

@@ -60,12 +60,12 @@ describe("device", () => {
     const msg = Buffer.from("ed message");
     const sig = await dev.sign("ed", { name: "EDDSA" }, msg);
     expect(crypto.verify(null, msg, pub(spki!), sig)).toBe(true);
-    expect(await dev.wrapForRecord("ed", "private", DOMAIN)).toBeUndefined();
+    expect(await dev.sealForRecord("ed", { type: "ed25519" }, ["sign", "verify"], DOMAIN)).toBeUndefined();
   });
 
   it("AES-GCM, CBC, CTR interoperate with Node", async () => {
     await dev.generate("aes", { type: "aes", bits: 256 }, ["encrypt", "decrypt"]);
-    const wrapped = await dev.wrapForRecord("aes", "secret", DOMAIN);
+    const wrapped = await dev.sealForRecord("aes", { type: "aes", bits: 256 }, ["encrypt", "decrypt"], DOMAIN);
     expect(wrapped!.blob.length).toBe(40);
     const iv = crypto.randomBytes(12);
     const aad = Buffer.from("aad");
@@ -84,7 +84,7 @@ describe("device", () => {
   it("materializes a destroyed key from its wrapped record", async () => {
     await dev.generate("hm", { type: "hmac", hash: "sha256" }, ["sign", "verify"]);
     const mac = await dev.sign("hm", { name: "HMAC", hash: "sha256" }, Buffer.from("m"));
-    const w = await dev.wrapForRecord("hm", "secret", DOMAIN);
+    const w = await dev.sealForRecord("hm", { type: "hmac", hash: "sha256" }, ["sign", "verify"], DOMAIN);
     await dev.destroy("hm");
     expect(await dev.has("hm", "secret")).toBe(false);
     await dev.materialize("hm", { type: "hmac", hash: "sha256" }, ["sign", "verify"], w!);
@@ -93,7 +93,7 @@ describe("device", () => {
 
   it("materializes a destroyed EC private key from its wrapped PKCS#8 record", async () => {
     const { spki } = await dev.generate("ecm", { type: "ec", curve: "P-384" }, ["sign", "verify"]);
-    const w = await dev.wrapForRecord("ecm", "private", DOMAIN);
+    const w = await dev.sealForRecord("ecm", { type: "ec", curve: "P-384" }, ["sign", "verify"], DOMAIN);
     await dev.destroy("ecm");
     await dev.materialize("ecm", { type: "ec", curve: "P-384" }, ["sign", "verify"], w!, spki);
     const msg = Buffer.from("after materialize");
@@ -126,6 +126,7 @@ describe("device", () => {
 
   it("recovers after its sessions are closed behind its back", async () => {
     await dev.generate("rec", { type: "aes", bits: 128 }, ["encrypt", "decrypt"]);
+    await dev.sealForRecord("rec", { type: "aes", bits: 128 }, ["encrypt", "decrypt"], DOMAIN);
     dev.simulateSessionLoss();
     const ct = await dev.encrypt("rec", "secret", { name: "AES_CBC_PAD", iv: Buffer.alloc(16) }, Buffer.from("abc"), 64);
     expect(ct.length).toBe(16);
@@ -133,6 +134,7 @@ describe("device", () => {
 
   it("crypto on token keys runs on session copies: a deleted key leaves no copy behind, and a copy lost with its session is made again", async () => {
     const { spki } = await dev.generate("copied", { type: "ec", curve: "P-256" }, ["sign", "verify"]);
+    await dev.sealForRecord("copied", { type: "ec", curve: "P-256" }, ["sign", "verify"], DOMAIN);
     const msg = Buffer.from("signed on the session copy");
     const sig = await dev.sign("copied", { name: "ECDSA", hash: "sha256", input: "message" }, msg);
     expect(crypto.verify("sha256", msg, { key: pub(spki!), dsaEncoding: "ieee-p1363" }, sig)).toBe(true);

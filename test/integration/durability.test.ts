@@ -1,7 +1,7 @@
 /**
  * Durability of hsmd as a real process on a real SoftHSM2 token: keys survive a graceful restart and a
  * SIGKILL in the middle of a burst of creates (no acknowledged key lost, no half key left: the start-up
- * reconcile removes token objects without a record and re-materializes records whose objects are
+ * reconcile quarantines token objects without a record and re-materializes records whose objects are
  * gone), and nothing the daemon writes (data dir, stdout, stderr) holds key material, the PIN or a
  * plaintext in the clear.
  */
@@ -44,11 +44,16 @@ async function gracefulRestart(): Promise<void> {
 }
 
 /** The last "records checked against the token" line of stderr, as numbers. */
-function lastReconcile(): { keys: number; materialized: number; orphans: number; lost: boolean } {
-  const all = [...dp.stderr().matchAll(/records checked against the token(?: in \d+ ms)?: (\d+) keys, (\d+) materialized, (\d+) orphans removed(, \d+ LOST)?/g)];
+function lastReconcile(): { keys: number; materialized: number; upgraded: number; restored: number; quarantined: number; purged: number; lost: boolean } {
+  const all = [
+    ...dp
+      .stderr()
+      .matchAll(/records checked against the token(?: in \d+ ms)?: (\d+) keys, (\d+) materialized, (\d+) made unextractable, (\d+) restored from quarantine, (\d+) quarantined, (\d+) purged(, \d+ LOST)?/g),
+  ];
   const m = all[all.length - 1];
   if (!m) throw new Error(`no reconcile line in stderr:\n${dp.stderr()}`);
-  return { keys: Number(m[1]), materialized: Number(m[2]), orphans: Number(m[3]), lost: !!m[4] };
+  const [keys, materialized, upgraded, restored, quarantined, purged] = m.slice(1, 7).map(Number) as [number, number, number, number, number, number];
+  return { keys, materialized, upgraded, restored, quarantined, purged, lost: !!m[7] };
 }
 
 /** The ids (CKA_LABEL "hsmd:<id>") of every hsmd object in the token, as pkcs11-tool sees them. */
@@ -121,7 +126,7 @@ describe("graceful restart", () => {
 
     await gracefulRestart();
     // Nothing was missing from the token and nothing was orphaned.
-    expect(lastReconcile()).toMatchObject({ materialized: 0, orphans: 0, lost: false });
+    expect(lastReconcile()).toMatchObject({ materialized: 0, upgraded: 0, quarantined: 0, lost: false });
 
     const listed = await listedIds();
     for (const id of ids) expect(listed.map((k) => k.id)).toContain(id);
@@ -217,13 +222,15 @@ describe("SIGKILL during a burst of creates", () => {
     expect(after.has(domain)).toBe(true);
     const expected = new Set([...listedSet, domain, ...(after.has("hsmd-import") ? ["hsmd-import"] : [])]);
     expect([...after].sort()).toEqual([...expected].sort());
-    // The reconcile removed exactly the orphans the crash left, and lost nothing.
+    // The reconcile quarantined exactly the orphans the crash left (destroying nothing), and lost nothing.
     const orphans = [...beforeRestart].filter((id) => !expected.has(id));
-    expect(rec).toEqual({ keys: listed.length, materialized: 0, orphans: orphans.length, lost: false });
+    expect(rec).toEqual({ keys: listed.length, materialized: 0, upgraded: 0, restored: 0, quarantined: orphans.length, purged: 0, lost: false });
+    const listing = pkcs11Tool(dp.token, ["--list-objects"]);
+    for (const id of orphans) expect(listing).toContain(`label:      hsmd-quarantine:${id}`);
 
     console.log(
       `durability round ${round}: kill after ${killAt} acks (+${delayMs} ms): sent ${sent}, acked ${acked.size}, ` +
-        `committed-unacked ${listed.filter((k) => k.label.startsWith(`burst-${round}-`)).length - acked.size}, orphans removed ${orphans.length}, keys listed ${listed.length}`,
+        `committed-unacked ${listed.filter((k) => k.label.startsWith(`burst-${round}-`)).length - acked.size}, orphans quarantined ${orphans.length}, keys listed ${listed.length}`,
     );
   });
 });
@@ -246,7 +253,7 @@ describe("token objects destroyed behind the daemon's back", () => {
 
     await dp.restart();
     await reconnect();
-    expect(lastReconcile()).toMatchObject({ materialized: 2, orphans: 0, lost: false });
+    expect(lastReconcile()).toMatchObject({ materialized: 2, quarantined: 0, lost: false });
     const back = pkcs11Tool(dp.token, ["--list-objects"]);
     expect(back).toContain(`hsmd:${hmac.id}`);
     expect(Buffer.from((await c.sign({ keyId: hmac.id, algorithm: HMAC, message: msg })).signature)).toEqual(tag);
@@ -272,7 +279,7 @@ describe("a token object the device cannot read back", () => {
 
     await dp.restart();
     await reconnect();
-    expect(lastReconcile()).toMatchObject({ materialized: 0, orphans: 0, lost: false });
+    expect(lastReconcile()).toMatchObject({ materialized: 0, quarantined: 0, lost: false });
     expect(dp.stderr()).toContain("skipping an object whose attributes cannot be read");
     await assertUsable(await c.getKey({ keyId: k.id }));
     rmSync(dst, { force: true });
