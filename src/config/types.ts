@@ -72,7 +72,7 @@ export interface DeviceConfig {
   readonly quirks: DeviceQuirks;
 }
 
-/** Every limit enforced at the edge (DESIGN principle 7): requests beyond them get INVALID_ARGUMENT. */
+/** Every limit enforced at the edge (DESIGN principle 7): requests beyond them get RESOURCE_EXHAUSTED or INVALID_ARGUMENT. */
 export interface LimitsConfig {
   /** Largest data/plaintext/ciphertext payload of one call, in bytes. */
   readonly maxPayloadBytes: number;
@@ -86,6 +86,11 @@ export interface LimitsConfig {
   readonly maxPageSize: number;
   /** Longest client request id (idempotency key), in characters. */
   readonly maxRequestIdLength: number;
+  /**
+   * Largest request message, in bytes, checked on the wire before it is decoded (RESOURCE_EXHAUSTED
+   * naming it). @default maxBatchItems × (maxPayloadBytes + 1024) + 65536: a full batch of full items fits
+   */
+  readonly maxMessageBytes: number;
 }
 
 /**
