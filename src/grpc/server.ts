@@ -94,6 +94,14 @@ function auditable(v: unknown, max = 128): string | undefined {
   return typeof v === "string" && v.length > 0 && v.length <= max && SAFE_TEXT.test(v) ? v : undefined;
 }
 
+/**
+ * A request id as a trailer value: gRPC metadata values are printable ASCII, and grpc-js throws on
+ * anything else (the call then died with UNKNOWN, unaudited), so other ids are sent percent-encoded.
+ */
+function headerValue(id: string): string {
+  return /^[\x20-\x7e]*$/.test(id) ? id : encodeURIComponent(id);
+}
+
 function describeCause(e: unknown): string {
   const c = e instanceof HsmError && e.cause ? e.cause : e;
   return c instanceof Error ? `${c.name}: ${c.message}` : String(c);
@@ -125,7 +133,7 @@ function services(opts: GrpcServerOptions, refusals: AuditThrottle) {
           throw new HsmError(Code.PermissionDenied, "no session");
         },
       };
-      c.trailer.set(REQUEST_ID_HEADER, c.requestId);
+      c.trailer.set(REQUEST_ID_HEADER, headerValue(c.requestId));
       if (rule.target) c.audit.target = auditable(req[rule.target]);
       const keyRefs = rule.keys?.(req) ?? [];
       c.audit.keyId = auditable(keyRefs.find((r) => r.need === "own")?.id ?? keyRefs[0]?.id);
@@ -183,7 +191,7 @@ function services(opts: GrpcServerOptions, refusals: AuditThrottle) {
   function refuse(method: string, call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>, refusal: HsmError, t0: bigint): void {
     const trailer = new grpc.Metadata();
     const requestId = auditable(call.metadata.get(REQUEST_ID_HEADER)[0]) ?? randomUUID();
-    trailer.set(REQUEST_ID_HEADER, requestId);
+    trailer.set(REQUEST_ID_HEADER, headerValue(requestId));
     const answer = (err: HsmError) => {
       opts.observe?.(method, err.code, Number(process.hrtime.bigint() - t0) / 1e9);
       callback({ code: err.grpcStatus, details: err.message, metadata: trailer } as grpc.ServiceError);

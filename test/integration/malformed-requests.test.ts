@@ -144,6 +144,24 @@ describe("item counts and sizes before decoding", () => {
   });
 });
 
+describe("found by the fuzzer", () => {
+  it("a request_id outside printable ASCII no longer kills the call with UNKNOWN: the create runs once and is audited with it", async () => {
+    const alice = await userClient(td, "alice");
+    try {
+      const first = await alice.generateKey({ spec: KeySpec.KEY_SPEC_AES_128, label: "non-ascii-request-id", requestId: "ключ-\u{4c1a7}" });
+      const again = await alice.generateKey({ spec: KeySpec.KEY_SPEC_AES_128, label: "non-ascii-request-id", requestId: "ключ-\u{4c1a7}" });
+      expect(again.id).toBe(first.id);
+      const entries = auditLines().filter((l) => l.operation === "GenerateKey" && l.keyId === first.id);
+      expect(entries.map((l) => [l.status, l.requestId])).toEqual([
+        ["OK", "ключ-\u{4c1a7}"],
+        ["OK", "ключ-\u{4c1a7}"],
+      ]);
+    } finally {
+      alice.close();
+    }
+  });
+});
+
 describe("after all of the above", () => {
   it("the daemon still serves, and a flood of malformed requests is answered and audited rate-limited", async () => {
     const flood = 200;
