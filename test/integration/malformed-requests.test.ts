@@ -144,6 +144,19 @@ describe("item counts and sizes before decoding", () => {
   });
 });
 
+describe("through the SDK", () => {
+  it("BatchEncrypt of 256 × 64 KiB answers 256 results (the answer is ~16 MiB: more than a grpc-js client reads by default)", async () => {
+    const alice = await userClient(td, "alice");
+    try {
+      const plaintext = Buffer.alloc(65536, 1);
+      const { results } = await alice.batchEncrypt({ items: Array.from({ length: 256 }, () => ({ keyId: aesId, algorithm: GCM, plaintext })) });
+      expect(results.filter((r) => r.result?.$case === "ok")).toHaveLength(256);
+    } finally {
+      alice.close();
+    }
+  });
+});
+
 describe("found by the fuzzer", () => {
   it("a request_id outside printable ASCII no longer kills the call with UNKNOWN: the create runs once and is audited with it", async () => {
     const alice = await userClient(td, "alice");
