@@ -25,12 +25,16 @@ export interface FieldShape {
   readonly repeated: boolean;
   /** The message type of a `message` field. */
   readonly message?: MessageShape;
+  /** Position of the field in its message (0-based): where the scan keeps its element count. */
+  readonly index: number;
 }
 
 /** A message type: its full name (`hsm.v1.SignRequest`) and its fields by number. */
 export interface MessageShape {
   readonly name: string;
   readonly fields: ReadonlyMap<number, FieldShape>;
+  /** The fields by number for numbers up to 32 (a lookup without hashing, for the scan's hot loop). */
+  readonly byNumber: ReadonlyArray<FieldShape | undefined>;
 }
 
 /** What the scan enforces (from `limits` in the configuration). */
@@ -100,7 +104,8 @@ export function requestShapes(pkg: PackageDefinition): Map<string, MessageShape>
     const known = built.get(desc);
     if (known) return known;
     const fields = new Map<number, FieldShape>();
-    const s: MessageShape = { name: fullName, fields };
+    const byNumber: Array<FieldShape | undefined> = new Array<FieldShape | undefined>(33).fill(undefined);
+    const s: MessageShape = { name: fullName, fields, byNumber };
     built.set(desc, s);
     const pkgName = fullName.slice(0, fullName.lastIndexOf("."));
     for (const f of desc.field) {
@@ -115,7 +120,9 @@ export function requestShapes(pkg: PackageDefinition): Map<string, MessageShape>
         message = shape(target, nested ? `${fullName}.${ref}` : top.has(ref) ? ref : `${pkgName}.${ref}`, nested ? [desc, ...scope] : []);
       }
       const type = message?.name ?? f.type.replace(/^TYPE_/, "").toLowerCase();
-      fields.set(f.number, { name: f.name, kind, type, repeated: f.label === "LABEL_REPEATED", message });
+      const field: FieldShape = { name: f.name, kind, type, repeated: f.label === "LABEL_REPEATED", message, index: fields.size };
+      fields.set(f.number, field);
+      if (f.number < byNumber.length) byNumber[f.number] = field;
     }
     return s;
   };
@@ -135,74 +142,105 @@ export function requestShapes(pkg: PackageDefinition): Map<string, MessageShape>
 class Malformed extends Error {}
 class OverLimit extends Error {}
 
-/** Reads a varint of at most `maxBytes` bytes at `pos`; answers [value, next]. Values past 2^53 lose precision (only lengths and tags are used, and those are bounded). */
-function varint(buf: Uint8Array, pos: number, maxBytes: number, what: string): [number, number] {
+/** What {@link readVarint} answers for a varint cut short by the end of the buffer, or longer than allowed. */
+const CUT_SHORT = -1;
+const TOO_LONG = -2;
+
+/**
+ * Reads a varint of at most `maxBytes` bytes at `pos` into `out` ([value, next]); answers
+ * {@link CUT_SHORT} or {@link TOO_LONG} instead of throwing, so that the hot loop builds no message
+ * text. Values past 2^53 lose precision (only lengths and tags are used, and those are bounded).
+ */
+function readVarint(buf: Uint8Array, pos: number, maxBytes: number, out: number[]): number {
   let value = 0;
   let mul = 1;
   for (let i = 0; i < maxBytes; i++) {
-    if (pos + i >= buf.length) throw new Malformed(`${what} at byte ${pos} is cut short by the end of the message`);
+    if (pos + i >= buf.length) return CUT_SHORT;
     const b = buf[pos + i]!;
     value += (b & 0x7f) * mul;
     mul *= 128;
-    if ((b & 0x80) === 0) return [value, pos + i + 1];
+    if ((b & 0x80) === 0) {
+      out[0] = value;
+      out[1] = pos + i + 1;
+      return 0;
+    }
   }
-  throw new Malformed(`${what} at byte ${pos} is longer than ${maxBytes} bytes`);
+  return TOO_LONG;
 }
 
 /**
  * Checks `buf` as a message of type `shape`: size, every tag and wire type, lengths within the
  * message, known fields of the wire type their type needs, strings valid UTF-8, nesting, and the
  * count of every repeated field. Answers the first problem, or undefined when the request may be
- * decoded. Linear in the size of `buf`; allocates only for messages that have repeated fields.
+ * decoded. Linear in the size of `buf`; allocates only for messages that have repeated fields, and
+ * builds message text only for the problem it answers.
  */
 export function checkWire(buf: Uint8Array, shape: MessageShape, limits: WireLimits): WireProblem | undefined {
   if (buf.length > limits.maxMessageBytes) {
     return { code: "RESOURCE_EXHAUSTED", message: `request is ${buf.length} bytes; the limit is ${limits.maxMessageBytes} (limits.maxMessageBytes)` };
   }
+  const v: number[] = [0, 0];
+  /** Throws the problem of a varint {@link readVarint} could not read. */
+  const badVarint = (r: number, pos: number, maxBytes: number, what: string): never => {
+    throw new Malformed(r === CUT_SHORT ? `${what} at byte ${pos} is cut short by the end of the message` : `${what} at byte ${pos} is longer than ${maxBytes} bytes`);
+  };
+  const nameOf = (s: MessageShape, path: string, no: number): string => {
+    const f = s.fields.get(no);
+    return f ? `${path}${f.name}` : `${path}field ${no}`;
+  };
+  // The loop below runs once per field of the request (millions for a hostile batch): no closures,
+  // no strings, no allocation unless it throws.
   const scan = (start: number, end: number, s: MessageShape, depth: number, path: string): void => {
     if (depth > MAX_NESTING) throw new Malformed(`${path || "the message"} is nested deeper than ${MAX_NESTING} levels`);
-    let counts: Map<number, number> | undefined;
+    let counts: number[] | undefined;
     let pos = start;
     while (pos < end) {
       const at = pos;
-      const [tag, next] = varint(buf, pos, 5, "a tag");
-      pos = next;
-      const no = Math.floor(tag / 8);
-      const wt = tag % 8;
-      if (no === 0) throw new Malformed(`byte ${at} is not a valid tag (field number 0)`);
+      let tag = buf[pos]!;
+      let r = 0;
+      if (tag < 0x80) pos++; // one-byte tags (fields 1 to 15): the common case, read inline
+      else {
+        r = readVarint(buf, pos, 5, v);
+        if (r !== 0) badVarint(r, pos, 5, "a tag");
+        tag = v[0]!;
+        pos = v[1]!;
+      }
       if (tag > 0xffffffff) throw new Malformed(`the tag at byte ${at} is out of range`);
-      const f = s.fields.get(no);
-      const name = f ? `${path}${f.name}` : `${path}field ${no}`;
-      if (wt === 3 || wt === 4) throw new Malformed(`${name} uses a protobuf group (wire type ${wt}), which proto3 messages do not have`);
-      if (wt > 5) throw new Malformed(`${name} has the invalid wire type ${wt} (at byte ${at})`);
+      const no = tag >>> 3;
+      const wt = tag & 7;
+      if (no === 0) throw new Malformed(`byte ${at} is not a valid tag (field number 0)`);
+      if (wt === 3 || wt === 4) throw new Malformed(`${nameOf(s, path, no)} uses a protobuf group (wire type ${wt}), which proto3 messages do not have`);
+      if (wt > 5) throw new Malformed(`${nameOf(s, path, no)} has the invalid wire type ${wt} (at byte ${at})`);
       let len = 0;
-      if (wt === 0) pos = varint(buf, pos, 10, `the value of ${name}`)[1];
-      else if (wt === 1 || wt === 5) len = wt === 1 ? 8 : 4;
-      else [len, pos] = varint(buf, pos, 10, `the length of ${name}`);
-      if (len > end - pos) throw new Malformed(`${name} needs ${len} bytes at byte ${pos}, but the ${path ? "enclosing message" : "message"} has ${end - pos} left`);
+      if (wt === 2 && pos < end && buf[pos]! < 0x80) len = buf[pos++]!; // a length under 128, inline
+      else if (wt === 0 || wt === 2) {
+        r = readVarint(buf, pos, 10, v);
+        if (r !== 0) badVarint(r, pos, 10, `the ${wt === 0 ? "value" : "length"} of ${nameOf(s, path, no)}`);
+        if (wt === 2) len = v[0]!;
+        pos = v[1]!;
+      } else len = wt === 1 ? 8 : 4;
+      if (len > end - pos) throw new Malformed(`${nameOf(s, path, no)} needs ${len} bytes at byte ${pos}, but the ${path ? "enclosing message" : "message"} has ${end - pos} left`);
       const body = pos;
       pos += len;
+      const f = no < s.byNumber.length ? s.byNumber[no] : s.fields.get(no);
       if (!f) continue; // an unknown field: skipped by the decoder, as proto3 wants
       const packed = f.repeated && wt === 2 && (f.kind === "varint" || f.kind === "fixed32" || f.kind === "fixed64");
       if (!packed && wt !== EXPECTED_WIRE[f.kind]) {
-        throw new Malformed(`${name} is sent as ${WIRE_TYPE_NAMES[wt]}, but its type (${f.type}) is sent as ${WIRE_TYPE_NAMES[EXPECTED_WIRE[f.kind]]}`);
+        throw new Malformed(`${nameOf(s, path, no)} is sent as ${WIRE_TYPE_NAMES[wt]}, but its type (${f.type}) is sent as ${WIRE_TYPE_NAMES[EXPECTED_WIRE[f.kind]]}`);
       }
-      let elements = 1;
-      if (packed) elements = packedCount(body, pos, f.kind, name);
       if (f.repeated) {
-        counts ??= new Map();
-        const n = (counts.get(no) ?? 0) + elements;
-        counts.set(no, n);
+        counts ??= new Array<number>(s.fields.size + 1).fill(0);
+        const n = (counts[f.index] += packed ? packedCount(body, pos, f.kind, s, path, no) : 1);
         // Past the limit the rest is only counted (cheap), so the refusal says how many there are.
         if (n > limits.maxBatchItems) continue;
       }
-      if (f.kind === "string" && !isUtf8(buf.subarray(body, pos))) throw new Malformed(`${name} is not valid UTF-8`);
-      if (f.kind === "message") scan(body, pos, f.message!, depth + 1, `${name}.`);
+      if (f.kind === "string" && !isUtf8(buf.subarray(body, pos))) throw new Malformed(`${nameOf(s, path, no)} is not valid UTF-8`);
+      if (f.kind === "message") scan(body, pos, f.message!, depth + 1, `${nameOf(s, path, no)}.`);
     }
     if (counts) {
-      for (const [no, n] of counts) {
+      for (const f of s.fields.values()) {
+        const n = counts[f.index]!;
         if (n <= limits.maxBatchItems) continue;
-        const f = s.fields.get(no)!;
         const batch = depth === 0 && f.name === "items" && f.kind === "message";
         throw new OverLimit(
           batch
@@ -212,7 +250,8 @@ export function checkWire(buf: Uint8Array, shape: MessageShape, limits: WireLimi
       }
     }
   };
-  const packedCount = (from: number, to: number, kind: FieldKind, name: string): number => {
+  const packedCount = (from: number, to: number, kind: FieldKind, s: MessageShape, path: string, no: number): number => {
+    const name = nameOf(s, path, no);
     if (kind === "fixed32" || kind === "fixed64") {
       const size = kind === "fixed32" ? 4 : 8;
       if ((to - from) % size !== 0) throw new Malformed(`packed ${name} is ${to - from} bytes, not a multiple of ${size}`);
