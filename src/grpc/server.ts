@@ -17,7 +17,7 @@ import { QuorumServiceService, UserServiceService, type QuorumServiceServer, typ
 import type { KeyService, UserRef } from "../keys";
 import { checkPasswordPolicy, checkUsername, type Principal, type QuorumService, type UserService } from "../users";
 import { guardService, RefusedRequest } from "./refusal";
-import { requestShapes } from "./wire-check";
+import { requestShapes, type MessageShape } from "./wire-check";
 import { auditToProto, joinToProto, quorumStatusFromProto, quorumToProto, roleFromProto, sessionToProto, userToProto } from "./convert";
 
 /** What the gRPC layer reports per call (metrics); never sees request bodies. */
@@ -467,7 +467,17 @@ const SERVICE_NAMES = ["", "hsm.v1.KeyService", "hsm.v1.CryptoService", "hsm.v1.
 export const TRANSPORT_SLACK_BYTES = 1024 * 1024;
 
 /** The .proto files of the hsm.v1 services (reflection, and the wire check's descriptors). */
-const PROTO_FILES = ["keys", "crypto", "users", "audit", "cluster"];
+function hsmProtoFiles(): string[] {
+  return ["keys", "crypto", "users", "audit", "cluster"].map((f) => join(protoDir(), `hsm/v1/${f}.proto`));
+}
+
+/**
+ * The request shape of every unary hsm.v1 method by path, read from proto/ with the field names as
+ * written there (for the wire check's messages; the fuzzer enumerates the RPCs from it too).
+ */
+export function hsmRequestShapes(): Map<string, MessageShape> {
+  return requestShapes(protoLoader.loadSync(hsmProtoFiles(), { includeDirs: [protoDir()], keepCase: true }));
+}
 
 /**
  * Builds the server with hsm.v1 services, grpc.health.v1 and server reflection (not yet bound).
@@ -486,9 +496,8 @@ export function buildGrpcServer(opts: GrpcServerOptions): { server: grpc.Server;
   });
   const impl = services(opts, refusals);
   const dir = protoDir();
-  const files = PROTO_FILES.map((f) => join(dir, `hsm/v1/${f}.proto`));
-  // Field names as written in the .proto, for the wire check's messages.
-  const shapes = requestShapes(protoLoader.loadSync(files, { includeDirs: [dir], keepCase: true }));
+  const files = hsmProtoFiles();
+  const shapes = hsmRequestShapes();
   const limits = { maxMessageBytes: opts.maxMessageBytes, maxBatchItems: opts.maxBatchItems };
   const add = (service: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation) => server.addService(guardService(service, shapes, limits), impl);
   add(KeyServiceService, impl.keyImpl as unknown as grpc.UntypedServiceImplementation);

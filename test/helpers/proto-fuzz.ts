@@ -5,18 +5,11 @@
  * names, so that calls get past validation), mutations of such messages (flipped, cut, extended,
  * spliced bytes) and plain random bytes.
  */
-import { join } from "node:path";
-import * as protoLoader from "@grpc/proto-loader";
 import fc from "fast-check";
-import { protoDir } from "../../src/grpc/server";
-import { requestShapes, type FieldShape, type MessageShape } from "../../src/grpc/wire-check";
+import { hsmRequestShapes, type FieldShape, type MessageShape } from "../../src/grpc";
 
-/** Every unary hsm.v1 method (path → request shape), read from proto/. */
-export function hsmMethods(): Map<string, MessageShape> {
-  const dir = protoDir();
-  const files = ["keys", "crypto", "users", "audit", "cluster"].map((f) => join(dir, `hsm/v1/${f}.proto`));
-  return requestShapes(protoLoader.loadSync(files, { includeDirs: [dir], keepCase: true }));
-}
+/** Every unary hsm.v1 method (path → request shape), read from proto/ as the daemon's wire check does. */
+export const hsmMethods = hsmRequestShapes;
 
 /** Values the generator mixes in, so that some requests name things that exist. */
 export interface FuzzPools {
