@@ -5,7 +5,8 @@
  * officer. Every answer must be a status of the closed set (never INTERNAL or UNKNOWN); afterwards
  * the daemon must still serve (health check, a known-good Sign that verifies) and the store and the
  * token must hold nothing half-written: no more key or user records than successful creating calls
- * added, every record decodable, and no hsmd object on the token without its record.
+ * added, every record decodable, no hsmd object on the token without its record and no record
+ * without its object.
  *
  * CI runs a bounded number of cases; a long run: `FUZZ_RUNS=20000 npx vitest run test/integration/fuzz.test.ts`
  * (or `npm run fuzz`). On a failure fast-check prints the seed and path; replay with FUZZ_SEED=<seed>
@@ -101,7 +102,13 @@ it(`every RPC answers a status of the closed set to ${RUNS} random, mutated and 
   const usersBefore = await userCount();
   // Objects of no record, besides the daemon's own (hsmd-domain-…, hsmd-import, made when first asked for).
   const stray = (records: string[]) => [...tokenIds()].filter((id) => !records.includes(id) && !id.startsWith("hsmd-"));
+  // And records of no object: every key (generated, imported, derived, public-only) lives on the token.
+  const missing = (records: string[]) => {
+    const onToken = tokenIds();
+    return records.filter((id) => !onToken.has(id));
+  };
   expect(stray(keysBefore)).toEqual([]);
+  expect(missing(keysBefore)).toEqual([]);
   let createdKeys = 0;
   let createdUsers = 0;
   const seen = new Map<string, number>();
@@ -136,6 +143,7 @@ it(`every RPC answers a status of the closed set to ${RUNS} random, mutated and 
   expect(keysAfter.length).toBeLessThanOrEqual(keysBefore.length + createdKeys);
   expect(await userCount()).toBeLessThanOrEqual(usersBefore + createdUsers);
   expect(stray(keysAfter)).toEqual([]);
+  expect(missing(keysAfter)).toEqual([]);
   // The run reached past validation: some calls succeeded and some were refused as malformed.
   expect(seen.get("OK") ?? 0).toBeGreaterThan(0);
   expect(seen.get("INVALID_ARGUMENT") ?? 0).toBeGreaterThan(0);
