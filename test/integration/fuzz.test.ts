@@ -17,6 +17,7 @@ import type * as grpc from "@grpc/grpc-js";
 import fc from "fast-check";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { RULES } from "../../src/access";
+import { verifyAuditLog } from "../../src/audit";
 import { EncryptionAlgorithm, HsmClient, KeySpec, Role, SigningAlgorithm } from "../../src/sdk";
 import { tokenKeyAttributes, loginToken } from "../helpers/cluster";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
@@ -144,6 +145,8 @@ it(`every RPC answers a status of the closed set to ${RUNS} random, mutated and 
   expect(await userCount()).toBeLessThanOrEqual(usersBefore + createdUsers);
   expect(stray(keysAfter)).toEqual([]);
   expect(missing(keysAfter)).toEqual([]);
+  // The audit log, refusals included, is still one unbroken chain.
+  expect(await verifyAuditLog(td.daemon.config.audit.file)).toMatchObject({ ok: true });
   // The run reached past validation: some calls succeeded and some were refused as malformed.
   expect(seen.get("OK") ?? 0).toBeGreaterThan(0);
   expect(seen.get("INVALID_ARGUMENT") ?? 0).toBeGreaterThan(0);
