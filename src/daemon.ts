@@ -5,7 +5,7 @@ import type { FastifyInstance } from "fastify";
 import type * as grpc from "@grpc/grpc-js";
 import type { Config } from "./config";
 import { AccessGuard, PeerRateLimiter } from "./access";
-import { AuditLog } from "./audit";
+import { AuditLog, type AuditThrottle } from "./audit";
 import { Code, HsmError, precondition } from "./errors";
 import { bindGrpc, buildGrpcServer, describeTransport, grpcServerCredentials, setServing } from "./grpc";
 import { buildAdminApp } from "./http";
@@ -80,6 +80,8 @@ export class Daemon {
   private sweeper: NodeJS.Timeout | undefined;
   private reporter: NodeJS.Timeout | undefined;
   private unwatchRemoval: (() => void) | undefined;
+  /** Audits requests refused before decoding; flushed before the audit log closes. */
+  private refusals: AuditThrottle | undefined;
   /** Set when this node was removed from its cluster: it then serves nothing. */
   removed = false;
   private storeReachable = true;
@@ -199,7 +201,7 @@ export class Daemon {
       const otpFile = firstOfficerPasswordFile(config.node.dataDir);
 
       const limits = config.limits;
-      const { server, health } = buildGrpcServer({
+      const { server, health, refusals } = buildGrpcServer({
         keys,
         users,
         quorum,
@@ -218,7 +220,8 @@ export class Daemon {
           const recovered = officerPasswordFile(config.node.dataDir, user);
           if (existsSync(recovered)) unlinkSync(recovered);
         },
-        maxMessageBytes: limits.maxPayloadBytes * Math.max(1, Math.min(limits.maxBatchItems, 64)) + 1024 * 1024,
+        maxMessageBytes: limits.maxMessageBytes,
+        maxBatchItems: limits.maxBatchItems,
         observe: (m, c, s) => metrics.observeRpc(m, c, s),
         log,
       });
@@ -231,6 +234,7 @@ export class Daemon {
       const d = new Daemon(config, store, device, keys, metrics, domainKeyId, users, quorum, audit, membership, server, health, admin, log);
       d.nodeLock = nodeLock;
       self = d;
+      d.refusals = refusals;
       if (membership) {
         let members = 1;
         metrics.setClusterSource(() => ({ storeRevision: store.revision(), appliedRevision: keys.appliedRevision, nodes: members, storeReachable: d.storeReachable }));
@@ -384,6 +388,7 @@ export class Daemon {
     });
     await this.admin.close();
     this.keys.stop();
+    await this.refusals?.flush();
     await this.audit.close();
     await this.device.close();
     await this.store.close();

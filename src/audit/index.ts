@@ -16,6 +16,7 @@ export {
   type StoredAuditEntry,
 } from "./entry";
 export { AuditLog, type AppendOptions, type AuditLogOptions } from "./log";
+export { AuditThrottle, peerHost, type AuditThrottleOptions } from "./throttle";
 export {
   verifyAuditLog,
   type AuditProblem,

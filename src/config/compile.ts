@@ -8,7 +8,7 @@ import { ConfigError } from "./problems";
 import { readProfile } from "./profiles";
 import { parseListenAddress } from "./listen";
 import { sealConfig } from "./redact";
-import { AUTH_DEFAULTS, CLUSTER_DEFAULTS, DEFAULT_PROFILE, LIMIT_DEFAULTS, LISTEN_DEFAULTS, LOGIN_RATE_DEFAULTS, HASH_LANE_DEFAULTS } from "./schema";
+import { AUTH_DEFAULTS, CLUSTER_DEFAULTS, DEFAULT_PROFILE, HASH_LANE_DEFAULTS, ITEM_OVERHEAD_BYTES, LIMIT_DEFAULTS, LIMITS, LISTEN_DEFAULTS, LOGIN_RATE_DEFAULTS, MESSAGE_OVERHEAD_BYTES, messageBytesFor } from "./schema";
 import { checkTransport, type RawTls } from "./tls";
 import { checkSchema } from "./validator";
 import { PROFILE_NAMES, type Config, type ConfigProblem, type DeviceQuirks, type LimitsConfig, type PinSource, type ProfileName } from "./types";
@@ -175,7 +175,9 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
     }
   }
 
-  if (problems.length || !device || !grpc || !admin || tls === undefined) return { problems };
+  const limits = schemaFlagged("/limits") ? undefined : resolveLimits(isPlainObject(raw.limits) ? (raw.limits as Partial<LimitsConfig>) : {}, problems);
+
+  if (problems.length || !device || !grpc || !admin || tls === undefined || !limits) return { problems };
   const doc = raw as unknown as RawDoc;
   const dataDir = resolve(baseDir, doc.node.dataDir);
   const auth = doc.auth ?? {};
@@ -185,7 +187,7 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
     tls,
     devMode: doc.devMode ?? false,
     device,
-    limits: { ...LIMIT_DEFAULTS, ...Object.fromEntries(Object.entries(doc.limits ?? {}).filter(([, v]) => v !== undefined)) },
+    limits,
     auth: {
       sessionTtlMs: (auth.sessionTtlSeconds ?? AUTH_DEFAULTS.sessionTtlSeconds) * 1000,
       maxFailedLogins: auth.maxFailedLogins ?? AUTH_DEFAULTS.maxFailedLogins,
@@ -209,4 +211,37 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
     sources: { file, profile: profileFile },
   };
   return { problems, config };
+}
+
+/**
+ * The limits with their defaults, `maxMessageBytes` derived from the batch and payload limits unless
+ * given, so that a batch of `maxBatchItems` items of `maxPayloadBytes` each always fits in one
+ * message. A derived size over the largest message hsmd accepts, or a given one too small for a
+ * single call of the largest payload, is a problem.
+ */
+function resolveLimits(given: Partial<LimitsConfig>, problems: ConfigProblem[]): LimitsConfig | undefined {
+  const set = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as Partial<LimitsConfig>;
+  const merged = { ...LIMIT_DEFAULTS, ...set };
+  const needed = messageBytesFor(merged.maxBatchItems, merged.maxPayloadBytes);
+  const max = LIMITS.maxMessageBytes.max;
+  if (set.maxMessageBytes === undefined) {
+    if (needed > max) {
+      addProblems(problems, [
+        {
+          path: "/limits",
+          message: `maxBatchItems × (maxPayloadBytes + ${ITEM_OVERHEAD_BYTES}) + ${MESSAGE_OVERHEAD_BYTES} = ${needed} bytes is over ${max}, the largest message hsmd accepts: lower maxBatchItems or maxPayloadBytes, or set maxMessageBytes (a batch then carries at most that many bytes in all)`,
+        },
+      ]);
+      return undefined;
+    }
+    return { ...merged, maxMessageBytes: needed };
+  }
+  const single = messageBytesFor(1, merged.maxPayloadBytes);
+  if (set.maxMessageBytes < single) {
+    addProblems(problems, [
+      { path: "/limits/maxMessageBytes", message: `must be >= ${single} (one call with a payload of maxPayloadBytes, ${merged.maxPayloadBytes}, and its overhead)` },
+    ]);
+    return undefined;
+  }
+  return merged;
 }

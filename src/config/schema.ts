@@ -34,6 +34,22 @@ export const LISTEN_DEFAULTS = Object.freeze({ grpc: "127.0.0.1:7443", admin: "1
 /** Default profile when `device.profile` is absent: the development device. */
 export const DEFAULT_PROFILE: ProfileName = "softhsm2";
 
+/**
+ * Room per batch item besides its payload (key id, algorithm, IV, signature, a small AAD, framing),
+ * and per message besides its items: `maxMessageBytes` defaults to what a full batch of full items needs.
+ */
+export const ITEM_OVERHEAD_BYTES = 1024;
+export const MESSAGE_OVERHEAD_BYTES = 64 * 1024;
+
+/**
+ * The request size a batch of `items` items with a payload of `payloadBytes` each needs, with
+ * {@link ITEM_OVERHEAD_BYTES} per item and {@link MESSAGE_OVERHEAD_BYTES} per message: the default of
+ * `limits.maxMessageBytes`, so that the documented item and payload limits hold together.
+ */
+export function messageBytesFor(items: number, payloadBytes: number): number {
+  return items * (payloadBytes + ITEM_OVERHEAD_BYTES) + MESSAGE_OVERHEAD_BYTES;
+}
+
 /** Default and upper bound of each limit (all are positive integers). */
 export const LIMITS: { readonly [K in keyof LimitsConfig]: { readonly default: number; readonly max: number } } = Object.freeze({
   maxPayloadBytes: { default: 65536, max: 16 * 1024 * 1024 },
@@ -43,6 +59,8 @@ export const LIMITS: { readonly [K in keyof LimitsConfig]: { readonly default: n
   maxPageSize: { default: 1000, max: 10000 },
   maxRequestIdLength: { default: 128, max: 1024 },
   maxOaepLabelBytes: { default: 256, max: 65536 },
+  // The default follows from the others: see messageBytesFor.
+  maxMessageBytes: { default: messageBytesFor(256, 65536), max: 256 * 1024 * 1024 },
 });
 
 /** Default limits, as a `LimitsConfig`. */

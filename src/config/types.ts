@@ -79,7 +79,7 @@ export interface DeviceConfig {
   readonly disabledMechanisms: readonly string[];
 }
 
-/** Every limit enforced at the edge (DESIGN principle 7): requests beyond them get INVALID_ARGUMENT. */
+/** Every limit enforced at the edge (DESIGN principle 7): requests beyond them get RESOURCE_EXHAUSTED or INVALID_ARGUMENT. */
 export interface LimitsConfig {
   /** Largest data/plaintext/ciphertext payload of one call, in bytes. */
   readonly maxPayloadBytes: number;
@@ -98,6 +98,11 @@ export interface LimitsConfig {
    * UnwrapKey, in bytes. The label is hashed, never stored, so a small bound costs callers nothing.
    */
   readonly maxOaepLabelBytes: number;
+  /**
+   * Largest request message, in bytes, checked on the wire before it is decoded (RESOURCE_EXHAUSTED
+   * naming it). @default maxBatchItems × (maxPayloadBytes + 1024) + 65536: a full batch of full items fits
+   */
+  readonly maxMessageBytes: number;
 }
 
 /**

@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import type { AccessGuard, PeerRateLimiter } from "../access";
-import { queryAuditLog, verifyAuditLog, type AuditEntry, type AuditLog } from "../audit";
+import { AuditThrottle, MAX_DETAIL_LENGTH, queryAuditLog, verifyAuditLog, type AuditEntry, type AuditLog } from "../audit";
 import { Code, HsmError, invalid, notFound, precondition } from "../errors";
 import { AuditServiceService, type AuditServiceServer } from "../gen/hsm/v1/audit";
 import { ClusterServiceService, type ClusterServiceServer } from "../gen/hsm/v1/cluster";
@@ -16,6 +16,8 @@ import { KeyServiceService, type KeyServiceServer } from "../gen/hsm/v1/keys";
 import { QuorumServiceService, UserServiceService, type QuorumServiceServer, type UserServiceServer } from "../gen/hsm/v1/users";
 import type { KeyService, UserRef } from "../keys";
 import { checkPasswordPolicy, checkUsername, type Principal, type QuorumService, type UserService } from "../users";
+import { guardService, RefusedRequest } from "./refusal";
+import { requestShapes, type MessageShape } from "./wire-check";
 import { auditToProto, joinToProto, quorumStatusFromProto, quorumToProto, roleFromProto, sessionToProto, userToProto } from "./convert";
 
 /** What the gRPC layer reports per call (metrics); never sees request bodies. */
@@ -36,8 +38,13 @@ export interface GrpcServerOptions {
   auditFile: string;
   /** fdatasync every audit entry (`always`), or only those of changes (`changes`). */
   auditFsync: "always" | "changes";
-  /** Largest message accepted, in bytes (payload limit × batch limit, plus framing). */
+  /**
+   * Largest request, in bytes (`limits.maxMessageBytes`): checked before decoding with a message
+   * naming the limit; the transport itself cuts off messages over this plus {@link TRANSPORT_SLACK_BYTES}.
+   */
   maxMessageBytes: number;
+  /** Most elements of a repeated field, batch items included (`limits.maxBatchItems`), counted before decoding. */
+  maxBatchItems: number;
   observe?: RpcObserver;
   log?: (msg: string) => void;
   /** Cluster membership (absent on a single node). */
@@ -89,6 +96,14 @@ function auditable(v: unknown, max = 128): string | undefined {
   return typeof v === "string" && v.length > 0 && v.length <= max && SAFE_TEXT.test(v) ? v : undefined;
 }
 
+/**
+ * A request id as a trailer value: gRPC metadata values are printable ASCII, and grpc-js throws on
+ * anything else (the call then died with UNKNOWN, unaudited), so other ids are sent percent-encoded.
+ */
+function headerValue(id: string): string {
+  return /^[\x20-\x7e]*$/.test(id) ? id : encodeURIComponent(id);
+}
+
 function describeCause(e: unknown): string {
   const c = e instanceof HsmError && e.cause ? e.cause : e;
   return c instanceof Error ? `${c.name}: ${c.message}` : String(c);
@@ -101,13 +116,14 @@ function describeCause(e: unknown): string {
  * (on disk before the answer for key and user changes), and every error is mapped to its gRPC status
  * with a message a person can act on (never a CKR number, never internal details).
  */
-function services(opts: GrpcServerOptions) {
+function services(opts: GrpcServerOptions, refusals: AuditThrottle) {
   const { keys: k, users, quorum, guard, audit } = opts;
 
   function rpc<Req, Res>(method: string, fn: Handler<Req, Res>): grpc.handleUnaryCall<Req, Res> {
     const rule = guard.rule(method);
     return (call, callback) => {
       const t0 = process.hrtime.bigint();
+      if ((call.request as unknown) instanceof RefusedRequest) return refuse(method, call, callback as grpc.sendUnaryData<unknown>, (call.request as unknown as RefusedRequest).error, t0);
       const req = call.request as unknown as Record<string, unknown>;
       const c: CallContext = {
         method,
@@ -119,7 +135,7 @@ function services(opts: GrpcServerOptions) {
           throw new HsmError(Code.PermissionDenied, "no session");
         },
       };
-      c.trailer.set(REQUEST_ID_HEADER, c.requestId);
+      c.trailer.set(REQUEST_ID_HEADER, headerValue(c.requestId));
       if (rule.target) c.audit.target = auditable(req[rule.target]);
       const keyRefs = rule.keys?.(req) ?? [];
       c.audit.keyId = auditable(keyRefs.find((r) => r.need === "own")?.id ?? keyRefs[0]?.id);
@@ -167,6 +183,37 @@ function services(opts: GrpcServerOptions) {
         callback({ code: err.grpcStatus, details: err.message, metadata: c.trailer } as grpc.ServiceError);
       }
     };
+  }
+
+  /**
+   * Answers a request refused before decoding (see ./refusal.ts), without reading its session: the
+   * refusal is audited through the {@link AuditThrottle} (the first of each second per client host,
+   * method and status at once, the others as a count), so that a flood cannot fill the log.
+   */
+  function refuse(method: string, call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>, refusal: HsmError, t0: bigint): void {
+    const trailer = new grpc.Metadata();
+    const requestId = auditable(call.metadata.get(REQUEST_ID_HEADER)[0]) ?? randomUUID();
+    trailer.set(REQUEST_ID_HEADER, headerValue(requestId));
+    const answer = (err: HsmError) => {
+      opts.observe?.(method, err.code, Number(process.hrtime.bigint() - t0) / 1e9);
+      callback({ code: err.grpcStatus, details: err.message, metadata: trailer } as grpc.ServiceError);
+    };
+    const closed = opts.gate?.();
+    if (closed) return answer(closed);
+    const entry: AuditEntry = {
+      operation: method,
+      status: refusal.code,
+      requestId,
+      client: auditable(call.getPeer(), 256),
+      detail: `refused before decoding: ${refusal.message}`.replace(/[\u0000-\u001f\u007f]/g, " ").slice(0, MAX_DETAIL_LENGTH),
+    };
+    refusals.record(entry).then(
+      () => answer(refusal),
+      (e: unknown) => {
+        opts.log?.(`audit log append failed for ${method} (${refusal.code}): ${describeCause(e)}`);
+        answer(new HsmError(Code.Unavailable, "the audit log cannot be written: this node refuses to answer until an operator fixes it", { transient: true }));
+      },
+    );
   }
 
   /** Appends the call's audit entry; answers the error to send instead when the log cannot be written. */
@@ -416,30 +463,60 @@ function services(opts: GrpcServerOptions) {
 /** The hsm.v1 services health reports on. */
 const SERVICE_NAMES = ["", "hsm.v1.KeyService", "hsm.v1.CryptoService", "hsm.v1.UserService", "hsm.v1.QuorumService", "hsm.v1.AuditService", "hsm.v1.ClusterService"];
 
-/** Builds the server with hsm.v1 services, grpc.health.v1 and server reflection (not yet bound). */
-export function buildGrpcServer(opts: GrpcServerOptions): { server: grpc.Server; health: HealthImplementation } {
+/**
+ * How far past `maxMessageBytes` the transport still reads a message, so that one somewhat over the
+ * limit is refused by the wire check with a message naming `limits.maxMessageBytes` (and audited);
+ * beyond it grpc-js refuses it unread ("Received message larger than max").
+ */
+export const TRANSPORT_SLACK_BYTES = 1024 * 1024;
+
+/** The .proto files of the hsm.v1 services (reflection, and the wire check's descriptors). */
+function hsmProtoFiles(): string[] {
+  return ["keys", "crypto", "users", "audit", "cluster"].map((f) => join(protoDir(), `hsm/v1/${f}.proto`));
+}
+
+/**
+ * The request shape of every unary hsm.v1 method by path, read from proto/ with the field names as
+ * written there (for the wire check's messages; the fuzzer enumerates the RPCs from it too).
+ */
+export function hsmRequestShapes(): Map<string, MessageShape> {
+  return requestShapes(protoLoader.loadSync(hsmProtoFiles(), { includeDirs: [protoDir()], keepCase: true }));
+}
+
+/**
+ * Builds the server with hsm.v1 services, grpc.health.v1 and server reflection (not yet bound).
+ * `refusals` audits requests refused before decoding; flush it before closing the audit log.
+ */
+export function buildGrpcServer(opts: GrpcServerOptions): { server: grpc.Server; health: HealthImplementation; refusals: AuditThrottle } {
   const server = new grpc.Server({
     // channelz bookkeeping costs CPU on every call and nothing reads it.
     "grpc.enable_channelz": 0,
-    "grpc.max_receive_message_length": opts.maxMessageBytes,
-    "grpc.max_send_message_length": opts.maxMessageBytes,
+    "grpc.max_receive_message_length": opts.maxMessageBytes + TRANSPORT_SLACK_BYTES,
+    "grpc.max_send_message_length": opts.maxMessageBytes + TRANSPORT_SLACK_BYTES,
   });
-  const impl = services(opts);
-  server.addService(KeyServiceService, impl.keyImpl);
-  server.addService(CryptoServiceService, impl.cryptoImpl);
-  server.addService(UserServiceService, impl.userImpl);
-  server.addService(QuorumServiceService, impl.quorumImpl);
-  server.addService(AuditServiceService, impl.auditImpl);
-  server.addService(ClusterServiceService, impl.clusterImpl);
+  const refusals = new AuditThrottle(opts.audit, {
+    append: { sync: opts.auditFsync === "always" },
+    onError: (e) => opts.log?.(`audit log append failed for a count of refused requests: ${describeCause(e)}`),
+  });
+  const impl = services(opts, refusals);
+  const dir = protoDir();
+  const files = hsmProtoFiles();
+  const shapes = hsmRequestShapes();
+  const limits = { maxMessageBytes: opts.maxMessageBytes, maxBatchItems: opts.maxBatchItems };
+  const add = (service: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation) => server.addService(guardService(service, shapes, limits), impl);
+  add(KeyServiceService, impl.keyImpl as unknown as grpc.UntypedServiceImplementation);
+  add(CryptoServiceService, impl.cryptoImpl as unknown as grpc.UntypedServiceImplementation);
+  add(UserServiceService, impl.userImpl as unknown as grpc.UntypedServiceImplementation);
+  add(QuorumServiceService, impl.quorumImpl as unknown as grpc.UntypedServiceImplementation);
+  add(AuditServiceService, impl.auditImpl as unknown as grpc.UntypedServiceImplementation);
+  add(ClusterServiceService, impl.clusterImpl as unknown as grpc.UntypedServiceImplementation);
 
   const health = new HealthImplementation(Object.fromEntries(SERVICE_NAMES.map((n) => [n, "NOT_SERVING"])));
   health.addToServer(server);
 
-  const dir = protoDir();
-  const files = ["keys", "crypto", "users", "audit", "cluster"].map((f) => join(dir, `hsm/v1/${f}.proto`));
   const pkgDef = protoLoader.loadSync(files, { includeDirs: [dir] });
   new ReflectionService(pkgDef).addToServer(server);
-  return { server, health };
+  return { server, health, refusals };
 }
 
 /**

@@ -47,6 +47,9 @@ const PROBE_BACKOFF_MS = { initial: 500, max: 30_000 } as const;
  * a server without the health service, as A17 treats it); a transient refusal by a serving node thus
  * costs it one round trip out of rotation, while a NOT_SERVING or unreachable one stays out.
  */
+/** Largest answer the client reads: the daemon's largest possible `limits.maxMessageBytes` (256 MiB) plus its 1 MiB transport slack. */
+const MAX_ANSWER_BYTES = 257 * 1024 * 1024;
+
 export class EndpointPool {
   readonly endpoints: readonly Endpoint[];
   private cursor = 0;
@@ -60,6 +63,9 @@ export class EndpointPool {
         // Subchannels of its own: a new client to a node that just restarted must not inherit the
         // reconnect backoff another client's connection to the old process ran into.
         "grpc.use_local_subchannel_pool": 1,
+        // grpc-js clients take 4 MiB answers by default; a full batch answers ~16 MiB with the daemon's
+        // default limits. The daemon bounds what it sends (limits.maxMessageBytes + 1 MiB, at most 257 MiB).
+        "grpc.max_receive_message_length": MAX_ANSWER_BYTES,
         ...channelOptions,
       });
       const client = new grpc.Client(address, credentials, { channelOverride: channel });

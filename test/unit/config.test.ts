@@ -59,6 +59,8 @@ describe("defaults", () => {
       maxPageSize: 1000,
       maxRequestIdLength: 128,
       maxOaepLabelBytes: 256,
+      // 256 items × (64 KiB + 1 KiB) + 64 KiB: a full batch of full items fits in one message.
+      maxMessageBytes: 17_104_896,
     });
     expect(config.limits).toEqual(LIMIT_DEFAULTS);
     expect(config.device).toMatchObject({
@@ -160,6 +162,26 @@ describe("profiles", () => {
     expect(config.listen.admin.port).toBe(0);
     expect(config.limits).toMatchObject({ maxBatchItems: 10, maxPageSize: 5, maxPayloadBytes: 65536 });
     expect(config.device.tokenLabel).toBe("other");
+  });
+
+  it("limits.maxMessageBytes follows maxBatchItems and maxPayloadBytes unless given, and must hold one full call", () => {
+    const limits = (l: object) => loadConfig({ env, overrides: { ...minimal(), limits: l } }).limits;
+    const check = (doc: unknown) => validateConfig(doc, { env });
+    expect(limits({ maxBatchItems: 4, maxPayloadBytes: 1024 }).maxMessageBytes).toBe(4 * (1024 + 1024) + 65536);
+    expect(limits({ maxBatchItems: 10 }).maxMessageBytes).toBe(10 * (65536 + 1024) + 65536);
+    // Given: a total for the whole message, smaller than a full batch of full items.
+    expect(limits({ maxMessageBytes: 4 * 1024 * 1024 })).toMatchObject({ maxMessageBytes: 4 * 1024 * 1024, maxBatchItems: 256, maxPayloadBytes: 65536 });
+    // The smallest accepted holds one call of the largest payload with its overhead.
+    expect(limits({ maxMessageBytes: 65536 + 1024 + 65536 }).maxMessageBytes).toBe(132_096);
+    expect(check({ ...minimal(), limits: { maxMessageBytes: 132_095 } })).toEqual([
+      { path: "/limits/maxMessageBytes", message: "must be >= 132096 (one call with a payload of maxPayloadBytes, 65536, and its overhead)" },
+    ]);
+    expect(check({ ...minimal(), limits: { maxMessageBytes: 256 * 1024 * 1024 + 1 } })).toEqual([{ path: "/limits/maxMessageBytes", message: "must be <= 268435456" }]);
+    // A derived size over the largest message hsmd accepts is refused, naming the way out.
+    expect(check({ ...minimal(), limits: { maxBatchItems: 10000, maxPayloadBytes: 1024 * 1024 } })).toEqual([
+      { path: "/limits", message: expect.stringMatching(/^maxBatchItems × \(maxPayloadBytes \+ 1024\) \+ 65536 = 10496065536 bytes is over 268435456, the largest message hsmd accepts: .*set maxMessageBytes/) },
+    ]);
+    expect(limits({ maxBatchItems: 10000, maxPayloadBytes: 1024 * 1024, maxMessageBytes: 64 * 1024 * 1024 }).maxMessageBytes).toBe(64 * 1024 * 1024);
   });
 
   it("reads profiles from HSMD_CONFIG_DIR", () => {
