@@ -10,11 +10,12 @@
  */
 process.env.UV_THREADPOOL_SIZE ??= "16";
 
-import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { initTokenFromFiles } from "./init-token";
 import * as grpc from "@grpc/grpc-js";
 import { UserServiceClient } from "../src/gen/hsm/v1/users";
 import { EncryptionAlgorithm, HsmClient, HsmClientError, KeySpec, Role, SigningAlgorithm } from "../src/sdk";
@@ -46,7 +47,9 @@ async function startDaemon(dir: string): Promise<{ child: ChildProcess; grpc: st
   const pinFile = join(dir, "pin");
   writeFileSync(pinFile, pin, { mode: 0o600 });
   const env = { ...process.env, SOFTHSM2_CONF: conf, UV_THREADPOOL_SIZE: String(POOL + 4) };
-  execFileSync("softhsm2-util", ["--init-token", "--free", "--label", "soak", "--pin", pin, "--so-pin", `${pin}so`], { env, stdio: "ignore" });
+  const soPinFile = join(dir, "so-pin");
+  writeFileSync(soPinFile, `${pin}so`, { mode: 0o600 });
+  initTokenFromFiles(env, "soak", pinFile, soPinFile);
   const dataDir = join(dir, "data");
   const cfg = join(dir, "hsmd.json");
   writeFileSync(
