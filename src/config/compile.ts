@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import { compileConnections, type RawConnections } from "./connections";
 import { isPlainObject, mergeDevice } from "./merge";
 import { resolvePin } from "./pin";
 import { addProblems } from "./problems";
@@ -42,6 +43,7 @@ interface RawDoc {
   limits?: Partial<LimitsConfig>;
   auth?: { sessionTtlSeconds?: number; maxFailedLogins?: number; firstOfficer?: string; quorum?: { ttlSeconds?: number; operations?: Record<string, number> } };
   audit?: { file?: string; fsync?: "always" | "changes" };
+  connections?: RawConnections;
   cluster?: { name: string; etcd: { endpoints: string[]; tls?: { ca?: string; cert?: string; key?: string } }; advertise?: string; minNodes?: number; joinTtlSeconds?: number };
 }
 
@@ -194,6 +196,7 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
           joinTtlMs: (rawCluster.joinTtlSeconds ?? CLUSTER_DEFAULTS.joinTtlSeconds) * 1000,
         }
       : null,
+    connections: compileConnections(doc.connections),
     audit: { file: doc.audit?.file ? resolve(baseDir, doc.audit.file) : join(dataDir, "audit", "audit.log"), fsync: doc.audit?.fsync ?? "changes" },
     sources: { file, profile: profileFile },
   };
