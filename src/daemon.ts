@@ -131,6 +131,8 @@ export class Daemon {
           })
         : undefined;
       const domainKeyId = await ensureDomain(store, device, opts, config, membership, log);
+      // From here on the domain key not being found is a device fault (UNAVAILABLE, the module re-initialized), never a missing key.
+      device.markEssential(domainKeyId, "secret");
       const keys = new KeyService({
         device,
         store,
@@ -256,13 +258,26 @@ export class Daemon {
     }
   }
 
-  /** /readyz checks: session usable, store writable, domain key present. */
+  /**
+   * /readyz checks: session usable, store writable, domain key present. While a device fault is
+   * suspected (see FaultWatch) the domain key check looks at the token itself and re-initializes the
+   * module when it is not seen, so a node that recovered reports ready again without a restart.
+   */
   async readiness() {
-    const [session, storeOk, domain] = await Promise.all([this.device.healthy(), this.store.healthy(), this.device.has(this.domainKeyId, "secret").catch(() => false)]);
+    const domainCheck = async (): Promise<boolean> => {
+      if (this.device.faults.faulty) return this.device.faults.check();
+      return this.device.has(this.domainKeyId, "secret");
+    };
+    const [session, storeOk, domain] = await Promise.all([this.device.healthy(), this.store.healthy(), domainCheck().catch(() => false)]);
+    const fault = this.device.faults.faulty;
     return [
       { name: "device_session", ok: session, detail: session ? undefined : "no usable logged-in session" },
       { name: "store_writable", ok: storeOk, detail: storeOk ? undefined : "state store is not writable" },
-      { name: "domain_key", ok: domain, detail: domain ? undefined : `domain key ${this.domainKeyId} missing from the token` },
+      {
+        name: "domain_key",
+        ok: domain,
+        detail: domain ? undefined : fault ? `the device cannot find domain key ${this.domainKeyId}: a device fault, re-initializing the module (see the log)` : `domain key ${this.domainKeyId} missing from the token`,
+      },
     ];
   }
 
