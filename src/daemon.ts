@@ -7,7 +7,7 @@ import type { Config } from "./config";
 import { AccessGuard } from "./access";
 import { AuditLog } from "./audit";
 import { Code, HsmError, precondition } from "./errors";
-import { bindGrpc, buildGrpcServer, describeTransport, grpcServerCredentials, setServing } from "./grpc";
+import { buildGrpcServer, connectionBudget, describeTransport, grpcServerCredentials, listenGrpc, setServing, type GrpcListener } from "./grpc";
 import { buildAdminApp } from "./http";
 import { KeyService } from "./keys";
 import { Metrics } from "./metrics";
@@ -71,6 +71,7 @@ export class Daemon {
   /** Set when this node was removed from its cluster: it then serves nothing. */
   removed = false;
   private storeReachable = true;
+  private grpcListener: GrpcListener | undefined;
 
   private constructor(
     readonly config: Config,
@@ -158,7 +159,7 @@ export class Daemon {
       const otpFile = firstOfficerPasswordFile(config.node.dataDir);
 
       const limits = config.limits;
-      const { server, health } = buildGrpcServer({
+      const built = buildGrpcServer({
         keys,
         users,
         quorum,
@@ -175,14 +176,16 @@ export class Daemon {
           if (user === config.auth.firstOfficer && existsSync(otpFile)) unlinkSync(otpFile);
         },
         maxMessageBytes: limits.maxPayloadBytes * Math.max(1, Math.min(limits.maxBatchItems, 64)) + 1024 * 1024,
+        connections: config.connections,
         observe: (m, c, s) => metrics.observeRpc(m, c, s),
         log,
       });
+      const { server, health } = built;
       metrics.setPoolSource(() => device!.poolStats());
       metrics.setKeyCountSource(() => keys.keyCount);
       // The admin routes call back into the daemon, which needs the admin app to stop it.
       let self: Daemon | undefined;
-      const admin = buildAdminApp({ metrics, readiness: () => self!.readiness(), status: () => self!.status() });
+      const admin = buildAdminApp({ metrics, readiness: () => self!.readiness(), status: () => self!.status(), bounds: config.connections.admin, log });
       const d = new Daemon(config, store, device, keys, metrics, domainKeyId, users, quorum, audit, membership, server, health, admin, log);
       self = d;
       if (membership) {
@@ -197,7 +200,10 @@ export class Daemon {
       }
       d.sweeper = setInterval(() => void d.sweep(), SWEEP_MS);
       d.sweeper.unref();
-      d.grpcPort = await bindGrpc(server, `${config.listen.grpc.host}:${config.listen.grpc.port}`, credentials);
+      const budget = connectionBudget({ configured: config.connections.maxConnections, fdReserve: config.connections.fdReserve, adminConnections: config.connections.admin.maxConnections });
+      log(budget.message);
+      d.grpcListener = await listenGrpc(built, config.listen.grpc, credentials, { maxConnections: budget.maxConnections, handshakeTimeoutMs: config.connections.handshakeTimeoutMs, log });
+      d.grpcPort = d.grpcListener.port;
       log(`gRPC transport: ${describeTransport(config)}`);
       await admin.listen({ host: config.listen.admin.host, port: config.listen.admin.port });
       d.adminPort = (admin.server.address() as { port: number }).port;
@@ -323,6 +329,7 @@ export class Daemon {
     clearInterval(this.reporter);
     this.unwatchRemoval?.();
     setServing(this.health, false);
+    const listenerClosed = this.grpcListener?.stopAccepting();
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {
         this.grpcServer.forceShutdown();
@@ -333,6 +340,8 @@ export class Daemon {
         resolve();
       });
     });
+    this.grpcListener?.destroyAll();
+    await listenerClosed;
     await this.admin.close();
     this.keys.stop();
     await this.audit.close();
