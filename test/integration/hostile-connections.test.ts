@@ -13,7 +13,7 @@ import { BatchEncryptRequest, EncryptionAlgorithm } from "../../src/gen/hsm/v1/c
 import { LoginRequest, Session } from "../../src/gen/hsm/v1/users";
 import { KeySpec, SigningAlgorithm, type HsmClient } from "../../src/sdk";
 import { buildDist, startDaemonProcess, type DaemonProcess } from "../helpers/daemon-process";
-import { USER_PASSWORD, userClient } from "../helpers/users";
+import { USER_PASSWORD, officerClient, userClient } from "../helpers/users";
 
 const MiB = 1024 * 1024;
 
@@ -213,8 +213,18 @@ describe("hostile connections", () => {
       expect(all.filter((o) => o.grpcStatus === 16)).toHaveLength(256);
       expect(grownMiB).toBeLessThan(96);
       for (const s of sessions.splice(0)) s.destroy();
-      // The refusals are audited like any refused call, and the daemon still serves.
+      // The daemon still serves, and the refusals are audited like any refused call.
       expect((await good.generateRandom({ length: 8 })).random.length).toBe(8);
+      const co = await officerClient(dp);
+      try {
+        const { entries } = await co.queryAuditLog({ operation: "Encrypt", limit: 1000 });
+        const refused = entries.filter((e) => e.status === "UNAUTHENTICATED" && e.detail === "refused before the request was read");
+        expect(refused).toHaveLength(256);
+        expect(refused[0]!.user).toBe("");
+        expect(refused[0]!.client).toMatch(/127\.0\.0\.1/);
+      } finally {
+        co.close();
+      }
     });
 
     it("a client that never reads (HTTP/2 window 0) sending 40 BatchEncrypt of 64 × 64 KiB: its later calls answer RESOURCE_EXHAUSTED, RSS stays bounded, other clients are served", async () => {
