@@ -7,7 +7,7 @@ import type { Config } from "./config";
 import { AccessGuard } from "./access";
 import { AuditLog } from "./audit";
 import { Code, HsmError, precondition } from "./errors";
-import { buildGrpcServer, connectionBudget, describeTransport, grpcServerCredentials, listenGrpc, setServing, type GrpcListener } from "./grpc";
+import { buildGrpcServer, connectionBudget, describeTransport, freeFds, grpcServerCredentials, listenGrpc, setServing, type GrpcListener } from "./grpc";
 import { buildAdminApp } from "./http";
 import { KeyService } from "./keys";
 import { Metrics } from "./metrics";
@@ -120,6 +120,7 @@ export class Daemon {
         sessionCopies: config.device.quirks.sessionCopiesForCrypto,
         observer: (m, s, ok) => metrics.observeDevice(m, s, ok),
         log,
+        freeFds,
       });
       const membership = cluster
         ? new Membership({

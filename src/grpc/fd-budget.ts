@@ -1,19 +1,26 @@
 import { readFileSync, readdirSync } from "node:fs";
 
+let processLimit: { value: number | undefined } | undefined;
+
 /**
  * The soft RLIMIT_NOFILE of this process ("Max open files" in /proc/self/limits): what open(2),
  * accept(2) and the PKCS#11 module's own file opens share. Undefined where it cannot be read (not
- * Linux) or is unlimited.
+ * Linux) or is unlimited. This process's is read once (reading it takes a descriptor, which may be
+ * missing exactly when it is needed); `limitsText` parses a given text instead.
  */
 export function softFdLimit(limitsText?: string): number | undefined {
-  let text = limitsText;
-  if (text === undefined) {
+  if (limitsText === undefined) {
+    if (processLimit) return processLimit.value;
+    let text: string;
     try {
       text = readFileSync("/proc/self/limits", "utf8");
     } catch {
       return undefined;
     }
+    processLimit = { value: softFdLimit(text) };
+    return processLimit.value;
   }
+  const text = limitsText;
   const m = /^Max open files\s+(\S+)/m.exec(text);
   if (!m || m[1] === "unlimited") return undefined;
   const n = Number.parseInt(m[1]!, 10);
@@ -26,6 +33,21 @@ export function openFdCount(): number | undefined {
     return readdirSync("/proc/self/fd").length;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Descriptors this process can still open (soft limit minus open ones), or undefined where it cannot
+ * tell. 0 when even listing the open ones fails for want of a descriptor (EMFILE, ENFILE).
+ */
+export function freeFds(): number | undefined {
+  const limit = softFdLimit();
+  if (limit === undefined) return undefined;
+  try {
+    return limit - readdirSync("/proc/self/fd").length;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === "EMFILE" || code === "ENFILE" ? 0 : undefined;
   }
 }
 

@@ -1,7 +1,7 @@
 /** The gRPC transport: thin adapters over the domain services. */
 export { buildGrpcServer, listenGrpc, protoDir, setServing } from "./server";
 export { GrpcListener } from "./listener";
-export { connectionBudget, softFdLimit } from "./fd-budget";
+export { connectionBudget, freeFds, softFdLimit } from "./fd-budget";
 export { describeTransport, grpcServerCredentials } from "./tls";
 export type { BuiltGrpcServer, GrpcConnectionOptions, GrpcServerOptions, RpcObserver } from "./server";
 export type { ConnectionBudget } from "./fd-budget";

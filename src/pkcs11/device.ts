@@ -13,7 +13,7 @@ import {
 import { oaepDecode, oaepEncode } from "./oaep";
 import { generateKeyPairSync } from "node:crypto";
 import { CKR, ckrOf, isHandleStale, isSessionLost, mapDeviceError } from "./ckr";
-import { FaultWatch } from "./fault-watch";
+import { FaultWatch, MIN_FREE_FDS_FOR_REINIT } from "./fault-watch";
 import { FindDeferred, FindGate } from "./find-gate";
 import { SessionPool } from "./pool";
 import { derOctetString, partsFromSpki, spkiFromAttributes } from "./spki";
@@ -33,6 +33,8 @@ export interface DeviceOptions {
   sessionCopies?: boolean;
   observer?: DeviceObserver;
   log?: (msg: string) => void;
+  /** File descriptors the process can still open, when known (a fault is not healed while there are too few). */
+  freeFds?: () => number | undefined;
 }
 
 /** Token facts for /v1/status. */
@@ -89,7 +91,7 @@ export class Device {
   token!: TokenInfo;
 
   private constructor(private readonly opts: DeviceOptions) {
-    this.faults = new FaultWatch({ essentialPresent: () => this.essentialPresent(), reinitialize: () => this.reinitialize(), log: opts.log });
+    this.faults = new FaultWatch({ essentialPresent: () => this.essentialPresent(), reinitialize: () => this.reinitialize(), freeFds: opts.freeFds, log: opts.log });
   }
 
   /** Opens the module, finds the token, opens the pool and logs in. */
@@ -392,6 +394,14 @@ export class Device {
       let lastErr: unknown;
       for (let attempt = 0; attempt < 6; attempt++) {
         this.safe(() => this.p11.C_CloseAllSessions(this.slot));
+        if (attempt > 0) {
+          // Finalizing without the descriptors C_Initialize needs would leave the module finalized.
+          const free = this.opts.freeFds?.();
+          if (free !== undefined && free < MIN_FREE_FDS_FOR_REINIT) {
+            lastErr = new Error(`the process has only ${free} free file descriptors`);
+            break;
+          }
+        }
         try {
           if (attempt > 0) {
             this.safe(() => this.p11.C_Finalize());

@@ -4,8 +4,16 @@
  */
 export const REINIT_MIN_INTERVAL_MS = 1_000;
 
+/**
+ * Free file descriptors below which the module is not re-initialized: C_Initialize would fail for
+ * want of them and leave the module finalized, so every call would wait on session recovery.
+ */
+export const MIN_FREE_FDS_FOR_REINIT = 32;
+
 /** What a {@link FaultWatch} drives: an uncached look for the objects that must exist, and a module re-initialization. */
 export interface FaultWatchOps {
+  /** File descriptors this process can still open (soft limit minus open), when known. */
+  freeFds?: () => number | undefined;
   /** True when every essential object is found in the token (C_FindObjects, no handle cache). */
   essentialPresent(): Promise<boolean>;
   /** C_Finalize, C_Initialize, sessions, login, caches cleared. */
@@ -27,6 +35,7 @@ export class FaultWatch {
   private suspected = false;
   private running: Promise<boolean> | undefined;
   private last = 0;
+  private waitingForFds = false;
 
   constructor(private readonly ops: FaultWatchOps) {}
 
@@ -64,6 +73,14 @@ export class FaultWatch {
     } catch {
       /* a failed look is a fault too */
     }
+    const free = this.ops.freeFds?.();
+    if (free !== undefined && free < MIN_FREE_FDS_FOR_REINIT) {
+      if (!this.waitingForFds) this.ops.log?.(`pkcs11: the process has ${free} free file descriptors: the module is re-initialized once more are free`);
+      this.waitingForFds = true;
+      this.suspected = true;
+      return false;
+    }
+    this.waitingForFds = false;
     const wait = this.last + REINIT_MIN_INTERVAL_MS - Date.now();
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     this.last = Date.now();

@@ -12,6 +12,7 @@ const path = require("node:path");
 
 const [distDir, label, pinFile] = process.argv.slice(2);
 const { Device } = require(path.join(distDir, "src/pkcs11"));
+const { freeFds } = require(path.join(distDir, "src/grpc/fd-budget"));
 
 /** What a call answered: "ok", or its code and whether it is marked transient. */
 async function outcome(fn) {
@@ -33,12 +34,14 @@ async function outcome(fn) {
     tokenObjects: true,
     sessionCopies: true,
     log: (m) => logs.push(m),
+    freeFds,
   });
   await device.ensureDomainKey("hsmd-domain-fd", true);
   device.markEssential("hsmd-domain-fd", "secret");
   const aes = { type: "aes", bits: 256 };
   const out = { before: await outcome(() => device.generate("k-before", aes, ["encrypt", "decrypt"]).then(() => undefined)) };
 
+  freeFds(); // reads the limit while it can
   const held = [];
   try {
     for (;;) held.push(fs.openSync("/dev/null", "r"));
@@ -46,6 +49,12 @@ async function outcome(fn) {
     out.exhausted = e.code;
   }
   out.underGenerate = await outcome(() => device.generate("k-under", aes, ["encrypt", "decrypt"]).then(() => undefined));
+  // A call that needs the domain key once the handle cache is gone (as after a session recovery).
+  out.underDomainUse = await outcome(() => {
+    device.handles.clear();
+    device.copies.clear();
+    return device.secretLength("k-before", "hsmd-domain-fd").then(() => undefined);
+  });
   out.underFaulty = device.faults.faulty;
   out.underCheck = await outcome(() => device.faults.check());
   for (const fd of held) fs.closeSync(fd);

@@ -41,6 +41,9 @@ describe("device faults under file descriptor pressure", () => {
     // Under pressure: a transient answer, the fault noticed, the check says the domain key is not seen.
     expect(r.underGenerate).toMatchObject({ code: "UNAVAILABLE", transient: true });
     expect(r.underGenerate.message).toMatch(/CKR_GENERAL_ERROR.*retry/);
+    expect(r.underDomainUse).toMatchObject({ code: "UNAVAILABLE", transient: true });
+    expect(r.underDomainUse.message).toMatch(/cannot find hsmd-domain-fd, which this node holds: a device fault .*retry/);
+    expect(r.logs.join("\n")).toMatch(/free file descriptors: the module is re-initialized once more are free/);
     expect(r.underFaulty).toBe(true);
     expect(r.underCheck).toBe(false);
     // Descriptors back: the module was re-initialized and everything works, old keys included.
