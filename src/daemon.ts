@@ -7,7 +7,7 @@ import type { Config } from "./config";
 import { AccessGuard, PeerRateLimiter } from "./access";
 import { AuditLog, type AuditThrottle } from "./audit";
 import { Code, HsmError, precondition } from "./errors";
-import { bindGrpc, buildGrpcServer, describeTransport, grpcServerCredentials, setServing } from "./grpc";
+import { buildGrpcServer, connectionBudget, describeTransport, freeFds, grpcServerCredentials, listenGrpc, setServing, type GrpcListener } from "./grpc";
 import { buildAdminApp } from "./http";
 import { KeyService } from "./keys";
 import { Metrics } from "./metrics";
@@ -87,6 +87,7 @@ export class Daemon {
   private storeReachable = true;
   /** The node data directory's lock (cluster mode; the embedded store holds its own). */
   private nodeLock: DirLock | undefined;
+  private grpcListener: GrpcListener | undefined;
 
   private constructor(
     readonly config: Config,
@@ -132,7 +133,7 @@ export class Daemon {
     log(`state store (${cluster ? "etcd" : "embedded"}) open at revision ${store.revision()} in ${Date.now() - tStore} ms`);
     let device: Device | undefined;
     let audit: AuditLog | undefined;
-    let grpcBound: grpc.Server | undefined;
+    let grpcBound: { server: grpc.Server; listener: GrpcListener } | undefined;
     try {
       audit = await AuditLog.open(config.audit.file, { node: config.node.id, fsync: config.audit.fsync === "always" ? "always" : "never", warn: (m) => log(`audit: ${m}`) });
       device = await Device.open({
@@ -149,6 +150,7 @@ export class Daemon {
         sessionCopies: config.device.quirks.sessionCopiesForCrypto,
         observer: (m, s, ok) => metrics.observeDevice(m, s, ok),
         log,
+        freeFds,
       });
       const membership = cluster
         ? new Membership({
@@ -161,6 +163,8 @@ export class Daemon {
           })
         : undefined;
       const domainKeyId = await ensureDomain(store, device, opts, config, membership, log);
+      // From here on the domain key not being found is a device fault (UNAVAILABLE, the module re-initialized), never a missing key.
+      device.markEssential(domainKeyId, "secret");
       const keys = new KeyService({
         device,
         store,
@@ -201,7 +205,7 @@ export class Daemon {
       const otpFile = firstOfficerPasswordFile(config.node.dataDir);
 
       const limits = config.limits;
-      const { server, health, refusals } = buildGrpcServer({
+      const built = buildGrpcServer({
         keys,
         users,
         quorum,
@@ -222,15 +226,17 @@ export class Daemon {
         },
         maxMessageBytes: limits.maxMessageBytes,
         maxBatchItems: limits.maxBatchItems,
+        connections: config.connections,
         observe: (m, c, s) => metrics.observeRpc(m, c, s),
         log,
       });
+      const { server, health, refusals } = built;
       metrics.setPoolSource(() => device!.poolStats());
       metrics.setKeyCountSource(() => keys.keyCount);
       metrics.setLoginSource(() => ({ ...hashLane.stats(), rateLimited: loginLimiter.refused }));
       // The admin routes call back into the daemon, which needs the admin app to stop it.
       let self: Daemon | undefined;
-      const admin = buildAdminApp({ metrics, readiness: () => self!.readiness(), status: () => self!.status() });
+      const admin = buildAdminApp({ metrics, readiness: () => self!.readiness(), status: () => self!.status(), bounds: config.connections.admin, log });
       const d = new Daemon(config, store, device, keys, metrics, domainKeyId, users, quorum, audit, membership, server, health, admin, log);
       d.nodeLock = nodeLock;
       self = d;
@@ -247,12 +253,15 @@ export class Daemon {
       }
       d.sweeper = setInterval(() => void d.sweep(), SWEEP_MS);
       d.sweeper.unref();
+      const budget = connectionBudget({ configured: config.connections.maxConnections, fdReserve: config.connections.fdReserve, adminConnections: config.connections.admin.maxConnections });
+      log(budget.message);
       try {
-        d.grpcPort = await bindGrpc(server, `${config.listen.grpc.host}:${config.listen.grpc.port}`, credentials);
+        d.grpcListener = await listenGrpc(built, config.listen.grpc, credentials, { maxConnections: budget.maxConnections, handshakeTimeoutMs: config.connections.handshakeTimeoutMs, log });
       } catch (e) {
         throw listenError("grpc", config.listen.grpc, e);
       }
-      grpcBound = server;
+      d.grpcPort = d.grpcListener.port;
+      grpcBound = { server, listener: d.grpcListener };
       log(`gRPC transport: ${describeTransport(config)}`);
       await admin.listen({ host: config.listen.admin.host, port: config.listen.admin.port }).catch((e: unknown) => {
         throw listenError("admin", config.listen.admin, e);
@@ -261,7 +270,12 @@ export class Daemon {
       setServing(health, true);
       return d;
     } catch (e) {
-      grpcBound?.forceShutdown();
+      if (grpcBound) {
+        const closed = grpcBound.listener.stopAccepting();
+        grpcBound.server.forceShutdown();
+        grpcBound.listener.destroyAll();
+        await closed.catch(() => undefined);
+      }
       await device?.close();
       await audit?.close();
       await store.close();
@@ -317,13 +331,26 @@ export class Daemon {
     }
   }
 
-  /** /readyz checks: session usable, store writable, domain key present. */
+  /**
+   * /readyz checks: session usable, store writable, domain key present. While a device fault is
+   * suspected (see FaultWatch) the domain key check looks at the token itself and re-initializes the
+   * module when it is not seen, so a node that recovered reports ready again without a restart.
+   */
   async readiness() {
-    const [session, storeOk, domain] = await Promise.all([this.device.healthy(), this.store.healthy(), this.device.has(this.domainKeyId, "secret").catch(() => false)]);
+    const domainCheck = async (): Promise<boolean> => {
+      if (this.device.faults.faulty) return this.device.faults.check();
+      return this.device.has(this.domainKeyId, "secret");
+    };
+    const [session, storeOk, domain] = await Promise.all([this.device.healthy(), this.store.healthy(), domainCheck().catch(() => false)]);
+    const fault = this.device.faults.faulty;
     return [
       { name: "device_session", ok: session, detail: session ? undefined : "no usable logged-in session" },
       { name: "store_writable", ok: storeOk, detail: storeOk ? undefined : "state store is not writable" },
-      { name: "domain_key", ok: domain, detail: domain ? undefined : `domain key ${this.domainKeyId} missing from the token` },
+      {
+        name: "domain_key",
+        ok: domain,
+        detail: domain ? undefined : fault ? `the device cannot find domain key ${this.domainKeyId}: a device fault, re-initializing the module (see the log)` : `domain key ${this.domainKeyId} missing from the token`,
+      },
     ];
   }
 
@@ -376,6 +403,7 @@ export class Daemon {
     clearInterval(this.reporter);
     this.unwatchRemoval?.();
     setServing(this.health, false);
+    const listenerClosed = this.grpcListener?.stopAccepting();
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {
         this.grpcServer.forceShutdown();
@@ -386,6 +414,8 @@ export class Daemon {
         resolve();
       });
     });
+    this.grpcListener?.destroyAll();
+    await listenerClosed;
     await this.admin.close();
     this.keys.stop();
     await this.refusals?.flush();

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import { compileConnections, type RawConnections } from "./connections";
 import { isPlainObject, mergeDevice } from "./merge";
 import { resolvePin } from "./pin";
 import { addProblems } from "./problems";
@@ -50,6 +51,7 @@ interface RawDoc {
     hashLane?: { concurrency?: number; maxQueue?: number };
   };
   audit?: { file?: string; fsync?: "always" | "changes" };
+  connections?: RawConnections;
   cluster?: { name: string; etcd: { endpoints: string[]; tls?: { ca?: string; cert?: string; key?: string } }; advertise?: string; minNodes?: number; joinTtlSeconds?: number };
 }
 
@@ -207,6 +209,7 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
           joinTtlMs: (rawCluster.joinTtlSeconds ?? CLUSTER_DEFAULTS.joinTtlSeconds) * 1000,
         }
       : null,
+    connections: compileConnections(doc.connections),
     audit: { file: doc.audit?.file ? resolve(baseDir, doc.audit.file) : join(dataDir, "audit", "audit.log"), fsync: doc.audit?.fsync ?? "changes" },
     sources: { file, profile: profileFile },
   };

@@ -12,6 +12,7 @@ export { TLS_REQUIRED, describeTransport, isLoopbackHost, readTlsFiles } from ".
 export { findProfileDir, CONFIG_DIR_ENV } from "./profiles";
 export { AUTH_DEFAULTS, CLUSTER_DEFAULTS, LOGIN_RATE_DEFAULTS, HASH_LANE_DEFAULTS, CONFIG_SCHEMA, PROFILE_SCHEMA, LIMIT_DEFAULTS, LISTEN_DEFAULTS, DEFAULT_PROFILE, QUORUM_OPERATIONS } from "./schema";
 export { PROFILE_NAMES } from "./types";
+export { ADMIN_CONNECTION_FIELDS, CONNECTION_FIELDS } from "./connections";
 
 export type { LoadConfigOptions } from "./load";
 export type { CompileOptions } from "./compile";
@@ -22,6 +23,7 @@ export type {
   AuthConfig,
   ClusterConfig,
   Config,
+  ConnectionsConfig,
   ConfigProblem,
   DeviceConfig,
   DeviceQuirks,

@@ -1,3 +1,4 @@
+import { CONNECTIONS_SCHEMA } from "./connections";
 import { PROFILE_NAMES, type LimitsConfig, type ProfileName } from "./types";
 
 /*
@@ -256,6 +257,7 @@ export const CONFIG_SCHEMA = {
         fsync: { type: "string", enum: ["always", "changes"], default: "changes", description: "fdatasync every entry, or only those of key and user changes (before the RPC answers)" },
       },
     },
+    connections: CONNECTIONS_SCHEMA,
     limits: {
       type: "object",
       additionalProperties: false,

@@ -151,6 +151,40 @@ export interface AuditConfig {
   readonly fsync: "always" | "changes";
 }
 
+/**
+ * Bounds on connections (the `connections` section, resolved): what peers can make the daemon hold
+ * before and besides their calls. Enforced by the gRPC listener and the admin server.
+ */
+export interface ConnectionsConfig {
+  /** gRPC connections open at once (net.Server maxConnections), before the start-time clamp to the fd limit. @default 1000 */
+  readonly maxConnections: number;
+  /** file descriptors kept for the HSM, the store, the audit log and the process. @default 128 */
+  readonly fdReserve: number;
+  /** grpc.max_connection_idle_ms. @default 300_000 */
+  readonly idleTimeoutMs: number;
+  /** a connection that has not started a call by then (TLS handshake, HTTP/2 preface) is closed. @default 10_000 */
+  readonly handshakeTimeoutMs: number;
+  /** grpc.keepalive_time_ms. @default 60_000 */
+  readonly keepaliveMs: number;
+  /** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (grpc.max_concurrent_streams). @default 32 */
+  readonly maxConcurrentStreams: number;
+  /** grpc-node.max_session_memory (nghttp2's per-session memory, MiB). @default 16 */
+  readonly maxSessionMemoryMiB: number;
+  /** unread response bytes per connection before its calls answer RESOURCE_EXHAUSTED. @default 8 MiB */
+  readonly maxQueuedResponseBytes: number;
+  /** The admin (fastify) server's own bounds. */
+  readonly admin: {
+    /** @default 64 */
+    readonly maxConnections: number;
+    /** fastify connectionTimeout. @default 10_000 */
+    readonly connectionTimeoutMs: number;
+    /** fastify keepAliveTimeout. @default 5_000 */
+    readonly keepAliveTimeoutMs: number;
+    /** fastify requestTimeout. @default 10_000 */
+    readonly requestTimeoutMs: number;
+  };
+}
+
 /** Membership of a cluster (the `cluster` section, resolved); null on a single node. */
 export interface ClusterConfig {
   /** the cluster's name; its records live under `hsmd/<name>/` in etcd */
@@ -188,6 +222,7 @@ export interface Config {
   readonly limits: LimitsConfig;
   readonly auth: AuthConfig;
   readonly audit: AuditConfig;
+  readonly connections: ConnectionsConfig;
   readonly cluster: ClusterConfig | null;
   /** Where the configuration came from, for status and error reports. */
   readonly sources: {

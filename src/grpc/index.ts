@@ -1,7 +1,10 @@
 /** The gRPC transport: thin adapters over the domain services. */
-export { bindGrpc, buildGrpcServer, protoDir, setServing } from "./server";
+export { buildGrpcServer, listenGrpc, protoDir, setServing } from "./server";
+export { GrpcListener } from "./listener";
+export { connectionBudget, freeFds, softFdLimit } from "./fd-budget";
 export { describeTransport, grpcServerCredentials } from "./tls";
-export type { GrpcServerOptions, RpcObserver } from "./server";
+export type { BuiltGrpcServer, GrpcConnectionOptions, GrpcServerOptions, RpcObserver } from "./server";
+export type { ConnectionBudget } from "./fd-budget";
 export { hsmRequestShapes, TRANSPORT_SLACK_BYTES } from "./server";
 export { checkWire, requestShapes, type FieldShape, type MessageShape, type WireLimits, type WireProblem } from "./wire-check";
 export { guardService, RefusedRequest } from "./refusal";

@@ -18,7 +18,9 @@ import type { KeyService, UserRef } from "../keys";
 import { checkPasswordPolicy, checkUsername, type Principal, type QuorumService, type UserService } from "../users";
 import { guardService, RefusedRequest } from "./refusal";
 import { requestShapes, type MessageShape } from "./wire-check";
+import { callGuardInterceptor } from "./call-guard";
 import { auditToProto, joinToProto, quorumStatusFromProto, quorumToProto, roleFromProto, sessionToProto, userToProto } from "./convert";
+import { GrpcListener } from "./listener";
 
 /** What the gRPC layer reports per call (metrics); never sees request bodies. */
 export type RpcObserver = (method: string, code: string, seconds: number) => void;
@@ -60,7 +62,26 @@ export interface GrpcServerOptions {
   loginLimiter?: PeerRateLimiter;
   /** Called after a user changed its own password (the daemon removes the first officer's one-time password file). */
   onPasswordChanged?: (user: string) => void;
+  /** Per-connection bounds (the `connections` section). */
+  connections: GrpcConnectionOptions;
 }
+
+/** What one connection may make the server hold (from the `connections` section of the config). */
+export interface GrpcConnectionOptions {
+  /** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS. */
+  maxConcurrentStreams: number;
+  /** nghttp2's memory per session, in MiB: past it new streams are refused. */
+  maxSessionMemoryMiB: number;
+  /** A connection without a call for this long is closed. */
+  idleTimeoutMs: number;
+  /** Keepalive ping interval (an unanswered ping closes the connection). */
+  keepaliveMs: number;
+  /** Unread response bytes per connection before its calls answer RESOURCE_EXHAUSTED. */
+  maxQueuedResponseBytes: number;
+}
+
+/** How long an unanswered keepalive ping keeps a connection open. */
+const KEEPALIVE_TIMEOUT_MS = 20_000;
 
 /** Finds proto/ from src/ (tests) or dist/src/ (built). */
 export function protoDir(): string {
@@ -483,20 +504,49 @@ export function hsmRequestShapes(): Map<string, MessageShape> {
   return requestShapes(protoLoader.loadSync(hsmProtoFiles(), { includeDirs: [protoDir()], keepCase: true }));
 }
 
+/** A built server: bind it with {@link listenGrpc}. */
+export interface BuiltGrpcServer {
+  server: grpc.Server;
+  health: HealthImplementation;
+  /** Audits requests refused before decoding; flush it before closing the audit log. */
+  refusals: AuditThrottle;
+  /** Set by {@link listenGrpc}: the listener calls are reported to. */
+  listener?: GrpcListener;
+}
+
 /**
- * Builds the server with hsm.v1 services, grpc.health.v1 and server reflection (not yet bound).
- * `refusals` audits requests refused before decoding; flush it before closing the audit log.
+ * Builds the server with hsm.v1 services, grpc.health.v1 and server reflection (not yet bound). The
+ * per-connection bounds are grpc-js options (those it honours: max_concurrent_streams,
+ * max_session_memory, max_connection_idle_ms, keepalive) and the {@link callGuardInterceptor}, which
+ * refuses calls without a valid session before their bodies are read.
  */
-export function buildGrpcServer(opts: GrpcServerOptions): { server: grpc.Server; health: HealthImplementation; refusals: AuditThrottle } {
+export function buildGrpcServer(opts: GrpcServerOptions): BuiltGrpcServer {
+  const c = opts.connections;
+  // Calls report their connection to the listener that listenGrpc sets on the result.
+  let built: BuiltGrpcServer | undefined;
+  const refusals = new AuditThrottle(opts.audit, {
+    append: { sync: opts.auditFsync === "always" },
+    onError: (e) => opts.log?.(`audit log append failed for a count of refused requests: ${describeCause(e)}`),
+  });
   const server = new grpc.Server({
     // channelz bookkeeping costs CPU on every call and nothing reads it.
     "grpc.enable_channelz": 0,
     "grpc.max_receive_message_length": opts.maxMessageBytes + TRANSPORT_SLACK_BYTES,
     "grpc.max_send_message_length": opts.maxMessageBytes + TRANSPORT_SLACK_BYTES,
-  });
-  const refusals = new AuditThrottle(opts.audit, {
-    append: { sync: opts.auditFsync === "always" },
-    onError: (e) => opts.log?.(`audit log append failed for a count of refused requests: ${describeCause(e)}`),
+    "grpc.max_concurrent_streams": c.maxConcurrentStreams,
+    "grpc-node.max_session_memory": c.maxSessionMemoryMiB,
+    "grpc.max_connection_idle_ms": c.idleTimeoutMs,
+    "grpc.keepalive_time_ms": c.keepaliveMs,
+    "grpc.keepalive_timeout_ms": KEEPALIVE_TIMEOUT_MS,
+    interceptors: [
+      callGuardInterceptor({
+        guard: opts.guard,
+        refusals,
+        maxQueuedResponseBytes: c.maxQueuedResponseBytes,
+        onCall: (address, port) => built?.listener?.noteCall(address, port),
+        log: opts.log,
+      }),
+    ],
   });
   const impl = services(opts, refusals);
   const dir = protoDir();
@@ -516,17 +566,23 @@ export function buildGrpcServer(opts: GrpcServerOptions): { server: grpc.Server;
 
   const pkgDef = protoLoader.loadSync(files, { includeDirs: [dir] });
   new ReflectionService(pkgDef).addToServer(server);
-  return { server, health, refusals };
+  built = { server, health, refusals };
+  return built;
 }
 
 /**
- * Binds and starts; resolves the bound port (0 picks a free one). The credentials are required (no
- * plaintext by default): build them with `grpcServerCredentials(config)` from `./tls`.
+ * Listens on host:port (0 picks a free one) through hsmd's own {@link GrpcListener} (bounded
+ * connections, a deadline for the first call) and serves `built` on it. The credentials are required
+ * (no plaintext by default): build them with `grpcServerCredentials(config)` from `./tls`.
  */
-export function bindGrpc(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
-  });
+export async function listenGrpc(
+  built: BuiltGrpcServer,
+  address: { host: string; port: number },
+  creds: grpc.ServerCredentials,
+  bounds: { maxConnections: number; handshakeTimeoutMs: number; log?: (msg: string) => void },
+): Promise<GrpcListener> {
+  built.listener = await GrpcListener.listen(built.server, creds, { host: address.host, port: address.port, ...bounds });
+  return built.listener;
 }
 
 export function setServing(health: HealthImplementation, serving: boolean): void {

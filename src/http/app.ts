@@ -24,6 +24,24 @@ export interface AdminDeps {
   logger?: boolean;
   /** Where unexpected errors (answered as a bare 500) are reported, with their details. */
   log?: (msg: string) => void;
+  /**
+   * Bounds of the admin server's own connections (the `connections.admin` section), so that a flood
+   * of slow or idle HTTP clients can neither take the process's file descriptors nor hold sockets open.
+   * Absent: fastify's defaults and no connection bound (tests driving the app with `inject()`).
+   */
+  bounds?: AdminBounds;
+}
+
+/** The admin server's connection bounds. */
+export interface AdminBounds {
+  /** Sockets open at once (node's `server.maxConnections`: more are closed at accept). */
+  maxConnections: number;
+  /** An inactive socket is closed after this long (fastify `connectionTimeout`). */
+  connectionTimeoutMs: number;
+  /** An idle keep-alive connection is closed after this long (fastify `keepAliveTimeout`). */
+  keepAliveTimeoutMs: number;
+  /** A request must have arrived whole within this time (fastify `requestTimeout`). */
+  requestTimeoutMs: number;
 }
 
 /** The JSON body of every admin error: a stable {@link Code}-like string and a message. */
@@ -60,8 +78,17 @@ function messageOf(err: unknown): string {
  */
 export function buildAdminApp(deps: AdminDeps): FastifyInstance {
   const logger = deps.logger ?? false;
+  const b = deps.bounds;
   // With logger false fastify logs nothing, requests included.
-  const app = Fastify({ logger });
+  const app = Fastify({
+    logger,
+    ...(b ? { connectionTimeout: b.connectionTimeoutMs, keepAliveTimeout: b.keepAliveTimeoutMs, requestTimeout: b.requestTimeoutMs } : {}),
+  });
+  if (b) {
+    app.server.maxConnections = b.maxConnections;
+    // Slow headers count against the same budget as a slow body.
+    app.server.headersTimeout = Math.min(app.server.headersTimeout, b.requestTimeoutMs);
+  }
 
   /** Liveness: answers while the event loop runs, whatever the device or store are doing. */
   app.get("/healthz", async () => ({ status: "ok" }));

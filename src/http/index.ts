@@ -1,2 +1,2 @@
 export { buildAdminApp } from "./app";
-export type { AdminDeps, ErrorBody, ReadinessCheck } from "./app";
+export type { AdminBounds, AdminDeps, ErrorBody, ReadinessCheck } from "./app";

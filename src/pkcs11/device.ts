@@ -14,6 +14,7 @@ import {
 import { oaepDecode, oaepEncode } from "./oaep";
 import { constants as cryptoConstants, generateKeyPairSync, privateDecrypt, publicEncrypt, randomBytes, randomUUID, type KeyObject } from "node:crypto";
 import { CKR, ckrOf, isHandleStale, isSessionLost, mapDeviceError } from "./ckr";
+import { FaultWatch, MIN_FREE_FDS_FOR_REINIT } from "./fault-watch";
 import { FindDeferred, FindGate } from "./find-gate";
 import { SessionPool } from "./pool";
 import { derOctetString, partsFromSpki, spkiFromAttributes } from "./spki";
@@ -45,6 +46,8 @@ export interface DeviceOptions {
   disabledMechanisms?: readonly string[];
   observer?: DeviceObserver;
   log?: (msg: string) => void;
+  /** File descriptors the process can still open, when known (a fault is not healed while there are too few). */
+  freeFds?: () => number | undefined;
 }
 
 /** Token facts for /v1/status. */
@@ -110,9 +113,15 @@ export class Device {
   private readonly findGate = new FindGate();
   /** True while a pooled call's synchronous part runs: where a search may be deferred. */
   private syncPhase = false;
+  /** Objects that must be in the token while the node runs (the domain key), by id. */
+  private readonly essential = new Map<string, Part>();
+  /** Tells a device fault (token view lost, e.g. after EMFILE) from a missing key, and heals it. */
+  readonly faults: FaultWatch;
   token!: TokenInfo;
 
-  private constructor(private readonly opts: DeviceOptions) {}
+  private constructor(private readonly opts: DeviceOptions) {
+    this.faults = new FaultWatch({ essentialPresent: () => this.essentialPresent(), reinitialize: () => this.reinitialize(), freeFds: opts.freeFds, log: opts.log });
+  }
 
   /** Opens the module, finds the token, opens the pool and logs in. */
   static async open(opts: DeviceOptions): Promise<Device> {
@@ -397,9 +406,59 @@ export class Device {
     }
   }
 
-  /** A key creation under {@link retrySpurious}: up to 3 attempts, the key's leftovers destroyed between them. */
-  private retryCreation<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    return retrySpurious(fn, { what: "a key creation", attempts: 3, cleanup: () => this.destroy(id).catch(() => undefined), log: this.opts.log });
+  /**
+   * A key creation under {@link retrySpurious}: up to 3 attempts, the key's leftovers destroyed between
+   * them. `fromDevice`: the inputs are the device's or hsmd's own (a generation, a record's blob), so
+   * CKR_GENERAL_ERROR every time is a device fault (UNAVAILABLE, the device checked), not a bad input.
+   */
+  private async retryCreation<T>(id: string, fn: () => Promise<T>, fromDevice = false): Promise<T> {
+    try {
+      return await retrySpurious(fn, { what: "a key creation", attempts: 3, cleanup: () => this.destroy(id).catch(() => undefined), log: this.opts.log });
+    } catch (e) {
+      if (!fromDevice || !(e instanceof HsmError) || ckrOf(e.cause) !== CKR.GENERAL_ERROR) throw e;
+      this.faults.suspect("a key creation failed with CKR_GENERAL_ERROR 3 times");
+      throw new HsmError(Code.Unavailable, "the device failed to create the key (CKR_GENERAL_ERROR, 3 attempts): the node is checking the device; retry", { cause: e.cause, transient: true });
+    }
+  }
+
+  /**
+   * Declares an object that must exist while the node runs (the domain key): not finding it is then
+   * a device fault (UNAVAILABLE, the module re-initialized), never a missing key.
+   */
+  markEssential(id: string, part: Part): void {
+    this.essential.set(id, part);
+  }
+
+  /** Every essential object found by an uncached search (C_FindObjects). */
+  private async essentialPresent(): Promise<boolean> {
+    for (const [id, part] of this.essential) {
+      const found = await this.run("C_FindObjects", undefined, (s) => this.findHandles(s, id, part).length > 0);
+      if (!found) return false;
+    }
+    return true;
+  }
+
+  /**
+   * Finalizes and initializes the module again, then reopens the sessions and logs in: the only way
+   * to make SoftHSM2 read a token it marked invalid. New calls wait; calls running on the thread pool
+   * are waited for first (finalizing under them crashes the process).
+   */
+  private reinitialize(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    if (this.recovering) return this.recovering;
+    this.recovering = (async () => {
+      if (!(await this.pool.drained(10_000))) throw unavailable("device calls still running after 10 s");
+      this.safe(() => this.p11.C_CloseAllSessions(this.slot));
+      this.safe(() => this.p11.C_Finalize());
+      this.generation++;
+      this.handles.clear();
+      this.copies.clear();
+      this.initialize();
+      this.openSessions();
+    })().finally(() => {
+      this.recovering = undefined;
+    });
+    return this.recovering;
   }
 
   /** {@link run} for a call that creates an object, a token object when `token` is set. */
@@ -431,6 +490,14 @@ export class Device {
       let lastErr: unknown;
       for (let attempt = 0; attempt < 6; attempt++) {
         this.safe(() => this.p11.C_CloseAllSessions(this.slot));
+        if (attempt > 0) {
+          // Finalizing without the descriptors C_Initialize needs would leave the module finalized.
+          const free = this.opts.freeFds?.();
+          if (free !== undefined && free < MIN_FREE_FDS_FOR_REINIT) {
+            lastErr = new Error(`the process has only ${free} free file descriptors`);
+            break;
+          }
+        }
         try {
           if (attempt > 0) {
             this.safe(() => this.p11.C_Finalize());
@@ -515,7 +582,11 @@ export class Device {
     const cached = this.handles.get(id)?.[part];
     if (cached) return cached;
     const found = this.findHandles(s, id, part);
-    if (found.length === 0) throw new KeyNotMaterializedError(id, part);
+    if (found.length === 0) {
+      if (this.essential.get(id) !== part) throw new KeyNotMaterializedError(id, part);
+      this.faults.suspect(`${id} not found`);
+      throw new HsmError(Code.Unavailable, `the device cannot find ${id}, which this node holds: a device fault (the node is re-initializing the module); retry`, { transient: true });
+    }
     const h = found[0]!;
     this.handles.set(id, { ...this.handles.get(id), [part]: h });
     return h;
@@ -706,6 +777,7 @@ export class Device {
       this.copies.delete(id);
       this.noCopy.delete(id);
       this.transients.delete(id);
+      this.essential.delete(id);
     });
   }
 
@@ -761,6 +833,7 @@ export class Device {
           this.setHandle(id, "secret", h, t);
           return {};
         }),
+        true,
       );
     }
     const mech = alg.type === "rsa" ? pk.CKM_RSA_PKCS_KEY_PAIR_GEN : alg.type === "ec" ? pk.CKM_EC_KEY_PAIR_GEN : CKM_EC_EDWARDS_KEY_PAIR_GEN;
@@ -778,7 +851,7 @@ export class Device {
       this.setHandle(id, "private", kp.privateKey, t);
       this.setHandle(id, "public", kp.publicKey, kept);
       return { spki: this.readPublicSpki(s, alg, kp.publicKey) };
-    }));
+    }), true);
   }
 
   /** Caches a new object's handle; a transient one is also remembered for {@link sealForRecord}. */
@@ -915,7 +988,7 @@ export class Device {
         secret ? secretTemplate(t, false) : privateTemplate(t),
       );
       this.handles.set(id, { ...this.handles.get(id), [secret ? "secret" : "private"]: h });
-    }));
+    }), true);
     if (!secret && spki && !(await this.has(id, "public"))) await this.createPublic(id, spki, usages);
   }
 

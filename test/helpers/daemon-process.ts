@@ -91,6 +91,11 @@ export interface DaemonProcessOptions {
    * (first run only); an array adds hsmctl flags (e.g. `["--output", "json"]`).
    */
   viaHsmctl?: boolean | string[];
+  /**
+   * A command the daemon runs under, which execs it (so `pid` is the daemon's), e.g.
+   * `["prlimit", "--nofile=1024:1024", "--"]` for a file descriptor limit.
+   */
+  wrap?: string[];
 }
 
 export async function startDaemonProcess(opts: DaemonProcessOptions = {}): Promise<DaemonProcess> {
@@ -128,7 +133,8 @@ export async function startDaemonProcess(opts: DaemonProcessOptions = {}): Promi
     new Promise((resolveReady, reject) => {
       const argv = viaHsmctl ? [HSMCTL_JS, "cluster", "join", "--hsmd-config", configFile, ...hsmctlFlags] : [MAIN_JS, command, "--config", configFile];
       viaHsmctl = false;
-      const child = spawn(process.execPath, argv, {
+      const wrap = opts.wrap ?? [];
+      const child = spawn(wrap[0] ?? process.execPath, wrap.length ? [...wrap.slice(1), process.execPath, ...argv] : argv, {
         cwd: root,
         env: { ...process.env, SOFTHSM2_CONF: token.conf },
         stdio: ["ignore", "pipe", "pipe"],
