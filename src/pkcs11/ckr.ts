@@ -72,7 +72,7 @@ export function isSessionLost(ckr: number | undefined): boolean {
 
 /** Errors that mean a cached object handle went stale (the object must be found again). */
 export function isHandleStale(ckr: number | undefined): boolean {
-  return ckr === CKR.OBJECT_HANDLE_INVALID || ckr === CKR.KEY_HANDLE_INVALID;
+  return ckr === CKR.OBJECT_HANDLE_INVALID || ckr === CKR.KEY_HANDLE_INVALID || ckr === CKR.WRAPPING_KEY_HANDLE_INVALID || ckr === CKR.UNWRAPPING_KEY_HANDLE_INVALID;
 }
 
 /**

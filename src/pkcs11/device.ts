@@ -415,10 +415,18 @@ export class Device {
     try {
       return await retrySpurious(fn, { what: "a key creation", attempts: 3, cleanup: () => this.destroy(id).catch(() => undefined), log: this.opts.log });
     } catch (e) {
-      if (!fromDevice || !(e instanceof HsmError) || ckrOf(e.cause) !== CKR.GENERAL_ERROR) throw e;
-      this.faults.suspect("a key creation failed with CKR_GENERAL_ERROR 3 times");
-      throw new HsmError(Code.Unavailable, "the device failed to create the key (CKR_GENERAL_ERROR, 3 attempts): the node is checking the device; retry", { cause: e.cause, transient: true });
+      throw fromDevice ? this.asDeviceFault(e, "to create the key") : e;
     }
+  }
+
+  /**
+   * CKR_GENERAL_ERROR on every attempt of a step whose inputs are the device's or hsmd's own is a
+   * device fault: UNAVAILABLE (transient), and the device is checked. Anything else is returned as is.
+   */
+  private asDeviceFault(e: unknown, what: string): unknown {
+    if (!(e instanceof HsmError) || ckrOf(e.cause) !== CKR.GENERAL_ERROR) return e;
+    this.faults.suspect(`the device failed ${what} with CKR_GENERAL_ERROR 3 times`);
+    return new HsmError(Code.Unavailable, `the device failed ${what} (CKR_GENERAL_ERROR, 3 attempts): the node is checking the device; retry`, { cause: e.cause, transient: true });
   }
 
   /**
@@ -930,7 +938,10 @@ export class Device {
           this.handles.set(id, { ...this.handles.get(id), [part]: h });
         }),
       { what: "sealing a key", attempts: 3, cleanup, log: this.opts.log },
-    );
+    ).catch((err: unknown) => {
+      // The blob was wrapped by this device a moment ago: a failure here is the device's.
+      throw this.asDeviceFault(err, "to seal the key");
+    });
     try {
       if (alg.type === "hmac") await this.sameMac(id, e, alg, usages);
     } finally {

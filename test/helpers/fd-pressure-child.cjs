@@ -39,7 +39,12 @@ async function outcome(fn) {
   await device.ensureDomainKey("hsmd-domain-fd", true);
   device.markEssential("hsmd-domain-fd", "secret");
   const aes = { type: "aes", bits: 256 };
-  const out = { before: await outcome(() => device.generate("k-before", aes, ["encrypt", "decrypt"]).then(() => undefined)) };
+  // A key's creation as KeyService makes it: a transient session object, sealed into its kept token object.
+  const create = async (id) => {
+    await device.generate(id, aes, ["encrypt", "decrypt"]);
+    await device.sealForRecord(id, aes, ["encrypt", "decrypt"], "hsmd-domain-fd");
+  };
+  const out = { before: await outcome(() => create("k-before")) };
 
   freeFds(); // reads the limit while it can
   const held = [];
@@ -48,7 +53,7 @@ async function outcome(fn) {
   } catch (e) {
     out.exhausted = e.code;
   }
-  out.underGenerate = await outcome(() => device.generate("k-under", aes, ["encrypt", "decrypt"]).then(() => undefined));
+  out.underGenerate = await outcome(() => create("k-under"));
   // A call that needs the domain key once the handle cache is gone (as after a session recovery).
   out.underDomainUse = await outcome(() => {
     device.handles.clear();
@@ -61,7 +66,7 @@ async function outcome(fn) {
 
   out.afterCheck = await outcome(() => device.faults.check());
   out.afterFaulty = device.faults.faulty;
-  out.afterGenerate = await outcome(() => device.generate("k-after", aes, ["encrypt", "decrypt"]).then(() => undefined));
+  out.afterGenerate = await outcome(() => create("k-after"));
   out.afterDomain = await outcome(() => device.has("hsmd-domain-fd", "secret"));
   out.afterOldKey = await outcome(() => device.has("k-before", "secret"));
   out.logs = logs;

@@ -243,9 +243,9 @@ describe("hostile connections", () => {
       const r = await rawUnary(other, "/hsm.v1.UserService/Login", LoginRequest.encode({ username: "alice", password: USER_PASSWORD }).finish());
       expect(r.status).toBe(0);
       const token = Session.decode(r.message).token;
-      const body = BatchEncryptRequest.encode({
+      const body = BatchEncryptRequest.encode(BatchEncryptRequest.fromPartial({
         items: Array.from({ length: 64 }, () => ({ keyId: aesId, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: Buffer.alloc(64 * 1024, 9), aad: Buffer.alloc(0), iv: Buffer.alloc(0) })),
-      }).finish();
+      })).finish();
       const before = rssOf(dp.pid);
       const calls = async () => {
         const out: Outcome[] = [];

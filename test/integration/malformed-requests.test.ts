@@ -37,7 +37,7 @@ const auditLines = (): AuditRecord[] =>
 
 /** A BatchEncrypt of `n` items of `payload` bytes each, padded with an unknown field to exactly `size` bytes when given. */
 function batchEncrypt(n: number, payload: number, size?: number): Buffer {
-  const body = Buffer.from(BatchEncryptRequest.encode({ items: Array.from({ length: n }, () => ({ keyId: aesId, algorithm: GCM, plaintext: Buffer.alloc(payload, 7), aad: Buffer.alloc(0), iv: Buffer.alloc(0), oaepLabel: Buffer.alloc(0) })) }).finish());
+  const body = Buffer.from(BatchEncryptRequest.encode(BatchEncryptRequest.fromPartial({ items: Array.from({ length: n }, () => ({ keyId: aesId, algorithm: GCM, plaintext: Buffer.alloc(payload, 7) })) })).finish());
   if (size === undefined) return body;
   // Field 15, length-delimited: skipped by the decoder, counted by the size check.
   for (let len = size - body.length - 2; len > 0; len--) {
