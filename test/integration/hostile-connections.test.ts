@@ -4,15 +4,19 @@
  * streams carrying large unfinished messages without a session, and a client that never reads its
  * responses. Each must leave the daemon serving good clients, with bounded memory; memory bounds are
  * generous (tens of MiB where the unbounded daemon took hundreds), and nothing here measures time.
+ * The raw HTTP/2 attackers of the memory tests run in a child process of their own
+ * (test/helpers/h2-attacker-child.cjs, which says why).
  */
-import { connect as h2connect, constants as h2, type ClientHttp2Session, type ClientHttp2Stream } from "node:http2";
+import { spawn } from "node:child_process";
+import { connect as h2connect, constants as h2, type ClientHttp2Session } from "node:http2";
 import { connect as netConnect, type Socket } from "node:net";
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { BatchEncryptRequest, EncryptionAlgorithm } from "../../src/gen/hsm/v1/crypto";
-import { LoginRequest, Session } from "../../src/gen/hsm/v1/users";
+import { EncryptionAlgorithm } from "../../src/gen/hsm/v1/crypto";
+import { LoginRequest } from "../../src/gen/hsm/v1/users";
 import { KeySpec, SigningAlgorithm, type HsmClient } from "../../src/sdk";
-import { buildDist, startDaemonProcess, type DaemonProcess } from "../helpers/daemon-process";
+import { REPO, buildDist, startDaemonProcess, type DaemonProcess } from "../helpers/daemon-process";
 import { USER_PASSWORD, officerClient, userClient } from "../helpers/users";
 
 const MiB = 1024 * 1024;
@@ -22,6 +26,27 @@ function rssOf(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   if (!m) throw new Error(`no VmRSS for ${pid}`);
   return Number(m[1]) * 1024;
+}
+
+const ATTACKER = join(__dirname, "../helpers/h2-attacker-child.cjs");
+
+/**
+ * Runs the raw HTTP/2 attacker (h2-attacker-child.cjs) in its own process: resolves the JSON line it
+ * prints; rejects, with its stderr, if it exits otherwise (a crash of the attacker is never retried).
+ */
+function runAttacker<T>(mode: "unfinished-bodies" | "never-reads", args: Record<string, unknown>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [ATTACKER, join(REPO, "dist"), mode, JSON.stringify(args)], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      if (code === 0) resolve(JSON.parse(out) as T);
+      else reject(new Error(`the ${mode} attacker process exited with code ${code}, signal ${signal}:\n${err.slice(-4000)}`));
+    });
+  });
 }
 
 /** A gRPC frame: flag 0, big-endian length, message. */
@@ -41,20 +66,6 @@ interface Outcome {
   responded: boolean;
   grpcStatus?: number;
   rstCode?: number;
-}
-
-/** Resolves at the first sign of the server's answer: HEADERS of a response, trailers, or the stream's end. */
-function firstAnswer(st: ClientHttp2Stream): Promise<Outcome> {
-  return new Promise((resolve) => {
-    st.on("response", (headers) => {
-      const s = headers["grpc-status"];
-      // A trailers-only answer (a refusal) carries grpc-status in the first HEADERS.
-      resolve(s === undefined ? { responded: true } : { responded: false, grpcStatus: Number(s) });
-    });
-    st.on("trailers", (t) => resolve({ responded: false, grpcStatus: Number(t["grpc-status"]) }));
-    st.on("close", () => resolve({ responded: false, rstCode: st.rstCode }));
-    st.on("error", () => undefined);
-  });
 }
 
 /** A raw unary call over an HTTP/2 session: the whole answer. */
@@ -194,25 +205,14 @@ describe("hostile connections", () => {
 
     it("256 streams each holding 4 MiB of an unfinished 5 MiB message without a session: all UNAUTHENTICATED before the bodies are read, RSS grows by far less than the bodies", async () => {
       const before = rssOf(dp.pid);
-      const outcomes: Array<Promise<Outcome>> = [];
-      const declared = 5 * MiB - 4096; // under the daemon's message limit: only the missing session refuses it
-      const chunk = Buffer.alloc(4 * MiB, 0x41);
-      for (let c = 0; c < 8; c++) {
-        // The attacker's own session must not refuse its queued bodies (Node's default 10 MiB).
-        const s = h2connect(`http://${dp.grpc}`, { maxSessionMemory: 4096 });
-        s.on("error", () => undefined);
-        sessions.push(s);
-        for (let i = 0; i < 32; i++) {
-          const st = s.request(grpcHeaders("/hsm.v1.CryptoService/Encrypt"));
-          outcomes.push(firstAnswer(st));
-          st.write(Buffer.from([0, (declared >>> 24) & 0xff, (declared >>> 16) & 0xff, (declared >>> 8) & 0xff, declared & 0xff]));
-          st.write(chunk);
-        }
-      }
-      const { result: all, grownMiB } = await withinRss(dp.pid, before, 96, Promise.all(outcomes)); // the bodies: 1 GiB
-      expect(all.filter((o) => o.grpcStatus === 16)).toHaveLength(256);
+      // 8 sessions × 32 streams, each writing a 4 MiB piece of a message declared 5 MiB long (under
+      // the daemon's message limit: only the missing session refuses it); the streams stay open,
+      // their bodies unread, until every one has answered and the attacker process exits.
+      const attack = runAttacker<{ outcomes: Outcome[] }>("unfinished-bodies", { grpc: dp.grpc, sessions: 8, streams: 32, declared: 5 * MiB - 4096, chunkBytes: 4 * MiB });
+      const { result, grownMiB } = await withinRss(dp.pid, before, 96, attack); // the bodies: 1 GiB
+      expect(result.outcomes).toHaveLength(256);
+      expect(result.outcomes.filter((o) => o.grpcStatus === 16)).toHaveLength(256);
       expect(grownMiB).toBeLessThan(96);
-      for (const s of sessions.splice(0)) s.destroy();
       // The daemon still serves, and the refusals are audited like any refused call.
       expect((await good.generateRandom({ length: 8 })).random.length).toBe(8);
       const co = await officerClient(dp);
@@ -234,30 +234,21 @@ describe("hostile connections", () => {
     });
 
     it("a client that never reads (HTTP/2 window 0) sending 40 BatchEncrypt of 64 × 64 KiB: its later calls answer RESOURCE_EXHAUSTED, RSS stays bounded, other clients are served", async () => {
-      const s = h2connect(`http://${dp.grpc}`, { settings: { initialWindowSize: 0 } });
-      s.on("error", () => undefined);
-      sessions.push(s);
-      // Its session comes from a login on another connection: with window 0, no answer's message reaches this one.
-      const other = h2connect(`http://${dp.grpc}`);
-      sessions.push(other);
-      const r = await rawUnary(other, "/hsm.v1.UserService/Login", LoginRequest.encode({ username: "alice", password: USER_PASSWORD }).finish());
-      expect(r.status).toBe(0);
-      const token = Session.decode(r.message).token;
-      const body = BatchEncryptRequest.encode(BatchEncryptRequest.fromPartial({
-        items: Array.from({ length: 64 }, () => ({ keyId: aesId, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: Buffer.alloc(64 * 1024, 9), aad: Buffer.alloc(0), iv: Buffer.alloc(0) })),
-      })).finish();
       const before = rssOf(dp.pid);
-      const calls = async () => {
-        const out: Outcome[] = [];
-        for (let i = 0; i < 40; i++) {
-          const st = s.request(grpcHeaders("/hsm.v1.CryptoService/BatchEncrypt", { authorization: `Bearer ${token}` }));
-          const o = firstAnswer(st);
-          st.end(frame(body));
-          out.push(await o);
-        }
-        return out;
-      };
-      const { result: outcomes, grownMiB } = await withinRss(dp.pid, before, 128, calls()); // unbounded: 649 MiB
+      // Its connection's HTTP/2 window is 0; its session comes from a login (as alice) on another
+      // connection of the attacker process. The calls are made one after another.
+      const attack = runAttacker<{ loginStatus: number; outcomes: Outcome[] }>("never-reads", {
+        grpc: dp.grpc,
+        username: "alice",
+        password: USER_PASSWORD,
+        keyId: aesId,
+        calls: 40,
+        items: 64,
+        itemBytes: 64 * 1024,
+      });
+      const { result, grownMiB } = await withinRss(dp.pid, before, 128, attack); // unbounded: 649 MiB
+      expect(result.loginStatus).toBe(0);
+      const outcomes = result.outcomes;
       const queued = outcomes.filter((o) => o.responded).length;
       const refused = outcomes.filter((o) => o.grpcStatus === 8 || o.rstCode === h2.NGHTTP2_ENHANCE_YOUR_CALM).length;
       expect(queued).toBeGreaterThanOrEqual(1);
