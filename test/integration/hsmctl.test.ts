@@ -615,6 +615,21 @@ describe("keys", () => {
       const hmacSig = await ok(["crypto", "sign", "--key-id", ids.hmac!, "--in", "msg", "--out", "hmac.bin"]);
       expect(hmacSig.stdout).toContain("32 bytes");
       expect(await json(["crypto", "verify", "--key-id", ids.hmac!, "--in", "msg", "--signature", "hmac.bin"])).toMatchObject({ valid: true, algorithm: "hmac-sha256" });
+      // --mac-length: the leftmost bytes of the full tag, verified as such; a changed byte is invalid.
+      await ok(["crypto", "sign", "--key-id", ids.hmac!, "--in", "msg", "--mac-length", "16", "--out", "hmac16.bin"]);
+      expect(readFileSync(file("hmac16.bin"))).toEqual(readFileSync(file("hmac.bin")).subarray(0, 16));
+      expect(await json(["crypto", "verify", "--key-id", ids.hmac!, "--in", "msg", "--signature", "hmac16.bin", "--mac-length", "16"])).toMatchObject({ valid: true });
+      const flipped = readFileSync(file("hmac16.bin"));
+      flipped[15]! ^= 1;
+      writeFileSync(file("hmac16-bad.bin"), flipped);
+      expect((await hsmctl(["crypto", "verify", "--key-id", ids.hmac!, "--in", "msg", "--signature", "hmac16-bad.bin", "--mac-length", "16"])).code).toBe(1);
+      // Under the floor, or on a key that is not HMAC: the daemon's INVALID_ARGUMENT, named.
+      const short = await hsmctl(["crypto", "sign", "--key-id", ids.hmac!, "--in", "msg", "--mac-length", "8"]);
+      expect(short.code).not.toBe(0);
+      expect(short.stderr).toMatch(/INVALID_ARGUMENT.*mac_length/);
+      const onEc = await hsmctl(["crypto", "sign", "--key-id", ids.ec!, "--in", "msg", "--mac-length", "16"]);
+      expect(onEc.code).not.toBe(0);
+      expect(onEc.stderr).toMatch(/INVALID_ARGUMENT.*mac_length/);
     });
 
     it("sign and verify a 1 MiB file (over the 64 KiB message limit): hashed locally, checked by openssl; Ed25519 and HMAC refused before sending", async () => {

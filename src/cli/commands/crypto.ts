@@ -63,6 +63,8 @@ interface SignInputs {
   message: Buffer;
   messageType: MessageType;
   signatureFormat: SignatureFormat;
+  /** HMAC only: the tag's length in bytes; 0 for the full tag. */
+  macLength: number;
 }
 
 async function signInputs(ctx: CommandContext, values: Values): Promise<SignInputs> {
@@ -72,6 +74,8 @@ async function signInputs(ctx: CommandContext, values: Values): Promise<SignInpu
   let algorithm = algorithmText === undefined ? undefined : signingAlgorithms.parse(algorithmText, "--algorithm");
   const format = choiceValue(values, "format", ["der", "raw"] as const, "der");
   const maxMessage = intValue(values, "max-message-bytes", DEFAULT_MAX_MESSAGE_BYTES, 1, 16 * 1024 * 1024);
+  // The daemon checks the algorithm and the range (16 up to the hash length): one place decides.
+  const macLength = intValue(values, "mac-length", 0, 1, 64);
   if (algorithm === undefined) {
     const spec = await specOf(ctx.client(), keyId);
     algorithm = defaultSigningAlgorithm(spec);
@@ -95,6 +99,7 @@ async function signInputs(ctx: CommandContext, values: Values): Promise<SignInpu
     message,
     messageType: digest ? MessageType.MESSAGE_TYPE_DIGEST : MessageType.MESSAGE_TYPE_RAW,
     signatureFormat: format === "raw" ? SignatureFormat.SIGNATURE_FORMAT_RAW : SignatureFormat.SIGNATURE_FORMAT_DER,
+    macLength,
   };
 }
 
@@ -109,6 +114,11 @@ One of: ${signingAlgorithms.names.join(", ")}`,
   },
   digest: { type: "boolean", description: "--in holds the digest of the algorithm's hash, not the message (not for ed25519, HMAC or AES-CMAC)" },
   format: { type: "string", arg: "FORMAT", description: "ECDSA signature encoding: der (ASN.1, as OpenSSL; default) or raw (r||s, as JOSE/WebCrypto)" },
+  "mac-length": {
+    type: "string",
+    arg: "N",
+    description: "HMAC only: a tag truncated to its leftmost N bytes (16 up to the hash length, as RFC 2104 section 5 and KMS allow); verify compares that many. Default: the full tag",
+  },
   "max-message-bytes": {
     type: "string",
     arg: "N",
