@@ -5,7 +5,7 @@
  * stderr is kept and searched at the end for passwords and session tokens.
  */
 import { spawn, execFileSync } from "node:child_process";
-import { createDecipheriv, createHash, createPublicKey, generateKeyPairSync, verify as nodeVerify } from "node:crypto";
+import { constants as cryptoConstants, createDecipheriv, createHash, createPublicKey, generateKeyPairSync, publicEncrypt, verify as nodeVerify } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -697,6 +697,19 @@ describe("keys", () => {
       expect(rsa.stdout).toContain("ciphertext:");
       const back = await ok(["crypto", "decrypt", "--key-id", ids.rsa!, "--in", "rsa.hce"]);
       expect(back.stdout).toBe("to rsa");
+      // An OAEP label: Node's crypto encrypts under the public key with it; hsmctl decrypts only with it.
+      const pub = createPublicKey(readFileSync(file("rsa-pub.pem")));
+      writeFileSync(file("labelled.bin"), publicEncrypt({ key: pub, padding: cryptoConstants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256", oaepLabel: Buffer.from("invoice-7") }, Buffer.from("labelled")));
+      const withLabel = await ok(["crypto", "decrypt", "--key-id", ids.rsa!, "--algorithm", "rsa-oaep-sha256", "--in", "labelled.bin", "--oaep-label", "invoice-7"]);
+      expect(withLabel.stdout).toBe("labelled");
+      const noLabel = await hsmctl(["crypto", "decrypt", "--key-id", ids.rsa!, "--algorithm", "rsa-oaep-sha256", "--in", "labelled.bin"]);
+      expect(noLabel.code).not.toBe(0);
+      expect(noLabel.stdout).toBe("");
+      await ok(["crypto", "encrypt", "--key-id", ids.rsa!, "--in", "-", "--out", "rsa-label.hce", "--oaep-label", "invoice-7"], { input: "round trip" });
+      expect((await ok(["crypto", "decrypt", "--key-id", ids.rsa!, "--in", "rsa-label.hce", "--oaep-label", "invoice-7"])).stdout).toBe("round trip");
+      const onAes = await hsmctl(["crypto", "encrypt", "--key-id", ids.aes!, "--in", "-", "--oaep-label", "x"], { input: "x" });
+      expect(onAes.code).not.toBe(0);
+      expect(onAes.stderr).toMatch(/INVALID_ARGUMENT.*oaep_label/);
       const viaJson = await json<{ algorithm: string; iv: string; ciphertext: string }>(["crypto", "encrypt", "--key-id", ids.aes!, "--in", "-"], { input: "json" });
       expect(viaJson.algorithm).toBe("aes-gcm");
       expect(Buffer.from(viaJson.iv, "base64").length).toBe(12);

@@ -44,17 +44,26 @@ async function specOf(client: HsmClient, keyId: string): Promise<KeySpec> {
 }
 
 /** --aad TEXT or --aad-file FILE (AES-GCM's additional authenticated data). */
-async function aadOf(ctx: CommandContext, values: Values): Promise<Buffer> {
-  const text = stringValue(values, "aad");
-  const file = stringValue(values, "aad-file");
-  if (text !== undefined && file !== undefined) throw new UsageError("give --aad or --aad-file, not both");
-  if (file !== undefined) return readInput(ctx.io, file, "aad-file");
+/** Bytes given as `--NAME TEXT` (UTF-8) or `--NAME-file FILE`; empty when neither is given. */
+async function textOrFile(ctx: CommandContext, values: Values, name: string): Promise<Buffer> {
+  const text = stringValue(values, name);
+  const file = stringValue(values, `${name}-file`);
+  if (text !== undefined && file !== undefined) throw new UsageError(`give --${name} or --${name}-file, not both`);
+  if (file !== undefined) return readInput(ctx.io, file, `${name}-file`);
   return Buffer.from(text ?? "", "utf8");
 }
+
+const aadOf = (ctx: CommandContext, values: Values) => textOrFile(ctx, values, "aad");
+const oaepLabelOf = (ctx: CommandContext, values: Values) => textOrFile(ctx, values, "oaep-label");
 
 const AAD_OPTIONS: Record<string, OptionSpec> = {
   aad: { type: "string", arg: "TEXT", description: "AES-GCM additional authenticated data, as UTF-8 text (must be given again to decrypt)" },
   "aad-file": { type: "string", arg: "FILE", description: "the same, read from a file" },
+};
+
+const OAEP_LABEL_OPTIONS: Record<string, OptionSpec> = {
+  "oaep-label": { type: "string", arg: "TEXT", description: "RSA-OAEP label (PKCS#1 v2.2 section 7.1), as UTF-8 text (must be given again to decrypt); default empty" },
+  "oaep-label-file": { type: "string", arg: "FILE", description: "the same, read from a file" },
 };
 
 interface SignInputs {
@@ -181,6 +190,7 @@ ciphertext (decrypt it with --iv FILE). With --output json and no --out the answ
       in: { ...IN, description: "the plaintext (- for stdin)" },
       algorithm: { type: "string", arg: "ALG", description: `default: aes-gcm for AES keys, rsa-oaep-sha256 for RSA. One of: ${encryptionAlgorithms.names.join(", ")}` },
       ...AAD_OPTIONS,
+      ...OAEP_LABEL_OPTIONS,
       "iv-out": { type: "string", arg: "FILE", description: "write the IV to FILE and the bare ciphertext to --out" },
       out: OUT_OPTION,
       encoding: ENCODING_OPTION,
@@ -192,6 +202,7 @@ ciphertext (decrypt it with --iv FILE). With --output json and no --out the answ
       const algorithmText = stringValue(values, "algorithm");
       const ivOut = stringValue(values, "iv-out");
       const aad = await aadOf(ctx, values);
+      const oaepLabel = await oaepLabelOf(ctx, values);
       const plaintext = await readInput(ctx.io, path, "in");
       const client = ctx.client();
       let algorithm = algorithmText === undefined ? undefined : encryptionAlgorithms.parse(algorithmText, "--algorithm");
@@ -201,7 +212,7 @@ ciphertext (decrypt it with --iv FILE). With --output json and no --out the answ
         if (algorithm === undefined) throw new UsageError(`key ${keyId} is ${keySpecs.name(spec)}: it cannot encrypt`);
       }
       if (aad.length > 0 && algorithm !== EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM) throw new UsageError("--aad and --aad-file are for aes-gcm only");
-      const res = await client.encrypt({ keyId, algorithm, plaintext, aad });
+      const res = await client.encrypt({ keyId, algorithm, plaintext, aad, oaepLabel });
       const iv = Buffer.from(res.iv);
       const ciphertext = Buffer.from(res.ciphertext);
       const name = encryptionAlgorithms.name(algorithm);
@@ -227,6 +238,7 @@ or AAD that does not match fails with the server's error and writes nothing.`,
       algorithm: { type: "string", arg: "ALG", description: "default: the file's, else by key (aes-gcm, rsa-oaep-sha256)" },
       iv: { type: "string", arg: "FILE", description: "the IV, raw bytes (for a bare AES ciphertext)" },
       ...AAD_OPTIONS,
+      ...OAEP_LABEL_OPTIONS,
       out: OUT_OPTION,
       encoding: ENCODING_OPTION,
     },
@@ -237,6 +249,7 @@ or AAD that does not match fails with the server's error and writes nothing.`,
       const ivPath = stringValue(values, "iv");
       let algorithm = algorithmText === undefined ? undefined : encryptionAlgorithms.parse(algorithmText, "--algorithm");
       const aad = await aadOf(ctx, values);
+      const oaepLabel = await oaepLabelOf(ctx, values);
       const data = await readInput(ctx.io, path, "in");
       let iv: Buffer;
       let ciphertext: Buffer;
@@ -261,7 +274,7 @@ or AAD that does not match fails with the server's error and writes nothing.`,
         throw new UsageError(`--in: ${path} is not an hsmctl ciphertext file (no "HCE1" header): give --iv FILE for a bare ${encryptionAlgorithms.name(algorithm)} ciphertext`);
       }
       if (ciphertext.length === 0) throw new UsageError(`--in: ${path} holds no ciphertext`);
-      const { plaintext } = await client.decrypt({ keyId, algorithm, ciphertext, iv, aad });
+      const { plaintext } = await client.decrypt({ keyId, algorithm, ciphertext, iv, aad, oaepLabel });
       await deliverBytes(ctx, values, "plaintext", Buffer.from(plaintext), { keyId, algorithm: encryptionAlgorithms.name(algorithm) }, "plaintext");
     },
   },
