@@ -8,6 +8,7 @@
 process.env.UV_THREADPOOL_SIZE ??= "16";
 
 import { spawn, type ChildProcess } from "node:child_process";
+import { grpcAddressOf } from "./daemon-ready";
 import { initTokenFromFiles } from "./init-token";
 import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
@@ -115,15 +116,7 @@ async function startDaemon(dir: string, conf: string, pinFile: string): Promise<
     env: { ...process.env, SOFTHSM2_CONF: conf, UV_THREADPOOL_SIZE: String(POOL + 4) },
     stdio: ["ignore", "pipe", "inherit"],
   });
-  const grpc = await new Promise<string>((res, rej) => {
-    let out = "";
-    child.stdout!.on("data", (d: Buffer) => {
-      out += d.toString();
-      const m = /gRPC\s+(\S+)/.exec(out);
-      if (m) res(m[1]!);
-    });
-    child.on("exit", (code) => rej(new Error(`hsmd exited with ${code}`)));
-  });
+  const grpc = await grpcAddressOf(child);
   return { child, grpc };
 }
 

@@ -15,6 +15,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { grpcAddressOf } from "./daemon-ready";
 import { initTokenFromFiles } from "./init-token";
 import * as grpc from "@grpc/grpc-js";
 import { UserServiceClient } from "../src/gen/hsm/v1/users";
@@ -64,15 +65,7 @@ async function startDaemon(dir: string): Promise<{ child: ChildProcess; grpc: st
   const child = spawn(process.execPath, [join(ROOT, "dist/src/main.js"), "init", "--config", cfg], { env, stdio: ["ignore", "pipe", "pipe"] });
   let err = "";
   child.stderr!.on("data", (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
-  const address = await new Promise<string>((res, rej) => {
-    let out = "";
-    child.stdout!.on("data", (d: Buffer) => {
-      out += d.toString();
-      const m = /gRPC\s+(\S+)/.exec(out);
-      if (m) res(m[1]!);
-    });
-    child.on("exit", (code) => rej(new Error(`hsmd exited with ${code}: ${err}`)));
-  });
+  const address = await grpcAddressOf(child, () => err);
   return { child, grpc: address, dataDir };
 }
 
