@@ -3,6 +3,7 @@
  * SPKI, wrapped blobs), never raw handles.
  */
 export { Device, KeyNotMaterializedError } from "./device";
+export type { KeyDevice } from "./api";
 export { checkSoPin, createTrustedPublicKey, type SoLoginOptions, type TrustedKeyOptions } from "./trusted";
 export type { DeviceOptions, TokenInfo } from "./device";
 export { partsFromSpki, spkiFromAttributes } from "./spki";
