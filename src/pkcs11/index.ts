@@ -3,9 +3,9 @@
  * SPKI, wrapped blobs), never raw handles.
  */
 export { Device, KeyNotMaterializedError } from "./device";
-export type { KeyDevice } from "./api";
+export type { DeviceFaults, KeyDevice } from "./api";
 export { checkSoPin, createTrustedPublicKey, type SoLoginOptions, type TrustedKeyOptions } from "./trusted";
-export type { DeviceOptions, TokenInfo } from "./device";
+export type { DeviceOptions, ObjectInventory, TokenInfo } from "./device";
 export { partsFromSpki, spkiFromAttributes } from "./spki";
 export { CURVE_BYTES, mechanismName } from "./constants";
 export type { CipherSpec, Curve, OaepHash, DeviceObserver, Hash, KeyAlgorithm, Part, PoolStats, SignSpec, Usage, WrapSpec, WrappedMaterial } from "./types";

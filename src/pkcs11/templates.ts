@@ -1,6 +1,6 @@
 import * as pk from "pkcs11js";
 import { CKK_EC_EDWARDS, CURVE_OID, ED25519_OID } from "./constants";
-import type { KeyAlgorithm, Usage } from "./types";
+import type { KeyAlgorithm, Part, Usage } from "./types";
 
 /**
  * Where a key object lives and whether it may ever be wrapped: the one switch behind CKA_TOKEN,
@@ -201,5 +201,122 @@ export function importEphemeralTemplate(): pk.Template {
     { type: pk.CKA_EXTRACTABLE, value: false },
     { type: pk.CKA_WRAP_WITH_TRUSTED, value: true },
     { type: pk.CKA_UNWRAP, value: true },
+  ];
+}
+
+/** CKA_CLASS of each part of a key. */
+export const CLASS_OF: Record<Part, number> = { secret: pk.CKO_SECRET_KEY, private: pk.CKO_PRIVATE_KEY, public: pk.CKO_PUBLIC_KEY };
+
+/** C_FindObjectsInit template for one part of a key: its CKA_ID and CKA_CLASS. */
+export function findTemplate(id: string, part: Part): pk.Template {
+  return [{ type: pk.CKA_ID, value: Buffer.from(id, "utf8") }, { type: pk.CKA_CLASS, value: CLASS_OF[part] }];
+}
+
+/** C_FindObjectsInit template matching every object the session can see (the inventory). */
+export function everyObjectTemplate(): pk.Template {
+  return [];
+}
+
+/** C_GetAttributeValue query: CKA_LABEL, CKA_ID and CKA_CLASS (what the inventory reads of each object). */
+export function objectInfoQuery(): pk.Template {
+  return [{ type: pk.CKA_LABEL }, { type: pk.CKA_ID }, { type: pk.CKA_CLASS }];
+}
+
+/** C_GetAttributeValue query: CKA_EXTRACTABLE and CKA_WRAP_WITH_TRUSTED (whether a key can be wrapped, and under what). */
+export function wrapGuardQuery(): pk.Template {
+  return [{ type: pk.CKA_EXTRACTABLE }, { type: pk.CKA_WRAP_WITH_TRUSTED }];
+}
+
+/** C_GetAttributeValue query: an RSA public key's CKA_MODULUS and CKA_PUBLIC_EXPONENT. */
+export function rsaPublicQuery(): pk.Template {
+  return [{ type: pk.CKA_MODULUS }, { type: pk.CKA_PUBLIC_EXPONENT }];
+}
+
+/** C_GetAttributeValue query: an EC or EdDSA public key's CKA_EC_POINT. */
+export function ecPointQuery(): pk.Template {
+  return [{ type: pk.CKA_EC_POINT }];
+}
+
+/** C_CopyObject template of a crypto call's session-object copy of a token key (CKA_TOKEN=false, all else as the original). */
+export function sessionCopyTemplate(): pk.Template {
+  return [{ type: pk.CKA_TOKEN, value: false }];
+}
+
+/** C_SetAttributeValue template clearing CKA_EXTRACTABLE (PKCS#11 allows true → false only). */
+export function unextractableTemplate(): pk.Template {
+  return [{ type: pk.CKA_EXTRACTABLE, value: false }];
+}
+
+/** C_CopyObject template turning a transient key the device will not wrap into its kept form (CKA_EXTRACTABLE=false). */
+export function keptCopyTemplate(token: boolean): pk.Template {
+  return [
+    { type: pk.CKA_TOKEN, value: token },
+    { type: pk.CKA_EXTRACTABLE, value: false },
+  ];
+}
+
+/** An RSA key as JWK members (base64url), for the OAEP probe's throw-away key pair. */
+export interface RsaJwkParts {
+  n?: string;
+  e?: string;
+  d?: string;
+  p?: string;
+  q?: string;
+  dp?: string;
+  dq?: string;
+  qi?: string;
+}
+
+const b64u = (x: string | undefined) => Buffer.from(x!, "base64url");
+
+/** The OAEP probe's public key: a session object that can only encrypt. */
+export function probeRsaPublicTemplate(jwk: RsaJwkParts): pk.Template {
+  return [
+    { type: pk.CKA_CLASS, value: pk.CKO_PUBLIC_KEY },
+    { type: pk.CKA_KEY_TYPE, value: pk.CKK_RSA },
+    { type: pk.CKA_TOKEN, value: false },
+    { type: pk.CKA_ENCRYPT, value: true },
+    { type: pk.CKA_MODULUS, value: b64u(jwk.n) },
+    { type: pk.CKA_PUBLIC_EXPONENT, value: b64u(jwk.e) },
+  ];
+}
+
+/** The OAEP probe's private key, made on the host for the purpose: a sensitive session object that can only decrypt. */
+export function probeRsaPrivateTemplate(jwk: RsaJwkParts): pk.Template {
+  return [
+    { type: pk.CKA_CLASS, value: pk.CKO_PRIVATE_KEY },
+    { type: pk.CKA_KEY_TYPE, value: pk.CKK_RSA },
+    { type: pk.CKA_TOKEN, value: false },
+    { type: pk.CKA_SENSITIVE, value: true },
+    { type: pk.CKA_DECRYPT, value: true },
+    { type: pk.CKA_MODULUS, value: b64u(jwk.n) },
+    { type: pk.CKA_PUBLIC_EXPONENT, value: b64u(jwk.e) },
+    { type: pk.CKA_PRIVATE_EXPONENT, value: b64u(jwk.d) },
+    { type: pk.CKA_PRIME_1, value: b64u(jwk.p) },
+    { type: pk.CKA_PRIME_2, value: b64u(jwk.q) },
+    { type: pk.CKA_EXPONENT_1, value: b64u(jwk.dp) },
+    { type: pk.CKA_EXPONENT_2, value: b64u(jwk.dq) },
+    { type: pk.CKA_COEFFICIENT, value: b64u(jwk.qi) },
+  ];
+}
+
+/**
+ * A joiner's transport public key as the security officer places it in this token: a trusted
+ * (CKA_TRUSTED) RSA token object that can only wrap, so the domain key (CKA_WRAP_WITH_TRUSTED) can
+ * be wrapped under it and under nothing untrusted. `n` and `e` are base64url (JWK).
+ */
+export function trustedTransportKeyTemplate(id: string, n: string, e: string): pk.Template {
+  return [
+    { type: pk.CKA_CLASS, value: pk.CKO_PUBLIC_KEY },
+    { type: pk.CKA_KEY_TYPE, value: pk.CKK_RSA },
+    { type: pk.CKA_TOKEN, value: true },
+    { type: pk.CKA_PRIVATE, value: false },
+    { type: pk.CKA_TRUSTED, value: true },
+    { type: pk.CKA_WRAP, value: true },
+    { type: pk.CKA_ENCRYPT, value: false },
+    { type: pk.CKA_VERIFY, value: false },
+    ...idAttrs(id),
+    { type: pk.CKA_MODULUS, value: Buffer.from(n, "base64url") },
+    { type: pk.CKA_PUBLIC_EXPONENT, value: Buffer.from(e, "base64url") },
   ];
 }

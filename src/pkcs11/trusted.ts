@@ -10,6 +10,7 @@
 import { spawn } from "node:child_process";
 import { createPublicKey } from "node:crypto";
 import { Code, HsmError, invalid, precondition } from "../errors";
+import { trustedTransportKeyTemplate } from "./templates";
 
 export interface TrustedKeyOptions {
   module: string;
@@ -40,20 +41,8 @@ process.stdin.on("end", () => {
     const s = p.C_OpenSession(slot, pk.CKF_SERIAL_SESSION | pk.CKF_RW_SESSION);
     p.C_Login(s, pk.CKU_SO, o.soPin);
     try {
-      if (o.op === "create") p.C_CreateObject(s, [
-        { type: pk.CKA_CLASS, value: pk.CKO_PUBLIC_KEY },
-        { type: pk.CKA_KEY_TYPE, value: pk.CKK_RSA },
-        { type: pk.CKA_TOKEN, value: true },
-        { type: pk.CKA_PRIVATE, value: false },
-        { type: pk.CKA_TRUSTED, value: true },
-        { type: pk.CKA_WRAP, value: true },
-        { type: pk.CKA_ENCRYPT, value: false },
-        { type: pk.CKA_VERIFY, value: false },
-        { type: pk.CKA_ID, value: Buffer.from(o.id, "utf8") },
-        { type: pk.CKA_LABEL, value: "hsmd:" + o.id },
-        { type: pk.CKA_MODULUS, value: Buffer.from(o.n, "base64url") },
-        { type: pk.CKA_PUBLIC_EXPONENT, value: Buffer.from(o.e, "base64url") },
-      ]);
+      // The template comes from templates.ts (trustedTransportKeyTemplate), Buffers as JSON.
+      if (o.op === "create") p.C_CreateObject(s, o.template.map((a) => ({ type: a.type, value: a.value && a.value.type === "Buffer" ? Buffer.from(a.value.data) : a.value })));
     } finally {
       try { p.C_Logout(s); } catch {}
       try { p.C_CloseSession(s); } catch {}
@@ -77,7 +66,8 @@ export async function createTrustedPublicKey(opts: TrustedKeyOptions): Promise<v
     throw invalid("the transport key is not a valid SPKI public key");
   }
   if (jwk.kty !== "RSA" || !jwk.n || !jwk.e) throw invalid("the transport key must be an RSA public key");
-  await runAsSecurityOfficer({ op: "create", module: opts.module, tokenLabel: opts.tokenLabel, slot: opts.slot, soPin: opts.soPin, id: opts.id, n: jwk.n, e: jwk.e }, "could not mark the transport key trusted");
+  const template = trustedTransportKeyTemplate(opts.id, jwk.n, jwk.e);
+  await runAsSecurityOfficer({ op: "create", module: opts.module, tokenLabel: opts.tokenLabel, slot: opts.slot, soPin: opts.soPin, template }, "could not mark the transport key trusted");
 }
 
 /** Which token, and the SO PIN the operator gave for this step. */

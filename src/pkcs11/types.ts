@@ -53,3 +53,41 @@ export interface WrappedMaterial {
   wrappingKeyId: string;
   blob: Buffer;
 }
+
+/** How to reach the token. The PIN is held in memory only, never logged. */
+export interface DeviceOptions {
+  module: string;
+  tokenLabel?: string;
+  slot?: number;
+  pin: string;
+  poolSize: number;
+  /** CKA_TOKEN for hsmd's keys: persistent token objects (true) or session objects materialized on demand. */
+  tokenObjects: boolean;
+  /** With token objects: crypto calls use a session-object copy of the key (see cryptoHandle). @default false */
+  sessionCopies?: boolean;
+  /** CKM_* names treated as absent from the token's mechanism list (config device.disabledMechanisms). @default [] */
+  disabledMechanisms?: readonly string[];
+  observer?: DeviceObserver;
+  log?: (msg: string) => void;
+  /** File descriptors the process can still open, when known (a fault is not healed while there are too few). */
+  freeFds?: () => number | undefined;
+}
+
+/** Token facts for /v1/status. */
+export interface TokenInfo {
+  label: string;
+  manufacturer: string;
+  model: string;
+  serial: string;
+  slot: string;
+}
+
+/** What the device's inventory finds: hsmd's key objects, the wrappable ones, the quarantined ones. */
+export interface ObjectInventory {
+  /** key id → its parts (CKA_LABEL "hsmd:<id>") */
+  keys: Map<string, Set<Part>>;
+  /** key ids with a secret or private object that is CKA_EXTRACTABLE or not CKA_WRAP_WITH_TRUSTED */
+  weak: Set<string>;
+  /** key id it had → its quarantined parts */
+  quarantined: Map<string, Set<Part>>;
+}

@@ -56,8 +56,7 @@ async function outcome(fn) {
   out.underGenerate = await outcome(() => create("k-under"));
   // A call that needs the domain key once the handle cache is gone (as after a session recovery).
   out.underDomainUse = await outcome(() => {
-    device.handles.clear();
-    device.copies.clear();
+    device.dropHandleCache();
     return device.secretLength("k-before", "hsmd-domain-fd").then(() => undefined);
   });
   out.underFaulty = device.faults.faulty;
