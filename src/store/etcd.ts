@@ -52,10 +52,11 @@ import {
   type IWatchResponse,
 } from "etcd3";
 import { Code, HsmError, invalid, unavailable } from "../errors";
-import { StoreCompactedError } from "./embedded";
+import { StoreCompactedError } from "./store-compacted-error";
 import { SortedKeys } from "./sorted-keys";
 import { checkTxnInput } from "./txn-input";
 import type { Compare, ListOptions, Op, StateStore, StoreEntry, TxnResult, WatchEvent } from "./types";
+import { WatchHub } from "./watch-hub";
 
 /** Options of {@link openEtcdStore}. */
 export interface EtcdStoreOptions {
@@ -242,23 +243,6 @@ interface Snapshot {
   entries: StoreEntry[];
 }
 
-interface LoggedEvent {
-  revision: number;
-  type: "put" | "delete";
-  key: string;
-  value?: Buffer;
-}
-
-interface Subscriber {
-  prefix: string;
-  from: number;
-  cb: (ev: WatchEvent) => void;
-  queue: LoggedEvent[];
-  head: number;
-  scheduled: boolean;
-  active: boolean;
-}
-
 interface Waiter {
   revision: number;
   done: () => void;
@@ -303,10 +287,10 @@ export class EtcdStore implements StateStore {
   private readonly overlay = new Map<string, { entry: StoreEntry | null; revision: number }>();
   private applied = 0;
 
-  private history: LoggedEvent[] = [];
+  private history: WatchEvent[] = [];
   private historyHead = 0;
   private historyFloor = 0;
-  private readonly subscribers = new Set<Subscriber>();
+  private readonly hub: WatchHub;
   private waiters: Waiter[] = [];
 
   private closed = false;
@@ -328,6 +312,7 @@ export class EtcdStore implements StateStore {
     this.historyLimit = positiveInt("historyLimit", opts.historyLimit, DEFAULT_HISTORY_LIMIT);
     this.ownWriteWaitMs = positiveInt("ownWriteWaitMs", opts.ownWriteWaitMs, DEFAULT_OWN_WRITE_WAIT_MS);
     this.log = opts.log ?? ((m: string) => process.stderr.write(`hsmd store (etcd): ${m}\n`));
+    this.hub = new WatchHub(this.log);
     this.prefixBuf = Buffer.from(prefix, "utf8");
     this.rangeStart = this.prefixBuf.length > 0 ? this.prefixBuf : Buffer.from([0]);
     this.rangeEnd = prefixEnd(this.prefixBuf);
@@ -371,8 +356,7 @@ export class EtcdStore implements StateStore {
     this.watchLive = false;
     for (const w of this.waiters) w.done();
     this.waiters = [];
-    for (const s of this.subscribers) s.active = false;
-    this.subscribers.clear();
+    this.hub.close();
     for (const m of this.members) m.close();
   }
 
@@ -554,31 +538,27 @@ export class EtcdStore implements StateStore {
     if (!Number.isSafeInteger(fromRevision) || fromRevision < 0) {
       throw invalid(`watch fromRevision must be a non-negative integer, got ${String(fromRevision)}`);
     }
-    const s: Subscriber = { prefix, from: fromRevision, cb, queue: [], head: 0, scheduled: false, active: true };
+    const backlog: WatchEvent[] = [];
+    let after = fromRevision;
     if (fromRevision === 0 && this.historyFloor > 0) {
       // "Everything": a subscriber that knows nothing converges from the current state, one put per key
       // in modRevision order (deleted keys do not matter to it), then live events.
       for (const k of this.keys.from(prefix)) {
         if (!k.startsWith(prefix)) break;
         const e = this.base.get(k)!;
-        s.queue.push({ revision: e.modRevision, type: "put", key: k, value: e.value });
+        backlog.push({ revision: e.modRevision, type: "put", key: k, value: e.value });
       }
-      s.queue.sort((a, b) => a.revision - b.revision || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-      s.from = this.applied;
+      backlog.sort((a, b) => a.revision - b.revision || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+      after = this.applied;
     } else if (fromRevision < this.historyFloor) {
       throw new StoreCompactedError(fromRevision, this.historyFloor);
     } else if (fromRevision < this.applied) {
       for (let i = this.historyHead; i < this.history.length; i++) {
         const ev = this.history[i]!;
-        if (ev.revision > fromRevision && ev.key.startsWith(prefix)) s.queue.push(ev);
+        if (ev.revision > fromRevision && ev.key.startsWith(prefix)) backlog.push(ev);
       }
     }
-    this.subscribers.add(s);
-    this.schedule(s);
-    return () => {
-      s.active = false;
-      this.subscribers.delete(s);
-    };
+    return this.hub.subscribe(prefix, after, backlog, cb);
   }
 
   // ---- internals: etcd calls -------------------------------------------------------------------
@@ -852,7 +832,7 @@ export class EtcdStore implements StateStore {
 
   private applyEvents(events: IWatchResponse["events"]): void {
     const floor = this.applied; // a revision is applied whole, so anything at or below it is a duplicate
-    const out: LoggedEvent[] = [];
+    const out: WatchEvent[] = [];
     for (const ev of events) {
       const revision = Number(ev.kv.mod_revision);
       if (!(revision > floor)) continue;
@@ -885,7 +865,7 @@ export class EtcdStore implements StateStore {
       if (!old || old.modRevision !== e.modRevision || old.createRevision !== e.createRevision) diff.push({ key: e.key, entry: e });
     }
     diff.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-    const out: LoggedEvent[] = [];
+    const out: WatchEvent[] = [];
     for (const d of diff) {
       this.setBase(d.key, d.entry);
       out.push(d.entry ? { revision: R, type: "put", key: d.key, value: d.entry.value } : { revision: R, type: "delete", key: d.key });
@@ -949,20 +929,11 @@ export class EtcdStore implements StateStore {
   }
 
   /** Appends to the replay log and queues for subscribers: the only path by which they get events. */
-  private publish(events: LoggedEvent[]): void {
+  private publish(events: WatchEvent[]): void {
     if (events.length === 0) return;
     for (const ev of events) this.history.push(ev);
     this.trimHistory();
-    for (const s of this.subscribers) {
-      let any = false;
-      for (const ev of events) {
-        if (ev.revision > s.from && ev.key.startsWith(s.prefix)) {
-          s.queue.push(ev);
-          any = true;
-        }
-      }
-      if (any) this.schedule(s);
-    }
+    this.hub.publish(events);
   }
 
   private trimHistory(): void {
@@ -977,28 +948,6 @@ export class EtcdStore implements StateStore {
       this.history = h.slice(this.historyHead);
       this.historyHead = 0;
     }
-  }
-
-  private schedule(s: Subscriber): void {
-    if (s.scheduled || s.head >= s.queue.length) return;
-    s.scheduled = true;
-    queueMicrotask(() => {
-      s.scheduled = false;
-      while (s.active && s.head < s.queue.length) {
-        const ev = s.queue[s.head++]!;
-        const out: WatchEvent =
-          ev.type === "put"
-            ? { type: "put", key: ev.key, value: Buffer.from(ev.value!), revision: ev.revision }
-            : { type: "delete", key: ev.key, revision: ev.revision };
-        try {
-          s.cb(out);
-        } catch (err) {
-          this.log(`a watch callback threw: ${(err as Error)?.stack ?? String(err)}`);
-        }
-      }
-      s.queue = s.queue.slice(s.head);
-      s.head = 0;
-    });
   }
 }
 

@@ -9,11 +9,11 @@ export {
   DEFAULT_COMPACT_AFTER_BYTES,
   EmbeddedStore,
   LOG_FILE,
-  StoreCompactedError,
   openEmbeddedStore,
   type EmbeddedStoreOptions,
   type EmbeddedStoreStats,
 } from "./embedded";
+export { StoreCompactedError } from "./store-compacted-error";
 export { DirLock, LOCK_FILE } from "./lock";
 export { getJson, getJsonFresh, getJsonLatest, jsonCodec, putJson, type Codec, type JsonEntry } from "./json";
 export { EtcdStore, openEtcdStore, type EtcdStoreOptions, type EtcdStoreStats } from "./etcd";
