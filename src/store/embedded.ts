@@ -9,6 +9,7 @@ import { open as openAsync, rename, unlink, type FileHandle } from "node:fs/prom
 import { join } from "node:path";
 import { invalid, unavailable } from "../errors";
 import { evaluateBatch } from "./embedded-batch";
+import type { EmbeddedStoreOptions, EmbeddedStoreStats } from "./embedded-options";
 import { type Commit, copyEntry, eventOf, setEntry, type State } from "./embedded-state";
 import { fsyncDir } from "./fsync-dir";
 import { DirLock } from "./lock";
@@ -20,35 +21,18 @@ import { checkTxnInput } from "./txn-input";
 import type { Compare, ListOptions, Op, StateStore, StoreEntry, TxnResult, WatchEvent } from "./types";
 import { WatchHub } from "./watch-hub";
 
+export type { EmbeddedStoreOptions, EmbeddedStoreStats } from "./embedded-options";
+
+/** The log file in the store directory (log-format.ts). */
 export const LOG_FILE = "store.log";
+/** Where compaction writes the snapshot before renaming it over the log; a leftover is removed at open. */
 export const COMPACT_TMP_FILE = "store.log.compact.tmp";
 const HEALTH_PROBE_FILE = ".health-probe";
+/** Default of {@link EmbeddedStoreOptions.compactAfterBytes}: 64 MiB. */
 export const DEFAULT_COMPACT_AFTER_BYTES = 64 * 1024 * 1024;
 /** Upper bounds of one group-commit batch, so a burst does not become one giant write. */
 const MAX_BATCH_TXNS = 4096;
 const MAX_BATCH_BYTES = 16 * 1024 * 1024;
-
-export interface EmbeddedStoreOptions {
-  /** compact when the log is larger than this and at least twice its size after the last compaction */
-  compactAfterBytes?: number;
-  /** where warnings go (a discarded torn tail); default: a line on stderr */
-  warn?: (message: string) => void;
-}
-
-export interface EmbeddedStoreStats {
-  revision: number;
-  keys: number;
-  /** fsync calls on the log for commits (group commit keeps this far below `txns`) */
-  fsyncs: number;
-  /** write batches (each one write + one fsync) */
-  batches: number;
-  /** txns that committed a revision */
-  txns: number;
-  logBytes: number;
-  compactions: number;
-  /** the oldest revision a watch can start from (revisions <= this were compacted away) */
-  compactRevision: number;
-}
 
 interface Pending {
   compares: Compare[];
@@ -57,6 +41,10 @@ interface Pending {
   reject: (e: unknown) => void;
 }
 
+/**
+ * The single-node implementation of {@link StateStore}: one writer (a directory lock), group commit,
+ * watch replay from the log since the last compaction. Open it with {@link openEmbeddedStore}.
+ */
 export class EmbeddedStore implements StateStore {
   /** entries, their sorted keys, and the events with revision > compactRev (for watch replay) */
   private readonly state: State;

@@ -23,7 +23,6 @@ export function closedError(): HsmError {
 }
 
 /** The first key after every key that starts with `prefix` (etcd's range_end for a prefix). */
-
 export function prefixEnd(prefix: Buffer): Buffer {
   const end = Buffer.from(prefix);
   for (let i = end.length - 1; i >= 0; i--) {

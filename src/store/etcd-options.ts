@@ -44,6 +44,7 @@ export interface EtcdStoreStats {
   preferredEndpoint: string;
 }
 
+/** Defaults of the {@link EtcdStoreOptions} of the same names. */
 export const DEFAULT_DIAL_TIMEOUT_MS = 5000;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 5000;
 export const DEFAULT_HEALTH_TIMEOUT_MS = 2000;
@@ -53,6 +54,7 @@ export const DEFAULT_OWN_WRITE_WAIT_MS = 1000;
 export const RANGE_PAGE = 1000;
 /** a member that failed is tried last for this long */
 export const SUSPECT_MS = 3000;
+/** Bounds of the backoff between retries and reconnects. */
 export const MIN_BACKOFF_MS = 50;
 export const MAX_BACKOFF_MS = 2000;
 
