@@ -253,5 +253,42 @@ export function storeContract<S extends StateStore>(h: StoreHarness<S>): void {
       await tick();
       expect(w.events).toHaveLength(3);
     });
+
+    it("unsubscribing inside a callback stops even the events of the same txn already queued", async () => {
+      const s = await h.open();
+      const got: WatchEvent[] = [];
+      const stop = s.watch("", s.revision(), (e) => {
+        got.push(e);
+        stop();
+      });
+      const r = await s.txn([], ["a", "b", "c"].map((k) => ({ type: "put" as const, key: k, value: b(k) })));
+      expect(r.succeeded).toBe(true);
+      await settle(s, r.revision, "the store has the txn");
+      await tick();
+      expect(got.map((e) => e.key)).toEqual(["a"]);
+    });
+
+    it("a callback that throws does not stop delivery to it or to others; each gets its own copy of a value", async () => {
+      const s = await h.open();
+      const thrower: WatchEvent[] = [];
+      const other: WatchEvent[] = [];
+      s.watch("", s.revision(), (e) => {
+        thrower.push(e);
+        e.value![0] = 0x7a; // a subscriber that changes what it was given changes nothing for anyone else
+        throw new Error("a subscriber's bug");
+      });
+      s.watch("", s.revision(), (e) => other.push(e));
+      const r1 = await s.put("k1", b("v1"));
+      const r2 = await s.put("k2", b("v2"));
+      await h.until(() => thrower.length === 2 && other.length === 2, "both subscribers get both events");
+      expect(other).toEqual([
+        { type: "put", key: "k1", value: b("v1"), revision: r1 },
+        { type: "put", key: "k2", value: b("v2"), revision: r2 },
+      ]);
+      expect((await s.get("k1"))!.value).toEqual(b("v1"));
+      const late = collect(s, "", r1 - 1);
+      await tick();
+      expect(late.events.map((e) => e.value)).toEqual([b("v1"), b("v2")]);
+    });
   });
 }
