@@ -3,6 +3,7 @@
  * pagination), and the committed changes still in the log (for watch replay). The log replay at open
  * and the write path both change it through {@link setEntry} only.
  */
+import type { EventHistory } from "./event-history";
 import type { SortedKeys } from "./sorted-keys";
 import type { StoreEntry, WatchEvent } from "./types";
 
@@ -18,11 +19,11 @@ export interface Commit {
   changes: Change[];
 }
 
-/** Entries, their sorted keys, and the commits with revision > the compaction revision (watch replay). */
+/** Entries, their sorted keys, and the events with revision > the compaction revision (watch replay). */
 export interface State {
   entries: Map<string, StoreEntry>;
   keys: SortedKeys;
-  history: Commit[];
+  history: EventHistory;
 }
 
 /** A copy whose value the caller may change without changing the store. */

@@ -12,6 +12,7 @@ import { evaluateBatch } from "./embedded-batch";
 import type { EmbeddedStoreOptions, EmbeddedStoreStats } from "./embedded-options";
 import { type Commit, copyEntry, eventOf, setEntry, type State } from "./embedded-state";
 import { fsyncDir } from "./fsync-dir";
+import { EventHistory } from "./event-history";
 import { DirLock } from "./lock";
 import { writeSnapshot } from "./log-snapshot";
 import { replayLog } from "./log-replay";
@@ -109,7 +110,7 @@ export class EmbeddedStore implements StateStore {
         fsyncDir(dir);
         created = true;
       }
-      const state: State = { entries: new Map(), keys: new SortedKeys(), history: [] };
+      const state: State = { entries: new Map(), keys: new SortedKeys(), history: new EventHistory(Infinity) };
       const replay = created ? { rev: 0, compactRev: 0, bytes: 0, baseBytes: 0 } : replayLog(logPath, state, warn);
       fh = await openAsync(logPath, "r+");
       await fh.chmod(0o600);
@@ -192,11 +193,7 @@ export class EmbeddedStore implements StateStore {
       throw invalid(`watch fromRevision must be a non-negative integer, got ${String(fromRevision)}`);
     }
     if (fromRevision < this.compactRev) throw new StoreCompactedError(fromRevision, this.compactRev);
-    const backlog: WatchEvent[] = [];
-    for (const h of this.state.history) {
-      if (h.revision <= fromRevision) continue;
-      for (const c of h.changes) if (c.key.startsWith(prefix)) backlog.push(eventOf(c, h.revision));
-    }
+    const backlog = this.state.history.since(fromRevision, prefix);
     // Every later commit has a revision above the current one: the backlog ends where live events start.
     return this.hub.subscribe(prefix, this.rev, backlog, cb);
   }
@@ -353,8 +350,9 @@ export class EmbeddedStore implements StateStore {
 
   private apply(c: Commit): void {
     for (const ch of c.changes) setEntry(this.state, ch.key, ch.entry);
-    this.state.history.push(c);
-    this.hub.publish(c.changes.map((ch) => eventOf(ch, c.revision)));
+    const events = c.changes.map((ch) => eventOf(ch, c.revision));
+    this.state.history.append(events);
+    this.hub.publish(events);
   }
 
   private async compactNow(): Promise<void> {
@@ -373,7 +371,7 @@ export class EmbeddedStore implements StateStore {
     this.logBytes = size;
     this.baseBytes = size;
     this.compactRev = rev;
-    this.state.history = [];
+    this.state.history = new EventHistory(Infinity);
     this.counters.compactions++;
   }
 }

@@ -40,7 +40,7 @@
 import type { IRangeResponse, ITxnResponse, IWatchResponse } from "etcd3";
 import { HsmError, invalid, unavailable } from "../errors";
 import { EtcdClient, closedError, type Snapshot } from "./etcd-client";
-import { EventHistory } from "./etcd-history";
+import { EventHistory } from "./event-history";
 import { EtcdMirror } from "./etcd-mirror";
 import {
   DEFAULT_DIAL_TIMEOUT_MS,

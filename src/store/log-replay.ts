@@ -5,7 +5,7 @@
  */
 import { closeSync, fchmodSync, fsyncSync, ftruncateSync, openSync, statSync } from "node:fs";
 import { Code, HsmError } from "../errors";
-import { type Change, setEntry, type State } from "./embedded-state";
+import { type Change, eventOf, setEntry, type State } from "./embedded-state";
 import { FORMAT_VERSION, scanLines } from "./log-format";
 import type { StoreEntry } from "./types";
 
@@ -109,7 +109,7 @@ export function replayLog(
             changes.push({ key: op[1], entry: null });
           }
         }
-        state.history.push({ revision: rev, changes });
+        state.history.append(changes.map((c) => eventOf(c, rev)));
         break;
       }
     }

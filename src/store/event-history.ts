@@ -1,7 +1,9 @@
 /**
- * The etcd store's replay window: the events it published since open, bounded to the last `limit`
- * events (whole revisions only, so that the floor is exact). A watch from a revision inside the window
- * is replayed from here; one from below the floor is refused (StoreCompactedError).
+ * The replay window both stores keep for watch(prefix, fromRevision): the events they published, in
+ * revision order. The etcd store bounds it to the last `limit` events since open (whole revisions
+ * only, so that the floor is exact); the embedded store keeps everything since its last compaction
+ * (no limit) and starts a new one when it compacts. A watch from below the floor is refused
+ * (StoreCompactedError).
  */
 import type { WatchEvent } from "./types";
 
@@ -12,6 +14,7 @@ export class EventHistory {
   /** the oldest revision a watch can start from (events at or below it are gone) */
   floor = 0;
 
+  /** `historyLimit`: how many events to keep at most (Infinity: all) */
   constructor(private readonly historyLimit: number) {}
 
   /** Appends published events (in revision order) and drops the oldest revisions past the limit. */
