@@ -8,6 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { StoreCompactedError, type WatchEvent } from "../../src/store";
 import { openEtcdStore, type EtcdStore, type EtcdStoreOptions } from "../../src/store/etcd";
 import { freePort, startEtcdCluster, startTcpProxy, type EtcdCluster, type TcpProxy } from "../helpers/etcd";
+import { storeContract } from "../helpers/store-contract";
 
 const b = (s: string) => Buffer.from(s);
 const tick = () => new Promise((r) => setImmediate(r));
@@ -73,22 +74,17 @@ afterAll(async () => {
   await cluster?.cleanup();
 });
 
-describe("etcd store: reads and writes (one member)", () => {
-  it("put, get, delete with revisions, versions and create revisions", async () => {
-    const s = await openStore(newPrefix());
-    const r1 = await s.put("a", b("1"));
-    expect(await s.put("a", b("2"))).toBe(r1 + 1);
-    expect(await s.put("b", b("x"))).toBe(r1 + 2);
-    expect(await s.get("a")).toEqual({ key: "a", value: b("2"), modRevision: r1 + 1, createRevision: r1, version: 2 });
-    expect(await s.delete("a")).toBe(r1 + 3);
-    expect(await s.get("a")).toBeUndefined();
-    // Deleting an absent key changes nothing and makes no revision.
-    expect(await s.delete("a")).toBe(r1 + 3);
-    await eventually(() => s.revision() === r1 + 3, "the mirror reaches the last write");
-    expect(await s.put("a", b("3"))).toBe(r1 + 4);
-    expect(await s.get("a")).toMatchObject({ createRevision: r1 + 4, version: 1 });
-  });
+// The StateStore contract, as the embedded store passes it too (test/unit/store.test.ts).
+storeContract<EtcdStore>({
+  name: "etcd store",
+  open: () => openStore(newPrefix()),
+  reopen: (s) => openStore(s.prefix),
+  until: eventually,
+  serial: false,
+  manyKeys: 1500,
+});
 
+describe("etcd store: reads and writes (one member)", () => {
   it("reads its own write as soon as the txn resolves", async () => {
     // Hardly any wait for the watch: reads are served from the own-write overlay until it catches up.
     const s = await openStore(newPrefix(), { ownWriteWaitMs: 1 });
@@ -102,173 +98,21 @@ describe("etcd store: reads and writes (one member)", () => {
     }
     await eventually(() => s.stats().pendingOwnWrites === 0, "the watch confirms every own write");
   });
-
-  it("returns copies: mutating a value read or written does not change the store", async () => {
-    const s = await openStore(newPrefix());
-    const v = b("abc");
-    const p = s.put("k", v);
-    v[0] = 0x7a;
-    await p;
-    const got = (await s.get("k"))!;
-    expect(got.value.toString()).toBe("abc");
-    got.value[0] = 0x7a;
-    expect((await s.get("k"))!.value.toString()).toBe("abc");
-  });
-
-  it("lists by prefix in key order with pagination, and counts", async () => {
-    const s = await openStore(newPrefix());
-    for (const k of ["keys/3", "keys/1", "users/a", "keys/2", "key", "keys/10", "keyz"]) await s.put(k, b(k));
-    expect((await s.list("keys/")).map((e) => e.key)).toEqual(["keys/1", "keys/10", "keys/2", "keys/3"]);
-    expect((await s.list("keys/", { limit: 2 })).map((e) => e.key)).toEqual(["keys/1", "keys/10"]);
-    expect((await s.list("keys/", { startAfter: "keys/10", limit: 2 })).map((e) => e.key)).toEqual(["keys/2", "keys/3"]);
-    expect(await s.list("keys/", { startAfter: "keys/3" })).toEqual([]);
-    expect((await s.list("keys/", { startAfter: "a" })).length).toBe(4);
-    expect((await s.list("")).length).toBe(7);
-    expect(await s.count("keys/")).toBe(4);
-    expect(await s.count("key")).toBe(6);
-    expect(await s.count("nothing/")).toBe(0);
-    expect(await s.count("")).toBe(7);
-  });
-
-  it("pages through many keys, and a second node opening the prefix reads the same", async () => {
-    const prefix = newPrefix();
-    const s = await openStore(prefix);
-    const keys = Array.from({ length: 1500 }, (_, i) => `k/${String((i * 7919) % 1500).padStart(5, "0")}`);
-    await Promise.all(keys.map((k) => s.put(k, b(k))));
-    for (let i = 0; i < keys.length; i += 3) await s.delete(keys[i]!);
-    const expected = keys.filter((_, i) => i % 3 !== 0).sort();
-    const page = async (st: EtcdStore) => {
-      const seen: string[] = [];
-      let after: string | undefined;
-      for (;;) {
-        const p = await st.list("k/", { startAfter: after, limit: 97 });
-        if (p.length === 0) break;
-        seen.push(...p.map((e) => e.key));
-        after = p[p.length - 1]!.key;
-      }
-      return seen;
-    };
-    expect(await page(s)).toEqual(expected);
-    expect(await s.count("k/")).toBe(expected.length);
-    // Opening reads the prefix in pages of 1000 keys.
-    const other = await openStore(prefix);
-    expect(await page(other)).toEqual(expected);
-    expect(await other.list("")).toEqual(await s.list(""));
-  });
 });
 
 describe("etcd store: transactions", () => {
-  it("absent / present / modRevision compares", async () => {
-    const s = await openStore(newPrefix());
-    const create = (k: string, v: string) => s.txn([{ key: k, op: "absent" }], [{ type: "put", key: k, value: b(v) }]);
-    const first = await create("k", "1");
-    expect(first.succeeded).toBe(true);
-    const r = first.revision;
-    expect(await create("k", "2")).toEqual({ succeeded: false, revision: r });
-    expect((await s.get("k"))!.value.toString()).toBe("1");
-
-    const upd = await s.txn([{ key: "k", op: "modRevision", equals: r }], [{ type: "put", key: "k", value: b("3") }]);
-    expect(upd).toEqual({ succeeded: true, revision: r + 1 });
-    const stale = await s.txn([{ key: "k", op: "modRevision", equals: r }], [{ type: "put", key: "k", value: b("4") }]);
-    expect(stale.succeeded).toBe(false);
-    expect((await s.get("k"))!.value.toString()).toBe("3");
-    // modRevision 0 means "absent", as in etcd.
-    expect((await s.txn([{ key: "nope", op: "modRevision", equals: 0 }], [])).succeeded).toBe(true);
-
-    expect((await s.txn([{ key: "nope", op: "present" }], [{ type: "delete", key: "k" }])).succeeded).toBe(false);
-    expect(await s.get("k")).toBeDefined();
-    const del = await s.txn([{ key: "k", op: "present" }], [{ type: "delete", key: "k" }]);
-    expect(del).toEqual({ succeeded: true, revision: r + 2 });
-    await eventually(() => s.revision() === r + 2, "the mirror reaches the delete");
-  });
-
-  it("a failed compare changes nothing, a successful txn applies all ops as one revision", async () => {
-    const s = await openStore(newPrefix());
-    const w = collect(s, "", s.revision());
-    const r0 = await s.put("a", b("a0"));
-    const r = await s.txn(
-      [{ key: "a", op: "present" }, { key: "b", op: "present" }],
-      [{ type: "put", key: "a", value: b("a1") }, { type: "put", key: "c", value: b("c1") }],
-    );
-    expect(r).toEqual({ succeeded: false, revision: r0 });
-    expect((await s.get("a"))!.value.toString()).toBe("a0");
-    expect(await s.get("c")).toBeUndefined();
-
-    const ok = await s.txn(
-      [{ key: "a", op: "present" }, { key: "b", op: "absent" }],
-      [{ type: "put", key: "a", value: b("a1") }, { type: "put", key: "c", value: b("c1") }, { type: "delete", key: "zz" }],
-    );
-    expect(ok).toEqual({ succeeded: true, revision: r0 + 1 });
-    expect((await s.get("a"))!.modRevision).toBe(r0 + 1);
-    expect((await s.get("c"))!.modRevision).toBe(r0 + 1);
-    await eventually(() => w.events.length === 3, "the watcher sees both ops");
-    expect(w.events.map((e) => [e.type, e.key, e.revision])).toEqual([
-      ["put", "a", r0],
-      ["put", "a", r0 + 1],
-      ["put", "c", r0 + 1],
-    ]);
-  });
-
-  it("concurrent creates of the same key on one node: exactly one wins", async () => {
-    const s = await openStore(newPrefix());
-    const rs = await Promise.all(
-      Array.from({ length: 20 }, (_, i) => s.txn([{ key: "one", op: "absent" }], [{ type: "put", key: "one", value: b(String(i)) }])),
-    );
-    const winners = rs.map((r, i) => (r.succeeded ? i : -1)).filter((i) => i >= 0);
-    expect(winners).toHaveLength(1);
-    expect((await s.get("one"))!.value.toString()).toBe(String(winners[0]));
-  });
-
-  it("rejects bad input with INVALID_ARGUMENT and writes nothing", async () => {
+  it("etcd's own limit on ops per txn comes back as INVALID_ARGUMENT and writes nothing", async () => {
     const s = await openStore(newPrefix());
     const before = s.revision();
-    await expect(s.put("", b("x"))).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
-    await expect(s.put("k", "str" as unknown as Buffer)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
-    await expect(s.txn([], [{ type: "put", key: "k", value: b("1") }, { type: "delete", key: "k" }])).rejects.toMatchObject({
-      code: "INVALID_ARGUMENT",
-    });
-    await expect(s.txn([{ key: "k", op: "bogus" } as never], [])).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
     // etcd's own limit (--max-txn-ops, 128 by default) comes back as INVALID_ARGUMENT too.
     const many = Array.from({ length: 200 }, (_, i) => ({ type: "put" as const, key: `m${i}`, value: b("v") }));
     await expect(s.txn([], many)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
     expect(s.revision()).toBe(before);
     expect(await s.count("")).toBe(0);
   });
-
-  it("revisions are monotonic and dense for one writer, and the mirror ends at the last one", async () => {
-    const s = await openStore(newPrefix());
-    const start = s.revision();
-    const revs = await Promise.all(Array.from({ length: 100 }, (_, i) => s.put(`k${i % 10}`, b(String(i)))));
-    expect([...revs].sort((x, y) => x - y)).toEqual(Array.from({ length: 100 }, (_, i) => start + i + 1));
-    await eventually(() => s.revision() === start + 100, "the mirror reaches the last write");
-    expect(await s.count("")).toBe(10);
-  });
 });
 
 describe("etcd store: watch", () => {
-  it("replays events after a past revision, then streams live ones, filtered by prefix", async () => {
-    const s = await openStore(newPrefix());
-    const r1 = await s.put("keys/a", b("1"));
-    await s.put("users/x", b("u"));
-    await s.put("keys/b", b("2"));
-    await s.delete("keys/a");
-    await eventually(() => s.revision() === r1 + 3, "the mirror has every write");
-    const w = collect(s, "keys/", r1);
-    await tick();
-    expect(w.events).toEqual([
-      { type: "put", key: "keys/b", value: b("2"), revision: r1 + 2 },
-      { type: "delete", key: "keys/a", revision: r1 + 3 },
-    ]);
-    await s.txn([], [{ type: "put", key: "keys/c", value: b("3") }, { type: "put", key: "other", value: b("o") }]);
-    await eventually(() => w.events.length === 3, "the live event arrives");
-    expect(w.events.at(-1)).toEqual({ type: "put", key: "keys/c", value: b("3"), revision: r1 + 4 });
-    w.stop();
-    await s.put("keys/d", b("4"));
-    await eventually(() => s.revision() === r1 + 5, "the mirror has the last write");
-    await tick();
-    expect(w.events).toHaveLength(3);
-  });
-
   it("from 0 replays the current state, from the current revision only live events; in order under load", async () => {
     const prefix = newPrefix();
     const writer = await openStore(prefix);
@@ -422,15 +266,6 @@ describe("etcd store: watch", () => {
     );
     expect(err).toMatchObject({ code: "UNAVAILABLE" });
     expect((err as Error).message).toMatch(/^state store unavailable: no etcd quorum reachable \(.*127\.0\.0\.1:\d+/);
-  });
-
-  it("close rejects later writes and watches and reports unhealthy", async () => {
-    const s = await openStore(newPrefix());
-    await s.put("k", b("v"));
-    await s.close();
-    await expect(s.put("k", b("w"))).rejects.toMatchObject({ code: "UNAVAILABLE", message: "state store is closed" });
-    expect(() => s.watch("", 0, () => undefined)).toThrow(/closed/);
-    expect(await s.healthy()).toBe(false);
   });
 });
 

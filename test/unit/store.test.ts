@@ -12,6 +12,7 @@ import {
   type EmbeddedStore,
   type WatchEvent,
 } from "../../src/store";
+import { storeContract } from "../helpers/store-contract";
 
 let root: string;
 let dir: string;
@@ -36,6 +37,25 @@ afterEach(async () => {
   rmSync(root, { recursive: true, force: true });
 });
 
+const tick = () => new Promise((r) => setImmediate(r));
+
+// The StateStore contract, as the etcd store passes it too (test/integration/etcd-store.test.ts).
+storeContract<EmbeddedStore>({
+  name: "embedded store",
+  open: () => openStore(),
+  reopen: async (s) => {
+    await s.close();
+    return openStore();
+  },
+  until: async (cond, what) => {
+    await tick();
+    expect(await cond(), what).toBe(true);
+  },
+  freshRevision: 0,
+  serial: true,
+  manyKeys: 2000,
+});
+
 describe("embedded store: reads and writes", () => {
   it("creates its directory 0700 and log 0600, and starts at revision 0", async () => {
     const s = await openStore();
@@ -44,92 +64,10 @@ describe("embedded store: reads and writes", () => {
     expect(statSync(logPath()).mode & 0o777).toBe(0o600);
     expect(await s.healthy()).toBe(true);
   });
-
-  it("put, get, delete with revisions, versions and create revisions", async () => {
-    const s = await openStore();
-    expect(await s.put("a", b("1"))).toBe(1);
-    expect(await s.put("a", b("2"))).toBe(2);
-    expect(await s.put("b", b("x"))).toBe(3);
-    const a = await s.get("a");
-    expect(a).toEqual({ key: "a", value: b("2"), modRevision: 2, createRevision: 1, version: 2 });
-    expect(await s.delete("a")).toBe(4);
-    expect(await s.get("a")).toBeUndefined();
-    // Deleting an absent key changes nothing and makes no revision.
-    expect(await s.delete("a")).toBe(4);
-    expect(s.revision()).toBe(4);
-    expect(await s.put("a", b("3"))).toBe(5);
-    expect(await s.get("a")).toMatchObject({ createRevision: 5, version: 1 });
-  });
-
-  it("returns copies: mutating a value read or written does not change the store", async () => {
-    const s = await openStore();
-    const v = b("abc");
-    const p = s.put("k", v);
-    v[0] = 0x7a;
-    await p;
-    const got = (await s.get("k"))!;
-    expect(got.value.toString()).toBe("abc");
-    got.value[0] = 0x7a;
-    expect((await s.get("k"))!.value.toString()).toBe("abc");
-  });
-
-  it("lists by prefix in key order with pagination, and counts", async () => {
-    const s = await openStore();
-    for (const k of ["keys/3", "keys/1", "users/a", "keys/2", "key", "keys/10", "keyz"]) await s.put(k, b(k));
-    expect((await s.list("keys/")).map((e) => e.key)).toEqual(["keys/1", "keys/10", "keys/2", "keys/3"]);
-    expect((await s.list("keys/", { limit: 2 })).map((e) => e.key)).toEqual(["keys/1", "keys/10"]);
-    expect((await s.list("keys/", { startAfter: "keys/10", limit: 2 })).map((e) => e.key)).toEqual(["keys/2", "keys/3"]);
-    expect(await s.list("keys/", { startAfter: "keys/3" })).toEqual([]);
-    expect((await s.list("keys/", { startAfter: "a" })).length).toBe(4);
-    expect((await s.list("")).length).toBe(7);
-    expect(await s.count("keys/")).toBe(4);
-    expect(await s.count("key")).toBe(6);
-    expect(await s.count("nothing/")).toBe(0);
-    expect(await s.count("")).toBe(7);
-  });
-
-  it("pages through many keys across chunk boundaries", async () => {
-    const s = await openStore();
-    const keys = Array.from({ length: 2000 }, (_, i) => `k/${String((i * 7919) % 2000).padStart(5, "0")}`);
-    await Promise.all(keys.map((k) => s.put(k, b(k))));
-    for (let i = 0; i < 2000; i += 3) await s.delete(keys[i]!);
-    const expected = keys.filter((_, i) => i % 3 !== 0).sort();
-    const seen: string[] = [];
-    let after: string | undefined;
-    for (;;) {
-      const page = await s.list("k/", { startAfter: after, limit: 97 });
-      if (page.length === 0) break;
-      seen.push(...page.map((e) => e.key));
-      after = page[page.length - 1]!.key;
-    }
-    expect(seen).toEqual(expected);
-    expect(await s.count("k/")).toBe(expected.length);
-  });
 });
 
 describe("embedded store: transactions", () => {
-  it("absent / present / modRevision compares", async () => {
-    const s = await openStore();
-    const create = (k: string, v: string) => s.txn([{ key: k, op: "absent" }], [{ type: "put", key: k, value: b(v) }]);
-    expect(await create("k", "1")).toEqual({ succeeded: true, revision: 1 });
-    expect(await create("k", "2")).toEqual({ succeeded: false, revision: 1 });
-    expect((await s.get("k"))!.value.toString()).toBe("1");
-
-    const upd = await s.txn([{ key: "k", op: "modRevision", equals: 1 }], [{ type: "put", key: "k", value: b("3") }]);
-    expect(upd).toEqual({ succeeded: true, revision: 2 });
-    const stale = await s.txn([{ key: "k", op: "modRevision", equals: 1 }], [{ type: "put", key: "k", value: b("4") }]);
-    expect(stale.succeeded).toBe(false);
-    // modRevision 0 means "absent", as in etcd.
-    expect((await s.txn([{ key: "nope", op: "modRevision", equals: 0 }], [])).succeeded).toBe(true);
-
-    expect((await s.txn([{ key: "nope", op: "present" }], [{ type: "delete", key: "k" }])).succeeded).toBe(false);
-    expect(await s.get("k")).toBeDefined();
-    const del = await s.txn([{ key: "k", op: "present" }], [{ type: "delete", key: "k" }]);
-    expect(del).toEqual({ succeeded: true, revision: 3 });
-    expect(s.revision()).toBe(3);
-  });
-
-  it("a failed compare changes nothing, a successful txn applies all ops as one revision", async () => {
+  it("a failed compare writes nothing to the log and costs no fsync", async () => {
     const s = await openStore();
     await s.put("a", b("a0"));
     const before = s.stats();
@@ -139,49 +77,8 @@ describe("embedded store: transactions", () => {
     );
     expect(r.succeeded).toBe(false);
     expect(s.revision()).toBe(1);
-    expect((await s.get("a"))!.value.toString()).toBe("a0");
-    expect(await s.get("c")).toBeUndefined();
     expect(s.stats().logBytes).toBe(before.logBytes);
     expect(s.stats().fsyncs).toBe(before.fsyncs);
-
-    const ok = await s.txn(
-      [{ key: "a", op: "present" }, { key: "b", op: "absent" }],
-      [{ type: "put", key: "a", value: b("a1") }, { type: "put", key: "c", value: b("c1") }, { type: "delete", key: "zz" }],
-    );
-    expect(ok).toEqual({ succeeded: true, revision: 2 });
-    expect((await s.get("a"))!.modRevision).toBe(2);
-    expect((await s.get("c"))!.modRevision).toBe(2);
-  });
-
-  it("concurrent creates of the same key: exactly one wins, evaluated in arrival order", async () => {
-    const s = await openStore();
-    const rs = await Promise.all(
-      Array.from({ length: 20 }, (_, i) =>
-        s.txn([{ key: "one", op: "absent" }], [{ type: "put", key: "one", value: b(String(i)) }]),
-      ),
-    );
-    expect(rs.filter((r) => r.succeeded)).toHaveLength(1);
-    expect(rs[0]!.succeeded).toBe(true);
-    expect((await s.get("one"))!.value.toString()).toBe("0");
-    expect(s.revision()).toBe(1);
-  });
-
-  it("rejects bad input with INVALID_ARGUMENT", async () => {
-    const s = await openStore();
-    await expect(s.put("", b("x"))).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
-    await expect(s.put("k", "str" as unknown as Buffer)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
-    await expect(
-      s.txn([], [{ type: "put", key: "k", value: b("1") }, { type: "delete", key: "k" }]),
-    ).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
-    expect(s.revision()).toBe(0);
-  });
-
-  it("revisions are monotonic and dense across many writers", async () => {
-    const s = await openStore();
-    const revs = await Promise.all(Array.from({ length: 100 }, (_, i) => s.put(`k${i % 10}`, b(String(i)))));
-    expect([...revs].sort((x, y) => x - y)).toEqual(Array.from({ length: 100 }, (_, i) => i + 1));
-    expect(revs).toEqual([...revs].sort((x, y) => x - y)); // arrival order
-    expect(s.revision()).toBe(100);
   });
 
   it("group commit: 200 concurrent puts are all durable with far fewer than 200 fsyncs", async () => {
@@ -196,15 +93,6 @@ describe("embedded store: transactions", () => {
     expect(await again.count("keys/")).toBe(200);
     expect(again.revision()).toBe(200);
   });
-
-  it("readers never see a write before it is acknowledged", async () => {
-    const s = await openStore();
-    const p = s.put("k", b("v"));
-    expect(await s.get("k")).toBeUndefined();
-    expect(s.revision()).toBe(0);
-    await p;
-    expect(await s.get("k")).toBeDefined();
-  });
 });
 
 describe("embedded store: watch", () => {
@@ -213,29 +101,6 @@ describe("embedded store: watch", () => {
     const stop = s.watch(prefix, from, (e) => events.push(e));
     return { events, stop };
   }
-  const tick = () => new Promise((r) => setImmediate(r));
-
-  it("replays events after a past revision, then streams live ones, filtered by prefix", async () => {
-    const s = await openStore();
-    await s.put("keys/a", b("1")); // 1
-    await s.put("users/x", b("u")); // 2
-    await s.put("keys/b", b("2")); // 3
-    await s.delete("keys/a"); // 4
-    const w = collect(s, "keys/", 1);
-    await tick();
-    expect(w.events).toEqual([
-      { type: "put", key: "keys/b", value: b("2"), revision: 3 },
-      { type: "delete", key: "keys/a", revision: 4 },
-    ]);
-    await s.txn([], [{ type: "put", key: "keys/c", value: b("3") }, { type: "put", key: "other", value: b("o") }]);
-    await tick();
-    expect(w.events.at(-1)).toEqual({ type: "put", key: "keys/c", value: b("3"), revision: 5 });
-    expect(w.events).toHaveLength(3);
-    w.stop();
-    await s.put("keys/d", b("4"));
-    await tick();
-    expect(w.events).toHaveLength(3);
-  });
 
   it("watch from 0 replays everything; from the current revision only live events; in order under load", async () => {
     const s = await openStore();
@@ -413,7 +278,7 @@ describe("embedded store: single writer lock", () => {
     await expect(openEmbeddedStore(dir)).rejects.toThrow(new RegExp(`locked by process ${process.ppid}`));
   });
 
-  it("close rejects later writes and reports unhealthy", async () => {
+  it("a write accepted before close is still committed; later ones are refused", async () => {
     const s = await openStore();
     const p = s.put("k", b("v"));
     await s.close();
