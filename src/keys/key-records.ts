@@ -1,10 +1,10 @@
-import { Code, HsmError, invalid, notFound, precondition } from "../errors";
+import { Code, HsmError, notFound, precondition } from "../errors";
 import { KeyNotMaterializedError, type KeyDevice, type Part, type Usage } from "../pkcs11";
 import type { StateStore } from "../store";
 import type { KeyPlacement } from "./placement";
 import { decodeRecord, recordKey, type KeyRecord } from "./record";
 import { algorithmOf, isSecret } from "./spec";
-import { ID_RE } from "./validation";
+import { ID_RE, checkKeyId } from "./validation";
 
 /** What {@link KeyRecords} needs: the device it materializes into and the store it reads. */
 export interface KeyRecordsOptions {
@@ -79,8 +79,7 @@ export class KeyRecords {
 
   /** The record of a key id; INVALID_ARGUMENT for a malformed id, NOT_FOUND when none. */
   record(id: string, field = "key_id"): KeyRecord {
-    if (!id) throw invalid(`${field} is required`);
-    if (!ID_RE.test(id)) throw invalid(`${field} "${id.slice(0, 80)}" is not a key id`);
+    checkKeyId(id, field);
     const r = this.map.get(id);
     if (!r) throw notFound(`key ${id} not found`);
     return r;
