@@ -13,7 +13,7 @@ import { KeyService } from "./keys";
 import { Metrics } from "./metrics";
 import { Device, mechanismName } from "./pkcs11";
 import { DirLock, openEmbeddedStore, openEtcdStore, type StateStore } from "./store";
-import { Membership, TRANSPORT_KEY_ID, type JoinRecord } from "./cluster";
+import { Applier, Coverage, Membership, TRANSPORT_KEY_ID, reconcile, type JoinRecord } from "./cluster";
 import { checkListenAddresses, listenError } from "./listen-check";
 import { HashLane, QuorumService, USERS_INIT_KEY, UserService, generateOneTimePassword } from "./users";
 
@@ -87,6 +87,8 @@ export class Daemon {
   private storeReachable = true;
   /** The node data directory's lock (cluster mode; the embedded store holds its own). */
   private nodeLock: DirLock | undefined;
+  /** The applier: follows the store into this node's HSM (src/cluster/applier.ts). */
+  private applier!: Applier;
   private grpcListener: GrpcListener | undefined;
 
   private constructor(
@@ -165,22 +167,17 @@ export class Daemon {
       const domainKeyId = await ensureDomain(store, device, opts, config, membership, log);
       // From here on the domain key not being found is a device fault (UNAVAILABLE, the module re-initialized), never a missing key.
       device.markEssential(domainKeyId, "secret");
-      const keys = new KeyService({
-        device,
-        store,
-        limits: config.limits,
-        domainKeyId,
-        log,
-        nodeId: cluster ? config.node.id : undefined,
-        minNodes: cluster?.minNodes,
-      });
-      await keys.start();
+      const nodeId = cluster ? config.node.id : undefined;
+      const coverage = new Coverage({ store, nodeId, minNodes: cluster?.minNodes, log });
+      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement: coverage });
+      const applier = new Applier({ store, device, records: keys.records, coverage, nodeId, log });
+      applier.start(await keys.start());
       if (cluster) {
         const last = Number.parseInt(readFileSync(join(config.node.dataDir, "applied-revision"), { encoding: "utf8", flag: "a+" }) || "0", 10) || 0;
         log(`applier: last applied revision ${last}, store at ${store.revision()}: ${Math.max(0, store.revision() - last)} revisions to catch up`);
       }
       const t0 = Date.now();
-      const rec = await keys.reconcile({ purgeOrphans: opts.purgeOrphans });
+      const rec = await reconcile({ device, store, records: keys.records, coverage, domainKeyId, nodeId, log }, { purgeOrphans: opts.purgeOrphans });
       log(
         `records checked against the token in ${Date.now() - t0} ms: ${keys.keyCount} keys, ${rec.materialized} materialized, ${rec.upgraded} made unextractable, ` +
           `${rec.restored} restored from quarantine, ${rec.quarantined} quarantined, ${rec.purged} purged${rec.lost.length ? `, ${rec.lost.length} LOST: ${rec.lost.join(", ")}` : ""}`,
@@ -214,6 +211,8 @@ export class Daemon {
         auditFile: config.audit.file,
         auditFsync: config.audit.fsync,
         membership,
+        applier,
+        coverage,
         domainKeyId,
         clusterName: cluster?.name,
         storeRevision: () => store.revision(),
@@ -239,11 +238,12 @@ export class Daemon {
       const admin = buildAdminApp({ metrics, readiness: () => self!.readiness(), status: () => self!.status(), bounds: config.connections.admin, log });
       const d = new Daemon(config, store, device, keys, metrics, domainKeyId, users, quorum, audit, membership, server, health, admin, log);
       d.nodeLock = nodeLock;
+      d.applier = applier;
       self = d;
       d.refusals = refusals;
       if (membership) {
         let members = 1;
-        metrics.setClusterSource(() => ({ storeRevision: store.revision(), appliedRevision: keys.appliedRevision, nodes: members, storeReachable: d.storeReachable }));
+        metrics.setClusterSource(() => ({ storeRevision: store.revision(), appliedRevision: applier.appliedRevision, nodes: members, storeReachable: d.storeReachable }));
         d.unwatchRemoval = membership.watchRemoval(() => void d.onRemoved());
         d.reporter = setInterval(() => {
           void d.report().then((n) => (members = n ?? members));
@@ -295,9 +295,9 @@ export class Daemon {
     this.storeReachable = storeReachable;
     if (!storeReachable) return undefined;
     // Kept locally too: after a restart the node says how far behind it starts.
-    writeFileSync(join(this.config.node.dataDir, "applied-revision"), `${this.keys.appliedRevision}\n`);
+    writeFileSync(join(this.config.node.dataDir, "applied-revision"), `${this.applier.appliedRevision}\n`);
     try {
-      await this.membership.report({ appliedRevision: this.keys.appliedRevision, storeRevision: this.store.revision(), hsmHealthy, storeReachable, keys: this.keys.keyCount });
+      await this.membership.report({ appliedRevision: this.applier.appliedRevision, storeRevision: this.store.revision(), hsmHealthy, storeReachable, keys: this.keys.keyCount });
       return (await this.membership.nodes()).length;
     } catch {
       return undefined;
@@ -313,7 +313,7 @@ export class Daemon {
     await this.audit.append({ operation: "NodeRemoved", target: this.config.node.id, status: "OK" }, { sync: true }).catch(() => undefined);
     await this.device.destroy(this.domainKeyId).catch(() => undefined);
     await this.device.destroy(TRANSPORT_KEY_ID).catch(() => undefined);
-    await this.keys.destroyAll();
+    await this.applier.destroyAll();
   }
 
   /**
@@ -362,7 +362,7 @@ export class Daemon {
       token: { ...this.device.token, profile: this.config.device.profile, module: this.config.device.module },
       mechanisms: this.device.mechanisms().map(mechanismName),
       pool: this.device.poolStats(),
-      store: { kind: this.config.cluster ? "etcd" : "embedded", revision: this.store.revision(), appliedRevision: this.keys.appliedRevision, reachable: this.storeReachable },
+      store: { kind: this.config.cluster ? "etcd" : "embedded", revision: this.store.revision(), appliedRevision: this.applier.appliedRevision, reachable: this.storeReachable },
       cluster: this.membership ? await this.clusterStatus() : null,
       domainKeyId: this.domainKeyId,
       keys: this.keys.keyCount,
@@ -386,7 +386,7 @@ export class Daemon {
       name: this.config.cluster!.name,
       self: this.config.node.id,
       removed: this.removed,
-      applyFailures: this.keys.applyFailures.size,
+      applyFailures: this.applier.applyFailures.size,
       nodes: members.map((n) => ({
         ...n,
         joinedAt: new Date(n.joinedAt).toISOString(),
@@ -417,7 +417,7 @@ export class Daemon {
     this.grpcListener?.destroyAll();
     await listenerClosed;
     await this.admin.close();
-    this.keys.stop();
+    this.applier.stop();
     await this.refusals?.flush();
     await this.audit.close();
     await this.device.close();

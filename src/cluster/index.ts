@@ -1,5 +1,6 @@
 /**
- * The cluster: membership records, the join ceremony (domain key handed from HSM to HSM under a
+ * The cluster: the applier (store records into this node's HSM), coverage, the start-up reconcile,
+ * membership records, the join ceremony (domain key handed from HSM to HSM under a
  * trusted transport key) and node reports. The state store itself (embedded or etcd) is in src/store.
  */
 export {
@@ -18,3 +19,7 @@ export {
   type NodeRecord,
   type NodeReport,
 } from "./membership";
+export { Applier, type ApplierOptions } from "./applier";
+export { COVERAGE_PREFIX, Coverage, coverageKey, type CoverageOptions } from "./coverage";
+export { reconcile, type ReconcileContext, type ReconcileResult } from "./reconcile";
+export { APPLY_CONCURRENCY, Slots } from "./slots";

@@ -10,7 +10,7 @@ import { AuditThrottle, MAX_DETAIL_LENGTH, queryAuditLog, verifyAuditLog, type A
 import { Code, HsmError, invalid, notFound, precondition } from "../errors";
 import { AuditServiceService, type AuditServiceServer } from "../gen/hsm/v1/audit";
 import { ClusterServiceService, type ClusterServiceServer } from "../gen/hsm/v1/cluster";
-import type { Membership } from "../cluster";
+import type { Applier, Coverage, Membership } from "../cluster";
 import { CryptoServiceService, type CryptoServiceServer } from "../gen/hsm/v1/crypto";
 import { KeyServiceService, type KeyServiceServer } from "../gen/hsm/v1/keys";
 import { QuorumServiceService, UserServiceService, type QuorumServiceServer, type UserServiceServer } from "../gen/hsm/v1/users";
@@ -21,6 +21,20 @@ import { requestShapes, type MessageShape } from "./wire-check";
 import { callGuardInterceptor } from "./call-guard";
 import { auditToProto, joinToProto, quorumStatusFromProto, quorumToProto, roleFromProto, sessionToProto, userToProto } from "./convert";
 import { GrpcListener } from "./listener";
+import {
+  batchResultToProto,
+  dataKeyFromProto,
+  dataKeyToProto,
+  decryptDataKeyFromProto,
+  decryptFromProto,
+  deriveKeyFromProto,
+  encryptFromProto,
+  signFromProto,
+  unwrapKeyFromProto,
+  verifyFromProto,
+  wrapKeyFromProto,
+} from "./map/crypto";
+import { generateKeyFromProto, importKeyFromProto, importParametersToProto, importPublicKeyFromProto, keyPageToProto, keyToProto, listKeysFromProto, publicKeyToProto } from "./map/keys";
 
 /** What the gRPC layer reports per call (metrics); never sees request bodies. */
 export type RpcObserver = (method: string, code: string, seconds: number) => void;
@@ -51,6 +65,10 @@ export interface GrpcServerOptions {
   log?: (msg: string) => void;
   /** Cluster membership (absent on a single node). */
   membership?: Membership;
+  /** The applier: the store revision this node's HSM is materialized up to (status). */
+  applier: Applier;
+  /** Which nodes hold each key (GetKey's held_by in a cluster). */
+  coverage?: Coverage;
   /** The cluster's name and the newest store revision this node knows (status). */
   clusterName?: string;
   storeRevision?: () => number;
@@ -383,51 +401,53 @@ function services(opts: GrpcServerOptions, refusals: AuditThrottle) {
   };
 
   const keyImpl: KeyServiceServer = {
-    generateKey: rpc("GenerateKey", (r, c) => k.generateKey(r, owner(c))),
+    generateKey: rpc("GenerateKey", async (r, c) => keyToProto(await k.generateKey(generateKeyFromProto(r), owner(c)))),
     getKey: rpc("GetKey", async (r, c) => {
       const key = k.getKey(r, c.principal!.userId);
-      return opts.membership ? { ...key, heldBy: (await k.coverage(key.id)).sort() } : key;
+      return keyToProto(key, opts.membership && opts.coverage ? (await opts.coverage.coverage(key.id)).sort() : []);
     }),
-    listKeys: rpc("ListKeys", (r, c) => k.listKeys(r, guard.visibleTo(c.principal!), c.principal!.userId)),
+    listKeys: rpc("ListKeys", (r, c) => keyPageToProto(k.listKeys(listKeysFromProto(r), guard.visibleTo(c.principal!), c.principal!.userId))),
     deleteKey: rpc("DeleteKey", async (r, c) => {
       await withQuorum(c, "DeleteKey", { keyId: r.keyId }, r.quorumRequestId, () => k.deleteKey(r));
       return {};
     }),
-    getPublicKey: rpc("GetPublicKey", (r) => k.getPublicKey(r)),
-    importPublicKey: rpc("ImportPublicKey", (r, c) => k.importPublicKey(r, owner(c))),
-    getImportParameters: rpc("GetImportParameters", () => k.getImportParameters()),
-    importKey: rpc("ImportKey", (r, c) => k.importKey(r, owner(c))),
+    getPublicKey: rpc("GetPublicKey", (r) => publicKeyToProto(k.getPublicKey(r))),
+    importPublicKey: rpc("ImportPublicKey", async (r, c) => keyToProto(await k.importPublicKey(importPublicKeyFromProto(r), owner(c)))),
+    getImportParameters: rpc("GetImportParameters", async () => importParametersToProto(await k.getImportParameters())),
+    importKey: rpc("ImportKey", async (r, c) => keyToProto(await k.importKey(importKeyFromProto(r), owner(c)))),
     shareKey: rpc("ShareKey", async (r, c) => {
       const target = await shareTarget(r.username);
-      return withQuorum(c, "ShareKey", { keyId: r.keyId, username: r.username }, r.quorumRequestId, () => k.setShare(r.keyId, target, true, c.principal!.userId));
+      return keyToProto(await withQuorum(c, "ShareKey", { keyId: r.keyId, username: r.username }, r.quorumRequestId, () => k.setShare(r.keyId, target, true, c.principal!.userId)));
     }),
     unshareKey: rpc("UnshareKey", async (r, c) => {
       checkUsername(r.username);
-      return k.setShare(r.keyId, { user: r.username, userId: "" }, false, c.principal!.userId);
+      return keyToProto(await k.setShare(r.keyId, { user: r.username, userId: "" }, false, c.principal!.userId));
     }),
   };
 
-  const batch = <I extends { keyId: string }, O>(c: CallContext, items: I[], fn: (i: I) => Promise<O>) =>
-    k.runBatch(items, async (i) => {
-      await c.checkItem(i.keyId);
-      return fn(i);
-    });
+  const batch = async <I extends { keyId: string }, O>(c: CallContext, items: I[], fn: (i: I) => Promise<O>) =>
+    (
+      await k.runBatch(items, async (i) => {
+        await c.checkItem(i.keyId);
+        return fn(i);
+      })
+    ).map((res) => ({ result: batchResultToProto(res) }));
   const cryptoImpl: CryptoServiceServer = {
-    encrypt: rpc("Encrypt", (r) => k.encrypt(r)),
-    decrypt: rpc("Decrypt", (r) => k.decrypt(r)),
-    sign: rpc("Sign", (r) => k.sign(r)),
-    verify: rpc("Verify", (r) => k.verify(r)),
-    wrapKey: rpc("WrapKey", (r) => k.wrapKey(r)),
-    unwrapKey: rpc("UnwrapKey", (r, c) => k.unwrapKey(r, owner(c))),
-    deriveKey: rpc("DeriveKey", (r, c) => k.deriveKey(r, owner(c))),
+    encrypt: rpc("Encrypt", (r) => k.encrypt(encryptFromProto(r))),
+    decrypt: rpc("Decrypt", (r) => k.decrypt(decryptFromProto(r))),
+    sign: rpc("Sign", (r) => k.sign(signFromProto(r))),
+    verify: rpc("Verify", (r) => k.verify(verifyFromProto(r))),
+    wrapKey: rpc("WrapKey", (r) => k.wrapKey(wrapKeyFromProto(r))),
+    unwrapKey: rpc("UnwrapKey", async (r, c) => keyToProto(await k.unwrapKey(unwrapKeyFromProto(r), owner(c)))),
+    deriveKey: rpc("DeriveKey", async (r, c) => keyToProto(await k.deriveKey(deriveKeyFromProto(r), owner(c)))),
     generateRandom: rpc("GenerateRandom", (r) => k.generateRandom(r)),
-    generateDataKey: rpc("GenerateDataKey", (r) => k.generateDataKey(r, true)),
-    generateDataKeyWithoutPlaintext: rpc("GenerateDataKeyWithoutPlaintext", (r) => k.generateDataKey(r, false)),
-    decryptDataKey: rpc("DecryptDataKey", (r) => k.decryptDataKey(r)),
-    batchSign: rpc("BatchSign", async (r, c) => ({ results: (await batch(c, r.items, (i) => k.sign(i))).map((result) => ({ result })) })),
-    batchVerify: rpc("BatchVerify", async (r, c) => ({ results: (await batch(c, r.items, (i) => k.verify(i))).map((result) => ({ result })) })),
-    batchEncrypt: rpc("BatchEncrypt", async (r, c) => ({ results: (await batch(c, r.items, (i) => k.encrypt(i))).map((result) => ({ result })) })),
-    batchDecrypt: rpc("BatchDecrypt", async (r, c) => ({ results: (await batch(c, r.items, (i) => k.decrypt(i))).map((result) => ({ result })) })),
+    generateDataKey: rpc("GenerateDataKey", async (r) => dataKeyToProto(await k.generateDataKey(dataKeyFromProto(r), true))),
+    generateDataKeyWithoutPlaintext: rpc("GenerateDataKeyWithoutPlaintext", async (r) => dataKeyToProto(await k.generateDataKey(dataKeyFromProto(r), false))),
+    decryptDataKey: rpc("DecryptDataKey", (r) => k.decryptDataKey(decryptDataKeyFromProto(r))),
+    batchSign: rpc("BatchSign", async (r, c) => ({ results: await batch(c, r.items, (i) => k.sign(signFromProto(i))) })),
+    batchVerify: rpc("BatchVerify", async (r, c) => ({ results: await batch(c, r.items, (i) => k.verify(verifyFromProto(i))) })),
+    batchEncrypt: rpc("BatchEncrypt", async (r, c) => ({ results: await batch(c, r.items, (i) => k.encrypt(encryptFromProto(i))) })),
+    batchDecrypt: rpc("BatchDecrypt", async (r, c) => ({ results: await batch(c, r.items, (i) => k.decrypt(decryptFromProto(i))) })),
   };
   const member = () => {
     if (!opts.membership) throw precondition("this node is not part of a cluster: it runs on its embedded store (configure `cluster` to run one)");
@@ -437,7 +457,7 @@ function services(opts: GrpcServerOptions, refusals: AuditThrottle) {
     getClusterStatus: rpc("GetClusterStatus", async () => {
       const self = opts.membership?.nodeId ?? "";
       if (!opts.membership) {
-        return { cluster: "", store: "embedded", storeRevision: BigInt(k.appliedRevision), self, nodes: [] };
+        return { cluster: "", store: "embedded", storeRevision: BigInt(opts.applier.appliedRevision), self, nodes: [] };
       }
       const rev = opts.storeRevision?.() ?? 0;
       const members = await opts.membership.members(rev);

@@ -11,7 +11,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { Code, HsmError, notFound, precondition } from "../errors";
-import type { Device, KeyAlgorithm, OaepHash, WrappedMaterial } from "../pkcs11";
+import type { KeyAlgorithm, KeyDevice, OaepHash, WrappedMaterial } from "../pkcs11";
 import type { StateStore } from "../store";
 
 /** Store key of the cluster's import key record. */
@@ -58,7 +58,7 @@ function decode(b: Buffer): ImportKeyRecord {
 
 /** Options of {@link ClusterImportKey}. */
 export interface ClusterImportKeyOptions {
-  device: Device;
+  device: KeyDevice;
   store: StateStore;
   /** CKA_ID of the domain key the private half is wrapped under. */
   domainKeyId: string;

@@ -1,5 +1,13 @@
-/** Key management and crypto, transport-free. */
-export { KeyService, parsePublicKey } from "./service";
-export type { KeyLimits, KeyServiceOptions, ReconcileResult } from "./service";
-export type { KeyRecord, KeyVersion, UserRef } from "./record";
+/** Key management and crypto, transport-free: domain types by name, no wire format. */
+export { KeyService, type KeyServiceOptions } from "./service";
+export { KeyRecords, mainPart, partsOf, residencyOf } from "./key-records";
+export { parsePublicKey } from "./public-key";
+export { encryptionContextAad } from "./data-keys";
+export { SINGLE_NODE, type KeyPlacement } from "./placement";
+export type { KeyLimits } from "./validation";
+export { decodeRecord, recordKey, type KeyRecord, type KeyVersion, type UserRef } from "./record";
+export { originFromStored, specFromStored } from "./record-migration";
+export { algorithmOf, isSecret } from "./spec";
 export { rawToDer, derToRaw } from "./signature";
+export { KEY_ORIGIN_NAMES, KEY_SPEC_NAMES } from "./types";
+export type * from "./types";

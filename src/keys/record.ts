@@ -1,6 +1,6 @@
-import { KeyOrigin, KeySpec, KeyState, type Key } from "../gen/hsm/v1/keys";
 import type { Usage, WrappedMaterial } from "../pkcs11";
-import { usageEnums } from "./spec";
+import { upgradeRecord } from "./record-migration";
+import type { Key, KeyOriginName, KeySpecName } from "./types";
 
 /**
  * One version of a key. `material` is the secret or private part wrapped under the domain key
@@ -27,10 +27,12 @@ export interface UserRef {
 export interface KeyRecord {
   id: string;
   label: string;
-  spec: KeySpec;
+  /** By name ("EC_P256"); records written before names held the API's enum number (see record-migration.ts). */
+  spec: KeySpecName;
   usages: Usage[];
   state: "enabled";
-  origin: KeyOrigin;
+  /** By name ("GENERATED"); formerly the enum number, as `spec`. */
+  origin: KeyOriginName;
   createdAt: string;
   publicKeySpki?: Buffer;
   publicOnly: boolean;
@@ -56,8 +58,9 @@ export function encodeRecord(r: KeyRecord): Buffer {
   );
 }
 
+/** Reads a record in either format: names (now written), or the enum numbers of earlier versions. */
 export function decodeRecord(b: Buffer): KeyRecord {
-  return JSON.parse(b.toString("utf8"), (_k, v) => (v && typeof v === "object" && typeof v.$b64 === "string" ? Buffer.from(v.$b64, "base64") : v));
+  return upgradeRecord(JSON.parse(b.toString("utf8"), (_k, v) => (v && typeof v === "object" && typeof v.$b64 === "string" ? Buffer.from(v.$b64, "base64") : v)));
 }
 
 /** The API view of a record: never carries wrapped material; the share list only for its owner (`viewerId`). */
@@ -66,8 +69,8 @@ export function toApiKey(r: KeyRecord, viewerId?: string): Key {
     id: r.id,
     label: r.label,
     spec: r.spec,
-    usages: usageEnums(r.usages),
-    state: KeyState.KEY_STATE_ENABLED,
+    usages: [...r.usages],
+    state: "enabled",
     origin: r.origin,
     createdAt: r.createdAt,
     publicKeySpki: r.publicKeySpki ?? Buffer.alloc(0),
@@ -75,7 +78,6 @@ export function toApiKey(r: KeyRecord, viewerId?: string): Key {
     exportable: r.exportable,
     version: r.currentVersion,
     owner: r.owner?.user ?? "",
-    heldBy: [],
     sharedWith: viewerId !== undefined && r.owner?.userId === viewerId ? (r.shares ?? []).map((s) => s.user) : [],
   };
 }

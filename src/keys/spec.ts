@@ -1,51 +1,41 @@
-import { KeySpec, KeyUsage } from "../gen/hsm/v1/keys";
-import { EncryptionAlgorithm, SigningAlgorithm, WrapAlgorithm } from "../gen/hsm/v1/crypto";
 import type { CipherSpec, Hash, KeyAlgorithm, OaepHash, SignSpec, Usage, WrapSpec } from "../pkcs11";
 import { invalid } from "../errors";
+import { KEY_SPEC_NAMES, type EncryptionAlgorithmName, type KeySpecName, type SigningAlgorithmName, type WrapAlgorithmName } from "./types";
 
-/** KeySpec (API) → key algorithm (device). */
-export const SPEC_ALGORITHM: Partial<Record<KeySpec, KeyAlgorithm>> = {
-  [KeySpec.KEY_SPEC_AES_128]: { type: "aes", bits: 128 },
-  [KeySpec.KEY_SPEC_AES_256]: { type: "aes", bits: 256 },
-  [KeySpec.KEY_SPEC_HMAC_SHA256]: { type: "hmac", hash: "sha256" },
-  [KeySpec.KEY_SPEC_HMAC_SHA384]: { type: "hmac", hash: "sha384" },
-  [KeySpec.KEY_SPEC_HMAC_SHA512]: { type: "hmac", hash: "sha512" },
-  [KeySpec.KEY_SPEC_RSA_2048]: { type: "rsa", bits: 2048 },
-  [KeySpec.KEY_SPEC_RSA_3072]: { type: "rsa", bits: 3072 },
-  [KeySpec.KEY_SPEC_RSA_4096]: { type: "rsa", bits: 4096 },
-  [KeySpec.KEY_SPEC_EC_P256]: { type: "ec", curve: "P-256" },
-  [KeySpec.KEY_SPEC_EC_P384]: { type: "ec", curve: "P-384" },
-  [KeySpec.KEY_SPEC_EC_P521]: { type: "ec", curve: "P-521" },
-  [KeySpec.KEY_SPEC_EC_SECP256K1]: { type: "ec", curve: "secp256k1" },
-  [KeySpec.KEY_SPEC_ED25519]: { type: "ed25519" },
+/** Key spec → key algorithm (device). */
+export const SPEC_ALGORITHM: Record<KeySpecName, KeyAlgorithm> = {
+  AES_128: { type: "aes", bits: 128 },
+  AES_256: { type: "aes", bits: 256 },
+  HMAC_SHA256: { type: "hmac", hash: "sha256" },
+  HMAC_SHA384: { type: "hmac", hash: "sha384" },
+  HMAC_SHA512: { type: "hmac", hash: "sha512" },
+  RSA_2048: { type: "rsa", bits: 2048 },
+  RSA_3072: { type: "rsa", bits: 3072 },
+  RSA_4096: { type: "rsa", bits: 4096 },
+  EC_P256: { type: "ec", curve: "P-256" },
+  EC_P384: { type: "ec", curve: "P-384" },
+  EC_P521: { type: "ec", curve: "P-521" },
+  EC_SECP256K1: { type: "ec", curve: "secp256k1" },
+  ED25519: { type: "ed25519" },
 };
 
-/** The KeySpec of a device key algorithm (for imported public keys). */
-export function specOf(alg: KeyAlgorithm): KeySpec {
+/** The key spec of a device key algorithm (for imported public keys). */
+export function specOf(alg: KeyAlgorithm): KeySpecName {
   for (const [k, v] of Object.entries(SPEC_ALGORITHM)) {
-    if (JSON.stringify(v) === JSON.stringify(alg)) return Number(k) as KeySpec;
+    if (JSON.stringify(v) === JSON.stringify(alg)) return k as KeySpecName;
   }
   throw invalid(`unsupported key algorithm ${JSON.stringify(alg)}`);
 }
 
-export function algorithmOf(spec: KeySpec): KeyAlgorithm {
+/** The device algorithm of a key spec (every name has one). */
+export function algorithmOf(spec: KeySpecName): KeyAlgorithm {
   const alg = SPEC_ALGORITHM[spec];
-  if (!alg) throw invalid(`spec must be one of ${Object.keys(SPEC_ALGORITHM).map((k) => KeySpec[Number(k)]).join(", ")}; got ${KeySpec[spec] ?? spec}`);
+  if (!alg) throw invalid(`spec must be one of ${KEY_SPEC_NAMES.map((k) => `KEY_SPEC_${k}`).join(", ")}; got ${spec}`);
   return alg;
 }
 
+/** Secret keys (AES, HMAC) are one object; the others a pair. */
 export const isSecret = (alg: KeyAlgorithm) => alg.type === "aes" || alg.type === "hmac";
-
-const USAGE_NAME: Record<number, Usage> = {
-  [KeyUsage.KEY_USAGE_ENCRYPT]: "encrypt",
-  [KeyUsage.KEY_USAGE_DECRYPT]: "decrypt",
-  [KeyUsage.KEY_USAGE_SIGN]: "sign",
-  [KeyUsage.KEY_USAGE_VERIFY]: "verify",
-  [KeyUsage.KEY_USAGE_WRAP]: "wrap",
-  [KeyUsage.KEY_USAGE_UNWRAP]: "unwrap",
-  [KeyUsage.KEY_USAGE_DERIVE]: "derive",
-};
-const USAGE_ENUM = Object.fromEntries(Object.entries(USAGE_NAME).map(([k, v]) => [v, Number(k) as KeyUsage])) as Record<Usage, KeyUsage>;
 
 /** Which usages each kind of key may have. */
 const ALLOWED: Record<KeyAlgorithm["type"], Usage[]> = {
@@ -71,7 +61,7 @@ const AES_MAC_USAGES: readonly Usage[] = ["sign", "verify"];
  * have. An AES key is a cipher key (encrypt, decrypt, wrap, unwrap) or a MAC key (sign, verify for
  * AES-CMAC), never both: one key, one purpose (as KMS's key usages).
  */
-export function resolveUsages(alg: KeyAlgorithm, requested: readonly KeyUsage[], publicOnly = false): Usage[] {
+export function resolveUsages(alg: KeyAlgorithm, requested: readonly Usage[], publicOnly = false): Usage[] {
   const out = resolveRequested(alg, requested, publicOnly);
   if (alg.type === "aes") {
     const mac = out.filter((u) => AES_MAC_USAGES.includes(u));
@@ -83,110 +73,106 @@ export function resolveUsages(alg: KeyAlgorithm, requested: readonly KeyUsage[],
   return out;
 }
 
-function resolveRequested(alg: KeyAlgorithm, requested: readonly KeyUsage[], publicOnly: boolean): Usage[] {
+function resolveRequested(alg: KeyAlgorithm, requested: readonly Usage[], publicOnly: boolean): Usage[] {
   if (requested.length === 0) return publicOnly ? (alg.type === "rsa" ? ["verify"] : ["verify"]) : [...DEFAULTS[alg.type]];
   const out = new Set<Usage>();
   const allowed = publicOnly ? ALLOWED[alg.type].filter((u) => u === "verify" || u === "encrypt" || u === "wrap") : ALLOWED[alg.type];
-  for (const r of requested) {
-    const u = USAGE_NAME[r];
-    if (!u) throw invalid(`usages: unknown usage ${r}`);
+  for (const u of requested) {
     if (!allowed.includes(u)) throw invalid(`usages: a ${alg.type}${publicOnly ? " public" : ""} key cannot be used to ${u} (allowed: ${allowed.join(", ")})`);
     out.add(u);
   }
   return [...out];
 }
 
-export const usageEnums = (u: readonly Usage[]): KeyUsage[] => u.map((x) => USAGE_ENUM[x]);
-export const usageName = (u: KeyUsage): Usage | undefined => USAGE_NAME[u];
 
 /** An encryption algorithm resolved for a key: the cipher spec minus per-call parameters. */
-export function cipherFor(alg: EncryptionAlgorithm, key: KeyAlgorithm): { name: CipherSpec["name"]; hash?: OaepHash } {
+export function cipherFor(alg: EncryptionAlgorithmName, key: KeyAlgorithm): { name: CipherSpec["name"]; hash?: OaepHash } {
   const need = (t: KeyAlgorithm["type"], name: CipherSpec["name"], hash?: OaepHash) => {
-    if (key.type !== t) throw invalid(`algorithm ${EncryptionAlgorithm[alg]} needs an ${t.toUpperCase()} key; this key is ${key.type.toUpperCase()}`);
+    if (key.type !== t) throw invalid(`algorithm ENCRYPTION_ALGORITHM_${alg} needs an ${t.toUpperCase()} key; this key is ${key.type.toUpperCase()}`);
     return { name, hash };
   };
   switch (alg) {
-    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM:
+    case "AES_GCM":
       return need("aes", "AES_GCM");
-    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_CBC_PAD:
+    case "AES_CBC_PAD":
       return need("aes", "AES_CBC_PAD");
-    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_CTR:
+    case "AES_CTR":
       return need("aes", "AES_CTR");
-    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_RSA_OAEP_SHA256:
+    case "RSA_OAEP_SHA256":
       return need("rsa", "RSA_OAEP", "sha256");
-    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_RSA_OAEP_SHA384:
+    case "RSA_OAEP_SHA384":
       return need("rsa", "RSA_OAEP", "sha384");
-    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_RSA_OAEP_SHA512:
+    case "RSA_OAEP_SHA512":
       return need("rsa", "RSA_OAEP", "sha512");
-    case EncryptionAlgorithm.ENCRYPTION_ALGORITHM_RSA_OAEP_SHA1:
+    case "RSA_OAEP_SHA1":
       return need("rsa", "RSA_OAEP", "sha1");
     default:
-      throw invalid(`algorithm must be one of AES_GCM, AES_CBC_PAD, AES_CTR, RSA_OAEP_SHA1/256/384/512; got ${EncryptionAlgorithm[alg] ?? alg}`);
+      throw invalid(`algorithm must be one of AES_GCM, AES_CBC_PAD, AES_CTR, RSA_OAEP_SHA1/256/384/512; got ${alg}`);
   }
 }
 
 /** A signing algorithm resolved for a key; INVALID_ARGUMENT when it does not fit the key. */
-export function signFor(alg: SigningAlgorithm, key: KeyAlgorithm, digest: boolean): SignSpec {
+export function signFor(alg: SigningAlgorithmName, key: KeyAlgorithm, digest: boolean): SignSpec {
   const input = digest ? "digest" : "message";
   const need = (t: KeyAlgorithm["type"]) => {
-    if (key.type !== t) throw invalid(`algorithm ${SigningAlgorithm[alg]} needs ${t === "ec" ? "an EC" : t === "rsa" ? "an RSA" : t === "hmac" ? "an HMAC" : t === "aes" ? "an AES" : "an Ed25519"} key; this key is ${key.type.toUpperCase()}`);
+    if (key.type !== t) throw invalid(`algorithm SIGNING_ALGORITHM_${alg} needs ${t === "ec" ? "an EC" : t === "rsa" ? "an RSA" : t === "hmac" ? "an HMAC" : t === "aes" ? "an AES" : "an Ed25519"} key; this key is ${key.type.toUpperCase()}`);
   };
-  const S = SigningAlgorithm;
-  const hashOf: Partial<Record<SigningAlgorithm, Hash>> = {
-    [S.SIGNING_ALGORITHM_RSA_PKCS1_SHA256]: "sha256", [S.SIGNING_ALGORITHM_RSA_PKCS1_SHA384]: "sha384", [S.SIGNING_ALGORITHM_RSA_PKCS1_SHA512]: "sha512",
-    [S.SIGNING_ALGORITHM_RSA_PSS_SHA256]: "sha256", [S.SIGNING_ALGORITHM_RSA_PSS_SHA384]: "sha384", [S.SIGNING_ALGORITHM_RSA_PSS_SHA512]: "sha512",
-    [S.SIGNING_ALGORITHM_ECDSA_SHA256]: "sha256", [S.SIGNING_ALGORITHM_ECDSA_SHA384]: "sha384", [S.SIGNING_ALGORITHM_ECDSA_SHA512]: "sha512",
-    [S.SIGNING_ALGORITHM_HMAC_SHA256]: "sha256", [S.SIGNING_ALGORITHM_HMAC_SHA384]: "sha384", [S.SIGNING_ALGORITHM_HMAC_SHA512]: "sha512",
+  const hashOf: Partial<Record<SigningAlgorithmName, Hash>> = {
+    RSA_PKCS1_SHA256: "sha256", RSA_PKCS1_SHA384: "sha384", RSA_PKCS1_SHA512: "sha512",
+    RSA_PSS_SHA256: "sha256", RSA_PSS_SHA384: "sha384", RSA_PSS_SHA512: "sha512",
+    ECDSA_SHA256: "sha256", ECDSA_SHA384: "sha384", ECDSA_SHA512: "sha512",
+    HMAC_SHA256: "sha256", HMAC_SHA384: "sha384", HMAC_SHA512: "sha512",
   };
   const hash = hashOf[alg];
   switch (alg) {
-    case S.SIGNING_ALGORITHM_RSA_PKCS1_SHA256:
-    case S.SIGNING_ALGORITHM_RSA_PKCS1_SHA384:
-    case S.SIGNING_ALGORITHM_RSA_PKCS1_SHA512:
+    case "RSA_PKCS1_SHA256":
+    case "RSA_PKCS1_SHA384":
+    case "RSA_PKCS1_SHA512":
       need("rsa");
       return { name: "RSA_PKCS1", hash: hash!, input };
-    case S.SIGNING_ALGORITHM_RSA_PSS_SHA256:
-    case S.SIGNING_ALGORITHM_RSA_PSS_SHA384:
-    case S.SIGNING_ALGORITHM_RSA_PSS_SHA512:
+    case "RSA_PSS_SHA256":
+    case "RSA_PSS_SHA384":
+    case "RSA_PSS_SHA512":
       need("rsa");
       return { name: "RSA_PSS", hash: hash!, input };
-    case S.SIGNING_ALGORITHM_ECDSA_SHA256:
-    case S.SIGNING_ALGORITHM_ECDSA_SHA384:
-    case S.SIGNING_ALGORITHM_ECDSA_SHA512:
+    case "ECDSA_SHA256":
+    case "ECDSA_SHA384":
+    case "ECDSA_SHA512":
       need("ec");
       return { name: "ECDSA", hash: hash!, input };
-    case S.SIGNING_ALGORITHM_ED25519:
+    case "ED25519":
       need("ed25519");
       if (digest) throw invalid("Ed25519 (PureEdDSA) signs the message itself: message_type DIGEST is not allowed");
       return { name: "EDDSA" };
-    case S.SIGNING_ALGORITHM_HMAC_SHA256:
-    case S.SIGNING_ALGORITHM_HMAC_SHA384:
-    case S.SIGNING_ALGORITHM_HMAC_SHA512:
+    case "HMAC_SHA256":
+    case "HMAC_SHA384":
+    case "HMAC_SHA512":
       need("hmac");
       if (digest) throw invalid("HMAC is computed over the message: message_type DIGEST is not allowed");
       if (key.type === "hmac" && key.hash !== hash) throw invalid(`this is an HMAC-${key.hash.toUpperCase()} key; use SIGNING_ALGORITHM_HMAC_${key.hash.toUpperCase()}`);
       return { name: "HMAC", hash: hash! };
-    case S.SIGNING_ALGORITHM_AES_CMAC:
+    case "AES_CMAC":
       need("aes");
       if (digest) throw invalid("AES-CMAC is computed over the message: message_type DIGEST is not allowed");
       return { name: "AES_CMAC" };
     default:
-      throw invalid(`algorithm must be a SigningAlgorithm other than UNSPECIFIED; got ${SigningAlgorithm[alg] ?? alg}`);
+      throw invalid(`algorithm must be a SigningAlgorithm other than UNSPECIFIED; got ${alg}`);
   }
 }
 
-export function wrapFor(alg: WrapAlgorithm): WrapSpec {
+/** A key wrapping algorithm as the device runs it. */
+export function wrapFor(alg: WrapAlgorithmName): WrapSpec {
   switch (alg) {
-    case WrapAlgorithm.WRAP_ALGORITHM_AES_KW:
+    case "AES_KW":
       return { name: "AES_KW" };
-    case WrapAlgorithm.WRAP_ALGORITHM_AES_KWP:
+    case "AES_KWP":
       return { name: "AES_KWP" };
-    case WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA256:
+    case "RSA_OAEP_SHA256":
       return { name: "RSA_OAEP", hash: "sha256" };
-    case WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA1:
+    case "RSA_OAEP_SHA1":
       return { name: "RSA_OAEP", hash: "sha1" };
     default:
-      throw invalid(`algorithm must be AES_KW, AES_KWP, RSA_OAEP_SHA256 or RSA_OAEP_SHA1; got ${WrapAlgorithm[alg] ?? alg}`);
+      throw invalid(`algorithm must be AES_KW, AES_KWP, RSA_OAEP_SHA256 or RSA_OAEP_SHA1; got ${alg}`);
   }
 }
 

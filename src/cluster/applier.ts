@@ -1,0 +1,147 @@
+import { decodeRecord, mainPart, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
+import type { KeyDevice } from "../pkcs11";
+import type { StateStore, WatchEvent } from "../store";
+import type { Coverage } from "./coverage";
+import { APPLY_CONCURRENCY, Slots } from "./slots";
+
+/** What the {@link Applier} is built from. */
+export interface ApplierOptions {
+  store: StateStore;
+  device: KeyDevice;
+  /** The key service's records (KeyService.records): the applier keeps them current. */
+  records: KeyRecords;
+  coverage: Coverage;
+  /** In a cluster: this node's id (keys are session objects; coverage is recorded). */
+  nodeId?: string;
+  log?: (msg: string) => void;
+}
+
+/**
+ * The applier: follows the store's key records in revision order and materializes them into this
+ * node's HSM (records written by other nodes, deletes done elsewhere), recording coverage. Device
+ * work is bounded (APPLY_CONCURRENCY) and ordered per key.
+ */
+export class Applier {
+  private unwatch: (() => void) | undefined;
+  private applyQueue: Promise<void> = Promise.resolve();
+  private readonly applyPending: Array<{ revision: number; done: boolean }> = [];
+  private readonly applyChains = new Map<string, Promise<void>>();
+  private readonly applySlots = new Slots(APPLY_CONCURRENCY);
+  /** Highest store revision whose key events the applier has materialized. */
+  private appliedKeysRevision = 0;
+  /** Keys the applier could not materialize (id → reason), for status. */
+  readonly applyFailures = new Map<string, string>();
+
+  constructor(private readonly opts: ApplierOptions) {}
+
+  /** Follows the store from `rev` (the revision the records were loaded at: KeyService.start()). */
+  start(rev: number): void {
+    const { store, records, device, coverage } = this.opts;
+    this.appliedKeysRevision = rev;
+    this.unwatch = store.watch("keys/", rev, (ev: WatchEvent) => {
+      const id = ev.key.slice("keys/".length);
+      if (ev.type === "delete") {
+        records.delete(id);
+        coverage.forget(id);
+        this.apply(
+          ev.revision,
+          async () => {
+            // Deleted on another node (or here, already done): the objects follow the record.
+            await device.destroy(id).catch(() => undefined);
+            this.applyFailures.delete(id);
+          },
+          id,
+        );
+      } else if (ev.value) {
+        const r = decodeRecord(ev.value);
+        const isNew = !records.has(id);
+        records.set(r);
+        this.apply(ev.revision, isNew ? () => this.applyRecord(r) : undefined, id);
+      }
+    });
+  }
+
+  /** Stops following the store. */
+  stop(): void {
+    this.unwatch?.();
+  }
+
+  /**
+   * Queues one store event's device work. Events of different keys run concurrently (up to
+   * APPLY_CONCURRENCY, the device's sessions bound the rest); events of one key run in order.
+   * `appliedRevision` advances only past events whose work is done, so it never claims more than
+   * the HSM holds.
+   */
+  private apply(revision: number, work?: () => Promise<void>, keyId?: string): void {
+    const entry = { revision, done: false };
+    this.applyPending.push(entry);
+    const run = async () => {
+      if (work) {
+        await this.applySlots.acquire();
+        try {
+          await work();
+        } catch (e) {
+          this.opts.log?.(`applier: revision ${revision}: ${e instanceof Error ? e.message : String(e)}`);
+        } finally {
+          this.applySlots.release();
+        }
+      }
+      entry.done = true;
+      while (this.applyPending.length && this.applyPending[0]!.done) {
+        const r = this.applyPending.shift()!.revision;
+        if (r > this.appliedKeysRevision) this.appliedKeysRevision = r;
+      }
+    };
+    const prev = keyId ? this.applyChains.get(keyId) : undefined;
+    const p = (prev ?? Promise.resolve()).then(run);
+    if (keyId) {
+      this.applyChains.set(keyId, p);
+      void p.then(() => {
+        if (this.applyChains.get(keyId) === p) this.applyChains.delete(keyId);
+      });
+    }
+    this.applyQueue = Promise.all([this.applyQueue, p]).then(() => undefined);
+  }
+
+  /**
+   * The store revision this node's HSM is materialized up to: the store's own revision when the
+   * applier has nothing pending (other records, such as node reports, need no device work), else
+   * the revision of the last key event done.
+   */
+  get appliedRevision(): number {
+    return this.applyPending.length === 0 ? Math.max(this.appliedKeysRevision, this.opts.store.revision()) : this.appliedKeysRevision;
+  }
+
+  /** Resolves when every store event seen so far has been applied to the device. */
+  async applied(): Promise<void> {
+    await this.applyQueue;
+  }
+
+  /** Destroys every key object this node's records name (a node removed from its cluster). */
+  async destroyAll(): Promise<void> {
+    for (const id of this.opts.records.ids()) await this.opts.device.destroy(id).catch(() => undefined);
+  }
+
+  /** Materializes a record written elsewhere (unless the device has it) and records this node's coverage. */
+  private async applyRecord(r: KeyRecord): Promise<void> {
+    const { records, device, coverage } = this.opts;
+    if (!records.has(r.id)) return; // deleted again meanwhile
+    const part = mainPart(r);
+    // In a cluster, keys are session objects of this process: one it has no handle for is not in
+    // the device, and no search (linear in SoftHSM2) is needed to know it.
+    const clustered = !!this.opts.nodeId;
+    const present = clustered ? device.cached(r.id, part) : await device.has(r.id, part);
+    if (!present) {
+      if (residencyOf(r) === "device") return; // lives only in the HSM that generated it
+      try {
+        await records.materialize(r, !clustered);
+        this.applyFailures.delete(r.id);
+      } catch (e) {
+        this.applyFailures.set(r.id, e instanceof Error ? e.message : String(e));
+        throw e;
+      }
+    }
+    const node = this.opts.nodeId;
+    if (node && !(await coverage.holds(r.id)) && records.has(r.id)) await coverage.cover(r.id, (id) => records.has(id));
+  }
+}

@@ -1,0 +1,196 @@
+import { createPublicKey } from "node:crypto";
+import { Code, HsmError, invalid, notFound, precondition } from "../errors";
+import { KeyNotMaterializedError, partsFromSpki, type KeyDevice, type Usage } from "../pkcs11";
+import type { StateStore } from "../store";
+import type { ClusterImportKey } from "./import-key";
+import type { KeyFactory } from "./key-create";
+import type { KeyRecords } from "./key-records";
+import type { KeyPlacement } from "./placement";
+import { parsePublicKey } from "./public-key";
+import { decodeRecord, encodeRecord, recordKey, toApiKey, type KeyRecord, type UserRef } from "./record";
+import { algorithmOf, isSecret, resolveUsages, specOf } from "./spec";
+import type { GenerateKeyInput, ImportKeyInput, ImportParameters, ImportPublicKeyInput, Key, KeyPage, ListKeysQuery, PublicKeyView } from "./types";
+import { ID_RE, checkLabel, checkPayload, checkRequestId, type KeyLimits } from "./validation";
+
+/** What key administration needs. */
+export interface KeyAdminOptions {
+  device: KeyDevice;
+  store: StateStore;
+  limits: KeyLimits;
+  records: KeyRecords;
+  factory: KeyFactory;
+  placement: KeyPlacement;
+  importKeys: ClusterImportKey;
+}
+
+/** Key administration: generate, import, read, list, share and delete keys (the rules; no crypto with them). */
+export class KeyAdmin {
+  constructor(private readonly opts: KeyAdminOptions) {}
+
+  /** `owner`: the crypto user the new key belongs to (absent only in device-level tests). */
+  async generateKey(req: GenerateKeyInput, owner?: UserRef): Promise<Key> {
+    const { limits, device } = this.opts;
+    const alg = algorithmOf(req.spec);
+    const label = checkLabel(limits, req.label);
+    const usages = resolveUsages(alg, req.usages);
+    const requestId = checkRequestId(limits, req.requestId);
+    return this.opts.factory.create(
+      { label, spec: req.spec, usages, state: "enabled", origin: "GENERATED", publicOnly: false, exportable: req.exportable, requestId, owner },
+      async (id) => (await device.generate(id, alg, usages)).spki,
+    );
+  }
+
+  /** `owner`: the crypto user the new key belongs to (absent only in device-level tests). */
+  async importPublicKey(req: ImportPublicKeyInput, owner?: UserRef): Promise<Key> {
+    const { limits, device } = this.opts;
+    const label = checkLabel(limits, req.label);
+    const requestId = checkRequestId(limits, req.requestId);
+    const spki = parsePublicKey(req.format, checkPayload(limits, "public_key", Buffer.from(req.publicKey)));
+    const { alg } = partsFromSpki(spki);
+    const usages = resolveUsages(alg, req.usages, true);
+    return this.opts.factory.create(
+      { label, spec: specOf(alg), usages, state: "enabled", origin: "PUBLIC", publicOnly: true, exportable: false, requestId, owner, publicKeySpki: spki },
+      async (id) => {
+        await device.createPublic(id, spki, usages);
+        return spki;
+      },
+    );
+  }
+
+  /**
+   * The cluster's import key (made once, the same on every node: see ClusterImportKey): its id, its
+   * public key and the wrapping algorithm (RSA-OAEP with the record's hash, then AES-KWP).
+   */
+  async getImportParameters(): Promise<ImportParameters> {
+    const ik = await this.opts.importKeys.get();
+    return {
+      importKeyId: ik.id,
+      publicKeySpki: ik.spki,
+      publicKeyPem: String(createPublicKey({ key: ik.spki, format: "der", type: "spki" }).export({ type: "spki", format: "pem" })),
+      wrappingAlgorithm: `RSA_OAEP_${ik.oaepHash.toUpperCase()}_AES_KWP`,
+    };
+  }
+
+  /** `owner`: the crypto user the new key belongs to (absent only in device-level tests). */
+  async importKey(req: ImportKeyInput, owner?: UserRef): Promise<Key> {
+    const { limits, device, importKeys, factory } = this.opts;
+    const alg = algorithmOf(req.spec);
+    const label = checkLabel(limits, req.label);
+    const usages = resolveUsages(alg, req.usages);
+    const requestId = checkRequestId(limits, req.requestId);
+    const blob = checkPayload(limits, "wrapped_key_material", Buffer.from(req.wrappedKeyMaterial));
+    const ik = await importKeys.forImport(req.importKeyId);
+    const spki = isSecret(alg) ? undefined : factory.checkPairSpki(alg, Buffer.from(req.publicKeySpki));
+    // The import key's objects may have gone with the device's sessions (session objects): materialized again once.
+    const unwrap = async (id: string, u: Usage[]) => {
+      try {
+        await device.importWrapped(ik.id, blob, id, alg, u, ik.oaepHash);
+      } catch (e) {
+        if (!(e instanceof KeyNotMaterializedError) || e.keyId !== ik.id) throw e;
+        importKeys.reset();
+        const again = await importKeys.forImport(req.importKeyId);
+        await device.importWrapped(again.id, blob, id, alg, u, again.oaepHash);
+      }
+    };
+    return factory.create(
+      { label, spec: req.spec, usages, state: "enabled", origin: "IMPORTED", publicOnly: false, exportable: req.exportable, requestId, owner },
+      async (id) => {
+        await unwrap(id, usages);
+        if (spki) await factory.provePair(id, alg, usages, spki, (tmp) => unwrap(tmp, ["sign"]));
+        return spki;
+      },
+    );
+  }
+
+  /** `viewerId`: the caller's user id (the owner also sees the share list). */
+  getKey(keyId: string, viewerId?: string): Key {
+    return toApiKey(this.opts.records.record(keyId), viewerId);
+  }
+
+  /**
+   * One page of the keys `visible` admits (the access layer passes "owned by or shared with the
+   * caller"), filtered and ordered by id.
+   */
+  listKeys(req: ListKeysQuery, visible: (r: KeyRecord) => boolean = () => true, viewerId?: string): KeyPage {
+    const { limits, records } = this.opts;
+    const view = (r: KeyRecord) => toApiKey(r, viewerId);
+    const size = req.pageSize === 0 ? Math.min(100, limits.maxPageSize) : req.pageSize;
+    if (size > limits.maxPageSize) throw invalid(`page_size must be at most ${limits.maxPageSize}`);
+    let after = "";
+    if (req.pageToken) {
+      after = Buffer.from(req.pageToken, "base64url").toString("utf8");
+      if (!after.startsWith("k:") || !ID_RE.test(after.slice(2))) throw invalid("page_token is not one this service issued");
+      after = after.slice(2);
+    }
+    const usage = req.usage;
+    const ids = [...records.ids()].sort();
+    const out: KeyRecord[] = [];
+    for (const id of ids) {
+      if (after && id <= after) continue;
+      const r = records.get(id)!;
+      if (!visible(r)) continue;
+      if (req.labelPrefix && !r.label.startsWith(req.labelPrefix)) continue;
+      if (req.spec !== undefined && r.spec !== req.spec) continue;
+      if (usage && !r.usages.includes(usage)) continue;
+      if (out.length === size) {
+        return { keys: out.map(view), nextPageToken: Buffer.from("k:" + out[out.length - 1]!.id).toString("base64url") };
+      }
+      out.push(r);
+    }
+    return { keys: out.map(view), nextPageToken: "" };
+  }
+
+  /**
+   * Adds (`share`) or removes a crypto user from a key's shares: a compare-and-put on the record, so
+   * a concurrent change is never lost. Sharing with the owner, or twice, is a no-op; so is removing a
+   * user the key is not shared with.
+   */
+  async setShare(keyId: string, user: UserRef, share: boolean, viewerId?: string): Promise<Key> {
+    const { store, records } = this.opts;
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const e = await store.get(recordKey(keyId));
+      if (!e) throw notFound(`key ${keyId} not found`);
+      const r = decodeRecord(e.value);
+      const shares = (r.shares ?? []).filter((s) => s.user !== user.user);
+      if (share && r.owner?.userId !== user.userId) shares.push(user);
+      shares.sort((a, b) => (a.user < b.user ? -1 : a.user > b.user ? 1 : 0));
+      const next: KeyRecord = { ...r, shares };
+      if (JSON.stringify(next.shares) === JSON.stringify(r.shares ?? [])) return toApiKey(r, viewerId);
+      const res = await store.txn([{ key: recordKey(keyId), op: "modRevision", equals: e.modRevision }], [{ type: "put", key: recordKey(keyId), value: encodeRecord(next) }]);
+      if (res.succeeded) {
+        records.set(next);
+        return toApiKey(next, viewerId);
+      }
+    }
+    throw new HsmError(Code.Unavailable, `key ${keyId}: too many concurrent updates, retry`, { transient: true });
+  }
+
+  /** How many keys a user (by id) owns: a crypto user that owns keys is not deleted. */
+  ownedBy(userId: string): number {
+    let n = 0;
+    for (const r of this.opts.records.values()) if (r.owner?.userId === userId) n++;
+    return n;
+  }
+
+  /** Deletes a key: its record (and coverage) durably first, then its objects. */
+  async deleteKey(keyId: string): Promise<void> {
+    const { store, records, device, placement } = this.opts;
+    const r = records.record(keyId);
+    const ops = [{ type: "delete" as const, key: recordKey(r.id) }, ...(await placement.deleteOps(r.id))];
+    const res = await store.txn([{ key: recordKey(r.id), op: "present" }], ops);
+    if (!res.succeeded) throw notFound(`key ${r.id} not found`);
+    records.delete(r.id);
+    // The record is gone (durably); the objects follow. A crash here leaves objects no record
+    // explains: the next start quarantines them (see reconcile).
+    await device.destroy(r.id);
+  }
+
+  /** A key's public half as SPKI DER, PEM and JWK; FAILED_PRECONDITION for a secret key. */
+  getPublicKey(keyId: string): PublicKeyView {
+    const r = this.opts.records.record(keyId);
+    if (!r.publicKeySpki) throw precondition(`key ${r.id} is a secret key: it has no public key`);
+    const k = createPublicKey({ key: r.publicKeySpki, format: "der", type: "spki" });
+    const jwk = { ...k.export({ format: "jwk" }), kid: r.id };
+    return { keyId: r.id, spkiDer: r.publicKeySpki, pem: k.export({ type: "spki", format: "pem" }).toString(), jwk: JSON.stringify(jwk) };
+  }
+}
