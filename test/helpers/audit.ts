@@ -34,6 +34,7 @@ export async function openLog(opts: { fsync?: "always" | "never"; now?: () => Da
   return log;
 }
 
+/** The time of entry 0; entry i is i minutes later. */
 export const T0 = Date.parse("2024-05-01T10:00:00.000Z");
 export const at = (minutes: number) => new Date(T0 + minutes * 60_000).toISOString();
 export const USERS = ["alice", "bob", "carol"];
@@ -49,6 +50,7 @@ export const entry = (i: number): AuditEntry => ({
   client: "127.0.0.1:5000",
 });
 
+/** Writes entries 1..n to a fresh log and closes it; returns the records. */
 export async function writeLog(n: number): Promise<AuditRecord[]> {
   const log = await openLog();
   const out: AuditRecord[] = [];
@@ -56,6 +58,7 @@ export async function writeLog(n: number): Promise<AuditRecord[]> {
   await log.close();
   return out;
 }
+/** The log file's lines, and a writer of lines back to it. */
 export const fileLines = () => readFileSync(file, "utf8").split("\n").slice(0, -1);
 export const writeLines = (lines: string[]) => writeFileSync(file, lines.map((l) => l + "\n").join(""));
 /** Independent re-implementation of the documented hash: sha256 over {seq, prev, fields in fixed order}. */

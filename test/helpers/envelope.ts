@@ -19,10 +19,12 @@ import {
 // wraps data keys the way the service does (AES-GCM under a per-key KEK, the encryption context as
 // AAD), counts its calls, and refuses unknown keys (NOT_FOUND) and bad blobs (INVALID_ARGUMENT).
 
+/** The AAD the fake service binds a wrapped data key to: the context as sorted JSON. */
 export function ctxAad(ctx: Record<string, string> = {}): Buffer {
   return Buffer.from(JSON.stringify(Object.entries(ctx).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))));
 }
 
+/** An in-memory data-key source that wraps data keys as the service does and counts its calls. */
 export class FakeKms implements DataKeySource {
   readonly keks = new Map<string, Buffer>();
   generated = 0;
@@ -81,6 +83,7 @@ export function bytes(n: number, seed = 1): Buffer {
   return out;
 }
 
+/** The HsmClientError `p` rejects with (fails the test if it resolves). */
 export async function rejection(p: Promise<unknown>): Promise<HsmClientError> {
   try {
     await p;
@@ -115,6 +118,7 @@ export function chop(b: Buffer, max: number, seed = 1): Buffer[] {
 
 // ---- an independent reader of the documented format (docs/ENVELOPE.md), sharing no code with src ----
 
+/** An envelope header as the hand decoder reads it. */
 export interface HandHeader {
   version: number;
   algorithm: number;
@@ -131,6 +135,7 @@ export interface HandHeader {
   fields: Record<string, [number, number]>;
 }
 
+/** Decodes a message's header by hand, from the documented layout. */
 export function handHeader(m: Buffer): HandHeader {
   const fields: Record<string, [number, number]> = { magic: [0, 4], version: [4, 5], algorithm: [5, 6], messageId: [6, 38], frameSize: [38, 42] };
   let p = 42;
@@ -210,5 +215,6 @@ export function handDecrypt(m: Buffer, dataKey: Buffer): { header: HandHeader; f
   return { header: h, frames };
 }
 
+/** The key id and encryption context most cases use. */
 export const KEY = "kek-1";
 export const CTX = { tenant: "acme", purpose: "unit" };

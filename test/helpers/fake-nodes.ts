@@ -46,6 +46,7 @@ export interface FakeNode {
   onCall: (() => void) | undefined;
 }
 
+/** The nodes and clients made by the current test, shut down and closed after it (see useFakeNodes). */
 export const nodes: FakeNode[] = [];
 export const clients: HsmClient[] = [];
 
