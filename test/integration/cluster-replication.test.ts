@@ -6,113 +6,22 @@
  * converges to exactly the same keys; concurrent creates with one request id on two nodes make one key.
  */
 import { constants, createPublicKey, randomBytes, randomUUID, verify as verifySignature } from "node:crypto";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { EncryptionAlgorithm, GrpcStatus, HsmClient, KeySpec, Role, SigningAlgorithm, type HsmClientOptions, type Key } from "../../src/sdk";
+import { describe, expect, it } from "vitest";
+import { GrpcStatus, HsmClient, KeySpec, Role } from "../../src/sdk";
 import {
   CLUSTER_PREFIX,
   etcdClient,
   eventually,
-  initNode,
-  joinNode,
   loginToken,
   nodeStatus,
-  teardownCluster,
   tokenKeyAttributes,
 } from "../helpers/cluster";
-import { buildDist, type DaemonProcess } from "../helpers/daemon-process";
-import { startEtcdCluster, type EtcdCluster } from "../helpers/etcd";
-import { USER_PASSWORD, ensureUser, officerClient } from "../helpers/users";
+import { type DaemonProcess } from "../helpers/daemon-process";
+import { USER_PASSWORD, officerClient } from "../helpers/users";
+import { client, clients, co, coverage, ECDSA, etcd, FRESH, GCM, listAll, MAX_FAILED_LOGINS, n1, n2, n3, okCalls, PSS, reach, useReplicationCluster, verifiesEcdsa } from "../helpers/cluster-replication";
 
-/** Every member runs with this (lockout is counted in the store, the threshold is each node's config). */
-const MAX_FAILED_LOGINS = 3;
-const EXTRA = { auth: { maxFailedLogins: MAX_FAILED_LOGINS } };
-
-let etcd: EtcdCluster;
-let n1: DaemonProcess;
-let n2: DaemonProcess;
-let n3: DaemonProcess;
-let co: HsmClient;
-const clients: HsmClient[] = [];
-
-/** A member as the user helpers reach it: its gRPC address, and the init node's data dir (one-time password). */
-const reach = (n: DaemonProcess) => ({ grpc: n.grpc, dataDir: n1.dataDir });
-/**
- * For clients made after a member restarted: grpc-js shares subchannels between channels to one
- * address, so a new client would otherwise inherit the reconnect backoff of the old clients'
- * subchannel to the killed process and fail fast with UNAVAILABLE until that backoff ends.
- */
-const FRESH = { channelOptions: { "grpc.use_local_subchannel_pool": 1 } };
-
-/** A client of the given members, logged in as `user`. */
-async function client(nodes: DaemonProcess[], user = "alice", opts: Partial<HsmClientOptions> = {}): Promise<HsmClient> {
-  const c = new HsmClient({ endpoints: nodes.map((n) => n.grpc), defaultDeadlineMs: 20_000, ...opts });
-  clients.push(c);
-  await c.login(user, USER_PASSWORD);
-  return c;
-}
-
-const ECDSA = SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256;
-const PSS = SigningAlgorithm.SIGNING_ALGORITHM_RSA_PSS_SHA256;
-const GCM = EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM;
-
-function verifiesEcdsa(pem: string, message: Buffer, signature: Buffer): boolean {
-  return verifySignature("sha256", message, createPublicKey(pem), signature);
-}
-
-/** Every coverage entry under the cluster prefix: key id → the nodes that hold it. */
-async function coverage(): Promise<Map<string, Set<string>>> {
-  const kv = etcdClient(etcd);
-  try {
-    const keys = await kv.getAll().prefix(`${CLUSTER_PREFIX}coverage/`).keys();
-    const out = new Map<string, Set<string>>();
-    for (const k of keys) {
-      const [id, node] = k.slice(`${CLUSTER_PREFIX}coverage/`.length).split("/");
-      if (!out.has(id!)) out.set(id!, new Set());
-      out.get(id!)!.add(node!);
-    }
-    return out;
-  } finally {
-    kv.close();
-  }
-}
-
-/** How many calls of `method` (e.g. "Sign") a member answered OK, from its /metrics. */
-async function okCalls(n: DaemonProcess, method: string): Promise<number> {
-  const text = await (await fetch(`${n.admin}/metrics`)).text();
-  let total = 0;
-  for (const line of text.split("\n")) {
-    const m = /^hsmd_grpc_requests_total\{(.*)\} (\d+)$/.exec(line);
-    if (m && new RegExp(`method="[^"]*\\b${method}"`).test(m[1]!) && m[1]!.includes('code="OK"')) total += Number(m[2]);
-  }
-  return total;
-}
-
-async function listAll(c: HsmClient, labelPrefix: string): Promise<Key[]> {
-  const out: Key[] = [];
-  for await (const k of c.listAllKeys({ labelPrefix, pageSize: 500 })) out.push(k);
-  return out;
-}
-
-beforeAll(async () => {
-  buildDist();
-  etcd = await startEtcdCluster(3);
-  n1 = await initNode(etcd, "n1", {}, EXTRA);
-  co = await officerClient(n1);
-  n2 = await joinNode(etcd, "n2", co, n1, {}, EXTRA);
-  n3 = await joinNode(etcd, "n3", co, n1, {}, EXTRA);
-  await ensureUser(reach(n1), "alice");
-}, 180_000);
-
-afterEach((ctx) => {
-  if (ctx.task.result?.state !== "fail") return;
-  for (const [name, n] of [["n1", n1], ["n2", n2], ["n3", n3]] as const) {
-    if (n) process.stderr.write(`---- ${name} stderr (tail) ----\n${n.stderr().slice(-4000)}\n`);
-  }
-});
-
-afterAll(async () => {
-  await teardownCluster({ clients: [co, ...clients], daemons: [n3, n2, n1], etcd });
-});
+// The cluster, its clients and the readings of coverage and /metrics: test/helpers/cluster-replication.ts.
+useReplicationCluster();
 
 describe("three nodes on three etcd members", () => {
   it("every member reports the other two, and a joined node's token holds the domain key only under the HSM's guards", async () => {

@@ -5,104 +5,19 @@
  * gone), and nothing the daemon writes (data dir, stdout, stderr) holds key material, the PIN or a
  * plaintext in the clear.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import * as crypto from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { EncryptionAlgorithm, HsmClient, KeySpec, KeyUsage, SigningAlgorithm, wrapForImport, type Key } from "../../src/sdk";
+import { KeySpec, KeyUsage, SigningAlgorithm, wrapForImport, type Key } from "../../src/sdk";
 import { spawnSync } from "node:child_process";
-import { userClient } from "../helpers/users";
-import { buildDist, MAIN_JS, startDaemonProcess, type DaemonProcess } from "../helpers/daemon-process";
+import { MAIN_JS } from "../helpers/daemon-process";
 import { createTempToken, pkcs11Tool } from "../helpers/softhsm";
+import { assertUsable, c, domainKeyId, dp, encodings, filesUnder, findLeaks, GCM, ECDSA, HMAC, gracefulRestart, lastReconcile, listedIds, pool, reconnect, spkiOf, tokenIds, useDurabilityDaemon } from "../helpers/durability";
 
-let dp: DaemonProcess;
-let c: HsmClient;
-
-beforeAll(async () => {
-  buildDist();
-  dp = await startDaemonProcess();
-  c = await userClient(dp);
-}, 120_000);
-afterAll(async () => {
-  c?.close();
-  await dp?.cleanup();
-});
-
-/** A new client for the current run (each run binds fresh ports). */
-async function reconnect(): Promise<void> {
-  c.close();
-  c = await userClient(dp);
-}
-
-/** Graceful stop (SIGTERM, exit code 0) and a new run on the same token and data dir. */
-async function gracefulRestart(): Promise<void> {
-  dp.kill("SIGTERM");
-  expect(await dp.waitExit()).toEqual({ code: 0, signal: null });
-  await dp.restart();
-  await reconnect();
-}
-
-/** The last "records checked against the token" line of stderr, as numbers. */
-function lastReconcile(): { keys: number; materialized: number; upgraded: number; restored: number; quarantined: number; purged: number; lost: boolean } {
-  const all = [
-    ...dp
-      .stderr()
-      .matchAll(/records checked against the token(?: in \d+ ms)?: (\d+) keys, (\d+) materialized, (\d+) made unextractable, (\d+) restored from quarantine, (\d+) quarantined, (\d+) purged(, \d+ LOST)?/g),
-  ];
-  const m = all[all.length - 1];
-  if (!m) throw new Error(`no reconcile line in stderr:\n${dp.stderr()}`);
-  const [keys, materialized, upgraded, restored, quarantined, purged] = m.slice(1, 7).map(Number) as [number, number, number, number, number, number];
-  return { keys, materialized, upgraded, restored, quarantined, purged, lost: !!m[7] };
-}
-
-/** The ids (CKA_LABEL "hsmd:<id>") of every hsmd object in the token, as pkcs11-tool sees them. */
-function tokenIds(): Set<string> {
-  const out = pkcs11Tool(dp.token, ["--list-objects"]);
-  return new Set([...out.matchAll(/label:\s+hsmd:(\S+)/g)].map((m) => m[1]!));
-}
-
-async function listedIds(): Promise<Key[]> {
-  const keys: Key[] = [];
-  for await (const k of c.listAllKeys({ pageSize: 1000 })) keys.push(k);
-  return keys;
-}
-
-async function domainKeyId(): Promise<string> {
-  const s = (await (await fetch(`${dp.admin}/v1/status`)).json()) as { domainKeyId: string };
-  expect(s.domainKeyId).toMatch(/^hsmd-domain-/);
-  return s.domainKeyId;
-}
-
-const GCM = EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM;
-const ECDSA = SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256;
-const HMAC = SigningAlgorithm.SIGNING_ALGORITHM_HMAC_SHA256;
-const spkiOf = (k: Key) => crypto.createPublicKey({ key: Buffer.from(k.publicKeySpki), format: "der", type: "spki" });
-
-/** Throws unless the key works: AES encrypt→decrypt round trip; EC sign checked by Node; HMAC tag checked by verify. */
-async function assertUsable(k: Key): Promise<void> {
-  const msg = Buffer.from(`usable ${k.id}`);
-  if (k.spec === KeySpec.KEY_SPEC_AES_256) {
-    const e = await c.encrypt({ keyId: k.id, algorithm: GCM, plaintext: msg });
-    const d = await c.decrypt({ keyId: k.id, algorithm: GCM, ciphertext: e.ciphertext, iv: e.iv });
-    expect(Buffer.from(d.plaintext)).toEqual(msg);
-  } else if (k.spec === KeySpec.KEY_SPEC_EC_P256) {
-    const s = await c.sign({ keyId: k.id, algorithm: ECDSA, message: msg });
-    expect(crypto.verify("sha256", msg, spkiOf(k), Buffer.from(s.signature))).toBe(true);
-  } else {
-    throw new Error(`unexpected key spec ${k.spec} of ${k.id}`);
-  }
-}
-
-/** Runs fn over items with at most `limit` in flight. */
-async function pool<T>(items: T[], limit: number, fn: (t: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: limit }, async () => {
-      while (next < items.length) await fn(items[next++]!);
-    }),
-  );
-}
+// The daemon process and the helpers that inspect it: test/helpers/durability.ts.
+useDurabilityDaemon();
 
 describe("graceful restart", () => {
   it("keys of every kind survive SIGTERM + restart and give the same results", async () => {
@@ -289,33 +204,6 @@ describe("a token object the device cannot read back", () => {
 });
 
 /** Every regular file under dir, recursively. */
-function filesUnder(dir: string): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...filesUnder(p));
-    else if (e.isFile()) out.push(p);
-  }
-  return out;
-}
-
-/** The encodings a secret could leak under. */
-function encodings(name: string, b: Buffer): Array<{ what: string; bytes: Buffer }> {
-  return [
-    { what: `${name} raw`, bytes: b },
-    { what: `${name} hex`, bytes: Buffer.from(b.toString("hex")) },
-    { what: `${name} HEX`, bytes: Buffer.from(b.toString("hex").toUpperCase()) },
-    { what: `${name} base64`, bytes: Buffer.from(b.toString("base64").replace(/=+$/, "")) },
-    { what: `${name} base64url`, bytes: Buffer.from(b.toString("base64url")) },
-  ];
-}
-
-/** Which needles occur in which haystacks. */
-function findLeaks(haystacks: Array<{ name: string; data: Buffer }>, needles: Array<{ what: string; bytes: Buffer }>): string[] {
-  const hits: string[] = [];
-  for (const h of haystacks) for (const n of needles) if (h.data.includes(n.bytes)) hits.push(`${n.what} in ${h.name}`);
-  return hits;
-}
 
 describe("no secret in the clear in anything the daemon writes", () => {
   it("data dir, stdout and stderr hold no imported key bytes, PIN or plaintext; the token dir no raw key bytes", async () => {
