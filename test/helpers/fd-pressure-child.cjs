@@ -72,6 +72,6 @@ async function outcome(fn) {
   await device.close();
   process.stdout.write(`${JSON.stringify(out)}\n`);
 })().catch((e) => {
-  process.stdout.write(`${JSON.stringify({ crashed: String(e && e.stack) })}\n`);
+  process.stdout.write(`${JSON.stringify({ crashed: String(e?.stack) })}\n`);
   process.exit(1);
 });

@@ -115,5 +115,5 @@ const modes = { "unfinished-bodies": unfinishedBodies, "never-reads": neverReads
   // No session is closed or destroyed here (see above): exit once the line is out.
   process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0));
 })().catch((e) => {
-  process.stderr.write(`${e && e.stack ? e.stack : e}\n`, () => process.exit(2));
+  process.stderr.write(`${e?.stack ? e.stack : e}\n`, () => process.exit(2));
 });

@@ -52,7 +52,7 @@ async function main() {
 
 if (require.main === module) {
   main().catch((err) => {
-    process.stderr.write(`${err && err.stack ? err.stack : String(err)}\n`);
+    process.stderr.write(`${err?.stack ? err.stack : String(err)}\n`);
     process.exit(1);
   });
 }

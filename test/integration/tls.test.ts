@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConfigError, TLS_REQUIRED, loadConfig } from "../../src/config";
 import { Daemon } from "../../src/daemon";
-import { GrpcStatus, HsmClient, HsmClientError, KeySpec, SigningAlgorithm, type HsmClientOptions } from "../../src/sdk";
+import { HsmClient, HsmClientError, KeySpec, SigningAlgorithm, type HsmClientOptions } from "../../src/sdk";
 import { makeDevCertificates, startTestDaemon, type DevCertificates, type TestDaemon } from "../helpers/daemon";
 import { userClient } from "../helpers/users";
 import { createTempToken, SOFTHSM_MODULE, type TempToken } from "../helpers/softhsm";

@@ -124,7 +124,7 @@ describe("Wycheproof HMAC-SHA256 sign and verify through the service", () => {
     tests: MacTest[];
   }
   const file = "hmac_sha256_test.json";
-  const p = plan(loadVectors<MacGroup, MacTest>(file), (g, t) => {
+  const p = plan(loadVectors<MacGroup, MacTest>(file), (_g, t) => {
     if (t.key.length / 2 < 32) return "key under 32 bytes (SoftHSM2's minimum for CKM_SHA256_HMAC)";
     // SoftHSM2 2.6 zero-pads such a key when wrapping it under the domain key; past the 64-byte block
     // that changes the MAC, so hsmd refuses to keep it (bad-input tests cover the refusal).
