@@ -16,7 +16,7 @@ import {
   type DecryptDataKeyRequest,
   type GenerateDataKeyRequest,
 } from "../../src/sdk";
-import { MessageEncoder } from "../../src/sdk/envelope-format";
+import { MessageEncoder } from "../../src/sdk/envelope-codec";
 
 // The envelope format and the data-key cache against a fake data-key source: an in-memory "KMS" that
 // wraps data keys the way the service does (AES-GCM under a per-key KEK, the encryption context as
