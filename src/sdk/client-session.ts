@@ -1,6 +1,6 @@
 /**
  * The session of an {@link HsmClient}: login, logout, refresh and password change, the token kept
- * (never handed out) and refreshed in the last quarter of its life, and the shared re-login with
+ * (handed out only by exportSession) and refreshed in the last quarter of its life, and the shared re-login with
  * {@link HsmClientOptions.credentials} after UNAUTHENTICATED.
  */
 import * as grpc from "@grpc/grpc-js";
@@ -16,7 +16,7 @@ import {
 import { HsmClientError } from "./client-error";
 import { within } from "./call-support";
 import { HsmClientPipeline } from "./client-pipeline";
-import type { CallOptions, SessionInfo } from "./client-types";
+import type { CallOptions, ExportedSession, SessionInfo } from "./client-types";
 
 /** The session layer of an {@link HsmClient}. */
 export abstract class HsmClientSessions extends HsmClientPipeline {
@@ -68,6 +68,17 @@ export abstract class HsmClientSessions extends HsmClientPipeline {
   /** The current session (username, role, expiry), or undefined when not logged in. */
   get session(): SessionInfo | undefined {
     return this.sessionInfo ? { ...this.sessionInfo } : undefined;
+  }
+
+  /**
+   * The current session with its bearer token, for a program that must keep the session beyond this
+   * client (hsmctl saves it for its later processes, which hand it back with {@link useToken}); the
+   * client itself never sends the token anywhere but in its calls. Undefined when not logged in, and
+   * after {@link useToken} until the next login, refresh or password change answers the session's facts.
+   */
+  exportSession(): ExportedSession | undefined {
+    if (this.token === undefined || this.sessionInfo === undefined) return undefined;
+    return { ...this.sessionInfo, token: this.token };
   }
 
   private adopt(s: Session): SessionInfo {

@@ -35,6 +35,15 @@ export interface SessionInfo {
   mustChangePassword: boolean;
 }
 
+/**
+ * A session with its bearer token ({@link HsmClient.exportSession}), for a program that keeps the
+ * session beyond one client, as hsmctl saves it for its later processes. The token is a secret.
+ */
+export interface ExportedSession extends SessionInfo {
+  /** The bearer token: hand it back with {@link HsmClient.useToken}; store it like a password. */
+  token: string;
+}
+
 /** Filter of {@link HsmClient.listAllKeys}: a `ListKeysRequest` without the page token. */
 export type ListKeysFilter = Omit<Partial<ListKeysRequest>, "pageToken">;
 
