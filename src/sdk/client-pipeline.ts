@@ -124,11 +124,6 @@ export abstract class HsmClientPipeline {
     }
   }
 
-  /**
-   * Logs in again with the configured credentials, once for every call that meets UNAUTHENTICATED
-   * meanwhile. A call whose token was already replaced (by a re-login, refresh or login that finished
-   * after it was sent) needs none: it just uses the new one.
-
   /** One attempt of a call on one endpoint; rejects only with HsmClientError. */
   private unary<Req, Res>(
     endpoint: Endpoint,
