@@ -1,15 +1,12 @@
 /**
  * Where hsmctl connects and how: endpoints, TLS and deadline from flags, then the environment
- * (`HSMCTL_*`), then a JSON config file; the HsmClient made from them; and the two session calls the
- * SDK client cannot serve to a CLI (Login and ChangePassword, whose token must be saved for later
- * processes while HsmClient deliberately never hands its token out).
+ * (`HSMCTL_*`), then a JSON config file; and the HsmClient made from them (the session calls whose
+ * token is saved for later processes are in `session-calls.ts`).
  */
 import { existsSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, isAbsolute, join, resolve } from "node:path";
-import * as grpc from "@grpc/grpc-js";
 import { HsmClient, HsmClientError, type HsmClientTlsOptions } from "../sdk";
-import { ChangePasswordRequest, RefreshSessionRequest, LoginRequest, UserServiceClient, type Session } from "../gen/hsm/v1/users";
 import { UsageError } from "./errors";
 import { ioReason } from "./io";
 import { stringValue, type OutputMode, type Values } from "./spec";
@@ -191,62 +188,4 @@ export function makeClient(settings: Settings): HsmClient {
     const e = HsmClientError.from(err);
     throw new UsageError(e.details.replace(/^invalid HsmClientOptions: /, "").replace(/\bendpoints\[\d+\]/g, "--endpoint"));
   }
-}
-
-function channelCredentials(settings: Settings): { creds: grpc.ChannelCredentials; options: grpc.ClientOptions } {
-  if (settings.tls === undefined) return { creds: grpc.credentials.createInsecure(), options: {} };
-  const { ca, cert, key, serverNameOverride } = settings.tls;
-  const creds = grpc.credentials.createSsl(ca ?? null, key ?? null, cert ?? null);
-  const options: grpc.ClientOptions = serverNameOverride
-    ? { "grpc.ssl_target_name_override": serverNameOverride, "grpc.default_authority": serverNameOverride }
-    : {};
-  return { creds, options };
-}
-
-/**
- * One UserService call that answers a Session (with its token), on the first endpoint that is
- * reachable: Login and ChangePassword. Neither is retried after the server answered.
- */
-async function sessionCall(
-  settings: Settings,
-  call: (client: UserServiceClient, metadata: grpc.Metadata, deadline: Date, done: (err: grpc.ServiceError | null, s: Session) => void) => void,
-  token?: string,
-): Promise<Session> {
-  const { creds, options } = channelCredentials(settings);
-  let last: HsmClientError | undefined;
-  const deadline = new Date(Date.now() + settings.deadlineMs);
-  for (const endpoint of settings.endpoints) {
-    const client = new UserServiceClient(endpoint, creds, options);
-    const metadata = new grpc.Metadata();
-    if (token !== undefined) metadata.set("authorization", `Bearer ${token}`);
-    try {
-      return await new Promise<Session>((resolvePromise, reject) =>
-        call(client, metadata, deadline, (err, s) => (err ? reject(HsmClientError.from(err)) : resolvePromise(s))),
-      );
-    } catch (err) {
-      last = HsmClientError.from(err);
-      if (last.code !== grpc.status.UNAVAILABLE || Date.now() >= deadline.getTime()) throw last;
-    } finally {
-      client.close();
-    }
-  }
-  throw last ?? new HsmClientError(grpc.status.UNAVAILABLE, "no endpoint answered");
-}
-
-/** `Login` with a raw client: the session, token included (HsmClient.login keeps the token to itself). */
-export function loginForToken(settings: Settings, username: string, password: string): Promise<Session> {
-  const request = LoginRequest.fromPartial({ username, password });
-  return sessionCall(settings, (c, md, deadline, done) => c.login(request, md, { deadline }, done));
-}
-
-/** `ChangePassword` with a raw client: the caller's new session, token included. */
-export function changePasswordForToken(settings: Settings, token: string, oldPassword: string, newPassword: string): Promise<Session> {
-  const request = ChangePasswordRequest.fromPartial({ oldPassword, newPassword });
-  return sessionCall(settings, (c, md, deadline, done) => c.changePassword(request, md, { deadline }, done), token);
-}
-
-/** `RefreshSession` with a raw client: a fresh session for the saved one, token included; the old token stops working. */
-export function refreshForToken(settings: Settings, token: string): Promise<Session> {
-  const request = RefreshSessionRequest.fromPartial({});
-  return sessionCall(settings, (c, md, deadline, done) => c.refreshSession(request, md, { deadline }, done), token);
 }

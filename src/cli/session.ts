@@ -6,7 +6,7 @@
 import { chmodSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { randomBytes } from "node:crypto";
-import type { Session } from "../sdk";
+import type { ExportedSession } from "../sdk";
 import { CliFailure, UsageError } from "./errors";
 import { ioReason } from "./io";
 import { roles } from "./names";
@@ -25,8 +25,8 @@ export interface SavedSession {
   endpoints: string[];
 }
 
-/** The session file's content from a Session answer. */
-export function toSaved(s: Session, endpoints: string[]): SavedSession {
+/** The session file's content from a session the SDK client exported. */
+export function toSaved(s: ExportedSession, endpoints: string[]): SavedSession {
   return {
     version: 1,
     username: s.username,

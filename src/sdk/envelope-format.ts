@@ -1,6 +1,6 @@
 /**
- * The hsmd envelope message format, version 1: the bytes, their encoding and decoding, and the key
- * schedule. docs/ENVELOPE.md describes the same format for readers who do not read TypeScript; the
+ * The hsmd envelope message format, version 1: the bytes, the header encoding and the key schedule
+ * (parsing in `envelope-parse.ts`, frames in `envelope-codec.ts`). docs/ENVELOPE.md describes the same format for readers who do not read TypeScript; the
  * two must agree byte for byte.
  *
  * ```
@@ -37,7 +37,7 @@
  * last one full and final. Every message has its own message key (the message id is random), so the
  * deterministic IVs never repeat under one key even when a cached data key encrypts many messages.
  */
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, timingSafeEqual } from "node:crypto";
+import { createCipheriv, hkdfSync } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import { HsmClientError } from "./client-error";
 
@@ -58,6 +58,7 @@ export const FLAG_FINAL = 0x01;
 /** Highest frame sequence number (the sequence number is a uint32; 0 is the header tag's IV). */
 export const MAX_FRAMES = 0xffff_ffff;
 
+/** Sizes of the message id, the key commitment and a GCM tag. */
 export const MESSAGE_ID_BYTES = 32;
 export const COMMITMENT_BYTES = 32;
 export const TAG_BYTES = 16;
@@ -92,7 +93,8 @@ export interface EnvelopeHeaderInfo {
   headerLength: number;
 }
 
-interface ParsedHeader extends EnvelopeHeaderInfo {
+/** A parsed header with the bytes that authenticate it (what {@link parseHeader} answers). */
+export interface ParsedHeader extends EnvelopeHeaderInfo {
   commitment: Buffer;
   headerTag: Buffer;
   /** The header bytes the header tag authenticates (everything before it). */
@@ -139,7 +141,7 @@ export function canonicalContext(ctx: Record<string, string>): Array<[Buffer, Bu
 }
 
 /** A GCM tag over `aad` alone (empty plaintext): the header tag. */
-function headerTag(messageKey: Buffer, aad: Buffer): Buffer {
+export function headerTag(messageKey: Buffer, aad: Buffer): Buffer {
   const c = createCipheriv("aes-256-gcm", messageKey, frameIv(0), { authTagLength: TAG_BYTES });
   c.setAAD(aad);
   c.final();
@@ -188,315 +190,4 @@ export function encodeHeader(fields: HeaderFields, keys: MessageKeys): Buffer {
   const authenticated = Buffer.concat(parts);
   if (authenticated.length + TAG_BYTES > MAX_HEADER_BYTES) throw envelopeError(`the header would be larger than ${MAX_HEADER_BYTES} bytes (key id, wrapped key and encryption context too large)`);
   return Buffer.concat([authenticated, headerTag(keys.messageKey, authenticated)]);
-}
-
-/** Thrown inside the parser when the buffer ends before the header does: `need` bytes are needed. */
-class NeedMore {
-  constructor(readonly need: number) {}
-}
-
-const utf8 = new TextDecoder("utf-8", { fatal: true });
-
-/**
- * Parses a header from the start of `buf`. Returns the header, or `{ need }` (at least that many
- * bytes are needed) when `buf` ends first. Throws INVALID_ARGUMENT for anything malformed.
- */
-export function parseHeader(buf: Buffer): ParsedHeader | { need: number } {
-  // Reject a wrong magic as soon as its bytes are there, without waiting for more.
-  const m = Math.min(buf.length, ENVELOPE_MAGIC.length);
-  if (!buf.subarray(0, m).equals(ENVELOPE_MAGIC.subarray(0, m))) throw envelopeError("not an hsmd envelope message (bad magic; expected \"HSME\")");
-  let pos = 0;
-  const take = (n: number): Buffer => {
-    if (pos + n > MAX_HEADER_BYTES) throw envelopeError(`the header is larger than ${MAX_HEADER_BYTES} bytes`);
-    if (pos + n > buf.length) throw new NeedMore(pos + n);
-    const b = buf.subarray(pos, pos + n);
-    pos += n;
-    return b;
-  };
-  const u8 = () => take(1)[0]!;
-  const u16 = () => take(2).readUInt16BE(0);
-  const u32 = () => take(4).readUInt32BE(0);
-  const text = (b: Buffer, what: string): string => {
-    try {
-      return utf8.decode(b);
-    } catch {
-      throw envelopeError(`the header's ${what} is not valid UTF-8`);
-    }
-  };
-  try {
-    take(4);
-    const version = u8();
-    if (version !== ENVELOPE_VERSION) throw envelopeError(`unsupported message version ${version} (this SDK reads version ${ENVELOPE_VERSION})`);
-    const algorithm = u8();
-    if (algorithm !== ALG_AES_256_GCM_HKDF_SHA256_COMMIT) throw envelopeError(`unsupported algorithm suite 0x${algorithm.toString(16).padStart(2, "0")}`);
-    const messageId = Buffer.from(take(MESSAGE_ID_BYTES));
-    const frameSize = u32();
-    if (frameSize < 1 || frameSize > MAX_FRAME_SIZE) throw envelopeError(`frame size ${frameSize} is outside 1 … ${MAX_FRAME_SIZE}`);
-    const keyIdLength = u16();
-    if (keyIdLength < 1) throw envelopeError("the header's key id is empty");
-    const keyId = text(take(keyIdLength), "key id");
-    const keyVersion = u32();
-    const wrappedLength = u16();
-    if (wrappedLength < 1) throw envelopeError("the header's wrapped data key is empty");
-    const wrappedDataKey = Buffer.from(take(wrappedLength));
-    const count = u16();
-    const encryptionContext: Record<string, string> = Object.create(null) as Record<string, string>;
-    let previous: Buffer | undefined;
-    for (let i = 0; i < count; i++) {
-      const kLen = u16();
-      if (kLen < 1) throw envelopeError("the header's encryption context has an empty key");
-      const k = take(kLen);
-      if (previous && Buffer.compare(previous, k) >= 0) throw envelopeError("the header's encryption context is not in canonical order (sorted, unique keys)");
-      previous = k;
-      const key = text(k, "encryption context");
-      encryptionContext[key] = text(take(u16()), "encryption context");
-    }
-    const commitment = Buffer.from(take(COMMITMENT_BYTES));
-    const authenticated = Buffer.from(buf.subarray(0, pos));
-    const tag = Buffer.from(take(TAG_BYTES));
-    return {
-      version,
-      algorithm,
-      messageId,
-      frameSize,
-      keyId,
-      keyVersion,
-      wrappedDataKey,
-      encryptionContext: { ...encryptionContext },
-      headerLength: pos,
-      commitment,
-      headerTag: tag,
-      authenticated,
-    };
-  } catch (e) {
-    if (e instanceof NeedMore) return { need: e.need };
-    throw e;
-  }
-}
-
-/**
- * A queue of byte chunks with contiguous reads: the decoder's and the encrypt stream's only buffer.
- * Reads that fall inside one chunk are views, not copies.
- */
-export class ByteQueue {
-  private chunks: Buffer[] = [];
-  private offset = 0;
-  /** Bytes queued. */
-  length = 0;
-
-  push(chunk: Buffer): void {
-    if (chunk.length === 0) return;
-    this.chunks.push(chunk);
-    this.length += chunk.length;
-  }
-
-  /** The first `n` bytes (n ≤ length), contiguous, left in the queue. */
-  peek(n: number): Buffer {
-    const first = this.chunks[0];
-    if (first && first.length - this.offset >= n) return first.subarray(this.offset, this.offset + n);
-    return Buffer.concat(this.peekPieces(n), n);
-  }
-
-  /** The first `n` bytes (n ≤ length) as views of the queued chunks, removed from the queue. */
-  takePieces(n: number): Buffer[] {
-    const pieces = this.peekPieces(n);
-    this.skip(n);
-    return pieces;
-  }
-
-  /** The first `n` bytes, contiguous, removed from the queue. */
-  take(n: number): Buffer {
-    const b = this.peek(n);
-    this.skip(n);
-    return b;
-  }
-
-  private peekPieces(n: number): Buffer[] {
-    const pieces: Buffer[] = [];
-    let want = n;
-    let off = this.offset;
-    for (const c of this.chunks) {
-      if (want === 0) break;
-      const piece = c.subarray(off, off + Math.min(want, c.length - off));
-      pieces.push(piece);
-      want -= piece.length;
-      off = 0;
-    }
-    return pieces;
-  }
-
-  private skip(n: number): void {
-    this.length -= n;
-    while (n > 0) {
-      const c = this.chunks[0]!;
-      const rest = c.length - this.offset;
-      if (rest > n) {
-        this.offset += n;
-        return;
-      }
-      n -= rest;
-      this.chunks.shift();
-      this.offset = 0;
-    }
-  }
-}
-
-/** Writes one message: its header, then its frames in order. */
-export class MessageEncoder {
-  readonly header: Buffer;
-  readonly frameSize: number;
-  private readonly messageId: Buffer;
-  private readonly messageKey: Buffer;
-  private seq = 1;
-  private finished = false;
-
-  /** `dataKey` is only read here (the caller zeroes it afterwards). */
-  constructor(fields: Omit<HeaderFields, "messageId">, dataKey: Buffer, messageId: Buffer = randomBytes(MESSAGE_ID_BYTES)) {
-    this.messageId = messageId;
-    this.frameSize = fields.frameSize;
-    const keys = deriveMessageKeys(dataKey, messageId);
-    this.messageKey = keys.messageKey;
-    this.header = encodeHeader({ ...fields, messageId }, keys);
-  }
-
-  /**
-   * The next frame over `pieces` (their lengths add up to `length`): exactly frameSize bytes unless
-   * `final`. One buffer: frame header || ciphertext || tag.
-   */
-  frame(pieces: Buffer[], length: number, final: boolean): Buffer {
-    if (this.finished) throw envelopeError("the message is already finished");
-    if (final ? length > this.frameSize : length !== this.frameSize) throw envelopeError(`internal: frame of ${length} bytes with frame size ${this.frameSize}`);
-    if (this.seq > MAX_FRAMES) throw envelopeError(`the message has more than ${MAX_FRAMES} frames: use a larger frame size`);
-    const seq = this.seq++;
-    const flags = final ? FLAG_FINAL : 0;
-    const out = Buffer.allocUnsafe(FRAME_HEADER_BYTES + length + TAG_BYTES);
-    out.writeUInt32BE(seq, 0);
-    out[4] = flags;
-    out.writeUInt32BE(length, 5);
-    const c = createCipheriv("aes-256-gcm", this.messageKey, frameIv(seq), { authTagLength: TAG_BYTES });
-    c.setAAD(frameAad(this.messageId, seq, flags, length));
-    let off = FRAME_HEADER_BYTES;
-    for (const p of pieces) off += c.update(p).copy(out, off);
-    off += c.final().copy(out, off);
-    c.getAuthTag().copy(out, off);
-    if (final) this.destroy();
-    return out;
-  }
-
-  /** Zeroes the message key; no frame can be written after. */
-  destroy(): void {
-    this.finished = true;
-    this.messageKey.fill(0);
-  }
-}
-
-/**
- * Reads one message pushed in pieces: {@link header} once its bytes are in, {@link open} with the
- * unwrapped data key, then {@link nextFrame} until {@link done}, then {@link finish}. Holds at most
- * one header (≤ 1 MiB) or one frame (≤ frame size + 25 bytes) beyond what the caller pushed since.
- */
-export class MessageDecoder {
-  private readonly queue = new ByteQueue();
-  private parsed: ParsedHeader | undefined;
-  private need = 1;
-  private messageKey: Buffer | undefined;
-  private seq = 1;
-  /** The final frame has been read. */
-  done = false;
-
-  push(chunk: Buffer): void {
-    if (this.done && chunk.length > 0) throw envelopeError("trailing data after the final frame");
-    this.queue.push(chunk);
-  }
-
-  /** The header once all its bytes are in (unauthenticated until {@link open}), else undefined. */
-  header(): EnvelopeHeaderInfo | undefined {
-    if (this.parsed) return this.parsed;
-    if (this.queue.length < this.need) return undefined;
-    const r = parseHeader(this.queue.peek(Math.min(this.queue.length, MAX_HEADER_BYTES)));
-    if ("need" in r) {
-      this.need = r.need;
-      return undefined;
-    }
-    this.queue.take(r.headerLength);
-    this.parsed = r;
-    return r;
-  }
-
-  /** Checks the data key against the header (commitment, then header tag); frames can then be read. */
-  open(dataKey: Buffer): void {
-    const h = this.parsed;
-    if (!h) throw envelopeError("internal: open before the header");
-    const keys = deriveMessageKeys(dataKey, h.messageId);
-    if (!timingSafeEqual(keys.commitment, h.commitment)) {
-      keys.messageKey.fill(0);
-      throw envelopeError("key commitment mismatch: the data key does not belong to this message");
-    }
-    const d = createDecipheriv("aes-256-gcm", keys.messageKey, frameIv(0), { authTagLength: TAG_BYTES });
-    d.setAAD(h.authenticated);
-    d.setAuthTag(h.headerTag);
-    try {
-      d.final();
-    } catch {
-      keys.messageKey.fill(0);
-      throw envelopeError("the header failed authentication");
-    }
-    this.messageKey = keys.messageKey;
-  }
-
-  /**
-   * The next frame's plaintext (views or fresh buffers; possibly empty), authenticated; undefined
-   * when its bytes are not all in yet. Throws INVALID_ARGUMENT on a frame out of order, malformed or
-   * failing authentication.
-   */
-  nextFrame(): Buffer[] | undefined {
-    const h = this.parsed;
-    const key = this.messageKey;
-    if (!h || !key) throw envelopeError("internal: frames before the header is open");
-    if (this.done || this.queue.length < FRAME_HEADER_BYTES) return undefined;
-    const fh = this.queue.peek(FRAME_HEADER_BYTES);
-    const seq = fh.readUInt32BE(0);
-    const flags = fh[4]!;
-    const length = fh.readUInt32BE(5);
-    const n = this.seq;
-    if (seq !== n) throw envelopeError(`frame ${n} is out of order (it carries sequence number ${seq})`);
-    if ((flags & ~FLAG_FINAL) !== 0) throw envelopeError(`frame ${n} has unknown flags 0x${flags.toString(16).padStart(2, "0")}`);
-    const final = (flags & FLAG_FINAL) !== 0;
-    if (final ? length > h.frameSize : length !== h.frameSize) {
-      throw envelopeError(`frame ${n} claims ${length} bytes; a ${final ? "final frame holds at most" : "non-final frame holds exactly"} the frame size, ${h.frameSize}`);
-    }
-    if (this.queue.length < FRAME_HEADER_BYTES + length + TAG_BYTES) return undefined;
-    this.queue.take(FRAME_HEADER_BYTES);
-    const d = createDecipheriv("aes-256-gcm", key, frameIv(seq), { authTagLength: TAG_BYTES });
-    d.setAAD(frameAad(h.messageId, seq, flags, length));
-    const out: Buffer[] = [];
-    for (const p of this.queue.takePieces(length)) out.push(d.update(p));
-    d.setAuthTag(this.queue.take(TAG_BYTES));
-    try {
-      out.push(d.final());
-    } catch {
-      for (const b of out) b.fill(0);
-      throw envelopeError(`frame ${n} failed authentication`);
-    }
-    this.seq++;
-    if (final) {
-      this.done = true;
-      this.destroy();
-      if (this.queue.length > 0) throw envelopeError("trailing data after the final frame");
-    }
-    return out;
-  }
-
-  /** At the end of the input: throws unless the whole message, and nothing more, was read. */
-  finish(): void {
-    if (this.done) return;
-    if (!this.parsed) throw envelopeError(this.queue.length === 0 ? "message truncated (empty input)" : "message truncated (incomplete header)");
-    if (this.queue.length === 0) throw envelopeError("message truncated (no final frame)");
-    throw envelopeError(`message truncated (no final frame; frame ${this.seq} is cut short)`);
-  }
-
-  /** Zeroes the message key. */
-  destroy(): void {
-    this.messageKey?.fill(0);
-  }
 }

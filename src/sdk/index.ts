@@ -31,7 +31,7 @@ export {
 export { QuorumStatus, Role } from "../gen/hsm/v1/users";
 
 /** Client and per-call settings, what the client knows of its session, and its counters. */
-export type { BatchRequestInit, CallOptions, HsmClientStats, ListKeysFilter, SessionInfo } from "./client";
+export type { BatchRequestInit, CallOptions, ExportedSession, HsmClientStats, ListKeysFilter, SessionInfo } from "./client";
 /** Options of the {@link HsmClient} constructor. */
 export type {
   HsmClientCredentials,

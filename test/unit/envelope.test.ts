@@ -10,7 +10,7 @@ import {
   readEnvelopeHeader,
   type DataKeySource,
 } from "../../src/sdk";
-import { MessageEncoder } from "../../src/sdk/envelope-format";
+import { MessageEncoder } from "../../src/sdk/envelope-codec";
 import { bytes, chop, CTX, FakeKms, handDecrypt, handHeader, KEY, rejection, through } from "../helpers/envelope";
 
 // The envelope format against a fake data-key source (test/helpers/envelope.ts): round trips, the

@@ -1,6 +1,6 @@
 /** `login`, `logout` and `whoami`: the saved session. */
 import { GrpcStatus, HsmClientError } from "../../sdk";
-import { loginForToken, refreshForToken } from "../connection";
+import { loginForToken, refreshForToken } from "../session-calls";
 import { CliFailure } from "../errors";
 import { readSecret } from "../secrets";
 import { describe, isExposed, readSession, removeSession, toSaved, writeSession, type SavedSession } from "../session";

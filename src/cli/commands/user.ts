@@ -1,6 +1,6 @@
 /** `user …`: users and passwords (crypto officers, except change-password, which is every user's own). */
 import { Role } from "../../sdk";
-import { changePasswordForToken } from "../connection";
+import { changePasswordForToken } from "../session-calls";
 import { roles } from "../names";
 import { userText, userView, usersText } from "../render";
 import { readSecret } from "../secrets";
