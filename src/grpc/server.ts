@@ -21,6 +21,7 @@ import { requestShapes, type MessageShape } from "./wire-check";
 import { callGuardInterceptor } from "./call-guard";
 import { auditToProto, joinToProto, quorumStatusFromProto, quorumToProto, roleFromProto, sessionToProto, userToProto } from "./convert";
 import { GrpcListener } from "./listener";
+import { grpcStatusOf } from "./status";
 
 /** What the gRPC layer reports per call (metrics); never sees request bodies. */
 export type RpcObserver = (method: string, code: string, seconds: number) => void;
@@ -201,7 +202,7 @@ function services(opts: GrpcServerOptions, refusals: AuditThrottle) {
       }
       function reply(err: HsmError) {
         observe(err.code);
-        callback({ code: err.grpcStatus, details: err.message, metadata: c.trailer } as grpc.ServiceError);
+        callback({ code: grpcStatusOf(err.code), details: err.message, metadata: c.trailer } as grpc.ServiceError);
       }
     };
   }
@@ -217,7 +218,7 @@ function services(opts: GrpcServerOptions, refusals: AuditThrottle) {
     trailer.set(REQUEST_ID_HEADER, headerValue(requestId));
     const answer = (err: HsmError) => {
       opts.observe?.(method, err.code, Number(process.hrtime.bigint() - t0) / 1e9);
-      callback({ code: err.grpcStatus, details: err.message, metadata: trailer } as grpc.ServiceError);
+      callback({ code: grpcStatusOf(err.code), details: err.message, metadata: trailer } as grpc.ServiceError);
     };
     const closed = opts.gate?.();
     if (closed) return answer(closed);

@@ -48,6 +48,8 @@ import { decodeRecord, encodeRecord, recordKey, requestKey, toApiKey, type KeyRe
 import { HASH_LEN, algorithmOf, cipherFor, isSecret, macLengthFor, oaepLabelFor, resolveUsages, signFor, specOf, wrapFor } from "./spec";
 import { derToRaw, rawToDer } from "./signature";
 import { ClusterImportKey } from "./import-key";
+// lane G moved the status mapping out of errors.ts; lane K's batch mapper (grpc/map/crypto.ts) takes this over.
+import { grpcStatusOf } from "../grpc/status";
 
 /** Limits enforced at the edge of every call (named in configuration). */
 export interface KeyLimits {
@@ -1095,7 +1097,7 @@ export class KeyService {
           return { $case: "ok" as const, value: await fn(it) };
         } catch (e) {
           const err = HsmError.from(e);
-          return { $case: "error" as const, value: { code: err.grpcStatus, message: err.code === Code.Internal ? "internal error" : err.message } };
+          return { $case: "error" as const, value: { code: grpcStatusOf(err.code), message: err.code === Code.Internal ? "internal error" : err.message } };
         }
       }),
     );
