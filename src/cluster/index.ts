@@ -18,3 +18,4 @@ export {
   type NodeRecord,
   type NodeReport,
 } from "./membership";
+export { JoinCeremony, checkNodeId, normalizeFingerprint } from "./join";
