@@ -1,6 +1,6 @@
 import { checkQueryArgs, queryAuditLog, verifyAuditLog } from "../../audit";
 import type { AuditServiceServer } from "../../gen/hsm/v1/audit";
-import { auditToProto } from "../convert";
+import { auditToProto } from "../map/audit";
 import type { GrpcServerOptions } from "../options";
 import type { Pipeline } from "../pipeline/pipeline";
 

@@ -1,7 +1,7 @@
 import { normalizeFingerprint } from "../../cluster";
 import { precondition } from "../../errors";
 import type { ClusterServiceServer } from "../../gen/hsm/v1/cluster";
-import { joinToProto } from "../convert";
+import { joinToProto } from "../map/cluster";
 import type { GrpcServerOptions } from "../options";
 import type { Pipeline } from "../pipeline/pipeline";
 

@@ -1,5 +1,5 @@
 import type { QuorumServiceServer } from "../../gen/hsm/v1/users";
-import { quorumStatusFromProto, quorumToProto } from "../convert";
+import { quorumStatusFromProto, quorumToProto } from "../map/quorum";
 import type { GrpcServerOptions } from "../options";
 import type { Pipeline } from "../pipeline/pipeline";
 

@@ -1,6 +1,6 @@
 import { invalid } from "../../errors";
 import type { UserServiceServer } from "../../gen/hsm/v1/users";
-import { roleFromProto, sessionToProto, userToProto } from "../convert";
+import { roleFromProto, sessionToProto, userToProto } from "../map/users";
 import type { GrpcServerOptions } from "../options";
 import type { Pipeline } from "../pipeline/pipeline";
 
