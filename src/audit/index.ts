@@ -24,5 +24,5 @@ export {
   type AuditVerifyOptions,
   type AuditVerifyResult,
 } from "./verify";
-export { DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, queryAuditLog, type AuditPage, type AuditQuery } from "./query";
+export { DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, checkQueryArgs, queryAuditLog, type AuditPage, type AuditQuery } from "./query";
 export { AUDIT_VERIFY_USAGE, runAuditVerify, type TextSink } from "./cli";

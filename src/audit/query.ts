@@ -8,6 +8,16 @@ export const DEFAULT_QUERY_LIMIT = 100;
 /** Largest page size of {@link queryAuditLog}; larger limits are reduced to it. */
 export const MAX_QUERY_LIMIT = 1000;
 
+/**
+ * QueryAuditLog's argument checks, made before the log is read: INVALID_ARGUMENT for a limit over
+ * {@link MAX_QUERY_LIMIT} (the API refuses it rather than reduce it) and for an `afterSeq` (the
+ * wire's uint64) past 2^53, which no sequence number reaches.
+ */
+export function checkQueryArgs(args: { limit: number; afterSeq: bigint }): void {
+  if (args.limit > MAX_QUERY_LIMIT) throw new HsmError(Code.InvalidArgument, `limit must be at most ${MAX_QUERY_LIMIT}`);
+  if (args.afterSeq > BigInt(Number.MAX_SAFE_INTEGER)) throw new HsmError(Code.InvalidArgument, "after_seq is out of range");
+}
+
 /** Filters and paging of {@link queryAuditLog}. All filters must match (AND). */
 export interface AuditQuery {
   /** Entries at or after this ISO 8601 time (inclusive). */

@@ -23,3 +23,4 @@ export { Applier, type ApplierOptions } from "./applier";
 export { COVERAGE_PREFIX, Coverage, coverageKey, type CoverageOptions } from "./coverage";
 export { reconcile, type ReconcileContext, type ReconcileResult } from "./reconcile";
 export { APPLY_CONCURRENCY, Slots } from "./slots";
+export { JoinCeremony, checkNodeId, normalizeFingerprint } from "./join";

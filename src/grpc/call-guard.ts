@@ -4,6 +4,7 @@ import { constants as h2, type Http2Session, type ServerHttp2Stream } from "node
 import type { AccessGuard } from "../access";
 import type { AuditThrottle } from "../audit";
 import { Code, HsmError } from "../errors";
+import { grpcStatusOf } from "./status";
 
 /** Request id header (the same one the handlers echo and audit). */
 const REQUEST_ID_HEADER = "x-request-id";
@@ -98,7 +99,7 @@ export function callGuardInterceptor(o: CallGuardOptions): grpc.ServerIntercepto
           () => err,
           () => new HsmError(Code.Unavailable, "the audit log cannot be written: this node refuses to answer until an operator fixes it"),
         )
-        .then((e) => interceptingCall.sendStatus({ code: e.grpcStatus, details: e.message, metadata: trailer }));
+        .then((e) => interceptingCall.sendStatus({ code: grpcStatusOf(e.code), details: e.message, metadata: trailer }));
     };
 
     const listener = new grpc.ServerListenerBuilder()

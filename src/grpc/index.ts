@@ -8,3 +8,4 @@ export type { ConnectionBudget } from "./fd-budget";
 export { hsmRequestShapes, TRANSPORT_SLACK_BYTES } from "./server";
 export { checkWire, requestShapes, type FieldShape, type MessageShape, type WireLimits, type WireProblem } from "./wire-check";
 export { guardService, RefusedRequest } from "./refusal";
+export { grpcStatusOf } from "./status";

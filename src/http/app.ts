@@ -1,5 +1,6 @@
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
-import { Code, HsmError, httpStatusOf } from "../errors";
+import { Code, HsmError } from "../errors";
+import { httpStatusOf } from "./status";
 import type { Metrics } from "../metrics";
 
 /** One line of /readyz: a named condition the node needs to serve (session usable, store writable...). */

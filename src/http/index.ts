@@ -1,2 +1,3 @@
 export { buildAdminApp } from "./app";
 export type { AdminBounds, AdminDeps, ErrorBody, ReadinessCheck } from "./app";
+export { httpStatusOf } from "./status";

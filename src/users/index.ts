@@ -41,5 +41,6 @@ export {
   verifyPassword,
   type ScryptParams,
 } from "./password";
+export { QuorumPendingError, passQuorum } from "./quorum-gate";
 export { DEFAULT_HASH_LANE, HASH_LANE_FULL, HashLane, type HashLaneOptions, type HashLaneStats } from "./hash-lane";
 export { ROLES, type Actor, type LockReason, type LoginResult, type PasswordHash, type Principal, type Role, type SessionRecord, type UserInfo, type UserRecord } from "./types";

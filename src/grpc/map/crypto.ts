@@ -3,6 +3,7 @@
  * format and spec numbers ↔ names, batch results ↔ ItemError. An unknown or unspecified enum number
  * answers INVALID_ARGUMENT with the message the domain used to give.
  */
+import { grpcStatusOf } from "../status";
 import { Code, HsmError, invalid } from "../../errors";
 import {
   EncryptionAlgorithm,
@@ -160,5 +161,5 @@ export const decryptDataKeyFromProto = (r: DecryptDataKeyRequest): DecryptDataKe
 export function batchResultToProto<O>(res: BatchResult<O>): { $case: "ok"; value: O } | { $case: "error"; value: ItemError } {
   if (res.ok) return { $case: "ok", value: res.value };
   const err = HsmError.from(res.error);
-  return { $case: "error", value: { code: err.grpcStatus, message: err.code === Code.Internal ? "internal error" : err.message } };
+  return { $case: "error", value: { code: grpcStatusOf(err.code), message: err.code === Code.Internal ? "internal error" : err.message } };
 }

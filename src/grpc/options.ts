@@ -1,0 +1,65 @@
+import type { AccessGuard, PeerRateLimiter } from "../access";
+import type { AuditLog } from "../audit";
+import type { Applier, Coverage, Membership } from "../cluster";
+import type { HsmError } from "../errors";
+import type { KeyService } from "../keys";
+import type { QuorumService, UserService } from "../users";
+
+/** What the gRPC layer reports per call (metrics); never sees request bodies. */
+export type RpcObserver = (method: string, code: string, seconds: number) => void;
+
+/** What the hsm.v1 server is built over: the domain services, the guard, the audit log and the limits. */
+export interface GrpcServerOptions {
+  keys: KeyService;
+  users: UserService;
+  quorum: QuorumService;
+  guard: AccessGuard;
+  audit: AuditLog;
+  /** Path of the audit log (QueryAuditLog, VerifyAuditLog read it). */
+  auditFile: string;
+  /** fdatasync every audit entry (`always`), or only those of changes (`changes`). */
+  auditFsync: "always" | "changes";
+  /**
+   * Largest request, in bytes (`limits.maxMessageBytes`): checked before decoding with a message
+   * naming the limit; the transport itself cuts off messages over this plus {@link TRANSPORT_SLACK_BYTES}.
+   */
+  maxMessageBytes: number;
+  /** Most elements of a repeated field, batch items included (`limits.maxBatchItems`), counted before decoding. */
+  maxBatchItems: number;
+  observe?: RpcObserver;
+  log?: (msg: string) => void;
+  /** Cluster membership (absent on a single node). */
+  membership?: Membership;
+  /** The applier: the store revision this node's HSM is materialized up to (status). */
+  applier: Applier;
+  /** Which nodes hold each key (GetKey's held_by in a cluster). */
+  coverage?: Coverage;
+  /** The cluster's name and the newest store revision this node knows (status). */
+  clusterName?: string;
+  storeRevision?: () => number;
+  /** CKA_ID of the domain key (join approvals wrap it). */
+  domainKeyId?: string;
+  /** Checked before anything else on every call: an error here (e.g. a removed node) is the answer. */
+  gate?: () => HsmError | undefined;
+  /** Logins per client address (absent: unlimited). */
+  loginLimiter?: PeerRateLimiter;
+  /** Called after a user changed its own password (the daemon removes the first officer's one-time password file). */
+  onPasswordChanged?: (user: string) => void;
+  /** Per-connection bounds (the `connections` section). */
+  connections: GrpcConnectionOptions;
+}
+
+/** What one connection may make the server hold (from the `connections` section of the config). */
+export interface GrpcConnectionOptions {
+  /** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS. */
+  maxConcurrentStreams: number;
+  /** nghttp2's memory per session, in MiB: past it new streams are refused. */
+  maxSessionMemoryMiB: number;
+  /** A connection without a call for this long is closed. */
+  idleTimeoutMs: number;
+  /** Keepalive ping interval (an unanswered ping closes the connection). */
+  keepaliveMs: number;
+  /** Unread response bytes per connection before its calls answer RESOURCE_EXHAUSTED. */
+  maxQueuedResponseBytes: number;
+}
+

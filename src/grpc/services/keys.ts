@@ -1,0 +1,35 @@
+import type { KeyServiceServer } from "../../gen/hsm/v1/keys";
+import { checkUsername } from "../../users";
+import { generateKeyFromProto, importKeyFromProto, importParametersToProto, importPublicKeyFromProto, keyPageToProto, keyToProto, listKeysFromProto, publicKeyToProto } from "../map/keys";
+import type { GrpcServerOptions } from "../options";
+import type { Pipeline } from "../pipeline/pipeline";
+
+/** hsm.v1.KeyService: key lifecycle and sharing over the {@link KeyService}, proto ↔ domain through ../map/keys. */
+export function keyService(opts: GrpcServerOptions, p: Pipeline): KeyServiceServer {
+  const { keys: k, users, guard } = opts;
+  const { rpc, withQuorum, owner } = p;
+  return {
+    generateKey: rpc("GenerateKey", async (r, c) => keyToProto(await k.generateKey(generateKeyFromProto(r), owner(c)))),
+    getKey: rpc("GetKey", async (r, c) => {
+      const key = k.getKey(r, c.principal!.userId);
+      return keyToProto(key, opts.membership && opts.coverage ? (await opts.coverage.coverage(key.id)).sort() : []);
+    }),
+    listKeys: rpc("ListKeys", (r, c) => keyPageToProto(k.listKeys(listKeysFromProto(r), guard.visibleTo(c.principal!), c.principal!.userId))),
+    deleteKey: rpc("DeleteKey", async (r, c) => {
+      await withQuorum(c, "DeleteKey", { keyId: r.keyId }, r.quorumRequestId, () => k.deleteKey(r));
+      return {};
+    }),
+    getPublicKey: rpc("GetPublicKey", (r) => publicKeyToProto(k.getPublicKey(r))),
+    importPublicKey: rpc("ImportPublicKey", async (r, c) => keyToProto(await k.importPublicKey(importPublicKeyFromProto(r), owner(c)))),
+    getImportParameters: rpc("GetImportParameters", async () => importParametersToProto(await k.getImportParameters())),
+    importKey: rpc("ImportKey", async (r, c) => keyToProto(await k.importKey(importKeyFromProto(r), owner(c)))),
+    shareKey: rpc("ShareKey", async (r, c) => {
+      const target = await users.shareTarget(r.username);
+      return keyToProto(await withQuorum(c, "ShareKey", { keyId: r.keyId, username: r.username }, r.quorumRequestId, () => k.setShare(r.keyId, target, true, c.principal!.userId)));
+    }),
+    unshareKey: rpc("UnshareKey", async (r, c) => {
+      checkUsername(r.username);
+      return keyToProto(await k.setShare(r.keyId, { user: r.username, userId: "" }, false, c.principal!.userId));
+    }),
+  };
+}
