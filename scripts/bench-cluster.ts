@@ -50,13 +50,36 @@ async function startEtcd(dir: string, n: number): Promise<string[]> {
   const initial = ms.map((m) => `${m.name}=http://127.0.0.1:${m.peer}`).join(",");
   const token = `bench-${randomBytes(4).toString("hex")}`;
   for (const m of ms) {
-    const p = spawn(ETCD, [
-      "--name", m.name, "--data-dir", join(dir, m.name),
-      "--listen-client-urls", `http://127.0.0.1:${m.client}`, "--advertise-client-urls", `http://127.0.0.1:${m.client}`,
-      "--listen-peer-urls", `http://127.0.0.1:${m.peer}`, "--initial-advertise-peer-urls", `http://127.0.0.1:${m.peer}`,
-      "--initial-cluster", initial, "--initial-cluster-state", "new", "--initial-cluster-token", token,
-      "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error",
-    ], { stdio: "ignore" });
+    const p = spawn(
+      ETCD,
+      [
+        "--name",
+        m.name,
+        "--data-dir",
+        join(dir, m.name),
+        "--listen-client-urls",
+        `http://127.0.0.1:${m.client}`,
+        "--advertise-client-urls",
+        `http://127.0.0.1:${m.client}`,
+        "--listen-peer-urls",
+        `http://127.0.0.1:${m.peer}`,
+        "--initial-advertise-peer-urls",
+        `http://127.0.0.1:${m.peer}`,
+        "--initial-cluster",
+        initial,
+        "--initial-cluster-state",
+        "new",
+        "--initial-cluster-token",
+        token,
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "500",
+        "--log-level",
+        "error",
+      ],
+      { stdio: "ignore" },
+    );
     procs.push(p);
   }
   const endpoints = ms.map((m) => `127.0.0.1:${m.client}`);
@@ -259,7 +282,9 @@ async function main(): Promise<void> {
         }
         const caught = performance.now() - t0;
         const s3 = await status(n3);
-        notes.push(`Catch-up: node n3 stopped while ${BEHIND} keys were created through n1 and n2, then started: serving after ${(ready / 1000).toFixed(1)} s (it checks every record against its HSM and unwraps the missing ones before it serves), applied to the store's revision after ${(caught / 1000).toFixed(1)} s; it then knew ${s3.keys} keys.`);
+        notes.push(
+          `Catch-up: node n3 stopped while ${BEHIND} keys were created through n1 and n2, then started: serving after ${(ready / 1000).toFixed(1)} s (it checks every record against its HSM and unwraps the missing ones before it serves), applied to the store's revision after ${(caught / 1000).toFixed(1)} s; it then knew ${s3.keys} keys.`,
+        );
         process.stdout.write(`${notes[notes.length - 1]}\n`);
         writer.close();
       }

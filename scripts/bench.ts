@@ -139,19 +139,69 @@ async function main() {
   try {
     // Raw keys: session objects in this process.
     const s0 = raw.sessions[0]!;
-    const p256 = raw.p11.C_GenerateKeyPair(s0, { mechanism: pk.CKM_EC_KEY_PAIR_GEN }, [{ type: pk.CKA_EC_PARAMS, value: Buffer.from("06082a8648ce3d030107", "hex") }, { type: pk.CKA_VERIFY, value: true }], [{ type: pk.CKA_SIGN, value: true }, { type: pk.CKA_SENSITIVE, value: true }]);
-    const rsa = raw.p11.C_GenerateKeyPair(s0, { mechanism: pk.CKM_RSA_PKCS_KEY_PAIR_GEN }, [{ type: pk.CKA_MODULUS_BITS, value: 2048 }, { type: pk.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) }, { type: pk.CKA_VERIFY, value: true }], [{ type: pk.CKA_SIGN, value: true }, { type: pk.CKA_SENSITIVE, value: true }]);
-    const aes = raw.p11.C_GenerateKey(s0, { mechanism: pk.CKM_AES_KEY_GEN }, [{ type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY }, { type: pk.CKA_VALUE_LEN, value: 32 }, { type: pk.CKA_ENCRYPT, value: true }, { type: pk.CKA_SENSITIVE, value: true }]);
-    const hmac = raw.p11.C_GenerateKey(s0, { mechanism: pk.CKM_GENERIC_SECRET_KEY_GEN }, [{ type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY }, { type: pk.CKA_KEY_TYPE, value: pk.CKK_GENERIC_SECRET }, { type: pk.CKA_VALUE_LEN, value: 32 }, { type: pk.CKA_SIGN, value: true }, { type: pk.CKA_SENSITIVE, value: true }]);
+    const p256 = raw.p11.C_GenerateKeyPair(
+      s0,
+      { mechanism: pk.CKM_EC_KEY_PAIR_GEN },
+      [
+        { type: pk.CKA_EC_PARAMS, value: Buffer.from("06082a8648ce3d030107", "hex") },
+        { type: pk.CKA_VERIFY, value: true },
+      ],
+      [
+        { type: pk.CKA_SIGN, value: true },
+        { type: pk.CKA_SENSITIVE, value: true },
+      ],
+    );
+    const rsa = raw.p11.C_GenerateKeyPair(
+      s0,
+      { mechanism: pk.CKM_RSA_PKCS_KEY_PAIR_GEN },
+      [
+        { type: pk.CKA_MODULUS_BITS, value: 2048 },
+        { type: pk.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
+        { type: pk.CKA_VERIFY, value: true },
+      ],
+      [
+        { type: pk.CKA_SIGN, value: true },
+        { type: pk.CKA_SENSITIVE, value: true },
+      ],
+    );
+    const aes = raw.p11.C_GenerateKey(s0, { mechanism: pk.CKM_AES_KEY_GEN }, [
+      { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
+      { type: pk.CKA_VALUE_LEN, value: 32 },
+      { type: pk.CKA_ENCRYPT, value: true },
+      { type: pk.CKA_SENSITIVE, value: true },
+    ]);
+    const hmac = raw.p11.C_GenerateKey(s0, { mechanism: pk.CKM_GENERIC_SECRET_KEY_GEN }, [
+      { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
+      { type: pk.CKA_KEY_TYPE, value: pk.CKK_GENERIC_SECRET },
+      { type: pk.CKA_VALUE_LEN, value: 32 },
+      { type: pk.CKA_SIGN, value: true },
+      { type: pk.CKA_SENSITIVE, value: true },
+    ]);
     const { createHash, randomBytes } = await import("node:crypto");
     const msg = Buffer.from("benchmark message");
     const block = randomBytes(4096);
 
     const rawOps: Record<string, () => Promise<unknown>> = {
-      "ECDSA P-256 sign": () => raw.with((s) => { raw.p11.C_SignInit(s, { mechanism: pk.CKM_ECDSA }, p256.privateKey); return raw.p11.C_SignAsync(s, createHash("sha256").update(msg).digest(), Buffer.alloc(128)); }),
-      "RSA-2048 sign": () => raw.with((s) => { raw.p11.C_SignInit(s, { mechanism: pk.CKM_SHA256_RSA_PKCS }, rsa.privateKey); return raw.p11.C_SignAsync(s, msg, Buffer.alloc(512)); }),
-      "AES-GCM 4 KiB encrypt": () => raw.with((s) => { raw.p11.C_EncryptInit(s, { mechanism: pk.CKM_AES_GCM, parameter: { type: pk.CK_PARAMS_AES_GCM, iv: randomBytes(12), ivBits: 96, tagBits: 128 } as pk.AesGCM }, aes); return raw.p11.C_EncryptAsync(s, block, Buffer.alloc(4096 + 32)); }),
-      "HMAC-SHA256": () => raw.with((s) => { raw.p11.C_SignInit(s, { mechanism: pk.CKM_SHA256_HMAC }, hmac); return raw.p11.C_SignAsync(s, msg, Buffer.alloc(64)); }),
+      "ECDSA P-256 sign": () =>
+        raw.with((s) => {
+          raw.p11.C_SignInit(s, { mechanism: pk.CKM_ECDSA }, p256.privateKey);
+          return raw.p11.C_SignAsync(s, createHash("sha256").update(msg).digest(), Buffer.alloc(128));
+        }),
+      "RSA-2048 sign": () =>
+        raw.with((s) => {
+          raw.p11.C_SignInit(s, { mechanism: pk.CKM_SHA256_RSA_PKCS }, rsa.privateKey);
+          return raw.p11.C_SignAsync(s, msg, Buffer.alloc(512));
+        }),
+      "AES-GCM 4 KiB encrypt": () =>
+        raw.with((s) => {
+          raw.p11.C_EncryptInit(s, { mechanism: pk.CKM_AES_GCM, parameter: { type: pk.CK_PARAMS_AES_GCM, iv: randomBytes(12), ivBits: 96, tagBits: 128 } as pk.AesGCM }, aes);
+          return raw.p11.C_EncryptAsync(s, block, Buffer.alloc(4096 + 32));
+        }),
+      "HMAC-SHA256": () =>
+        raw.with((s) => {
+          raw.p11.C_SignInit(s, { mechanism: pk.CKM_SHA256_HMAC }, hmac);
+          return raw.p11.C_SignAsync(s, msg, Buffer.alloc(64));
+        }),
     };
     const kP = await client.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "bench-p256" });
     const kR = await client.generateKey({ spec: KeySpec.KEY_SPEC_RSA_2048, label: "bench-rsa" });
@@ -170,7 +220,18 @@ async function main() {
       for (const inFlight of [1, 64]) {
         const r = await measure(inFlight, rawOps[name]!);
         const d = await measure(inFlight, daemonOps[name]!);
-        rows.push([name, String(inFlight), fmt(r.opsPerSec), fmt(r.p50, 3), fmt(r.p99, 3), fmt(d.opsPerSec), fmt(d.p50, 3), fmt(d.p99, 3), (d.opsPerSec / r.opsPerSec).toFixed(2), inFlight === 1 ? (d.p50 - r.p50).toFixed(3) : ""]);
+        rows.push([
+          name,
+          String(inFlight),
+          fmt(r.opsPerSec),
+          fmt(r.p50, 3),
+          fmt(r.p99, 3),
+          fmt(d.opsPerSec),
+          fmt(d.p50, 3),
+          fmt(d.p99, 3),
+          (d.opsPerSec / r.opsPerSec).toFixed(2),
+          inFlight === 1 ? (d.p50 - r.p50).toFixed(3) : "",
+        ]);
         process.stdout.write(`${rows[rows.length - 1]!.join("\t")}\n`);
       }
     }
@@ -178,7 +239,18 @@ async function main() {
     const batchItems = Array.from({ length: 64 }, () => ({ keyId: kP.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message: msg }));
     const rb = await measure(64, rawOps["ECDSA P-256 sign"]!);
     const db = await measure(4, () => client.batchSign({ items: batchItems }), 64);
-    rows.push(["ECDSA P-256 sign, batches of 64", "4×64", fmt(rb.opsPerSec), fmt(rb.p50, 3), fmt(rb.p99, 3), fmt(db.opsPerSec), fmt(db.p50, 3), fmt(db.p99, 3), (db.opsPerSec / rb.opsPerSec).toFixed(2), ""]);
+    rows.push([
+      "ECDSA P-256 sign, batches of 64",
+      "4×64",
+      fmt(rb.opsPerSec),
+      fmt(rb.p50, 3),
+      fmt(rb.p99, 3),
+      fmt(db.opsPerSec),
+      fmt(db.p50, 3),
+      fmt(db.p99, 3),
+      (db.opsPerSec / rb.opsPerSec).toFixed(2),
+      "",
+    ]);
 
     const header = ["operation", "in flight", "raw ops/s", "raw p50 ms", "raw p99 ms", "daemon ops/s", "daemon p50 ms", "daemon p99 ms", "daemon ÷ raw", "added p50 ms"];
     const table = [`| ${header.join(" | ")} |`, `| ${header.map(() => "---").join(" | ")} |`, ...rows.map((r) => `| ${r.join(" | ")} |`)].join("\n");

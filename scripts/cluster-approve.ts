@@ -98,7 +98,13 @@ function printStatus(s: ClusterStatus): void {
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   process.stdout.write(`cluster ${s.cluster} (${s.store}, revision ${s.storeRevision}), answered by ${s.self}: ${s.nodes.length} node${s.nodes.length === 1 ? "" : "s"}\n`);
-  for (const r of rows) process.stdout.write(`  ${r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()}\n`);
+  for (const r of rows)
+    process.stdout.write(
+      `  ${r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join("  ")
+        .trimEnd()}\n`,
+    );
 }
 
 async function main(): Promise<number> {

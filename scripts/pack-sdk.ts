@@ -104,7 +104,10 @@ export function packSdk(out: string, repo = REPO): string {
     copyFileSync(join(repo, "README.md"), join(stage, "README.md"));
     writeFileSync(join(stage, "package.json"), `${JSON.stringify(sdkPackageJson(root, packages), null, 2)}\n`);
     mkdirSync(out, { recursive: true });
-    const name = execFileSync("npm", ["pack", "--silent", "--pack-destination", resolve(out)], { cwd: stage, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim().split("\n").pop()!;
+    const name = execFileSync("npm", ["pack", "--silent", "--pack-destination", resolve(out)], { cwd: stage, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] })
+      .trim()
+      .split("\n")
+      .pop()!;
     return join(resolve(out), name);
   } finally {
     rmSync(stage, { recursive: true, force: true });

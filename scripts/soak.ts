@@ -90,7 +90,15 @@ function rawCall(client: grpc.Client, path: string, body: Buffer, token?: string
   const md = new grpc.Metadata();
   if (token) md.set("authorization", `Bearer ${token}`);
   return new Promise((res) =>
-    client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, body, md, { deadline: new Date(Date.now() + 30_000) }, (e) => res(e ? (grpc.status[e.code] ?? String(e.code)) : "OK")),
+    client.makeUnaryRequest(
+      path,
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+      body,
+      md,
+      { deadline: new Date(Date.now() + 30_000) },
+      (e) => res(e ? (grpc.status[e.code] ?? String(e.code)) : "OK"),
+    ),
   );
 }
 
@@ -129,39 +137,59 @@ async function main(): Promise<void> {
 
     /** The mix, by weight: mostly crypto, some key churn and logins, some bad requests. */
     const ops: Array<[number, string, () => Promise<unknown>]> = [
-      [30, "Sign+Verify", async () => {
-        const { signature } = await user.sign({ keyId: ec.id, algorithm: ECDSA, message: msg });
-        const { valid } = await user.verify({ keyId: ec.id, algorithm: ECDSA, message: msg, signature });
-        if (!valid) throw new Error("signature did not verify");
-      }],
-      [30, "Encrypt+Decrypt", async () => {
-        const e = await user.encrypt({ keyId: aes.id, algorithm: GCM, plaintext: block });
-        const d = await user.decrypt({ keyId: aes.id, algorithm: GCM, ciphertext: e.ciphertext, iv: e.iv });
-        if (!Buffer.from(d.plaintext).equals(block)) throw new Error("decrypt did not round-trip");
-      }],
+      [
+        30,
+        "Sign+Verify",
+        async () => {
+          const { signature } = await user.sign({ keyId: ec.id, algorithm: ECDSA, message: msg });
+          const { valid } = await user.verify({ keyId: ec.id, algorithm: ECDSA, message: msg, signature });
+          if (!valid) throw new Error("signature did not verify");
+        },
+      ],
+      [
+        30,
+        "Encrypt+Decrypt",
+        async () => {
+          const e = await user.encrypt({ keyId: aes.id, algorithm: GCM, plaintext: block });
+          const d = await user.decrypt({ keyId: aes.id, algorithm: GCM, ciphertext: e.ciphertext, iv: e.iv });
+          if (!Buffer.from(d.plaintext).equals(block)) throw new Error("decrypt did not round-trip");
+        },
+      ],
       [8, "BatchSign(16)", () => user.batchSign({ items: Array.from({ length: 16 }, () => ({ keyId: ec.id, algorithm: ECDSA, message: msg })) })],
       [8, "BatchEncrypt(8x4KiB)", () => user.batchEncrypt({ items: Array.from({ length: 8 }, () => ({ keyId: aes.id, algorithm: GCM, plaintext: block })) })],
-      [4, "GenerateKey+DeleteKey", async () => {
-        const k = await user.generateKey({ spec: KeySpec.KEY_SPEC_AES_128, label: "soak-churn" });
-        await user.deleteKey({ keyId: k.id });
-      }],
-      [2, "Login+Logout", async () => {
-        const c = new HsmClient({ endpoint, defaultDeadlineMs: 30_000 });
-        try {
-          await c.login("soak", userPassword);
-          await c.logout();
-        } finally {
-          c.close();
-        }
-      }],
-      [2, "bad: Login unknown user", async () => {
-        const c = new HsmClient({ endpoint, defaultDeadlineMs: 30_000 });
-        try {
-          await c.login("nobody", "wrong-password-1");
-        } finally {
-          c.close();
-        }
-      }],
+      [
+        4,
+        "GenerateKey+DeleteKey",
+        async () => {
+          const k = await user.generateKey({ spec: KeySpec.KEY_SPEC_AES_128, label: "soak-churn" });
+          await user.deleteKey({ keyId: k.id });
+        },
+      ],
+      [
+        2,
+        "Login+Logout",
+        async () => {
+          const c = new HsmClient({ endpoint, defaultDeadlineMs: 30_000 });
+          try {
+            await c.login("soak", userPassword);
+            await c.logout();
+          } finally {
+            c.close();
+          }
+        },
+      ],
+      [
+        2,
+        "bad: Login unknown user",
+        async () => {
+          const c = new HsmClient({ endpoint, defaultDeadlineMs: 30_000 });
+          try {
+            await c.login("nobody", "wrong-password-1");
+          } finally {
+            c.close();
+          }
+        },
+      ],
       [4, "bad: malformed Sign (raw)", () => rawCall(raw, "/hsm.v1.CryptoService/Sign", randomBytes(1 + Math.floor(Math.random() * 64)), token)],
       [4, "bad: Sign unknown key", () => user.sign({ keyId: "00000000-0000-4000-8000-000000000000", algorithm: ECDSA, message: msg })],
       [2, "bad: BatchSign 257 items", () => user.batchSign({ items: Array.from({ length: 257 }, () => ({ keyId: ec.id, algorithm: ECDSA, message: msg })) })],

@@ -100,5 +100,4 @@ export const invalid = (msg: string) => new HsmError(Code.InvalidArgument, msg);
 export const notFound = (msg: string) => new HsmError(Code.NotFound, msg);
 export const precondition = (msg: string) => new HsmError(Code.FailedPrecondition, msg);
 export const exhausted = (msg: string) => new HsmError(Code.ResourceExhausted, msg);
-export const unavailable = (msg: string, cause?: unknown) =>
-  new HsmError(Code.Unavailable, msg, { cause, transient: true });
+export const unavailable = (msg: string, cause?: unknown) => new HsmError(Code.Unavailable, msg, { cause, transient: true });

@@ -34,7 +34,9 @@ async function main(): Promise<number> {
   });
   const cmd = positionals[0] ?? "start";
   if (values.help || !["start", "init", "join"].includes(cmd)) {
-    process.stdout.write("usage: hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT] [--purge-orphans]\n       hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]\n       hsmd officer unlock NAME --config FILE [--so-pin-file FILE]\n");
+    process.stdout.write(
+      "usage: hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT] [--purge-orphans]\n       hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]\n       hsmd officer unlock NAME --config FILE [--so-pin-file FILE]\n",
+    );
     return values.help ? 0 : 2;
   }
   const overrides: Record<string, unknown> = {};

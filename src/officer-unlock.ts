@@ -62,8 +62,7 @@ async function readSoPin(io: OfficerIo, file: string | undefined): Promise<strin
 
 /** Opens the node's store the daemon would open, refusing while hsmd runs on this node. */
 async function openNodeStore(config: Config): Promise<{ store: StateStore; lock?: DirLock }> {
-  const stopFirst = (e: unknown) =>
-    new HsmError(Code.FailedPrecondition, `hsmd is running on this node: stop it first (officer unlock works offline); ${(e as Error).message}`, { cause: e });
+  const stopFirst = (e: unknown) => new HsmError(Code.FailedPrecondition, `hsmd is running on this node: stop it first (officer unlock works offline); ${(e as Error).message}`, { cause: e });
   const cluster = config.cluster;
   if (!cluster) {
     try {
@@ -113,7 +112,9 @@ export async function runOfficerUnlock(argv: string[], io: OfficerIo = { stdin: 
   const [verb, name, ...rest] = positionals;
   const configFile = values.config ?? io.env.HSMD_CONFIG;
   if (verb !== "unlock" || !name || rest.length || !configFile) {
-    io.stderr.write(`${verb !== "unlock" ? `unknown officer command ${JSON.stringify(verb ?? "")}` : !name ? "missing the officer's name" : rest.length ? `unexpected ${JSON.stringify(rest[0])}` : "missing --config FILE"}\n${OFFICER_USAGE}`);
+    io.stderr.write(
+      `${verb !== "unlock" ? `unknown officer command ${JSON.stringify(verb ?? "")}` : !name ? "missing the officer's name" : rest.length ? `unexpected ${JSON.stringify(rest[0])}` : "missing --config FILE"}\n${OFFICER_USAGE}`,
+    );
     return 2;
   }
   let config: Config;
@@ -129,8 +130,7 @@ export async function runOfficerUnlock(argv: string[], io: OfficerIo = { stdin: 
   let lock: DirLock | undefined;
   let audit: AuditLog | undefined;
   let otpFile: string | undefined;
-  const record = (status: string, detail: string) =>
-    audit?.append({ operation: OFFICER_UNLOCK_OPERATION, target: name, status, client: "local", detail }, { sync: true });
+  const record = (status: string, detail: string) => audit?.append({ operation: OFFICER_UNLOCK_OPERATION, target: name, status, client: "local", detail }, { sync: true });
   try {
     const soPin = await readSoPin(io, values["so-pin-file"]);
     ({ store, lock } = await openNodeStore(config));
@@ -161,9 +161,7 @@ export async function runOfficerUnlock(argv: string[], io: OfficerIo = { stdin: 
       throw err;
     }
     await record("OK", "offline recovery with the token's SO PIN: lockout cleared, one-time password issued, sessions revoked");
-    io.stdout.write(
-      `crypto officer "${name}" unlocked; its one-time password is in ${otpFile} (mode 600): log in and change it (ChangePassword) before anything else\n`,
-    );
+    io.stdout.write(`crypto officer "${name}" unlocked; its one-time password is in ${otpFile} (mode 600): log in and change it (ChangePassword) before anything else\n`);
     return 0;
   } catch (e) {
     const err = HsmError.from(e);

@@ -76,7 +76,8 @@ export class AccessGuard {
       access = keyAccess(r, principal.userId);
     }
     if (access === "none" || !r) throw notFound(`key ${id} not found`);
-    if (access === "shared" && need === "own") throw denied(`key ${id} is shared with ${principal.user}, who may use it for crypto; only its owner ${r.owner?.user ?? ""} may delete, share, unshare or wrap it out`);
+    if (access === "shared" && need === "own")
+      throw denied(`key ${id} is shared with ${principal.user}, who may use it for crypto; only its owner ${r.owner?.user ?? ""} may delete, share, unshare or wrap it out`);
     return r;
   }
 
@@ -91,4 +92,3 @@ export class AccessGuard {
     throw notFound(`quorum request ${id} not found`);
   }
 }
-

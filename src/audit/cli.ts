@@ -17,11 +17,7 @@ export const AUDIT_VERIFY_USAGE = "usage: verify FILE [--expect-last-hash HASH] 
  * `TAMPERED at line L (seq S): kind: message` on `out` and returns 1 when not; a usage
  * or I/O error on `err` and returns 2. Warnings (a torn last line) go to `err`.
  */
-export async function runAuditVerify(
-  argv: string[],
-  out: TextSink = process.stdout,
-  err: TextSink = process.stderr,
-): Promise<number> {
+export async function runAuditVerify(argv: string[], out: TextSink = process.stdout, err: TextSink = process.stderr): Promise<number> {
   const usage = (why: string): number => {
     err.write(`${why}\n${AUDIT_VERIFY_USAGE}`);
     return 2;

@@ -75,19 +75,7 @@ export type AuditRecord = { seq: number; prev: string; hash: string } & StoredAu
 type Field = keyof AuditEntry;
 
 /** Entry fields in the fixed order used for hashing and writing. */
-export const AUDIT_FIELDS: readonly Field[] = [
-  "time",
-  "node",
-  "user",
-  "role",
-  "operation",
-  "keyId",
-  "target",
-  "status",
-  "requestId",
-  "client",
-  "detail",
-];
+export const AUDIT_FIELDS: readonly Field[] = ["time", "node", "user", "role", "operation", "keyId", "target", "status", "requestId", "client", "detail"];
 
 const REQUIRED: ReadonlySet<Field> = new Set<Field>(["time", "node", "operation", "status"]);
 const MAX: Record<Field, number> = {
@@ -166,7 +154,9 @@ export function canonicalize(seq: number, prev: string, entry: StoredAuditEntry)
 
 /** sha256 hex of the UTF-8 of {@link canonicalize}. */
 export function hashEntry(seq: number, prev: string, entry: StoredAuditEntry): string {
-  return createHash("sha256").update(canonicalize(seq, prev, entry), "utf8").digest("hex");
+  return createHash("sha256")
+    .update(canonicalize(seq, prev, entry), "utf8")
+    .digest("hex");
 }
 
 /** Builds the record and the line (without the newline) written for it. */
@@ -180,9 +170,7 @@ export function makeRecord(seq: number, prev: string, entry: StoredAuditEntry): 
 }
 
 /** Result of {@link parseRecordLine}: a record, or the kind of problem and why. */
-export type ParsedLine =
-  | { ok: true; record: AuditRecord }
-  | { ok: false; kind: "malformed" | "edited"; message: string; seq?: number };
+export type ParsedLine = { ok: true; record: AuditRecord } | { ok: false; kind: "malformed" | "edited"; message: string; seq?: number };
 
 /**
  * Parses and checks one line on its own (not its place in the chain): JSON object, chain fields

@@ -6,15 +6,7 @@ import { mkdirSync, chmodSync, writeFileSync } from "node:fs";
 import { open as openFile, type FileHandle } from "node:fs/promises";
 import { dirname, join, relative, sep } from "node:path";
 import { Code, HsmError } from "../errors";
-import {
-  GENESIS_HASH,
-  makeRecord,
-  normalizeEntry,
-  parseRecordLine,
-  type AuditEntry,
-  type AuditRecord,
-  type StoredAuditEntry,
-} from "./entry";
+import { GENESIS_HASH, makeRecord, normalizeEntry, parseRecordLine, type AuditEntry, type AuditRecord, type StoredAuditEntry } from "./entry";
 
 /** Options of {@link AuditLog.open}. */
 export interface AuditLogOptions {
@@ -41,7 +33,11 @@ function openFailure(path: string, err: unknown): unknown {
   const fix = "set audit.file to another path, or fix the file system";
   switch (code) {
     case "EISDIR":
-      return new HsmError(Code.FailedPrecondition, `audit log ${path} is a directory: audit.file must name a file (for example ${join(path, "audit.log")}); change audit.file or move the directory away`, { cause: err });
+      return new HsmError(
+        Code.FailedPrecondition,
+        `audit log ${path} is a directory: audit.file must name a file (for example ${join(path, "audit.log")}); change audit.file or move the directory away`,
+        { cause: err },
+      );
     case "ENOTDIR":
     case "EEXIST":
       return new HsmError(Code.FailedPrecondition, `audit log ${path}: a parent of it is a file, not a directory: ${fix}`, { cause: err });
@@ -268,8 +264,7 @@ async function readTail(path: string, handle: FileHandle, warnings: string[]): P
       if (bytesRead === 0) break;
       got += bytesRead;
     }
-    const tooLong = () =>
-      new HsmError(Code.FailedPrecondition, `audit log ${path}: last line is longer than ${TAIL_WINDOW} bytes; run hsmd audit verify`);
+    const tooLong = () => new HsmError(Code.FailedPrecondition, `audit log ${path}: last line is longer than ${TAIL_WINDOW} bytes; run hsmd audit verify`);
 
     if (buf[buf.length - 1] !== 0x0a) {
       const nl = buf.lastIndexOf(0x0a);
@@ -300,10 +295,7 @@ async function readTail(path: string, handle: FileHandle, warnings: string[]): P
     }
     const parsed = parseRecordLine(text);
     if (!parsed.ok) {
-      throw new HsmError(
-        Code.FailedPrecondition,
-        `audit log ${path}: the last entry cannot be chained onto (${parsed.kind}: ${parsed.message}); run hsmd audit verify`,
-      );
+      throw new HsmError(Code.FailedPrecondition, `audit log ${path}: the last entry cannot be chained onto (${parsed.kind}: ${parsed.message}); run hsmd audit verify`);
     }
     return { seq: parsed.record.seq, hash: parsed.record.hash };
   }
@@ -319,7 +311,5 @@ function keepTorn(path: string, bytes: Buffer, warnings: string[], why: string):
   } catch {
     kept = "";
   }
-  warnings.push(
-    `audit log ${path}: removed a torn last line (${bytes.length} bytes) that ${why}: an append cut short, never acknowledged${kept}`,
-  );
+  warnings.push(`audit log ${path}: removed a torn last line (${bytes.length} bytes) that ${why}: an append cut short, never acknowledged${kept}`);
 }

@@ -23,9 +23,7 @@ export interface AuditProblem {
 }
 
 /** Result of {@link verifyAuditLog}. */
-export type AuditVerifyResult =
-  | { ok: true; entries: number; lastHash: string; warnings: string[] }
-  | { ok: false; entries: number; problem: AuditProblem; warnings: string[] };
+export type AuditVerifyResult = { ok: true; entries: number; lastHash: string; warnings: string[] } | { ok: false; entries: number; problem: AuditProblem; warnings: string[] };
 
 /** Anchors saved outside the log, checked by {@link verifyAuditLog}. */
 export interface AuditVerifyOptions {
@@ -160,9 +158,7 @@ export async function verifyAuditLog(path: string, options: AuditVerifyOptions =
           ...at,
           kind: "deleted",
           message:
-            missing === 1
-              ? `seq ${expected} is missing before this line: an entry was deleted`
-              : `seq ${expected} to ${r.seq - 1} are missing before this line: ${missing} entries were deleted`,
+            missing === 1 ? `seq ${expected} is missing before this line: an entry was deleted` : `seq ${expected} to ${r.seq - 1} are missing before this line: ${missing} entries were deleted`,
         });
       }
 

@@ -3,18 +3,7 @@
  * `SIGNING_ALGORITHM_ECDSA_SHA256` is `ecdsa-sha256`. Parsing also accepts any case, underscores, and
  * the full proto name; printing always uses the short name.
  */
-import {
-  EncryptionAlgorithm,
-  JoinStatus,
-  KeyOrigin,
-  KeySpec,
-  KeyState,
-  KeyUsage,
-  QuorumStatus,
-  Role,
-  SigningAlgorithm,
-  WrapAlgorithm,
-} from "../sdk";
+import { EncryptionAlgorithm, JoinStatus, KeyOrigin, KeySpec, KeyState, KeyUsage, QuorumStatus, Role, SigningAlgorithm, WrapAlgorithm } from "../sdk";
 import { UsageError } from "./errors";
 
 /** One enum's names both ways. */
@@ -63,13 +52,7 @@ export const signingAlgorithms = enumNames<SigningAlgorithm>(SigningAlgorithm, "
 export const wrapAlgorithms = enumNames<WrapAlgorithm>(WrapAlgorithm, "WRAP_ALGORITHM_");
 
 /** Secret-key specs (`key generate-symmetric`, raw material for `key import`). */
-export const SYMMETRIC_SPECS: readonly KeySpec[] = [
-  KeySpec.KEY_SPEC_AES_128,
-  KeySpec.KEY_SPEC_AES_256,
-  KeySpec.KEY_SPEC_HMAC_SHA256,
-  KeySpec.KEY_SPEC_HMAC_SHA384,
-  KeySpec.KEY_SPEC_HMAC_SHA512,
-];
+export const SYMMETRIC_SPECS: readonly KeySpec[] = [KeySpec.KEY_SPEC_AES_128, KeySpec.KEY_SPEC_AES_256, KeySpec.KEY_SPEC_HMAC_SHA256, KeySpec.KEY_SPEC_HMAC_SHA384, KeySpec.KEY_SPEC_HMAC_SHA512];
 
 /** True for AES and HMAC specs. */
 export function isSymmetric(spec: KeySpec): boolean {
@@ -147,8 +130,6 @@ export function defaultWrapAlgorithm(spec: KeySpec): WrapAlgorithm | undefined {
 /** True for the ECDSA algorithms (the only ones `--format raw` changes). */
 export function isEcdsa(algorithm: SigningAlgorithm): boolean {
   return (
-    algorithm === SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256 ||
-    algorithm === SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA384 ||
-    algorithm === SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA512
+    algorithm === SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256 || algorithm === SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA384 || algorithm === SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA512
   );
 }

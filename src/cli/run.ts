@@ -10,21 +10,7 @@ import { loadConfigFile, makeClient, resolveOutput, resolveSessionFile, resolveS
 import { CliFailure, EXIT, UsageError } from "./errors";
 import { redact, registerSecret } from "./secrets";
 import { requireSession, type SavedSession } from "./session";
-import {
-  commandHelp,
-  commandName,
-  globalHelp,
-
-  nounHelp,
-  parseValues,
-  splitWords,
-  usageLine,
-  type CliIo,
-  type CommandContext,
-  type CommandSpec,
-  type OutputMode,
-  type Values,
-} from "./spec";
+import { commandHelp, commandName, globalHelp, nounHelp, parseValues, splitWords, usageLine, type CliIo, type CommandContext, type CommandSpec, type OutputMode, type Values } from "./spec";
 import { auditCommands } from "./commands/audit";
 import { clusterCommands } from "./commands/cluster";
 import { cryptoCommands } from "./commands/crypto";
@@ -34,15 +20,7 @@ import { sessionCommands } from "./commands/session";
 import { userCommands } from "./commands/user";
 
 /** Every command, in the order `hsmctl --help` lists them. */
-export const COMMANDS: readonly CommandSpec[] = [
-  ...sessionCommands,
-  ...userCommands,
-  ...keyCommands,
-  ...cryptoCommands,
-  ...quorumCommands,
-  ...clusterCommands,
-  ...auditCommands,
-];
+export const COMMANDS: readonly CommandSpec[] = [...sessionCommands, ...userCommands, ...keyCommands, ...cryptoCommands, ...quorumCommands, ...clusterCommands, ...auditCommands];
 
 const NOUNS = new Set(COMMANDS.filter((c) => c.words.length === 2).map((c) => c.words[0]));
 
@@ -216,9 +194,7 @@ export async function runHsmctl(argv: readonly string[], io: CliIo): Promise<num
       const lines = [`error: ${e.codeName}: ${e.details || e.message}`];
       const quorumId = e.quorumRequestId;
       if (quorumId) {
-        lines.push(
-          `quorum request ${quorumId} recorded: once enough crypto officers ran "hsmctl quorum approve --id ${quorumId}", run this command again with --quorum-request-id ${quorumId}`,
-        );
+        lines.push(`quorum request ${quorumId} recorded: once enough crypto officers ran "hsmctl quorum approve --id ${quorumId}", run this command again with --quorum-request-id ${quorumId}`);
       }
       if (e.code === GrpcStatus.UNAUTHENTICATED && session !== undefined) {
         lines.push(`the saved session of ${session.username} is no longer valid: run "hsmctl login --username ${session.username}" again`);
@@ -237,5 +213,3 @@ export async function runHsmctl(argv: readonly string[], io: CliIo): Promise<num
 function jsonReplacer(_key: string, value: unknown): unknown {
   return typeof value === "bigint" ? Number(value) : value;
 }
-
-

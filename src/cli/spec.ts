@@ -99,9 +99,7 @@ export const GLOBAL_OPTIONS: OptionSpecs = {
 };
 
 /** Global flags that take a value, for finding the command words among them. */
-const GLOBAL_VALUE_FLAGS = new Set(
-  Object.entries(GLOBAL_OPTIONS).flatMap(([name, o]) => (o.type === "string" ? [`--${name}`, ...(o.short ? [`-${o.short}`] : [])] : [])),
-);
+const GLOBAL_VALUE_FLAGS = new Set(Object.entries(GLOBAL_OPTIONS).flatMap(([name, o]) => (o.type === "string" ? [`--${name}`, ...(o.short ? [`-${o.short}`] : [])] : [])));
 
 /**
  * Splits argv into the command words (the first one or two arguments that are not flags, global
@@ -208,7 +206,12 @@ export function requireString(values: Values, name: string): string {
 export function listValue(values: Values, name: string, splitCommas = true): string[] {
   const v = values[name];
   const list = v === undefined ? [] : Array.isArray(v) ? v : [String(v)];
-  return splitCommas ? list.flatMap((s) => s.split(",")).map((s) => s.trim()).filter((s) => s !== "") : list;
+  return splitCommas
+    ? list
+        .flatMap((s) => s.split(","))
+        .map((s) => s.trim())
+        .filter((s) => s !== "")
+    : list;
 }
 
 /** A non-negative integer flag within bounds, or `fallback` when absent. */

@@ -82,7 +82,15 @@ export class JoinCeremony {
       const v = cur && this.view(cur.value);
       if (v && (v.status === "pending" || v.status === "approved") && v.fingerprint === fingerprint) return v;
       const now = this.now();
-      const rec: JoinRecord = { nodeId: this.o.nodeId, spki: spki.toString("base64"), fingerprint, advertise: this.o.advertise, requestedAt: now, expiresAt: now + this.o.joinTtlMs, status: "pending" };
+      const rec: JoinRecord = {
+        nodeId: this.o.nodeId,
+        spki: spki.toString("base64"),
+        fingerprint,
+        advertise: this.o.advertise,
+        requestedAt: now,
+        expiresAt: now + this.o.joinTtlMs,
+        status: "pending",
+      };
       const res = await this.o.store.txn(
         [cur ? { key: cur.key, op: "modRevision", equals: cur.modRevision } : { key: joinKey(this.o.nodeId), op: "absent" }],
         [{ type: "put", key: joinKey(this.o.nodeId), value: encode(rec) }],
@@ -127,10 +135,13 @@ export class JoinCeremony {
           clearTimeout(t);
           resolve();
         });
-        const t = setTimeout(() => {
-          stop();
-          resolve();
-        }, Math.max(50, Math.min(2000, r.expiresAt - this.now() + 10)));
+        const t = setTimeout(
+          () => {
+            stop();
+            resolve();
+          },
+          Math.max(50, Math.min(2000, r.expiresAt - this.now() + 10)),
+        );
       });
     }
   }
@@ -164,7 +175,8 @@ export class JoinCeremony {
     if (!cur) throw notFound(`no join request from node ${nodeId}`);
     const r = this.view(cur.value);
     if (r.status !== "pending") throw precondition(`the join request of ${nodeId} is ${r.status}: it cannot be approved`);
-    if (r.fingerprint !== fingerprint) throw new HsmError(Code.PermissionDenied, `the join request of ${nodeId} carries transport key ${r.fingerprint}, not ${fingerprint}: refusing (the request is not the one the node printed)`);
+    if (r.fingerprint !== fingerprint)
+      throw new HsmError(Code.PermissionDenied, `the join request of ${nodeId} carries transport key ${r.fingerprint}, not ${fingerprint}: refusing (the request is not the one the node printed)`);
     const spki = Buffer.from(r.spki, "base64");
     if (fingerprintOf(spki) !== r.fingerprint) throw new HsmError(Code.PermissionDenied, `the join request of ${nodeId} is inconsistent: its key does not match its fingerprint`);
     if (!(await this.o.device.domainKeyShareable(domainKeyId))) {

@@ -9,7 +9,19 @@ import { ConfigError } from "./problems";
 import { readProfile } from "./profiles";
 import { parseListenAddress } from "./listen";
 import { sealConfig } from "./redact";
-import { AUTH_DEFAULTS, CLUSTER_DEFAULTS, DEFAULT_PROFILE, HASH_LANE_DEFAULTS, ITEM_OVERHEAD_BYTES, LIMIT_DEFAULTS, LIMITS, LISTEN_DEFAULTS, LOGIN_RATE_DEFAULTS, MESSAGE_OVERHEAD_BYTES, messageBytesFor } from "./schema";
+import {
+  AUTH_DEFAULTS,
+  CLUSTER_DEFAULTS,
+  DEFAULT_PROFILE,
+  HASH_LANE_DEFAULTS,
+  ITEM_OVERHEAD_BYTES,
+  LIMIT_DEFAULTS,
+  LIMITS,
+  LISTEN_DEFAULTS,
+  LOGIN_RATE_DEFAULTS,
+  MESSAGE_OVERHEAD_BYTES,
+  messageBytesFor,
+} from "./schema";
 import { checkTransport, type RawTls } from "./tls";
 import { checkSchema } from "./validator";
 import { PROFILE_NAMES, type Config, type ConfigProblem, type DeviceQuirks, type LimitsConfig, type PinSource, type ProfileName } from "./types";
@@ -100,18 +112,17 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
       const { profile: _profile, ...overDevice } = userDevice;
       const merged = mergeDevice(profileDevice, overDevice);
       const deviceProblems = checkSchema("device", merged, "/device").map((p) =>
-        p.path === "/device/module" && p.message === "is required"
-          ? { ...p, message: `is required (the ${profileName} profile names no module)` }
-          : p,
+        p.path === "/device/module" && p.message === "is required" ? { ...p, message: `is required (the ${profileName} profile names no module)` } : p,
       );
       // A spot the document's own check already flagged is not reported twice (wording may differ).
-      addProblems(problems, deviceProblems.filter((p) => !problems.some((q) => q.path === p.path)));
+      addProblems(
+        problems,
+        deviceProblems.filter((p) => !problems.some((q) => q.path === p.path)),
+      );
       const ok = (path: string) => !deviceProblems.some((p) => p.path === path || p.path.startsWith(`${path}/`));
       const m = merged as unknown as MergedDevice;
       if (ok("/device/poolSize") && ok("/device/quirks/maxSessions") && m.quirks.maxSessions !== null && m.poolSize > m.quirks.maxSessions) {
-        addProblems(problems, [
-          { path: "/device/poolSize", message: `must be <= ${m.quirks.maxSessions} (the device's quirks.maxSessions)` },
-        ]);
+        addProblems(problems, [{ path: "/device/poolSize", message: `must be <= ${m.quirks.maxSessions} (the device's quirks.maxSessions)` }]);
       }
       let pin: ReturnType<typeof resolvePin> | undefined;
       if (ok("/device/pin")) {
@@ -241,9 +252,7 @@ function resolveLimits(given: Partial<LimitsConfig>, problems: ConfigProblem[]):
   }
   const single = messageBytesFor(1, merged.maxPayloadBytes);
   if (set.maxMessageBytes < single) {
-    addProblems(problems, [
-      { path: "/limits/maxMessageBytes", message: `must be >= ${single} (one call with a payload of maxPayloadBytes, ${merged.maxPayloadBytes}, and its overhead)` },
-    ]);
+    addProblems(problems, [{ path: "/limits/maxMessageBytes", message: `must be >= ${single} (one call with a payload of maxPayloadBytes, ${merged.maxPayloadBytes}, and its overhead)` }]);
     return undefined;
   }
   return merged;

@@ -15,8 +15,18 @@ export const CONNECTION_FIELDS = Object.freeze({
   handshakeTimeoutSeconds: { default: 10, min: 1, max: 600, description: "a connection that has not completed its TLS handshake and HTTP/2 preface and started a call by then is closed" },
   keepaliveSeconds: { default: 60, min: 1, max: 86_400, description: "the server pings a connection this often and closes it when the ping is not answered in 20 s (grpc.keepalive_time_ms)" },
   maxConcurrentStreams: { default: 32, min: 1, max: 1_000, description: "calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, grpc.max_concurrent_streams)" },
-  maxSessionMemoryMiB: { default: 16, min: 1, max: 1_024, description: "memory nghttp2 may hold for one connection (header tables, queued frames) before it refuses new streams (grpc-node.max_session_memory)" },
-  maxQueuedResponseBytes: { default: 8 * 1024 * 1024, min: 65_536, max: 1024 * 1024 * 1024, description: "response bytes a connection may leave unread; past it, new calls and further responses on it answer RESOURCE_EXHAUSTED" },
+  maxSessionMemoryMiB: {
+    default: 16,
+    min: 1,
+    max: 1_024,
+    description: "memory nghttp2 may hold for one connection (header tables, queued frames) before it refuses new streams (grpc-node.max_session_memory)",
+  },
+  maxQueuedResponseBytes: {
+    default: 8 * 1024 * 1024,
+    min: 65_536,
+    max: 1024 * 1024 * 1024,
+    description: "response bytes a connection may leave unread; past it, new calls and further responses on it answer RESOURCE_EXHAUSTED",
+  },
 } as const);
 
 /** Default and bounds of each integer field of `connections.admin` (durations in seconds). */

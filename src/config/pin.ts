@@ -7,11 +7,7 @@ import type { ConfigProblem, PinSource } from "./types";
  * (one trailing newline trimmed; missing, unreadable or empty is an error). Relative file paths are
  * taken from `baseDir` (the config file's directory). Problems never include the PIN or file contents.
  */
-export function resolvePin(
-  source: PinSource,
-  env: NodeJS.ProcessEnv,
-  baseDir: string,
-): { pin: string; source: PinSource } | { problem: ConfigProblem } {
+export function resolvePin(source: PinSource, env: NodeJS.ProcessEnv, baseDir: string): { pin: string; source: PinSource } | { problem: ConfigProblem } {
   if ("env" in source) {
     const value = env[source.env];
     if (value === undefined) return { problem: { path: "/device/pin/env", message: `environment variable ${source.env} is not set` } };

@@ -25,10 +25,7 @@ export function findProfileDir(env: NodeJS.ProcessEnv = process.env): string | u
 export type RawProfile = Record<string, unknown>;
 
 /** Reads and checks `hsm-config/<name>.json`. Problems are reported at `/device/profile`. */
-export function readProfile(
-  name: ProfileName,
-  env: NodeJS.ProcessEnv,
-): { file: string; profile?: RawProfile; problems: ConfigProblem[] } {
+export function readProfile(name: ProfileName, env: NodeJS.ProcessEnv): { file: string; profile?: RawProfile; problems: ConfigProblem[] } {
   const dir = findProfileDir(env);
   if (dir === undefined) {
     return {

@@ -65,9 +65,7 @@ export const LIMITS: { readonly [K in keyof LimitsConfig]: { readonly default: n
 });
 
 /** Default limits, as a `LimitsConfig`. */
-export const LIMIT_DEFAULTS: LimitsConfig = Object.freeze(
-  Object.fromEntries(Object.entries(LIMITS).map(([k, v]) => [k, v.default])) as unknown as LimitsConfig,
-);
+export const LIMIT_DEFAULTS: LimitsConfig = Object.freeze(Object.fromEntries(Object.entries(LIMITS).map(([k, v]) => [k, v.default])) as unknown as LimitsConfig);
 
 const hostPort = (def: string) => ({
   type: "string",
@@ -90,7 +88,7 @@ const pinSchema = {
   minProperties: 1,
   maxProperties: 1,
   errorMessages: {
-    type: "must be an object { \"env\": NAME } or { \"file\": PATH } (the PIN itself never goes in a config file)",
+    type: 'must be an object { "env": NAME } or { "file": PATH } (the PIN itself never goes in a config file)',
     minProperties: "must have property 'env' or 'file'",
     maxProperties: "must have only one of 'env' or 'file'",
   },
@@ -184,7 +182,15 @@ export const CONFIG_SCHEMA = {
       properties: {
         sessionTtlSeconds: { type: "integer", minimum: 1, maximum: 604800, default: AUTH_DEFAULTS.sessionTtlSeconds, description: "session token lifetime" },
         maxFailedLogins: { type: "integer", minimum: 1, maximum: 100, default: AUTH_DEFAULTS.maxFailedLogins, description: "consecutive failed logins that lock a user" },
-        firstOfficer: { type: "string", minLength: 1, maxLength: 32, pattern: "^[a-z0-9][a-z0-9._-]*$", errorMessages: { pattern: "must be a username: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit" }, default: AUTH_DEFAULTS.firstOfficer, description: "name of the crypto officer `hsmd init` creates" },
+        firstOfficer: {
+          type: "string",
+          minLength: 1,
+          maxLength: 32,
+          pattern: "^[a-z0-9][a-z0-9._-]*$",
+          errorMessages: { pattern: "must be a username: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit" },
+          default: AUTH_DEFAULTS.firstOfficer,
+          description: "name of the crypto officer `hsmd init` creates",
+        },
         loginRateLimit: {
           type: "object",
           additionalProperties: false,
@@ -261,9 +267,7 @@ export const CONFIG_SCHEMA = {
     limits: {
       type: "object",
       additionalProperties: false,
-      properties: Object.fromEntries(
-        Object.entries(LIMITS).map(([k, v]) => [k, { type: "integer", minimum: 1, maximum: v.max, default: v.default }]),
-      ),
+      properties: Object.fromEntries(Object.entries(LIMITS).map(([k, v]) => [k, { type: "integer", minimum: 1, maximum: v.max, default: v.default }])),
     },
   },
 } as const;

@@ -44,13 +44,10 @@ export interface RawTls {
  * then `tlsSchemaOk` is false and no further TLS problem is reported); a listen address is undefined
  * when it did not parse (reported elsewhere).
  */
-export function checkTransport(input: {
-  tls: RawTls | undefined;
-  tlsSchemaOk: boolean;
-  devMode: boolean;
-  listen: { grpc?: ListenAddress; admin?: ListenAddress };
-  baseDir: string;
-}): { problems: ConfigProblem[]; tls?: TlsConfig | null } {
+export function checkTransport(input: { tls: RawTls | undefined; tlsSchemaOk: boolean; devMode: boolean; listen: { grpc?: ListenAddress; admin?: ListenAddress }; baseDir: string }): {
+  problems: ConfigProblem[];
+  tls?: TlsConfig | null;
+} {
   const { tls, devMode, listen, baseDir } = input;
   if (!input.tlsSchemaOk) return { problems: [] };
   if (tls === undefined) {

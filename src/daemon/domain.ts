@@ -30,7 +30,9 @@ export async function ensureDomain(store: StateStore, device: Device, opts: Daem
       if (!membership) throw precondition(`the token does not hold domain key ${meta.domainKeyId} that this node's records are wrapped under: wrong token, or the token was reinitialized`);
       if (!opts.join) throw precondition(`this node's HSM does not hold the domain key of cluster ${cluster!.name}: run \`hsmd join\` and have a crypto officer approve it`);
       const req = await membership.requestJoin();
-      log(`join request recorded for node ${config.node.id}: transport key sha256 ${req.fingerprint}; waiting for a crypto officer to approve it (ApproveJoin) until ${new Date(req.expiresAt).toISOString()}`);
+      log(
+        `join request recorded for node ${config.node.id}: transport key sha256 ${req.fingerprint}; waiting for a crypto officer to approve it (ApproveJoin) until ${new Date(req.expiresAt).toISOString()}`,
+      );
       opts.onJoinRequest?.(req);
       await membership.awaitJoin();
       log(`joined cluster ${cluster!.name}: domain key ${meta.domainKeyId} unwrapped into this HSM`);

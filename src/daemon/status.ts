@@ -41,7 +41,11 @@ export async function readiness(d: DaemonView) {
     {
       name: "domain_key",
       ok: domain,
-      detail: domain ? undefined : fault ? `the device cannot find domain key ${d.domainKeyId}: a device fault, re-initializing the module (see the log)` : `domain key ${d.domainKeyId} missing from the token`,
+      detail: domain
+        ? undefined
+        : fault
+          ? `the device cannot find domain key ${d.domainKeyId}: a device fault, re-initializing the module (see the log)`
+          : `domain key ${d.domainKeyId} missing from the token`,
     },
   ];
 }

@@ -113,19 +113,20 @@ export class GrpcListener {
     const firstOfKind = (this.refused > 0 && !this.loggedRefusal) || (this.timedOut > 0 && !this.loggedTimeout);
     if (!firstOfKind && now - this.lastLog < LOG_EVERY_MS) {
       if (!this.logTimer) {
-        this.logTimer = setTimeout(() => {
-          this.logTimer = undefined;
-          this.report();
-        }, LOG_EVERY_MS - (now - this.lastLog));
+        this.logTimer = setTimeout(
+          () => {
+            this.logTimer = undefined;
+            this.report();
+          },
+          LOG_EVERY_MS - (now - this.lastLog),
+        );
         this.logTimer.unref();
       }
       return;
     }
     this.lastLog = now;
     if (this.refused > 0) {
-      this.opts.log?.(
-        `gRPC connection limit of ${this.opts.maxConnections} reached (connections.maxConnections, within the file descriptor limit): refused ${this.refused} new connection(s)`,
-      );
+      this.opts.log?.(`gRPC connection limit of ${this.opts.maxConnections} reached (connections.maxConnections, within the file descriptor limit): refused ${this.refused} new connection(s)`);
     }
     if (this.timedOut > 0) {
       this.opts.log?.(`closed ${this.timedOut} gRPC connection(s) that started no call within ${this.opts.handshakeTimeoutMs} ms (connections.handshakeTimeoutSeconds)`);

@@ -62,4 +62,3 @@ export interface GrpcConnectionOptions {
   /** Unread response bytes per connection before its calls answer RESOURCE_EXHAUSTED. */
   maxQueuedResponseBytes: number;
 }
-

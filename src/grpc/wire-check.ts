@@ -198,7 +198,8 @@ export function checkWire(buf: Uint8Array, shape: MessageShape, limits: WireLimi
       const at = pos;
       let tag = buf[pos]!;
       let r = 0;
-      if (tag < 0x80) pos++; // one-byte tags (fields 1 to 15): the common case, read inline
+      if (tag < 0x80)
+        pos++; // one-byte tags (fields 1 to 15): the common case, read inline
       else {
         r = readVarint(buf, pos, 5, v);
         if (r !== 0) badVarint(r, pos, 5, "a tag");
@@ -212,7 +213,8 @@ export function checkWire(buf: Uint8Array, shape: MessageShape, limits: WireLimi
       if (wt === 3 || wt === 4) throw new Malformed(`${nameOf(s, path, no)} uses a protobuf group (wire type ${wt}), which proto3 messages do not have`);
       if (wt > 5) throw new Malformed(`${nameOf(s, path, no)} has the invalid wire type ${wt} (at byte ${at})`);
       let len = 0;
-      if (wt === 2 && pos < end && buf[pos]! < 0x80) len = buf[pos++]!; // a length under 128, inline
+      if (wt === 2 && pos < end && buf[pos]! < 0x80)
+        len = buf[pos++]!; // a length under 128, inline
       else if (wt === 0 || wt === 2) {
         r = readVarint(buf, pos, 10, v);
         if (r !== 0) badVarint(r, pos, 10, `the ${wt === 0 ? "value" : "length"} of ${nameOf(s, path, no)}`);

@@ -229,14 +229,11 @@ export class KeyCrypto {
     if (spec.name === "AES_KW" && (blob.length % 8 !== 0 || blob.length < 24)) throw invalid("an AES_KW blob is a multiple of 8 bytes and at least 24");
     const spki = isSecret(alg) ? undefined : factory.checkPairSpki(alg, Buffer.from(req.publicKeySpki));
     const part: Part = walg.type === "rsa" ? "private" : "secret";
-    return factory.create(
-      { label, spec: req.spec, usages, state: "enabled", origin: "UNWRAPPED", publicOnly: false, exportable: req.exportable, requestId, owner },
-      async (id) => {
-        await records.withKey(w, () => device.unwrap(w.id, part, spec, blob, id, alg, usages));
-        if (spki) await factory.provePair(id, alg, usages, spki, (tmp) => device.unwrap(w.id, part, spec, blob, tmp, alg, ["sign"]));
-        return spki;
-      },
-    );
+    return factory.create({ label, spec: req.spec, usages, state: "enabled", origin: "UNWRAPPED", publicOnly: false, exportable: req.exportable, requestId, owner }, async (id) => {
+      await records.withKey(w, () => device.unwrap(w.id, part, spec, blob, id, alg, usages));
+      if (spki) await factory.provePair(id, alg, usages, spki, (tmp) => device.unwrap(w.id, part, spec, blob, tmp, alg, ["sign"]));
+      return spki;
+    });
   }
 
   /** `owner`: the crypto user the new key belongs to (absent only in device-level tests). */
@@ -254,13 +251,10 @@ export class KeyCrypto {
     const requestId = checkRequestId(limits, req.requestId);
     const peer = partsFromSpki(this.payload("peer_public_key_spki", Buffer.from(req.peerPublicKeySpki)));
     if (peer.alg.type !== "ec" || peer.alg.curve !== palg.curve) throw invalid(`peer_public_key_spki must be an EC key on ${palg.curve}`);
-    return factory.create(
-      { label, spec: req.spec, usages, state: "enabled", origin: "DERIVED", publicOnly: false, exportable: req.exportable, requestId, owner },
-      async (id) => {
-        await records.withKey(p, () => device.deriveEcdh(p.id, peer.point!, id, alg, usages));
-        return undefined;
-      },
-    );
+    return factory.create({ label, spec: req.spec, usages, state: "enabled", origin: "DERIVED", publicOnly: false, exportable: req.exportable, requestId, owner }, async (id) => {
+      await records.withKey(p, () => device.deriveEcdh(p.id, peer.point!, id, alg, usages));
+      return undefined;
+    });
   }
 
   /** Random bytes from the HSM's generator (C_GenerateRandom), at most limits.maxRandomBytes. */

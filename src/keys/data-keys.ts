@@ -63,7 +63,15 @@ export class DataKeys {
     if (!blob.subarray(0, 4).equals(DATA_KEY_MAGIC)) throw invalid("wrapped_data_key is not a data key this service wrapped (unknown format)");
     const aad = encryptionContextAad(req.encryptionContext);
     try {
-      const { plaintext } = await this.opts.crypto.decrypt({ keyId: r.id, algorithm: "AES_GCM", ciphertext: blob.subarray(16), iv: blob.subarray(4, 16), aad, tagLength: 16, oaepLabel: Buffer.alloc(0) });
+      const { plaintext } = await this.opts.crypto.decrypt({
+        keyId: r.id,
+        algorithm: "AES_GCM",
+        ciphertext: blob.subarray(16),
+        iv: blob.subarray(4, 16),
+        aad,
+        tagLength: 16,
+        oaepLabel: Buffer.alloc(0),
+      });
       return { keyId: r.id, keyVersion: r.currentVersion, plaintextDataKey: plaintext };
     } catch (e) {
       if (e instanceof HsmError && e.code === Code.InvalidArgument) {

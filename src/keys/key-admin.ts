@@ -92,14 +92,11 @@ export class KeyAdmin {
         await device.importWrapped(again.id, blob, id, alg, u, again.oaepHash);
       }
     };
-    return factory.create(
-      { label, spec: req.spec, usages, state: "enabled", origin: "IMPORTED", publicOnly: false, exportable: req.exportable, requestId, owner },
-      async (id) => {
-        await unwrap(id, usages);
-        if (spki) await factory.provePair(id, alg, usages, spki, (tmp) => unwrap(tmp, ["sign"]));
-        return spki;
-      },
-    );
+    return factory.create({ label, spec: req.spec, usages, state: "enabled", origin: "IMPORTED", publicOnly: false, exportable: req.exportable, requestId, owner }, async (id) => {
+      await unwrap(id, usages);
+      if (spki) await factory.provePair(id, alg, usages, spki, (tmp) => unwrap(tmp, ["sign"]));
+      return spki;
+    });
   }
 
   /** `viewerId`: the caller's user id (the owner also sees the share list). */

@@ -53,9 +53,7 @@ export const requestKey = (requestId: string) => `requests/${Buffer.from(request
 
 /** JSON with buffers as base64: the store's encoding of a record. */
 export function encodeRecord(r: KeyRecord): Buffer {
-  return Buffer.from(
-    JSON.stringify(r, (_k, v) => (v && typeof v === "object" && v.type === "Buffer" && Array.isArray(v.data) ? { $b64: Buffer.from(v.data).toString("base64") } : v)),
-  );
+  return Buffer.from(JSON.stringify(r, (_k, v) => (v && typeof v === "object" && v.type === "Buffer" && Array.isArray(v.data) ? { $b64: Buffer.from(v.data).toString("base64") } : v)));
 }
 
 /** Reads a record in either format: names (now written), or the enum numbers of earlier versions. */

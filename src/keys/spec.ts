@@ -84,7 +84,6 @@ function resolveRequested(alg: KeyAlgorithm, requested: readonly Usage[], public
   return [...out];
 }
 
-
 /** An encryption algorithm resolved for a key: the cipher spec minus per-call parameters. */
 export function cipherFor(alg: EncryptionAlgorithmName, key: KeyAlgorithm): { name: CipherSpec["name"]; hash?: OaepHash } {
   const need = (t: KeyAlgorithm["type"], name: CipherSpec["name"], hash?: OaepHash) => {
@@ -115,13 +114,24 @@ export function cipherFor(alg: EncryptionAlgorithmName, key: KeyAlgorithm): { na
 export function signFor(alg: SigningAlgorithmName, key: KeyAlgorithm, digest: boolean): SignSpec {
   const input = digest ? "digest" : "message";
   const need = (t: KeyAlgorithm["type"]) => {
-    if (key.type !== t) throw invalid(`algorithm SIGNING_ALGORITHM_${alg} needs ${t === "ec" ? "an EC" : t === "rsa" ? "an RSA" : t === "hmac" ? "an HMAC" : t === "aes" ? "an AES" : "an Ed25519"} key; this key is ${key.type.toUpperCase()}`);
+    if (key.type !== t)
+      throw invalid(
+        `algorithm SIGNING_ALGORITHM_${alg} needs ${t === "ec" ? "an EC" : t === "rsa" ? "an RSA" : t === "hmac" ? "an HMAC" : t === "aes" ? "an AES" : "an Ed25519"} key; this key is ${key.type.toUpperCase()}`,
+      );
   };
   const hashOf: Partial<Record<SigningAlgorithmName, Hash>> = {
-    RSA_PKCS1_SHA256: "sha256", RSA_PKCS1_SHA384: "sha384", RSA_PKCS1_SHA512: "sha512",
-    RSA_PSS_SHA256: "sha256", RSA_PSS_SHA384: "sha384", RSA_PSS_SHA512: "sha512",
-    ECDSA_SHA256: "sha256", ECDSA_SHA384: "sha384", ECDSA_SHA512: "sha512",
-    HMAC_SHA256: "sha256", HMAC_SHA384: "sha384", HMAC_SHA512: "sha512",
+    RSA_PKCS1_SHA256: "sha256",
+    RSA_PKCS1_SHA384: "sha384",
+    RSA_PKCS1_SHA512: "sha512",
+    RSA_PSS_SHA256: "sha256",
+    RSA_PSS_SHA384: "sha384",
+    RSA_PSS_SHA512: "sha512",
+    ECDSA_SHA256: "sha256",
+    ECDSA_SHA384: "sha384",
+    ECDSA_SHA512: "sha512",
+    HMAC_SHA256: "sha256",
+    HMAC_SHA384: "sha384",
+    HMAC_SHA512: "sha512",
   };
   const hash = hashOf[alg];
   switch (alg) {

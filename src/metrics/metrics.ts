@@ -23,9 +23,7 @@ export interface MetricsOptions {
  * Latency buckets in seconds, from 50µs (a cached in-process operation) to 5s (a slow RSA key
  * generation on a network HSM). Roughly 1-2.5-5 per decade.
  */
-export const LATENCY_BUCKETS: readonly number[] = Object.freeze([
-  0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
-]);
+export const LATENCY_BUCKETS: readonly number[] = Object.freeze([0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]);
 
 /**
  * The daemon's Prometheus metrics, in a registry of their own (never prom-client's global one, so

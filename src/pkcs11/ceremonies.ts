@@ -110,13 +110,15 @@ async function importWrappedNow(c: DeviceCore, importKeyId: string, blob: Buffer
   const rsaLen = 384;
   const t = newKeyIntent(id, alg, usages);
   const secret = alg.type === "aes" || alg.type === "hmac";
-  await retryCreation(c, id, () => c.runCreating("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, onToken(t), async (s) => {
-    const eph = await c.p11.C_UnwrapKeyAsync(s, oaep(hash), handle(c, s, importKeyId, "private"), blob.subarray(0, rsaLen), importEphemeralTemplate());
-    try {
-      const h = await c.p11.C_UnwrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, eph, blob.subarray(rsaLen), secret ? secretTemplate(t, false) : privateTemplate(t));
-      setHandle(c, id, secret ? "secret" : "private", h, t);
-    } finally {
-      c.mod.safe(() => c.p11.C_DestroyObject(s, eph));
-    }
-  })).catch(badBlob);
+  await retryCreation(c, id, () =>
+    c.runCreating("C_UnwrapKey", pk.CKM_RSA_PKCS_OAEP, onToken(t), async (s) => {
+      const eph = await c.p11.C_UnwrapKeyAsync(s, oaep(hash), handle(c, s, importKeyId, "private"), blob.subarray(0, rsaLen), importEphemeralTemplate());
+      try {
+        const h = await c.p11.C_UnwrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, eph, blob.subarray(rsaLen), secret ? secretTemplate(t, false) : privateTemplate(t));
+        setHandle(c, id, secret ? "secret" : "private", h, t);
+      } finally {
+        c.mod.safe(() => c.p11.C_DestroyObject(s, eph));
+      }
+    }),
+  ).catch(badBlob);
 }

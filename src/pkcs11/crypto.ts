@@ -78,7 +78,10 @@ export async function decrypt(c: DeviceCore, id: string, part: Part, spec: Ciphe
     const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
     // A native OAEP decoding failure (SoftHSM2: CKR_GENERAL_ERROR; others CKR_ENCRYPTED_DATA_*):
     // the same one answer as the host-side decoding gives, for every kind of bad ciphertext.
-    if (spec.name === "RSA_OAEP" && (ckr === CKR.GENERAL_ERROR || ckr === CKR.ENCRYPTED_DATA_INVALID || ckr === CKR.ENCRYPTED_DATA_LEN_RANGE || ckr === CKR.DATA_INVALID || ckr === CKR.DATA_LEN_RANGE)) {
+    if (
+      spec.name === "RSA_OAEP" &&
+      (ckr === CKR.GENERAL_ERROR || ckr === CKR.ENCRYPTED_DATA_INVALID || ckr === CKR.ENCRYPTED_DATA_LEN_RANGE || ckr === CKR.DATA_INVALID || ckr === CKR.DATA_LEN_RANGE)
+    ) {
       throw new HsmError(Code.InvalidArgument, "decrypt: RSA-OAEP decryption failed: wrong key, hash or ciphertext", { cause: (e as HsmError).cause });
     }
     // SoftHSM2 answers a failed GCM tag check or bad CBC padding with CKR_GENERAL_ERROR.
@@ -108,7 +111,14 @@ export async function sign(c: DeviceCore, id: string, spec: SignSpec, data: Buff
 }
 
 /** Verifies; a signature that does not verify (or has the wrong length) is `false`, not an error. */
-export async function verify(c: DeviceCore, id: string, spec: SignSpec, data: Buffer, signature: Buffer, part: Part = spec.name === "HMAC" || spec.name === "AES_CMAC" ? "secret" : "public"): Promise<boolean> {
+export async function verify(
+  c: DeviceCore,
+  id: string,
+  spec: SignSpec,
+  data: Buffer,
+  signature: Buffer,
+  part: Part = spec.name === "HMAC" || spec.name === "AES_CMAC" ? "secret" : "public",
+): Promise<boolean> {
   const { mech, input } = signMechanism(spec, data, c.mod.mechs);
   c.mod.requireMechanism(mech.mechanism, spec.name);
   try {

@@ -63,7 +63,10 @@ export function initToken(opts: InitTokenOptions): InitializedToken {
     // The module's PIN length range (CK_TOKEN_INFO ulMinPinLen/ulMaxPinLen), checked before anything
     // is written: a user PIN refused after C_InitToken would leave a token nobody can log in to.
     const { minPinLen, maxPinLen } = free.info;
-    for (const [who, pin] of [["SO", opts.soPin], ["user", opts.userPin]] as const) {
+    for (const [who, pin] of [
+      ["SO", opts.soPin],
+      ["user", opts.userPin],
+    ] as const) {
       const n = Buffer.byteLength(pin, "utf8");
       if (n < minPinLen || n > maxPinLen) throw invalid(`the ${who} PIN is ${n} bytes; this module takes ${minPinLen} to ${maxPinLen} (CKR_PIN_LEN_RANGE)`);
     }
@@ -76,7 +79,11 @@ export function initToken(opts: InitTokenOptions): InitializedToken {
       step("C_Login as user", () => p11.C_Login(so, pk.CKU_USER, opts.userPin));
       step("C_Logout", () => p11.C_Logout(so));
     } catch (e) {
-      throw new HsmError(Code.FailedPrecondition, `token "${opts.label}" was initialized but its user PIN could not be set (${(e as Error).message}): delete it (softhsm2-util --delete-token --token "${opts.label}") and try again`, { cause: e });
+      throw new HsmError(
+        Code.FailedPrecondition,
+        `token "${opts.label}" was initialized but its user PIN could not be set (${(e as Error).message}): delete it (softhsm2-util --delete-token --token "${opts.label}") and try again`,
+        { cause: e },
+      );
     } finally {
       try {
         p11.C_CloseSession(so);

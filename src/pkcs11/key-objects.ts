@@ -88,31 +88,40 @@ export async function generate(c: DeviceCore, id: string, alg: KeyAlgorithm, usa
   if (alg.type === "aes" || alg.type === "hmac") {
     const mech = alg.type === "aes" ? pk.CKM_AES_KEY_GEN : pk.CKM_GENERIC_SECRET_KEY_GEN;
     c.mod.requireMechanism(mech, `${alg.type.toUpperCase()} key generation`);
-    return retryCreation(c, id, () =>
-      c.runCreating("C_GenerateKey", mech, onToken(t), async (s) => {
-        const h = await c.p11.C_GenerateKeyAsync(s, { mechanism: mech }, secretTemplate(t, true));
-        setHandle(c, id, "secret", h, t);
-        return {};
-      }),
+    return retryCreation(
+      c,
+      id,
+      () =>
+        c.runCreating("C_GenerateKey", mech, onToken(t), async (s) => {
+          const h = await c.p11.C_GenerateKeyAsync(s, { mechanism: mech }, secretTemplate(t, true));
+          setHandle(c, id, "secret", h, t);
+          return {};
+        }),
       true,
     );
   }
   const mech = alg.type === "rsa" ? pk.CKM_RSA_PKCS_KEY_PAIR_GEN : alg.type === "ec" ? pk.CKM_EC_KEY_PAIR_GEN : CKM_EC_EDWARDS_KEY_PAIR_GEN;
   c.mod.requireMechanism(mech, `${alg.type} key pair generation`);
-  return retryCreation(c, id, () => c.runCreating("C_GenerateKeyPair", mech, onToken(kept), async (s) => {
-    let kp: pk.KeyPair;
-    try {
-      kp = await c.p11.C_GenerateKeyPairAsync(s, { mechanism: mech }, publicTemplate(kept), privateTemplate(t));
-    } catch (e) {
-      if (alg.type === "ec" && (ckrOf(e) === 0x130 /* CKR_DOMAIN_PARAMS_INVALID */ || ckrOf(e) === CKR.ATTRIBUTE_VALUE_INVALID)) {
-        throw precondition(`the device does not support the ${alg.curve} curve`);
-      }
-      throw e;
-    }
-    setHandle(c, id, "private", kp.privateKey, t);
-    setHandle(c, id, "public", kp.publicKey, kept);
-    return { spki: readPublicSpki(c, s, alg, kp.publicKey) };
-  }), true);
+  return retryCreation(
+    c,
+    id,
+    () =>
+      c.runCreating("C_GenerateKeyPair", mech, onToken(kept), async (s) => {
+        let kp: pk.KeyPair;
+        try {
+          kp = await c.p11.C_GenerateKeyPairAsync(s, { mechanism: mech }, publicTemplate(kept), privateTemplate(t));
+        } catch (e) {
+          if (alg.type === "ec" && (ckrOf(e) === 0x130 /* CKR_DOMAIN_PARAMS_INVALID */ || ckrOf(e) === CKR.ATTRIBUTE_VALUE_INVALID)) {
+            throw precondition(`the device does not support the ${alg.curve} curve`);
+          }
+          throw e;
+        }
+        setHandle(c, id, "private", kp.privateKey, t);
+        setHandle(c, id, "public", kp.publicKey, kept);
+        return { spki: readPublicSpki(c, s, alg, kp.publicKey) };
+      }),
+    true,
+  );
 }
 
 /** Creates a public key object from an SPKI (import, and materializing a pair's public half). */
@@ -152,16 +161,22 @@ export async function sealForRecord(c: DeviceCore, id: string, alg: KeyAlgorithm
   const t = intent(c, id, alg, usages);
   let blob: Buffer;
   try {
-    blob = Buffer.from(await c.run("C_WrapKey", CKM_AES_KEY_WRAP_PAD, (s) =>
-      c.p11.C_WrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, handle(c, s, domainKeyId, "secret"), e, Buffer.alloc(16384)),
-    ));
+    blob = Buffer.from(
+      await c.run("C_WrapKey", CKM_AES_KEY_WRAP_PAD, (s) => c.p11.C_WrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, handle(c, s, domainKeyId, "secret"), e, Buffer.alloc(16384))),
+    );
   } catch (err) {
     if (!(err instanceof HsmError && ckrOf(err.cause) === CKR.KEY_NOT_WRAPPABLE)) throw err;
-    await c.run("C_CopyObject", undefined, (s) => {
-      const h = c.p11.C_CopyObject(s, e, keptCopyTemplate(onToken(t)));
-      c.p11.C_DestroyObject(s, e);
-      c.cache.put(id, part, h);
-    }, true, onToken(t));
+    await c.run(
+      "C_CopyObject",
+      undefined,
+      (s) => {
+        const h = c.p11.C_CopyObject(s, e, keptCopyTemplate(onToken(t)));
+        c.p11.C_DestroyObject(s, e);
+        c.cache.put(id, part, h);
+      },
+      true,
+      onToken(t),
+    );
     c.cache.transients.delete(id);
     return undefined;
   }
@@ -175,9 +190,11 @@ export async function sealForRecord(c: DeviceCore, id: string, alg: KeyAlgorithm
   // Between attempts, whatever a failed unwrap left of this part goes; the intermediate and a
   // pair's public half stay.
   const cleanup = () =>
-    c.run("C_DestroyObject", undefined, (s) => {
-      for (const h of findHandles(c, s, id, part)) if (!h.equals(e)) c.p11.C_DestroyObject(s, h);
-    }).catch(() => undefined);
+    c
+      .run("C_DestroyObject", undefined, (s) => {
+        for (const h of findHandles(c, s, id, part)) if (!h.equals(e)) c.p11.C_DestroyObject(s, h);
+      })
+      .catch(() => undefined);
   await retrySpurious(
     () =>
       c.runCreating("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, onToken(t), async (s) => {
@@ -202,12 +219,16 @@ export async function sealForRecord(c: DeviceCore, id: string, alg: KeyAlgorithm
 async function sameMac(c: DeviceCore, id: string, e: Buffer, alg: Extract<KeyAlgorithm, { type: "hmac" }>, usages: readonly Usage[]): Promise<void> {
   const mech = { mechanism: HASH_MECH[alg.hash].hmac };
   const challenge = randomBytes(32);
-  const mac = Buffer.from(await c.run("C_Sign", mech.mechanism, (s) => {
-    c.p11.C_SignInit(s, mech, e);
-    return c.p11.C_SignAsync(s, challenge, Buffer.alloc(64));
-  }));
+  const mac = Buffer.from(
+    await c.run("C_Sign", mech.mechanism, (s) => {
+      c.p11.C_SignInit(s, mech, e);
+      return c.p11.C_SignAsync(s, challenge, Buffer.alloc(64));
+    }),
+  );
   // The kept key may be sign-only or verify-only: ask it the way its usages allow.
-  const same = usages.includes("sign") ? mac.equals(await sign(c, id, { name: "HMAC", hash: alg.hash }, challenge, "secret")) : await verify(c, id, { name: "HMAC", hash: alg.hash }, challenge, mac, "secret");
+  const same = usages.includes("sign")
+    ? mac.equals(await sign(c, id, { name: "HMAC", hash: alg.hash }, challenge, "secret"))
+    : await verify(c, id, { name: "HMAC", hash: alg.hash }, challenge, mac, "secret");
   if (!same) throw new HsmError(Code.InvalidArgument, "secret key material must be a multiple of 8 bytes long: the device cannot wrap other lengths faithfully under the domain key");
 }
 
@@ -223,7 +244,13 @@ export async function exportWrapped(c: DeviceCore, wrappingKeyId: string, wrappi
   const secret = alg.type === "aes" || alg.type === "hmac";
   const t: TemplateIntent = { id: `hsmd-export-${randomUUID()}`, alg, usages: [], residence: { kind: "transient" } };
   const out = await c.run("C_WrapKey", mech.mechanism, async (s) => {
-    const x = await c.p11.C_UnwrapKeyAsync(s, { mechanism: CKM_AES_KEY_WRAP_PAD }, handle(c, s, material.wrappingKeyId, "secret"), material.blob, secret ? secretTemplate(t, false) : privateTemplate(t));
+    const x = await c.p11.C_UnwrapKeyAsync(
+      s,
+      { mechanism: CKM_AES_KEY_WRAP_PAD },
+      handle(c, s, material.wrappingKeyId, "secret"),
+      material.blob,
+      secret ? secretTemplate(t, false) : privateTemplate(t),
+    );
     try {
       return await c.p11.C_WrapKeyAsync(s, mech, handle(c, s, wrappingKeyId, wrappingPart), x, Buffer.alloc(16384));
     } finally {
@@ -237,16 +264,22 @@ export async function exportWrapped(c: DeviceCore, wrappingKeyId: string, wrappi
 export async function materialize(c: DeviceCore, id: string, alg: KeyAlgorithm, usages: readonly Usage[], material: WrappedMaterial, spki?: Buffer): Promise<void> {
   const t = intent(c, id, alg, usages);
   const secret = alg.type === "aes" || alg.type === "hmac";
-  await retryCreation(c, id, () => c.runCreating("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, onToken(t), async (s) => {
-    const h = await c.p11.C_UnwrapKeyAsync(
-      s,
-      { mechanism: CKM_AES_KEY_WRAP_PAD },
-      handle(c, s, material.wrappingKeyId, "secret"),
-      material.blob,
-      secret ? secretTemplate(t, false) : privateTemplate(t),
-    );
-    c.cache.put(id, secret ? "secret" : "private", h);
-  }), true);
+  await retryCreation(
+    c,
+    id,
+    () =>
+      c.runCreating("C_UnwrapKey", CKM_AES_KEY_WRAP_PAD, onToken(t), async (s) => {
+        const h = await c.p11.C_UnwrapKeyAsync(
+          s,
+          { mechanism: CKM_AES_KEY_WRAP_PAD },
+          handle(c, s, material.wrappingKeyId, "secret"),
+          material.blob,
+          secret ? secretTemplate(t, false) : privateTemplate(t),
+        );
+        c.cache.put(id, secret ? "secret" : "private", h);
+      }),
+    true,
+  );
   if (!secret && spki && !(await has(c, id, "public"))) await createPublic(c, id, spki, usages);
 }
 

@@ -15,8 +15,13 @@ export function unwrapOctetString(buf: Buffer): Buffer {
   if (buf[0] !== 0x04 || buf.length < 2) return buf;
   let len = buf[1]!;
   let off = 2;
-  if (len === 0x81) { len = buf[2]!; off = 3; }
-  else if (len === 0x82) { len = (buf[2]! << 8) | buf[3]!; off = 4; }
+  if (len === 0x81) {
+    len = buf[2]!;
+    off = 3;
+  } else if (len === 0x82) {
+    len = (buf[2]! << 8) | buf[3]!;
+    off = 4;
+  }
   return off + len === buf.length ? buf.subarray(off) : buf;
 }
 

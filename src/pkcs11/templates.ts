@@ -129,13 +129,7 @@ export function secretLength(alg: KeyAlgorithm): number {
 
 /** Template for a private key (generate, unwrap). */
 export function privateTemplate(t: TemplateIntent): pk.Template {
-  return [
-    { type: pk.CKA_CLASS, value: pk.CKO_PRIVATE_KEY },
-    { type: pk.CKA_KEY_TYPE, value: keyType(t.alg) },
-    ...protection(t.residence),
-    ...idAttrs(t.id),
-    ...flags(PRIVATE_FLAGS, t.usages),
-  ];
+  return [{ type: pk.CKA_CLASS, value: pk.CKO_PRIVATE_KEY }, { type: pk.CKA_KEY_TYPE, value: keyType(t.alg) }, ...protection(t.residence), ...idAttrs(t.id), ...flags(PRIVATE_FLAGS, t.usages)];
 }
 
 /** Template for a public key (generate: without key parts; create: with them). Never secret, so only CKA_TOKEN follows the residence. */
@@ -209,7 +203,10 @@ export const CLASS_OF: Record<Part, number> = { secret: pk.CKO_SECRET_KEY, priva
 
 /** C_FindObjectsInit template for one part of a key: its CKA_ID and CKA_CLASS. */
 export function findTemplate(id: string, part: Part): pk.Template {
-  return [{ type: pk.CKA_ID, value: Buffer.from(id, "utf8") }, { type: pk.CKA_CLASS, value: CLASS_OF[part] }];
+  return [
+    { type: pk.CKA_ID, value: Buffer.from(id, "utf8") },
+    { type: pk.CKA_CLASS, value: CLASS_OF[part] },
+  ];
 }
 
 /** C_FindObjectsInit template matching every object the session can see (the inventory). */

@@ -4,12 +4,7 @@ export type Hash = "sha256" | "sha384" | "sha512";
 /** Hashes RSA-OAEP may use (SHA-1 remains common for OAEP, where its collisions do not matter). */
 export type OaepHash = Hash | "sha1";
 
-export type KeyAlgorithm =
-  | { type: "aes"; bits: 128 | 256 }
-  | { type: "hmac"; hash: Hash }
-  | { type: "rsa"; bits: 2048 | 3072 | 4096 }
-  | { type: "ec"; curve: Curve }
-  | { type: "ed25519" };
+export type KeyAlgorithm = { type: "aes"; bits: 128 | 256 } | { type: "hmac"; hash: Hash } | { type: "rsa"; bits: 2048 | 3072 | 4096 } | { type: "ec"; curve: Curve } | { type: "ed25519" };
 
 export type Usage = "encrypt" | "decrypt" | "sign" | "verify" | "wrap" | "unwrap" | "derive";
 
@@ -21,7 +16,7 @@ export type CipherSpec =
   | { name: "AES_GCM"; iv: Buffer; aad: Buffer; tagBytes: number }
   | { name: "AES_CBC_PAD"; iv: Buffer }
   | { name: "AES_CTR"; iv: Buffer }
-  | { name: "RSA_OAEP"; hash: OaepHash; /** modulus length in bytes */ k: number; /** OAEP label L (pSourceData); empty or absent: the empty label */ label?: Buffer };
+  | { name: "RSA_OAEP"; hash: OaepHash /** modulus length in bytes */; k: number /** OAEP label L (pSourceData); empty or absent: the empty label */; label?: Buffer };
 
 /** A signature operation. `input` says whether the data is the message or its digest. */
 export type SignSpec =
@@ -33,7 +28,7 @@ export type SignSpec =
   /** CKM_AES_CMAC (NIST SP 800-38B): a 16-byte tag under an AES key. */
   | { name: "AES_CMAC" };
 
-export type WrapSpec = { name: "AES_KW" } | { name: "AES_KWP" } | { name: "RSA_OAEP"; hash: OaepHash; /** OAEP label (pSourceData); empty or absent: none */ label?: Buffer };
+export type WrapSpec = { name: "AES_KW" } | { name: "AES_KWP" } | { name: "RSA_OAEP"; hash: OaepHash /** OAEP label (pSourceData); empty or absent: none */; label?: Buffer };
 
 /** Stats of the session pool, for /metrics. */
 export interface PoolStats {

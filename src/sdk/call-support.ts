@@ -53,10 +53,13 @@ export function within<T>(work: Promise<T>, deadline: Date, signal: AbortSignal 
       cleanup();
       reject(abortErrorOf(signal!));
     };
-    const timer = setTimeout(() => {
-      cleanup();
-      reject(new HsmClientError(grpc.status.DEADLINE_EXCEEDED, "the deadline passed while logging in again"));
-    }, Math.max(0, deadline.getTime() - Date.now()));
+    const timer = setTimeout(
+      () => {
+        cleanup();
+        reject(new HsmClientError(grpc.status.DEADLINE_EXCEEDED, "the deadline passed while logging in again"));
+      },
+      Math.max(0, deadline.getTime() - Date.now()),
+    );
     if (signal?.aborted) {
       onAbort();
       return;
@@ -79,9 +82,5 @@ export function within<T>(work: Promise<T>, deadline: Date, signal: AbortSignal 
 export function abortErrorOf(signal: AbortSignal): HsmClientError {
   const reason: unknown = signal.reason;
   const timedOut = typeof reason === "object" && reason !== null && (reason as { name?: unknown }).name === "TimeoutError";
-  return new HsmClientError(
-    timedOut ? grpc.status.DEADLINE_EXCEEDED : grpc.status.CANCELLED,
-    timedOut ? "the call's abort signal timed out" : "the call was aborted",
-    { cause: reason },
-  );
+  return new HsmClientError(timedOut ? grpc.status.DEADLINE_EXCEEDED : grpc.status.CANCELLED, timedOut ? "the call's abort signal timed out" : "the call was aborted", { cause: reason });
 }

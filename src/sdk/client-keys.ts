@@ -81,10 +81,7 @@ export abstract class HsmKeyCalls extends HsmClientSessions {
   }
 
   /** The import wrapping key for BYOK (`GetImportParameters`); feed its `publicKeySpki` to {@link wrapForImport}. */
-  getImportParameters(
-    request: Partial<GetImportParametersRequest> = {},
-    options?: CallOptions,
-  ): Promise<GetImportParametersResponse> {
+  getImportParameters(request: Partial<GetImportParametersRequest> = {}, options?: CallOptions): Promise<GetImportParametersResponse> {
     return this.call(KeyServiceService.getImportParameters, () => GetImportParametersRequest.fromPartial(request), options);
   }
 

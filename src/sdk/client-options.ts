@@ -149,15 +149,7 @@ export interface CompiledHsmClientOptions {
  */
 export function compileHsmClientOptions(options: HsmClientOptions): CompiledHsmClientOptions {
   const problems: string[] = [];
-  const {
-    endpoint,
-    endpoints,
-    tls,
-    retry = {},
-    credentials: credentialsProvider,
-    defaultDeadlineMs = DEFAULT_DEADLINE_MS,
-    channelOptions = {},
-  } = options ?? {};
+  const { endpoint, endpoints, tls, retry = {}, credentials: credentialsProvider, defaultDeadlineMs = DEFAULT_DEADLINE_MS, channelOptions = {} } = options ?? {};
 
   const addresses: string[] = [];
   if (endpoint !== undefined && endpoints !== undefined) {

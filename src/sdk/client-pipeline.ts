@@ -125,14 +125,7 @@ export abstract class HsmClientPipeline {
   }
 
   /** One attempt of a call on one endpoint; rejects only with HsmClientError. */
-  private unary<Req, Res>(
-    endpoint: Endpoint,
-    method: UnaryMethod<Req, Res>,
-    request: Req,
-    metadata: grpc.Metadata,
-    deadline: Date,
-    signal: AbortSignal | undefined,
-  ): Promise<Res> {
+  private unary<Req, Res>(endpoint: Endpoint, method: UnaryMethod<Req, Res>, request: Req, metadata: grpc.Metadata, deadline: Date, signal: AbortSignal | undefined): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
       if (this.closed) {
         reject(closedError());
@@ -148,24 +141,16 @@ export abstract class HsmClientPipeline {
       };
       let call: grpc.ClientUnaryCall;
       try {
-        call = endpoint.client.makeUnaryRequest(
-          method.path,
-          method.requestSerialize,
-          method.responseDeserialize,
-          request,
-          metadata,
-          { deadline },
-          (err, response) => {
-            done();
-            if (err) {
-              reject(signal?.aborted && err.code === grpc.status.CANCELLED ? abortErrorOf(signal) : HsmClientError.from(err));
-            } else if (response === undefined) {
-              reject(new HsmClientError(grpc.status.INTERNAL, "the server sent no response message"));
-            } else {
-              resolve(response);
-            }
-          },
-        );
+        call = endpoint.client.makeUnaryRequest(method.path, method.requestSerialize, method.responseDeserialize, request, metadata, { deadline }, (err, response) => {
+          done();
+          if (err) {
+            reject(signal?.aborted && err.code === grpc.status.CANCELLED ? abortErrorOf(signal) : HsmClientError.from(err));
+          } else if (response === undefined) {
+            reject(new HsmClientError(grpc.status.INTERNAL, "the server sent no response message"));
+          } else {
+            resolve(response);
+          }
+        });
       } catch (err) {
         reject(HsmClientError.from(err, grpc.status.UNAVAILABLE));
         return;

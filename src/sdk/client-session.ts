@@ -4,15 +4,7 @@
  * {@link HsmClientOptions.credentials} after UNAUTHENTICATED.
  */
 import * as grpc from "@grpc/grpc-js";
-import {
-  UserServiceService,
-  ChangePasswordRequest,
-  LoginRequest,
-  LogoutRequest,
-  RefreshSessionRequest,
-  type LogoutResponse,
-  type Session,
-} from "../gen/hsm/v1/users";
+import { UserServiceService, ChangePasswordRequest, LoginRequest, LogoutRequest, RefreshSessionRequest, type LogoutResponse, type Session } from "../gen/hsm/v1/users";
 import { HsmClientError } from "./client-error";
 import { within } from "./call-support";
 import { HsmClientPipeline } from "./client-pipeline";

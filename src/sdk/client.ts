@@ -19,13 +19,7 @@ import {
   type QuorumRequest,
   type User,
 } from "../gen/hsm/v1/users";
-import {
-  AuditServiceService,
-  QueryAuditLogRequest,
-  VerifyAuditLogRequest,
-  type QueryAuditLogResponse,
-  type VerifyAuditLogResponse,
-} from "../gen/hsm/v1/audit";
+import { AuditServiceService, QueryAuditLogRequest, VerifyAuditLogRequest, type QueryAuditLogResponse, type VerifyAuditLogResponse } from "../gen/hsm/v1/audit";
 import {
   ClusterServiceService,
   ApproveJoinRequest,

@@ -134,7 +134,7 @@ export function decryptSettings(opts: unknown): { expected: Record<string, strin
 export function checkExpected(expected: Record<string, string> | undefined, actual: Record<string, string>): void {
   if (!expected) return;
   for (const [k, v] of Object.entries(expected)) {
-    if (!Object.prototype.hasOwnProperty.call(actual, k)) throw envelopeError(`encryption context mismatch: the message has no ${JSON.stringify(k)} (expected ${JSON.stringify(v)})`);
+    if (!Object.hasOwn(actual, k)) throw envelopeError(`encryption context mismatch: the message has no ${JSON.stringify(k)} (expected ${JSON.stringify(v)})`);
     if (actual[k] !== v) throw envelopeError(`encryption context mismatch: ${JSON.stringify(k)} is ${JSON.stringify(actual[k])} in the message, expected ${JSON.stringify(v)}`);
   }
 }

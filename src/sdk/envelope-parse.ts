@@ -28,7 +28,7 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
 export function parseHeader(buf: Buffer): ParsedHeader | { need: number } {
   // Reject a wrong magic as soon as its bytes are there, without waiting for more.
   const m = Math.min(buf.length, ENVELOPE_MAGIC.length);
-  if (!buf.subarray(0, m).equals(ENVELOPE_MAGIC.subarray(0, m))) throw envelopeError("not an hsmd envelope message (bad magic; expected \"HSME\")");
+  if (!buf.subarray(0, m).equals(ENVELOPE_MAGIC.subarray(0, m))) throw envelopeError('not an hsmd envelope message (bad magic; expected "HSME")');
   let pos = 0;
   const take = (n: number): Buffer => {
     if (pos + n > MAX_HEADER_BYTES) throw envelopeError(`the header is larger than ${MAX_HEADER_BYTES} bytes`);

@@ -71,7 +71,9 @@ class EncryptStream extends Transform {
       }
       return;
     }
-    this.start().then(go).then(() => callback(), callback);
+    this.start()
+      .then(go)
+      .then(() => callback(), callback);
   }
 
   override _flush(callback: TransformCallback): void {

@@ -37,10 +37,7 @@ export function wrapForImport(importPublicKeySpki: Buffer, material: Buffer, wra
     throw new HsmClientError(status.INVALID_ARGUMENT, "wrapForImport: the import key is not SPKI DER", { cause: err });
   }
   if (publicKey.asymmetricKeyType !== "rsa") {
-    throw new HsmClientError(
-      status.INVALID_ARGUMENT,
-      `wrapForImport: the import key must be RSA, not ${publicKey.asymmetricKeyType ?? "unknown"}`,
-    );
+    throw new HsmClientError(status.INVALID_ARGUMENT, `wrapForImport: the import key must be RSA, not ${publicKey.asymmetricKeyType ?? "unknown"}`);
   }
 
   // Buffer.alloc, not randomBytes/allocUnsafe: a private, non-pooled buffer that can be zeroed.
@@ -48,10 +45,7 @@ export function wrapForImport(importPublicKeySpki: Buffer, material: Buffer, wra
   try {
     randomFillSync(ephemeral);
     // oaepHash sets the OAEP digest; OpenSSL uses the same digest for MGF1 unless told otherwise.
-    const wrappedKey = publicEncrypt(
-      { key: publicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash },
-      ephemeral,
-    );
+    const wrappedKey = publicEncrypt({ key: publicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash }, ephemeral);
     const kwp = createCipheriv("id-aes256-wrap-pad", ephemeral, KWP_AIV);
     const wrappedMaterial = Buffer.concat([kwp.update(material), kwp.final()]);
     return Buffer.concat([wrappedKey, wrappedMaterial]);

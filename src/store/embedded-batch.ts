@@ -17,11 +17,7 @@ export interface EvaluatedBatch {
 }
 
 /** Evaluates `batch` (in order) over `entries` at revision `startRev`; changes neither. */
-export function evaluateBatch(
-  entries: Map<string, StoreEntry>,
-  startRev: number,
-  batch: { compares: Compare[]; ops: Op[] }[],
-): EvaluatedBatch {
+export function evaluateBatch(entries: Map<string, StoreEntry>, startRev: number, batch: { compares: Compare[]; ops: Op[] }[]): EvaluatedBatch {
   const overlay = new Map<string, StoreEntry | null>();
   const lookup = (key: string): StoreEntry | undefined => {
     const o = overlay.get(key);

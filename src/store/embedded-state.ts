@@ -33,9 +33,7 @@ export function copyEntry(e: StoreEntry): StoreEntry {
 
 /** The watch event of one change at its revision. */
 export function eventOf(change: Change, revision: number): WatchEvent {
-  return change.entry
-    ? { type: "put", key: change.key, value: change.entry.value, revision }
-    : { type: "delete", key: change.key, revision };
+  return change.entry ? { type: "put", key: change.key, value: change.entry.value, revision } : { type: "delete", key: change.key, revision };
 }
 
 /** Sets (or, with null, deletes) one key in the entries and the sorted keys together. */

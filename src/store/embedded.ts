@@ -237,11 +237,7 @@ export class EmbeddedStore implements StateStore {
   private checkWritable(): void {
     if (this.closed) throw unavailable("state store is closed");
     if (this.failed) {
-      throw unavailable(
-        `state store ${this.logPath} stopped accepting writes after an I/O error (${this.failed.message}); ` +
-          `restart the daemon to recover from the log`,
-        this.failed,
-      );
+      throw unavailable(`state store ${this.logPath} stopped accepting writes after an I/O error (${this.failed.message}); ` + `restart the daemon to recover from the log`, this.failed);
     }
   }
 

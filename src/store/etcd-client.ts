@@ -125,14 +125,7 @@ export class EtcdClient {
    * One request, to the first member that takes it before the deadline. `idempotent` requests (reads)
    * are retried on any failure; writes only when the member certainly did not receive them.
    */
-  async call<T>(
-    what: string,
-    service: "KV" | "Maintenance",
-    method: string,
-    req: unknown,
-    deadline: number,
-    idempotent: boolean,
-  ): Promise<T> {
+  async call<T>(what: string, service: "KV" | "Maintenance", method: string, req: unknown, deadline: number, idempotent: boolean): Promise<T> {
     const budget = Math.max(0, deadline - Date.now());
     const failures = new Map<string, string>();
     let backoff = MIN_BACKOFF_MS / 2;
@@ -169,11 +162,7 @@ export class EtcdClient {
   /** A write that reached a member and failed there. */
   private writeError(what: string, f: RpcFailure, budget: number): HsmError {
     if (f.timedOut || f.code === 14 || f.code === 1) {
-      return unavailable(
-        `state store unavailable: no etcd quorum reachable (the ${what} was not confirmed within ${budget} ms by ${f.endpoint}: ` +
-          `${f.details}; it may still be applied)`,
-        f,
-      );
+      return unavailable(`state store unavailable: no etcd quorum reachable (the ${what} was not confirmed within ${budget} ms by ${f.endpoint}: ` + `${f.details}; it may still be applied)`, f);
     }
     if (f.code === 3) return invalid(`state store rejected the ${what}: ${f.details}`);
     if (f.code === 8) return new HsmError(Code.ResourceExhausted, `state store rejected the ${what}: ${f.details}`, { cause: f });
@@ -191,14 +180,7 @@ export class EtcdClient {
       let start = this.rangeStart;
       try {
         for (;;) {
-          const res = await this.call<IRangeResponse>(
-            `${what} read`,
-            "KV",
-            "range",
-            { key: start, range_end: this.rangeEnd, limit: RANGE_PAGE, revision },
-            deadline,
-            true,
-          );
+          const res = await this.call<IRangeResponse>(`${what} read`, "KV", "range", { key: start, range_end: this.rangeEnd, limit: RANGE_PAGE, revision }, deadline, true);
           if (revision === 0) revision = Number(res.header.revision);
           for (const kv of res.kvs) {
             const key = this.keyOf(kv.key);

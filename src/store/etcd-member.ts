@@ -17,22 +17,15 @@ const GRPC_OPTIONS: ChannelOptions = {
   "grpc.max_reconnect_backoff_ms": 1000,
 };
 
-
 type FaultHandling = NonNullable<IOptions["faultHandling"]>;
 type Policy = NonNullable<FaultHandling["global"]>;
 
 /** A cockatiel-compatible policy that just runs the call: host choice and retries are done here. */
 const PASS_THROUGH = {
-  execute: async <T>(fn: (ctx: { signal: AbortSignal }) => PromiseLike<T> | T, signal?: AbortSignal): Promise<T> =>
-    fn({ signal: signal ?? new AbortController().signal }),
+  execute: async <T>(fn: (ctx: { signal: AbortSignal }) => PromiseLike<T> | T, signal?: AbortSignal): Promise<T> => fn({ signal: signal ?? new AbortController().signal }),
 } as unknown as Policy;
 
-type UnaryMethod = (
-  req: unknown,
-  md: Metadata,
-  opts: CallOptions,
-  cb: (err: ServiceError | null, res?: unknown) => void,
-) => unknown;
+type UnaryMethod = (req: unknown, md: Metadata, opts: CallOptions, cb: (err: ServiceError | null, res?: unknown) => void) => unknown;
 type WatchMethod = (md: Metadata, opts: CallOptions) => ClientDuplexStream<IWatchRequest, IWatchResponse>;
 
 /** Marks calls so that a member without a leader refuses them at once (etcd's WithRequireLeader). */
@@ -68,9 +61,7 @@ export class Member extends Etcd3 {
   }
 
   watchStream(): Promise<ClientDuplexStream<IWatchRequest, IWatchResponse>> {
-    return this.pool.withConnection("Watch", ({ client, metadata }) =>
-      (client as unknown as { watch: WatchMethod }).watch(requireLeader(metadata), {}),
-    );
+    return this.pool.withConnection("Watch", ({ client, metadata }) => (client as unknown as { watch: WatchMethod }).watch(requireLeader(metadata), {}));
   }
 }
 
@@ -95,9 +86,7 @@ export class RpcFailure extends Error {
     if (this.code !== 14) return false;
     if (this.details.startsWith("etcdserver: no leader")) return true; // refused by the require-leader check
     if (this.details.startsWith("etcdserver:")) return false; // e.g. "request timed out": may still commit
-    return /no connection established|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|name resolution|failed to connect/i.test(
-      this.details,
-    );
+    return /no connection established|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|name resolution|failed to connect/i.test(this.details);
   }
 
   /** A read at a revision that etcd has compacted away. */
@@ -127,9 +116,7 @@ export function createMembers(endpoints: string[], tls: EtcdStoreOptions["tls"])
   if (tls && (tls.cert === undefined) !== (tls.key === undefined)) {
     throw invalid("etcd store tls: cert and key go together (mutual TLS needs both)");
   }
-  const credentials = tls
-    ? { rootCertificate: tls.ca as Buffer, privateKey: tls.key, certChain: tls.cert }
-    : undefined;
+  const credentials = tls ? { rootCertificate: tls.ca as Buffer, privateKey: tls.key, certChain: tls.cert } : undefined;
   return endpoints.map((endpoint) => {
     const options: IOptions = {
       hosts: endpoint,

@@ -74,9 +74,7 @@ export class EtcdMirror {
       const r = fromBase.next();
       return r.done || !r.value.startsWith(prefix) ? undefined : r.value;
     };
-    const own = [...this.overlay.keys()]
-      .filter((k) => k.startsWith(prefix) && (after === undefined || k > after))
-      .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const own = [...this.overlay.keys()].filter((k) => k.startsWith(prefix) && (after === undefined || k > after)).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
     let b = nextBase();
     let i = 0;
     while (out.length < limit) {

@@ -1,7 +1,6 @@
 /** Options and counters of the etcd store, their defaults, and the limits of its calls to etcd. */
 import { invalid } from "../errors";
 
-
 /** Options of {@link openEtcdStore}. */
 export interface EtcdStoreOptions {
   /** etcd client URLs (`http://host:port`, `https://host:port` or `host:port`) of the members */

@@ -7,11 +7,7 @@ import { CompareResult, CompareTarget, type ICompare, type IRequestOp, type ITxn
 import type { Compare, Op } from "./types";
 
 /** The etcd compares and success ops of a checked store txn; `etcdKey` prepends the cluster prefix. */
-export function toEtcdTxn(
-  etcdKey: (key: string) => Buffer,
-  compares: Compare[],
-  owned: Op[],
-): { compare: ICompare[]; success: IRequestOp[] } {
+export function toEtcdTxn(etcdKey: (key: string) => Buffer, compares: Compare[], owned: Op[]): { compare: ICompare[]; success: IRequestOp[] } {
   const etcdCompares: ICompare[] = compares.map((c) => {
     const key = etcdKey(c.key);
     switch (c.op) {
@@ -23,11 +19,7 @@ export function toEtcdTxn(
         return { key, target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: c.equals };
     }
   });
-  const success: IRequestOp[] = owned.map((op) =>
-    op.type === "put"
-      ? { request_put: { key: etcdKey(op.key), value: op.value, prev_kv: true } }
-      : { request_delete_range: { key: etcdKey(op.key) } },
-  );
+  const success: IRequestOp[] = owned.map((op) => (op.type === "put" ? { request_put: { key: etcdKey(op.key), value: op.value, prev_kv: true } } : { request_delete_range: { key: etcdKey(op.key) } }));
   return { compare: etcdCompares, success };
 }
 

@@ -75,10 +75,7 @@ export class WatchFollower {
     const gen = ++this.watchGen;
     const member = this.host.client.order()[0]!;
     const from = this.host.applied() + 1;
-    this.watchTimer = setTimeout(
-      () => this.watchFailed(gen, member, new Error(`the watch was not confirmed within ${this.host.dialTimeoutMs} ms`)),
-      this.host.dialTimeoutMs,
-    );
+    this.watchTimer = setTimeout(() => this.watchFailed(gen, member, new Error(`the watch was not confirmed within ${this.host.dialTimeoutMs} ms`)), this.host.dialTimeoutMs);
     member.watchStream().then(
       (stream) => {
         if (gen !== this.watchGen || this.host.client.closed) {
@@ -136,10 +133,7 @@ export class WatchFollower {
     this.failStreak++;
     const why = asFailure(err, member.endpoint).details;
     if (this.failStreak === 1 || this.failStreak % 20 === 0) {
-      this.host.log(
-        `watch on ${member.endpoint} failed (${why}); serving reads from the mirror at revision ${this.host.applied()} ` +
-          `and reconnecting (attempt ${this.failStreak})`,
-      );
+      this.host.log(`watch on ${member.endpoint} failed (${why}); serving reads from the mirror at revision ${this.host.applied()} ` + `and reconnecting (attempt ${this.failStreak})`);
     }
     const delay = this.backoffMs;
     this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);

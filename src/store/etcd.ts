@@ -86,7 +86,10 @@ export class EtcdStore implements StateStore {
   private waiters: Waiter[] = [];
 
   /** @internal use {@link openEtcdStore} */
-  constructor(readonly prefix: string, opts: EtcdStoreOptions) {
+  constructor(
+    readonly prefix: string,
+    opts: EtcdStoreOptions,
+  ) {
     this.dialTimeoutMs = positiveInt("dialTimeoutMs", opts.dialTimeoutMs, DEFAULT_DIAL_TIMEOUT_MS);
     this.requestTimeoutMs = positiveInt("requestTimeoutMs", opts.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
     this.healthTimeoutMs = positiveInt("healthTimeoutMs", opts.healthTimeoutMs, DEFAULT_HEALTH_TIMEOUT_MS);
@@ -218,14 +221,7 @@ export class EtcdStore implements StateStore {
   async healthy(): Promise<boolean> {
     if (this.closed) return false;
     try {
-      await this.client.call<IRangeResponse>(
-        "health check",
-        "KV",
-        "range",
-        { key: this.client.rangeStart, count_only: true },
-        Date.now() + this.healthTimeoutMs,
-        true,
-      );
+      await this.client.call<IRangeResponse>("health check", "KV", "range", { key: this.client.rangeStart, count_only: true }, Date.now() + this.healthTimeoutMs, true);
       return true;
     } catch {
       return false;

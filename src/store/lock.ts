@@ -62,8 +62,7 @@ export class DirLock {
       if (Number.isSafeInteger(pid) && pid > 0 && (pid === process.pid || alive(pid))) {
         throw new HsmError(
           Code.FailedPrecondition,
-          `${what} ${dir} is locked by ${pid === process.pid ? "this process" : `process ${pid}`} ` +
-            `(${path}); only one daemon may open a ${what}. If no hsmd runs as pid ${pid}, remove ${path}.`,
+          `${what} ${dir} is locked by ${pid === process.pid ? "this process" : `process ${pid}`} ` + `(${path}); only one daemon may open a ${what}. If no hsmd runs as pid ${pid}, remove ${path}.`,
         );
       }
       // Stale (owner dead) or unreadable content written by a crash mid-create: take it over.

@@ -56,9 +56,7 @@ export function decodeFrame(line: Buffer): Frame | undefined {
       if (!isInt(o["r"]) || !isInt(o["b"]) || !Array.isArray(ops) || ops.length === 0) return undefined;
       for (const op of ops as unknown[]) {
         if (!Array.isArray(op)) return undefined;
-        const ok =
-          (op[0] === "p" && op.length === 3 && isStr(op[1]) && isStr(op[2])) ||
-          (op[0] === "d" && op.length === 2 && isStr(op[1]));
+        const ok = (op[0] === "p" && op.length === 3 && isStr(op[1]) && isStr(op[2])) || (op[0] === "d" && op.length === 2 && isStr(op[1]));
         if (!ok) return undefined;
       }
       return f as Frame;
@@ -66,9 +64,7 @@ export function decodeFrame(line: Buffer): Frame | undefined {
     case "snap":
       return isInt(o["fmt"]) && isInt(o["r"]) && isInt(o["n"]) ? (f as Frame) : undefined;
     case "ent":
-      return isStr(o["k"]) && isStr(o["v"]) && isInt(o["m"]) && isInt(o["c"]) && isInt(o["ver"])
-        ? (f as Frame)
-        : undefined;
+      return isStr(o["k"]) && isStr(o["v"]) && isInt(o["m"]) && isInt(o["c"]) && isInt(o["ver"]) ? (f as Frame) : undefined;
     case "end":
       return isInt(o["r"]) && isInt(o["n"]) ? (f as Frame) : undefined;
     default:

@@ -30,11 +30,7 @@ function corrupt(path: string, offset: number, why: string): HsmError {
  * warning: it was never acknowledged. A bad frame followed by a good frame of a later write is
  * corruption, and so is any inconsistency in good frames (revision gaps, a broken snapshot).
  */
-export function replayLog(
-  path: string,
-  state: State,
-  warn: (m: string) => void,
-): Replayed {
+export function replayLog(path: string, state: State, warn: (m: string) => void): Replayed {
   let rev = 0;
   let compactRev = 0;
   let baseBytes = 0;
@@ -121,10 +117,7 @@ export function replayLog(
   }
   const size = statSync(path).size;
   if (goodEnd < size) {
-    warn(
-      `discarding ${size - goodEnd} byte(s) of an incomplete final write at offset ${goodEnd} of ${path} ` +
-        `(${bad?.reason ?? "torn frame"}); it was never acknowledged`,
-    );
+    warn(`discarding ${size - goodEnd} byte(s) of an incomplete final write at offset ${goodEnd} of ${path} ` + `(${bad?.reason ?? "torn frame"}); it was never acknowledged`);
     const fd = openSync(path, "r+");
     try {
       ftruncateSync(fd, goodEnd);

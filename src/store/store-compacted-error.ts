@@ -10,10 +10,6 @@ export class StoreCompactedError extends HsmError {
     readonly fromRevision: number,
     readonly compactRevision: number,
   ) {
-    super(
-      Code.FailedPrecondition,
-      `cannot watch from revision ${fromRevision}: the store was compacted at revision ${compactRevision}; ` +
-        `list the prefix and watch from revision() instead`,
-    );
+    super(Code.FailedPrecondition, `cannot watch from revision ${fromRevision}: the store was compacted at revision ${compactRevision}; ` + `list the prefix and watch from revision() instead`);
   }
 }

@@ -15,10 +15,7 @@ export interface StoreEntry {
   version: number;
 }
 
-export type Compare =
-  | { key: string; op: "absent" }
-  | { key: string; op: "modRevision"; equals: number }
-  | { key: string; op: "present" };
+export type Compare = { key: string; op: "absent" } | { key: string; op: "modRevision"; equals: number } | { key: string; op: "present" };
 
 export type Op = { type: "put"; key: string; value: Buffer } | { type: "delete"; key: string };
 

@@ -68,10 +68,7 @@ export class WatchHub {
       s.scheduled = false;
       while (s.active && s.head < s.queue.length) {
         const ev = s.queue[s.head++]!;
-        const out: WatchEvent =
-          ev.type === "put"
-            ? { type: "put", key: ev.key, value: Buffer.from(ev.value!), revision: ev.revision }
-            : { type: "delete", key: ev.key, revision: ev.revision };
+        const out: WatchEvent = ev.type === "put" ? { type: "put", key: ev.key, value: Buffer.from(ev.value!), revision: ev.revision } : { type: "delete", key: ev.key, revision: ev.revision };
         try {
           s.cb(out);
         } catch (err) {

@@ -26,9 +26,7 @@ const SALT_BYTES = 16;
 const KEY_LEN = 32;
 
 function scryptAsync(password: string, salt: Buffer, keyLen: number, opts: ScryptOptions): Promise<Buffer> {
-  return new Promise((resolve, reject) =>
-    scryptCb(password, salt, keyLen, opts, (err, key) => (err ? reject(err) : resolve(key))),
-  );
+  return new Promise((resolve, reject) => scryptCb(password, salt, keyLen, opts, (err, key) => (err ? reject(err) : resolve(key))));
 }
 
 function scryptOptions(p: ScryptParams): ScryptOptions {
@@ -58,9 +56,7 @@ export function checkPasswordPolicy(password: unknown, what = "password"): asser
   if (typeof password !== "string") throw invalid(`${what} must be a string`);
   const n = [...normalize(password)].length;
   if (n < PASSWORD_MIN_LENGTH || n > PASSWORD_MAX_LENGTH) {
-    throw invalid(
-      `${what} must be ${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters long (password length policy), got ${n}`,
-    );
+    throw invalid(`${what} must be ${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters long (password length policy), got ${n}`);
   }
 }
 
@@ -76,10 +72,7 @@ export function checkUsername(name: unknown): asserts name is string {
     throw invalid(`username must be 1 to ${USERNAME_MAX_LENGTH} characters long, got ${name.length}`);
   }
   if (!USERNAME_PATTERN.test(name)) {
-    throw invalid(
-      `username ${JSON.stringify(name)} is not allowed: use lowercase letters, digits, '.', '_' and '-', ` +
-        `starting with a letter or digit`,
-    );
+    throw invalid(`username ${JSON.stringify(name)} is not allowed: use lowercase letters, digits, '.', '_' and '-', ` + `starting with a letter or digit`);
   }
 }
 

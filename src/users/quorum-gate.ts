@@ -30,13 +30,7 @@ export class QuorumPendingError extends HsmError {
  * record, if any. Without a request id it records a pending request and throws
  * {@link QuorumPendingError} naming it.
  */
-export async function passQuorum(
-  quorum: QuorumService,
-  actor: Actor,
-  operation: string,
-  params: Record<string, string>,
-  quorumRequestId: string,
-): Promise<{ detail?: string }> {
+export async function passQuorum(quorum: QuorumService, actor: Actor, operation: string, params: Record<string, string>, quorumRequestId: string): Promise<{ detail?: string }> {
   const m = quorum.required(operation);
   if (m <= 1) return {};
   if (!quorumRequestId) {

@@ -121,8 +121,8 @@ export class QuorumService {
 
   /** M for an operation: the approvals it needs. 1 means no quorum (the operation runs on its own authority). */
   required(operation: string): number {
-    const m = Object.prototype.hasOwnProperty.call(this.policy, operation) ? this.policy[operation]! : 0;
-    return m > 1 ? m : 1;
+    const m = Object.hasOwn(this.policy, operation) ? this.policy[operation]! : 0;
+    return Math.max(m, 1);
   }
 
   /**
@@ -243,10 +243,7 @@ export class QuorumService {
       }
       if (r.operation !== operation || !sameParams(r.params, p)) {
         return {
-          result: new HsmError(
-            Code.PermissionDenied,
-            `quorum request ${id} approved ${describe(r.operation, r.params)}, not ${describe(operation, p)}`,
-          ),
+          result: new HsmError(Code.PermissionDenied, `quorum request ${id} approved ${describe(r.operation, r.params)}, not ${describe(operation, p)}`),
         };
       }
       const next: QuorumRequest = { ...r, status: "executed", executedAt: this.now() };
@@ -262,10 +259,7 @@ export class QuorumService {
     for (const e of await this.store.list(QUORUM_PREFIX)) {
       const r = JSON.parse(e.value.toString("utf8")) as QuorumRequest;
       if (this.view(r).status !== "expired" || r.status === "expired") continue;
-      const res = await this.store.txn(
-        [{ key: e.key, op: "modRevision", equals: e.modRevision }],
-        [{ type: "put", key: e.key, value: encode({ ...r, status: "expired" }) }],
-      );
+      const res = await this.store.txn([{ key: e.key, op: "modRevision", equals: e.modRevision }], [{ type: "put", key: e.key, value: encode({ ...r, status: "expired" }) }]);
       if (res.succeeded) n.push({ ...r, status: "expired" });
     }
     return n;

@@ -64,13 +64,7 @@ export class UserService extends UserSessions {
    * ALREADY_EXISTS for a taken name. `mustChangePassword` (default false) makes the user change the
    * password its CO chose at its first login.
    */
-  async createUser(
-    actor: Actor,
-    name: string,
-    role: Role,
-    password: string,
-    opts: { mustChangePassword?: boolean } = {},
-  ): Promise<UserInfo> {
+  async createUser(actor: Actor, name: string, role: Role, password: string, opts: { mustChangePassword?: boolean } = {}): Promise<UserInfo> {
     void actor;
     checkUsername(name);
     checkRole(role);
@@ -167,9 +161,7 @@ export class UserService extends UserSessions {
   async unlockUser(actor: Actor, name: string): Promise<UserInfo> {
     void actor;
     checkUsername(name);
-    return this.update(name, `unlock user ${name}`, (u) =>
-      !u.locked && u.failedLogins === 0 ? undefined : { ...u, locked: false, lockReason: null, failedLogins: 0 },
-    );
+    return this.update(name, `unlock user ${name}`, (u) => (!u.locked && u.failedLogins === 0 ? undefined : { ...u, locked: false, lockReason: null, failedLogins: 0 }));
   }
 
   /**

@@ -5,7 +5,23 @@
 import { HsmError, invalid, precondition } from "../errors";
 import { getJson, getJsonFresh, type Op } from "../store";
 import { checkPasswordPolicy, isValidUsername } from "./password";
-import { INVALID_CREDENTIALS, META_MAX_CHARS, META_MAX_ENTRIES, PASSWORD_CHANGE_OPERATIONS, SESSIONS_PREFIX, USERS_PREFIX, UserRecords, actorName, denied, encode, lockedError, sessionIdOf, sessionKey, unauthenticated, userKey } from "./records";
+import {
+  INVALID_CREDENTIALS,
+  META_MAX_CHARS,
+  META_MAX_ENTRIES,
+  PASSWORD_CHANGE_OPERATIONS,
+  SESSIONS_PREFIX,
+  USERS_PREFIX,
+  UserRecords,
+  actorName,
+  denied,
+  encode,
+  lockedError,
+  sessionIdOf,
+  sessionKey,
+  unauthenticated,
+  userKey,
+} from "./records";
 import { retryTxn } from "./txn";
 import type { Actor, LoginResult, Principal, SessionRecord, UserRecord } from "./types";
 

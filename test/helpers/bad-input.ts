@@ -4,15 +4,7 @@
  * the import parameters, and the checks every refusal must pass.
  */
 import { afterAll, beforeAll, expect } from "vitest";
-import {
-  EncryptionAlgorithm,
-  HsmClient,
-  HsmClientError,
-  KeySpec,
-  KeyUsage,
-  SigningAlgorithm,
-  type Key,
-} from "../../src/sdk";
+import { EncryptionAlgorithm, HsmClient, HsmClientError, KeySpec, KeyUsage, SigningAlgorithm, type Key } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "./daemon";
 import { userClient } from "./users";
 import { pkcs11Tool } from "./softhsm";

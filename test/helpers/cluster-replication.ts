@@ -101,7 +101,11 @@ export function useReplicationCluster(): void {
 
   afterEach((ctx) => {
     if (ctx.task.result?.state !== "fail") return;
-    for (const [name, n] of [["n1", n1], ["n2", n2], ["n3", n3]] as const) {
+    for (const [name, n] of [
+      ["n1", n1],
+      ["n2", n2],
+      ["n3", n3],
+    ] as const) {
       if (n) process.stderr.write(`---- ${name} stderr (tail) ----\n${n.stderr().slice(-4000)}\n`);
     }
   });

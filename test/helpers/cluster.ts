@@ -63,12 +63,7 @@ export async function initNode(etcd: EtcdCluster, nodeId = "n1", cluster: Record
 }
 
 /** Starts `hsmd join` and waits until it printed its join request; resolves the process and the fingerprint. */
-export async function requestJoin(
-  etcd: EtcdCluster,
-  nodeId: string,
-  cluster: Record<string, unknown> = {},
-  extra: Record<string, unknown> = {},
-): Promise<{ dp: DaemonProcess; fingerprint: string }> {
+export async function requestJoin(etcd: EtcdCluster, nodeId: string, cluster: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): Promise<{ dp: DaemonProcess; fingerprint: string }> {
   const dp = track(await startDaemonProcess({ nodeId, command: "join", noWait: true, config: await nodeConfig(etcd, cluster, extra) }));
   dp.ready.catch(() => undefined); // awaited by the caller when it expects the join to complete
   for (let i = 0; i < 600; i++) {
@@ -114,11 +109,13 @@ export async function teardownCluster(opts: { clients?: Array<{ close(): void } 
       // closing is best effort
     }
   }
-  await Promise.allSettled((opts.daemons ?? []).map(async (d) => {
-    if (!d) return;
-    await d.cleanup();
-    started.delete(d);
-  }));
+  await Promise.allSettled(
+    (opts.daemons ?? []).map(async (d) => {
+      if (!d) return;
+      await d.cleanup();
+      started.delete(d);
+    }),
+  );
   await opts.etcd?.cleanup().catch(() => undefined);
 }
 
@@ -197,9 +194,7 @@ export async function grpcHealth(hostPort: string, service = ""): Promise<string
     Check(req: { service: string }, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: { status: string }) => void): void;
   };
   try {
-    return await new Promise<string>((res, rej) =>
-      client.Check({ service }, { deadline: new Date(Date.now() + 5000) }, (err, r) => (err ? rej(err) : res(r!.status))),
-    );
+    return await new Promise<string>((res, rej) => client.Check({ service }, { deadline: new Date(Date.now() + 5000) }, (err, r) => (err ? rej(err) : res(r!.status))));
   } finally {
     client.close();
   }

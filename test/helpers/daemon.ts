@@ -47,9 +47,7 @@ export function testConfig(token: TempToken, dataDir: string, limits: Record<str
  * A real daemon, in this process, on a fresh SoftHSM2 token and data directory (initialized).
  * `config` is deep-merged over {@link testConfig}'s document (TLS tests: `{ devMode: false, tls: {...} }`).
  */
-export async function startTestDaemon(
-  opts: { limits?: Record<string, number>; token?: TempToken; dataDir?: string; config?: object } = {},
-): Promise<TestDaemon> {
+export async function startTestDaemon(opts: { limits?: Record<string, number>; token?: TempToken; dataDir?: string; config?: object } = {}): Promise<TestDaemon> {
   const token = opts.token ?? createTempToken();
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), "hsmd-data-"));
   const config = testConfig(token, dataDir, opts.limits, opts.config);

@@ -47,7 +47,9 @@ export function lastReconcile(): { keys: number; materialized: number; upgraded:
   const all = [
     ...dp
       .stderr()
-      .matchAll(/records checked against the token(?: in \d+ ms)?: (\d+) keys, (\d+) materialized, (\d+) made unextractable, (\d+) restored from quarantine, (\d+) quarantined, (\d+) purged(, \d+ LOST)?/g),
+      .matchAll(
+        /records checked against the token(?: in \d+ ms)?: (\d+) keys, (\d+) materialized, (\d+) made unextractable, (\d+) restored from quarantine, (\d+) quarantined, (\d+) purged(, \d+ LOST)?/g,
+      ),
   ];
   const m = all[all.length - 1];
   if (!m) throw new Error(`no reconcile line in stderr:\n${dp.stderr()}`);

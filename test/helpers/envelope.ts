@@ -6,14 +6,7 @@ import { createCipheriv, createDecipheriv, createHash, hkdfSync, randomBytes } f
 import { Readable, type Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { expect } from "vitest";
-import {
-  GrpcStatus,
-  HsmClientError,
-  KeySpec,
-  type DataKeySource,
-  type DecryptDataKeyRequest,
-  type GenerateDataKeyRequest,
-} from "../../src/sdk";
+import { GrpcStatus, HsmClientError, KeySpec, type DataKeySource, type DecryptDataKeyRequest, type GenerateDataKeyRequest } from "../../src/sdk";
 
 // The envelope format and the data-key cache against a fake data-key source: an in-memory "KMS" that
 // wraps data keys the way the service does (AES-GCM under a per-key KEK, the encryption context as

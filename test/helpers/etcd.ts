@@ -69,9 +69,7 @@ export interface EtcdTlsFiles {
 /** GET /health on a member's client URL: true when it answers {"health":"true"} (it has a leader). */
 export function memberHealthy(clientUrl: string, timeoutMs = 1000, tls?: EtcdTlsFiles): Promise<boolean> {
   return new Promise((resolve) => {
-    const options = tls
-      ? { timeout: timeoutMs, ca: readFileSync(tls.ca), cert: readFileSync(tls.clientCert), key: readFileSync(tls.clientKey) }
-      : { timeout: timeoutMs };
+    const options = tls ? { timeout: timeoutMs, ca: readFileSync(tls.ca), cert: readFileSync(tls.clientCert), key: readFileSync(tls.clientKey) } : { timeout: timeoutMs };
     const req = (tls ? httpsGet : get)(`${clientUrl}/health`, options, (res) => {
       let body = "";
       res.setEncoding("utf8");
@@ -147,9 +145,7 @@ class Member implements EtcdMember {
     const fd = openSync(this.logFile, "a");
     let p: ChildProcess;
     try {
-      p = existsSync(SETPRIV)
-        ? spawn(SETPRIV, ["--pdeathsig", "KILL", "--", ETCD_BIN, ...this.args], { stdio: ["ignore", fd, fd] })
-        : spawn(ETCD_BIN, this.args, { stdio: ["ignore", fd, fd] });
+      p = existsSync(SETPRIV) ? spawn(SETPRIV, ["--pdeathsig", "KILL", "--", ETCD_BIN, ...this.args], { stdio: ["ignore", fd, fd] }) : spawn(ETCD_BIN, this.args, { stdio: ["ignore", fd, fd] });
     } finally {
       closeSync(fd);
     }
@@ -230,22 +226,39 @@ export async function startEtcdCluster(n: 1 | 3, opts: { tls?: EtcdTlsFiles } = 
   const initialCluster = specs.map((s) => `${s.name}=${s.peerUrl}`).join(",");
   const members = specs.map(
     (s) =>
-      new Member(s, [
-        "--name", s.name,
-        "--data-dir", s.dataDir,
-        "--listen-client-urls", s.clientUrl,
-        "--advertise-client-urls", s.clientUrl,
-        "--listen-peer-urls", s.peerUrl,
-        "--initial-advertise-peer-urls", s.peerUrl,
-        "--initial-cluster", initialCluster,
-        "--initial-cluster-state", "new",
-        "--initial-cluster-token", token,
-        "--heartbeat-interval", "50",
-        "--election-timeout", "500",
-        "--logger", "zap",
-        "--log-outputs", "stderr",
-        ...(tls ? ["--cert-file", tls.serverCert, "--key-file", tls.serverKey, "--trusted-ca-file", tls.ca, "--client-cert-auth"] : []),
-      ], tls),
+      new Member(
+        s,
+        [
+          "--name",
+          s.name,
+          "--data-dir",
+          s.dataDir,
+          "--listen-client-urls",
+          s.clientUrl,
+          "--advertise-client-urls",
+          s.clientUrl,
+          "--listen-peer-urls",
+          s.peerUrl,
+          "--initial-advertise-peer-urls",
+          s.peerUrl,
+          "--initial-cluster",
+          initialCluster,
+          "--initial-cluster-state",
+          "new",
+          "--initial-cluster-token",
+          token,
+          "--heartbeat-interval",
+          "50",
+          "--election-timeout",
+          "500",
+          "--logger",
+          "zap",
+          "--log-outputs",
+          "stderr",
+          ...(tls ? ["--cert-file", tls.serverCert, "--key-file", tls.serverKey, "--trusted-ca-file", tls.ca, "--client-cert-auth"] : []),
+        ],
+        tls,
+      ),
   );
 
   const cleanup = async () => {

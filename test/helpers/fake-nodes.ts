@@ -75,23 +75,14 @@ export async function startNode(name: string, auth: Auth, options: { mode?: Mode
     node.health = new HealthImplementation({ "": options.health });
     node.health.addToServer(server);
   }
-  node.port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-  );
+  node.port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
   node.endpoint = `127.0.0.1:${node.port}`;
   nodes.push(node);
   return node;
 }
 
 /** Answers one call as `node` in its mode, under the shared session state. */
-export async function answer(
-  node: FakeNode,
-  auth: Auth,
-  rpc: string,
-  decode: (b: Buffer) => unknown,
-  call: grpc.ServerUnaryCall<unknown, unknown>,
-  cb: grpc.sendUnaryData<unknown>,
-): Promise<void> {
+export async function answer(node: FakeNode, auth: Auth, rpc: string, decode: (b: Buffer) => unknown, call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>): Promise<void> {
   switch (node.mode) {
     case "hang":
       return;

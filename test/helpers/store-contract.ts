@@ -169,8 +169,14 @@ export function storeContract<S extends StateStore>(h: StoreHarness<S>): void {
       const w = collect(s, "", s.revision());
       const r0 = await s.put("a", b("a0"));
       const r = await s.txn(
-        [{ key: "a", op: "present" }, { key: "b", op: "present" }],
-        [{ type: "put", key: "a", value: b("a1") }, { type: "put", key: "c", value: b("c1") }],
+        [
+          { key: "a", op: "present" },
+          { key: "b", op: "present" },
+        ],
+        [
+          { type: "put", key: "a", value: b("a1") },
+          { type: "put", key: "c", value: b("c1") },
+        ],
       );
       expect(r).toEqual({ succeeded: false, revision: r0 });
       await settle(s, r0, "the store's revision is that of the last write");
@@ -178,8 +184,15 @@ export function storeContract<S extends StateStore>(h: StoreHarness<S>): void {
       expect(await s.get("c")).toBeUndefined();
 
       const ok = await s.txn(
-        [{ key: "a", op: "present" }, { key: "b", op: "absent" }],
-        [{ type: "put", key: "a", value: b("a1") }, { type: "put", key: "c", value: b("c1") }, { type: "delete", key: "zz" }],
+        [
+          { key: "a", op: "present" },
+          { key: "b", op: "absent" },
+        ],
+        [
+          { type: "put", key: "a", value: b("a1") },
+          { type: "put", key: "c", value: b("c1") },
+          { type: "delete", key: "zz" },
+        ],
       );
       expect(ok).toEqual({ succeeded: true, revision: r0 + 1 });
       expect((await s.get("a"))!.modRevision).toBe(r0 + 1);
@@ -194,9 +207,7 @@ export function storeContract<S extends StateStore>(h: StoreHarness<S>): void {
 
     it(`concurrent creates of the same key: exactly one wins${h.serial ? ", evaluated in arrival order" : ""}`, async () => {
       const s = await h.open();
-      const rs = await Promise.all(
-        Array.from({ length: 20 }, (_, i) => s.txn([{ key: "one", op: "absent" }], [{ type: "put", key: "one", value: b(String(i)) }])),
-      );
+      const rs = await Promise.all(Array.from({ length: 20 }, (_, i) => s.txn([{ key: "one", op: "absent" }], [{ type: "put", key: "one", value: b(String(i)) }])));
       const winners = rs.map((r, i) => (r.succeeded ? i : -1)).filter((i) => i >= 0);
       expect(winners).toHaveLength(1);
       expect((await s.get("one"))!.value.toString()).toBe(String(winners[0]));
@@ -211,7 +222,15 @@ export function storeContract<S extends StateStore>(h: StoreHarness<S>): void {
       const before = s.revision();
       await expect(s.put("", b("x"))).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
       await expect(s.put("k", "str" as unknown as Buffer)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
-      await expect(s.txn([], [{ type: "put", key: "k", value: b("1") }, { type: "delete", key: "k" }])).rejects.toMatchObject({
+      await expect(
+        s.txn(
+          [],
+          [
+            { type: "put", key: "k", value: b("1") },
+            { type: "delete", key: "k" },
+          ],
+        ),
+      ).rejects.toMatchObject({
         code: "INVALID_ARGUMENT",
       });
       await expect(s.txn([{ key: "k", op: "bogus" } as never], [])).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
@@ -244,7 +263,13 @@ export function storeContract<S extends StateStore>(h: StoreHarness<S>): void {
         { type: "put", key: "keys/b", value: b("2"), revision: r1 + 2 },
         { type: "delete", key: "keys/a", revision: r1 + 3 },
       ]);
-      await s.txn([], [{ type: "put", key: "keys/c", value: b("3") }, { type: "put", key: "other", value: b("o") }]);
+      await s.txn(
+        [],
+        [
+          { type: "put", key: "keys/c", value: b("3") },
+          { type: "put", key: "other", value: b("o") },
+        ],
+      );
       await h.until(() => w.events.length === 3, "the live event arrives");
       expect(w.events.at(-1)).toEqual({ type: "put", key: "keys/c", value: b("3"), revision: r1 + 4 });
       w.stop();
@@ -261,7 +286,10 @@ export function storeContract<S extends StateStore>(h: StoreHarness<S>): void {
         got.push(e);
         stop();
       });
-      const r = await s.txn([], ["a", "b", "c"].map((k) => ({ type: "put" as const, key: k, value: b(k) })));
+      const r = await s.txn(
+        [],
+        ["a", "b", "c"].map((k) => ({ type: "put" as const, key: k, value: b(k) })),
+      );
       expect(r.succeeded).toBe(true);
       await settle(s, r.revision, "the store has the txn");
       await tick();

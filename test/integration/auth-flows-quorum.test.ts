@@ -64,7 +64,12 @@ describe("quorum (DeleteUser: 2, ShareKey: 2)", () => {
     expect(second.message).toContain("is approved");
 
     // An approval to delete victim-a never deletes victim-b (and is not used up by the attempt).
-    await expectError(co.deleteUser({ username: "victim-b", quorumRequestId: id }), "PERMISSION_DENIED", `quorum request ${id} approved DeleteUser(username="victim-a")`, `not DeleteUser(username="victim-b")`);
+    await expectError(
+      co.deleteUser({ username: "victim-b", quorumRequestId: id }),
+      "PERMISSION_DENIED",
+      `quorum request ${id} approved DeleteUser(username="victim-a")`,
+      `not DeleteUser(username="victim-b")`,
+    );
     expect((await co.getUser({ username: "victim-b" })).username).toBe("victim-b");
 
     // Either approving officer may run it.
@@ -130,7 +135,12 @@ describe("quorum (DeleteUser: 2, ShareKey: 2)", () => {
     expect(e.details).toContain(`quorum_request_id=${id}`);
 
     // The requester may follow its own request; another CU may not see it.
-    expect(await owner.getQuorumRequest({ id })).toMatchObject({ operation: "ShareKey", params: { keyId: key.id, username: "share-peer" }, requestedBy: "share-owner", status: QuorumStatus.QUORUM_STATUS_PENDING });
+    expect(await owner.getQuorumRequest({ id })).toMatchObject({
+      operation: "ShareKey",
+      params: { keyId: key.id, username: "share-peer" },
+      requestedBy: "share-owner",
+      status: QuorumStatus.QUORUM_STATUS_PENDING,
+    });
     await expectError(peer.getQuorumRequest({ id }), "NOT_FOUND");
     await expectError(owner.shareKey({ keyId: key.id, username: "share-peer", quorumRequestId: id }), "FAILED_PRECONDITION", "cannot run yet");
 

@@ -18,7 +18,35 @@ import { type Session } from "../../src/gen/hsm/v1/users";
 import { HsmClient, QuorumStatus, Role } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { OFFICER_PASSWORD, USER_PASSWORD } from "../helpers/users";
-import { AFTER_RESET_PASSWORD, CHANGED_PASSWORD, CO, CU, closeClients, createUser, cuClient, expectError, login, newClient, OFFICER2_PASSWORD, officer, officers, PASSWORD_64, PASSWORD_65, PASSWORD_7, PASSWORD_8, rawLogin, RESET_PASSWORD, REVOKED, sleepUntil, tokenClient, useBuiltDist, useTrackedClients, WRONG_PASSWORD, WRONG_PASSWORD_2, WRONG_PASSWORD_3 } from "../helpers/auth-flows";
+import {
+  AFTER_RESET_PASSWORD,
+  CHANGED_PASSWORD,
+  CO,
+  CU,
+  closeClients,
+  createUser,
+  cuClient,
+  expectError,
+  login,
+  newClient,
+  OFFICER2_PASSWORD,
+  officer,
+  officers,
+  PASSWORD_64,
+  PASSWORD_65,
+  PASSWORD_7,
+  PASSWORD_8,
+  rawLogin,
+  RESET_PASSWORD,
+  REVOKED,
+  sleepUntil,
+  tokenClient,
+  useBuiltDist,
+  useTrackedClients,
+  WRONG_PASSWORD,
+  WRONG_PASSWORD_2,
+  WRONG_PASSWORD_3,
+} from "../helpers/auth-flows";
 import { describeMainAuditLog } from "../helpers/auth-audit-log";
 
 useBuiltDist();
@@ -273,11 +301,7 @@ describe("main daemon (auth.maxFailedLogins 3)", () => {
       await expectError(newClient(td).listUsers(), "UNAUTHENTICATED", "log in");
       await expectError(tokenClient(td, "abc").generateRandom({ length: 4 }), "UNAUTHENTICATED", "invalid session token");
       await expectError(tokenClient(td, "A".repeat(43)).generateRandom({ length: 4 }), "UNAUTHENTICATED", "invalid session token");
-      await expectError(
-        newClient(td).generateRandom({ length: 4 }, { metadata: { authorization: "Basic YWRtaW46cGFzcw==" } }),
-        "UNAUTHENTICATED",
-        "`Bearer <token>`",
-      );
+      await expectError(newClient(td).generateRandom({ length: 4 }, { metadata: { authorization: "Basic YWRtaW46cGFzcw==" } }), "UNAUTHENTICATED", "`Bearer <token>`");
       await expectError(newClient(td).logout(), "UNAUTHENTICATED");
     });
   });

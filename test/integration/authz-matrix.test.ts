@@ -8,18 +8,7 @@
 import { generateKeyPairSync, randomBytes, randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RULES } from "../../src/access";
-import {
-  EncryptionAlgorithm,
-  HsmClient,
-  HsmClientError,
-  KeySpec,
-  KeyUsage,
-  PublicKeyFormat,
-  Role,
-  SigningAlgorithm,
-  WrapAlgorithm,
-  wrapForImport,
-} from "../../src/sdk";
+import { EncryptionAlgorithm, HsmClient, HsmClientError, KeySpec, KeyUsage, PublicKeyFormat, Role, SigningAlgorithm, WrapAlgorithm, wrapForImport } from "../../src/sdk";
 import { QuorumService } from "../../src/users";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { officerClient, userClient, USER_PASSWORD, ensureUser } from "../helpers/users";

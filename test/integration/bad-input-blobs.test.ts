@@ -1,16 +1,29 @@
 import { describe, expect, it } from "vitest";
 import * as crypto from "node:crypto";
+import { GrpcStatus, KeySpec, PublicKeyFormat, SignatureFormat, SigningAlgorithm, WrapAlgorithm, wrapForImport, type Key } from "../../src/sdk";
 import {
-  GrpcStatus,
-  KeySpec,
-  PublicKeyFormat,
-  SignatureFormat,
-  SigningAlgorithm,
-  WrapAlgorithm,
-  wrapForImport,
-  type Key,
-} from "../../src/sdk";
-import { aes, aesEncOnly, c, count, ec, ecDerive, ecExportable, ECDSA256, ed, expectError, expectNoNewKey, expectTokenHoldsOnlyListedKeys, GCM, hmac256, importKeyId, importSpki, kek, rsa, UNKNOWN_ID, useBadInputDaemon, wrappingAlgorithm } from "../helpers/bad-input";
+  aes,
+  aesEncOnly,
+  c,
+  count,
+  ec,
+  ecDerive,
+  ecExportable,
+  ECDSA256,
+  ed,
+  expectError,
+  expectNoNewKey,
+  expectTokenHoldsOnlyListedKeys,
+  GCM,
+  hmac256,
+  importKeyId,
+  importSpki,
+  kek,
+  rsa,
+  UNKNOWN_ID,
+  useBadInputDaemon,
+  wrappingAlgorithm,
+} from "../helpers/bad-input";
 
 // Bad input of every kind, through real gRPC to a real daemon on a fresh SoftHSM2 token with small
 // limits. Each refusal must carry the exact status and a message that names what to fix; none may
@@ -73,15 +86,23 @@ describe("malformed import blobs and public keys", () => {
   });
 
   it("importPublicKey with garbage DER", async () => {
-    await expectNoNewKey(() => c.importPublicKey({ format: PublicKeyFormat.PUBLIC_KEY_FORMAT_SPKI_DER, publicKey: crypto.randomBytes(91), label: "pub" }), "INVALID_ARGUMENT", "public_key", "SPKI_DER");
+    await expectNoNewKey(
+      () => c.importPublicKey({ format: PublicKeyFormat.PUBLIC_KEY_FORMAT_SPKI_DER, publicKey: crypto.randomBytes(91), label: "pub" }),
+      "INVALID_ARGUMENT",
+      "public_key",
+      "SPKI_DER",
+    );
   });
 
   it("importPublicKey with a PEM body without its header", async () => {
-    const body = (ecPair().publicKey.export({ type: "spki", format: "pem" }) as string).split("\n").filter((l) => l && !l.startsWith("-----")).join("\n");
+    const body = (ecPair().publicKey.export({ type: "spki", format: "pem" }) as string)
+      .split("\n")
+      .filter((l) => l && !l.startsWith("-----"))
+      .join("\n");
     await expectNoNewKey(() => c.importPublicKey({ format: PublicKeyFormat.PUBLIC_KEY_FORMAT_PEM, publicKey: Buffer.from(body), label: "pub" }), "INVALID_ARGUMENT", "public_key", "PEM");
   });
 
-  it("importPublicKey with a private JWK (has \"d\") says so", async () => {
+  it('importPublicKey with a private JWK (has "d") says so', async () => {
     const jwk = ecPair().privateKey.export({ format: "jwk" });
     expect(jwk.d).toBeDefined();
     await expectNoNewKey(() => c.importPublicKey({ format: PublicKeyFormat.PUBLIC_KEY_FORMAT_JWK, publicKey: Buffer.from(JSON.stringify(jwk)), label: "pub" }), "INVALID_ARGUMENT", "private", '"d"');

@@ -1,13 +1,5 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import {
-  EncryptionAlgorithm,
-  KeySpec,
-  KeyUsage,
-  MessageType,
-  SignatureFormat,
-  SigningAlgorithm,
-  WrapAlgorithm,
-} from "../../src/sdk";
+import { EncryptionAlgorithm, KeySpec, KeyUsage, MessageType, SignatureFormat, SigningAlgorithm, WrapAlgorithm } from "../../src/sdk";
 import { aes, aesEncOnly, c, CBC, ec, ecDerive, ecExportable, ECDSA256, ed, expectError, expectNoNewKey, GCM, hmac256, kek, rsa, UNKNOWN_ID, useBadInputDaemon } from "../helpers/bad-input";
 
 // Bad input of every kind, through real gRPC to a real daemon on a fresh SoftHSM2 token with small

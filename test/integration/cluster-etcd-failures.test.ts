@@ -105,10 +105,7 @@ describe("etcd member failures under three daemons", () => {
       const a = await c.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label: `one-down-aes-${i}`, requestId: randomUUID() });
       madeWithOneDown.push({ id: k.id, pem: (await c.getPublicKey({ keyId: k.id })).pem, aes: a.id });
     }
-    await cryptoEverywhere(
-      [{ id: ec.id, pem: ecPem }, ...madeWithOneDown.map((k) => ({ id: k.id, pem: k.pem }))],
-      [aes.id, ...madeWithOneDown.map((k) => k.aes)],
-    );
+    await cryptoEverywhere([{ id: ec.id, pem: ecPem }, ...madeWithOneDown.map((k) => ({ id: k.id, pem: k.pem }))], [aes.id, ...madeWithOneDown.map((k) => k.aes)]);
   });
 
   it("two members stopped: writes are refused with UNAVAILABLE naming the lost etcd quorum; crypto with existing keys goes on on every node", async () => {
@@ -118,14 +115,18 @@ describe("etcd member failures under three daemons", () => {
     const last = etcd.members.findIndex((_, i) => i !== firstDown && i !== secondDown);
     // The member left knows it has no leader (a leader that lost its quorum steps down), so what
     // the nodes send it now is refused for certain rather than left pending.
-    await eventually(async () => {
-      const c = new Etcd3({ hosts: etcd.members[last]!.clientUrl });
-      try {
-        return String((await c.maintenance.status()).leader) === "0";
-      } finally {
-        c.close();
-      }
-    }, "the last etcd member has no leader", 15_000);
+    await eventually(
+      async () => {
+        const c = new Etcd3({ hosts: etcd.members[last]!.clientUrl });
+        try {
+          return String((await c.maintenance.status()).leader) === "0";
+        } finally {
+          c.close();
+        }
+      },
+      "the last etcd member has no leader",
+      15_000,
+    );
     const before = await Promise.all(nodes.map(async (n) => (await nodeStatus(n)).keys));
 
     // Each node notices, and says so in its status and readiness.
@@ -166,10 +167,7 @@ describe("etcd member failures under three daemons", () => {
     });
 
     // Crypto with every key the nodes hold still works, on every node.
-    await cryptoEverywhere(
-      [{ id: ec.id, pem: ecPem }, ...madeWithOneDown.map((k) => ({ id: k.id, pem: k.pem }))],
-      [aes.id, ...madeWithOneDown.map((k) => k.aes)],
-    );
+    await cryptoEverywhere([{ id: ec.id, pem: ecPem }, ...madeWithOneDown.map((k) => ({ id: k.id, pem: k.pem }))], [aes.id, ...madeWithOneDown.map((k) => k.aes)]);
     // Reads are served from each node's mirror.
     for (const c of alice) expect((await c.getKey({ keyId: madeWithOneDown[2]!.id })).label).toBe("one-down-ec-2");
     expect(await Promise.all(nodes.map(async (n) => (await nodeStatus(n)).keys))).toEqual(before);
@@ -198,7 +196,10 @@ describe("etcd member failures under three daemons", () => {
       await expect(c.getKey({ keyId: madeWithOneDown[0]!.aes })).rejects.toMatchObject({ code: GrpcStatus.NOT_FOUND });
       expect((await c.getKey({ keyId: madeWithOneDown[1]!.aes })).label).toBe("one-down-aes-1");
     }
-    await cryptoEverywhere([{ id: ec.id, pem: ecPem }], made.map((k) => k.id));
+    await cryptoEverywhere(
+      [{ id: ec.id, pem: ecPem }],
+      made.map((k) => k.id),
+    );
     const counts = await Promise.all(nodes.map(async (n) => (await nodeStatus(n)).keys));
     expect(new Set(counts).size).toBe(1);
   });

@@ -164,7 +164,10 @@ describe("join", () => {
     daemons.push(dp);
     dp.ready.catch(() => undefined);
     const event = await eventually(() => {
-      const line = dp.stdout().split("\n").find((l) => l.startsWith("{"));
+      const line = dp
+        .stdout()
+        .split("\n")
+        .find((l) => l.startsWith("{"));
       return line ? (JSON.parse(line) as Record<string, string>) : undefined;
     }, "hsmctl printed the join-request event");
     expect(event).toMatchObject({ event: "join-request", nodeId: "n-ctl-json" });

@@ -8,17 +8,29 @@
 import { constants, createPublicKey, randomBytes, randomUUID, verify as verifySignature } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { GrpcStatus, HsmClient, KeySpec, Role } from "../../src/sdk";
-import {
-  CLUSTER_PREFIX,
-  etcdClient,
-  eventually,
-  loginToken,
-  nodeStatus,
-  tokenKeyAttributes,
-} from "../helpers/cluster";
+import { CLUSTER_PREFIX, etcdClient, eventually, loginToken, nodeStatus, tokenKeyAttributes } from "../helpers/cluster";
 import { type DaemonProcess } from "../helpers/daemon-process";
 import { USER_PASSWORD, officerClient } from "../helpers/users";
-import { client, clients, co, coverage, ECDSA, etcd, FRESH, GCM, listAll, MAX_FAILED_LOGINS, n1, n2, n3, okCalls, PSS, reach, useReplicationCluster, verifiesEcdsa } from "../helpers/cluster-replication";
+import {
+  client,
+  clients,
+  co,
+  coverage,
+  ECDSA,
+  etcd,
+  FRESH,
+  GCM,
+  listAll,
+  MAX_FAILED_LOGINS,
+  n1,
+  n2,
+  n3,
+  okCalls,
+  PSS,
+  reach,
+  useReplicationCluster,
+  verifiesEcdsa,
+} from "../helpers/cluster-replication";
 
 // The cluster, its clients and the readings of coverage and /metrics: test/helpers/cluster-replication.ts.
 useReplicationCluster();
@@ -64,15 +76,15 @@ describe("three nodes on three etcd members", () => {
     const aes = await a1.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label: "repl-aes" });
     const ecPem = (await a1.getPublicKey({ keyId: ec.id })).pem;
     const rsaPem = (await a1.getPublicKey({ keyId: rsa.id })).pem;
-    for (const [name, c] of [["n2", a2], ["n3", a3]] as const) {
+    for (const [name, c] of [
+      ["n2", a2],
+      ["n3", a3],
+    ] as const) {
       const message = Buffer.from(`signed on ${name}`);
       const { signature } = await c.sign({ keyId: ec.id, algorithm: ECDSA, message });
       expect(verifiesEcdsa(ecPem, message, signature), `ECDSA on ${name}`).toBe(true);
       const pss = await c.sign({ keyId: rsa.id, algorithm: PSS, message });
-      expect(
-        verifySignature("sha256", message, { key: createPublicKey(rsaPem), padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, pss.signature),
-        `RSA-PSS on ${name}`,
-      ).toBe(true);
+      expect(verifySignature("sha256", message, { key: createPublicKey(rsaPem), padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, pss.signature), `RSA-PSS on ${name}`).toBe(true);
       // GetPublicKey on the replica answers the same key as on the creator
       expect((await c.getPublicKey({ keyId: ec.id })).pem).toBe(ecPem);
     }
@@ -91,7 +103,10 @@ describe("three nodes on three etcd members", () => {
     const failures: string[] = [];
     for (let i = 0; i < 20; i++) {
       const k = await a1.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label: `at-once-${i}` });
-      for (const [name, c] of [["n2", a2], ["n3", a3]] as const) {
+      for (const [name, c] of [
+        ["n2", a2],
+        ["n3", a3],
+      ] as const) {
         try {
           const e = await c.encrypt({ keyId: k.id, algorithm: GCM, plaintext: Buffer.from("x") });
           expect(e.ciphertext.length).toBe(17);
@@ -376,13 +391,19 @@ describe("three nodes on three etcd members", () => {
     }
 
     // Coverage: every one of them is held by all three nodes (n3 included, for the keys made while it was down).
-    const cov = await eventually(async () => {
-      const c = await coverage();
-      return ids.every((id) => c.get(id)?.size === 3) ? c : undefined;
-    }, "every bulk key covered by n1, n2 and n3", 20_000).catch(async (e: unknown) => {
+    const cov = await eventually(
+      async () => {
+        const c = await coverage();
+        return ids.every((id) => c.get(id)?.size === 3) ? c : undefined;
+      },
+      "every bulk key covered by n1, n2 and n3",
+      20_000,
+    ).catch(async (e: unknown) => {
       const c = await coverage();
       const lacking = ids.filter((id) => !c.get(id)?.has("n3"));
-      throw new Error(`${(e as Error).message}; ${lacking.length} of ${N} keys have no coverage entry for n3, ${ids.filter((id) => !c.get(id)?.has("n1")).length} none for n1, ${ids.filter((id) => !c.get(id)?.has("n2")).length} none for n2`);
+      throw new Error(
+        `${(e as Error).message}; ${lacking.length} of ${N} keys have no coverage entry for n3, ${ids.filter((id) => !c.get(id)?.has("n1")).length} none for n1, ${ids.filter((id) => !c.get(id)?.has("n2")).length} none for n2`,
+      );
     });
     for (const id of ids) expect([...cov.get(id)!].sort()).toEqual(["n1", "n2", "n3"]);
     // … as a crypto user sees it through n3 (GetKey's held_by).

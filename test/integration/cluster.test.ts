@@ -132,7 +132,10 @@ describe("hsmd officer unlock on etcd", () => {
     c.close();
 
     const auditFile = join(n2.dataDir, "audit", "audit.log");
-    const entries = readFileSync(auditFile, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { operation: string; target?: string; status: string });
+    const entries = readFileSync(auditFile, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { operation: string; target?: string; status: string });
     expect(entries.filter((e) => e.operation === "OfficerUnlock").map((e) => [e.target, e.status])).toEqual([["officer2", "OK"]]);
     const verified = await runHsmdCommand(n2, ["audit", "verify", auditFile]);
     expect(verified.code, verified.stdout + verified.stderr).toBe(0);

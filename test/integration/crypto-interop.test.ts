@@ -1,17 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import * as crypto from "node:crypto";
-import {
-  EncryptionAlgorithm,
-  HsmClient,
-  KeySpec,
-  KeyUsage,
-  MessageType,
-  PublicKeyFormat,
-  SignatureFormat,
-  SigningAlgorithm,
-  WrapAlgorithm,
-  wrapForImport,
-} from "../../src/sdk";
+import { EncryptionAlgorithm, HsmClient, KeySpec, KeyUsage, MessageType, PublicKeyFormat, SignatureFormat, SigningAlgorithm, WrapAlgorithm, wrapForImport } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { userClient } from "../helpers/users";
 import { openssl } from "../helpers/openssl";
@@ -141,9 +130,13 @@ describe("signatures, both ways with OpenSSL", () => {
     const k = await c.generateKey({ spec: KeySpec.KEY_SPEC_RSA_2048, label: "rsa" });
     const pssOpts = pss ? ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"] : [];
     const sig = await c.sign({ keyId: k.id, algorithm: alg, message: msg });
-    expect(openssl((d) => ["dgst", `-${hash}`, ...pssOpts, "-verify", `${d}/pub.pem`, "-signature", `${d}/sig`, `${d}/msg`], { "pub.pem": await pem(k.id), sig: Buffer.from(sig.signature), msg }).ok).toBe(true);
+    expect(
+      openssl((d) => ["dgst", `-${hash}`, ...pssOpts, "-verify", `${d}/pub.pem`, "-signature", `${d}/sig`, `${d}/msg`], { "pub.pem": await pem(k.id), sig: Buffer.from(sig.signature), msg }).ok,
+    ).toBe(true);
     const digestSig = await c.sign({ keyId: k.id, algorithm: alg, message: crypto.createHash(hash).update(msg).digest(), messageType: MessageType.MESSAGE_TYPE_DIGEST });
-    expect(openssl((d) => ["dgst", `-${hash}`, ...pssOpts, "-verify", `${d}/pub.pem`, "-signature", `${d}/sig`, `${d}/msg`], { "pub.pem": await pem(k.id), sig: Buffer.from(digestSig.signature), msg }).ok).toBe(true);
+    expect(
+      openssl((d) => ["dgst", `-${hash}`, ...pssOpts, "-verify", `${d}/pub.pem`, "-signature", `${d}/sig`, `${d}/msg`], { "pub.pem": await pem(k.id), sig: Buffer.from(digestSig.signature), msg }).ok,
+    ).toBe(true);
 
     const gen = openssl((d) => ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", `${d}/k.pem`]);
     const s = openssl((d) => ["dgst", `-${hash}`, ...pssOpts, "-sign", `${d}/k.pem`, "-out", `${d}/sig`, `${d}/msg`], { "k.pem": gen.read("k.pem"), msg });
@@ -155,7 +148,13 @@ describe("signatures, both ways with OpenSSL", () => {
   it("Ed25519", async () => {
     const k = await c.generateKey({ spec: KeySpec.KEY_SPEC_ED25519, label: "ed" });
     const sig = await c.sign({ keyId: k.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ED25519, message: msg });
-    expect(openssl((d) => ["pkeyutl", "-verify", "-pubin", "-inkey", `${d}/pub.pem`, "-rawin", "-in", `${d}/msg`, "-sigfile", `${d}/sig`], { "pub.pem": await pem(k.id), sig: Buffer.from(sig.signature), msg }).ok).toBe(true);
+    expect(
+      openssl((d) => ["pkeyutl", "-verify", "-pubin", "-inkey", `${d}/pub.pem`, "-rawin", "-in", `${d}/msg`, "-sigfile", `${d}/sig`], {
+        "pub.pem": await pem(k.id),
+        sig: Buffer.from(sig.signature),
+        msg,
+      }).ok,
+    ).toBe(true);
     const gen = openssl((d) => ["genpkey", "-algorithm", "ED25519", "-out", `${d}/k.pem`]);
     const s = openssl((d) => ["pkeyutl", "-sign", "-inkey", `${d}/k.pem`, "-rawin", "-in", `${d}/msg`, "-out", `${d}/sig`], { "k.pem": gen.read("k.pem"), msg });
     const jwk = crypto.createPublicKey(gen.read("k.pem")).export({ format: "jwk" });
@@ -228,7 +227,26 @@ describe("encryption, both ways with Node", () => {
     const pt = crypto.randomBytes(64);
     const ct = crypto.publicEncrypt({ key: await pem(k.id), oaepHash: hash, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING }, pt);
     expect(Buffer.from((await c.decrypt({ keyId: k.id, algorithm: alg, ciphertext: ct })).plaintext)).toEqual(pt);
-    const o = openssl((d) => ["pkeyutl", "-encrypt", "-pubin", "-inkey", `${d}/pub.pem`, "-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", `rsa_oaep_md:${hash}`, "-pkeyopt", `rsa_mgf1_md:${hash}`, "-in", `${d}/pt`, "-out", `${d}/ct`], { "pub.pem": await pem(k.id), pt });
+    const o = openssl(
+      (d) => [
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        `${d}/pub.pem`,
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        `rsa_oaep_md:${hash}`,
+        "-pkeyopt",
+        `rsa_mgf1_md:${hash}`,
+        "-in",
+        `${d}/pt`,
+        "-out",
+        `${d}/ct`,
+      ],
+      { "pub.pem": await pem(k.id), pt },
+    );
     expect(Buffer.from((await c.decrypt({ keyId: k.id, algorithm: alg, ciphertext: o.read("ct") })).plaintext)).toEqual(pt);
     const e = await c.encrypt({ keyId: k.id, algorithm: alg, plaintext: pt });
     expect(Buffer.from((await c.decrypt({ keyId: k.id, algorithm: alg, ciphertext: e.ciphertext })).plaintext)).toEqual(pt);
@@ -263,15 +281,30 @@ describe("wrap, unwrap, derive, random, import", () => {
     const secret = crypto.randomBytes(32);
     const blob = crypto.publicEncrypt({ key: await pem(rsa.id), oaepHash: "sha1", padding: crypto.constants.RSA_PKCS1_OAEP_PADDING }, secret);
     // SoftHSM2 2.6 does OAEP with SHA-1 only, and a wrapped key never passes through the host.
-    await expect(c.unwrapKey({ unwrappingKeyId: rsa.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA256, wrappedKey: blob, spec: KeySpec.KEY_SPEC_HMAC_SHA256, label: "x" })).rejects.toMatchObject({
+    await expect(
+      c.unwrapKey({ unwrappingKeyId: rsa.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA256, wrappedKey: blob, spec: KeySpec.KEY_SPEC_HMAC_SHA256, label: "x" }),
+    ).rejects.toMatchObject({
       codeName: "FAILED_PRECONDITION",
       details: expect.stringContaining("CKM_RSA_PKCS_OAEP with SHA256"),
     });
-    const u = await c.unwrapKey({ unwrappingKeyId: rsa.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA1, wrappedKey: blob, spec: KeySpec.KEY_SPEC_HMAC_SHA256, label: "via-oaep", exportable: true });
+    const u = await c.unwrapKey({
+      unwrappingKeyId: rsa.id,
+      algorithm: WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA1,
+      wrappedKey: blob,
+      spec: KeySpec.KEY_SPEC_HMAC_SHA256,
+      label: "via-oaep",
+      exportable: true,
+    });
     const mac = await c.sign({ keyId: u.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_HMAC_SHA256, message: Buffer.from("m") });
     expect(Buffer.from(mac.signature)).toEqual(crypto.createHmac("sha256", secret).update("m").digest());
     const back = await c.wrapKey({ wrappingKeyId: rsa.id, keyId: u.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA1 });
-    const again = await c.unwrapKey({ unwrappingKeyId: rsa.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA1, wrappedKey: back.wrappedKey, spec: KeySpec.KEY_SPEC_HMAC_SHA256, label: "round" });
+    const again = await c.unwrapKey({
+      unwrappingKeyId: rsa.id,
+      algorithm: WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA1,
+      wrappedKey: back.wrappedKey,
+      spec: KeySpec.KEY_SPEC_HMAC_SHA256,
+      label: "round",
+    });
     const mac2 = await c.sign({ keyId: again.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_HMAC_SHA256, message: Buffer.from("m") });
     expect(mac2.signature).toEqual(mac.signature);
   });
@@ -293,7 +326,9 @@ describe("wrap, unwrap, derive, random, import", () => {
     // A public key that does not match is refused, and leaves no key behind.
     const other = crypto.generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey.export({ type: "spki", format: "der" });
     const before = (await c.listKeys({ pageSize: 1000 })).keys.length;
-    await expect(c.importKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "byok-bad", importKeyId: p.importKeyId, wrappedKeyMaterial: blob, publicKeySpki: other })).rejects.toMatchObject({ codeName: "INVALID_ARGUMENT" });
+    await expect(c.importKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "byok-bad", importKeyId: p.importKeyId, wrappedKeyMaterial: blob, publicKeySpki: other })).rejects.toMatchObject({
+      codeName: "INVALID_ARGUMENT",
+    });
     expect((await c.listKeys({ pageSize: 1000 })).keys.length).toBe(before);
   });
 
@@ -316,7 +351,13 @@ describe("wrap, unwrap, derive, random, import", () => {
 
   it("batches return one result or error per item", async () => {
     const k = await c.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "batch" });
-    const items = Array.from({ length: 10 }, (_, i) => ({ keyId: k.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message: Buffer.from(`m${i}`), messageType: 0, signatureFormat: 0 }));
+    const items = Array.from({ length: 10 }, (_, i) => ({
+      keyId: k.id,
+      algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256,
+      message: Buffer.from(`m${i}`),
+      messageType: 0,
+      signatureFormat: 0,
+    }));
     items.push({ ...items[0]!, keyId: "00000000-0000-0000-0000-000000000000" });
     const r = await c.batchSign({ items });
     expect(r.results).toHaveLength(11);

@@ -38,7 +38,10 @@ async function code(p: Promise<unknown>): Promise<string> {
 
 describe("data keys", () => {
   it("a data key encrypts locally and its wrapped copy unwraps to the same key (AES-256 default, AES-128)", async () => {
-    for (const [spec, len] of [[KeySpec.KEY_SPEC_UNSPECIFIED, 32], [KeySpec.KEY_SPEC_AES_128, 16]] as const) {
+    for (const [spec, len] of [
+      [KeySpec.KEY_SPEC_UNSPECIFIED, 32],
+      [KeySpec.KEY_SPEC_AES_128, 16],
+    ] as const) {
       const ctx = { tenant: "acme", object: "42" };
       const dk = await c.generateDataKey({ keyId: kek, spec, encryptionContext: ctx });
       expect(dk.plaintextDataKey.length).toBe(len);

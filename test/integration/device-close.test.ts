@@ -19,7 +19,11 @@ describe("device close under load", () => {
     await dev.generate("signer", { type: "rsa", bits: 2048 }, ["sign", "verify"]);
 
     type Outcome = { ok: true } | { ok: false; error: { code?: string; message?: string } };
-    const outcome = (p: Promise<unknown>): Promise<Outcome> => p.then(() => ({ ok: true as const }), (error: { code?: string; message?: string }) => ({ ok: false as const, error }));
+    const outcome = (p: Promise<unknown>): Promise<Outcome> =>
+      p.then(
+        () => ({ ok: true as const }),
+        (error: { code?: string; message?: string }) => ({ ok: false as const, error }),
+      );
     const calls: Promise<Outcome>[] = [];
     for (let i = 0; i < 200; i++) {
       calls.push(outcome(dev.materialize(`m-${i}`, { type: "aes", bits: 256 }, ["encrypt", "decrypt"], material)));

@@ -75,7 +75,9 @@ describe("token-object creations beside searches", () => {
     finished = true;
     await s;
 
-    console.log(`[search-race] ${N} unwraps, ${N / 2} generations, ${searches} searches beside them, ${destroyed.size} destroys; retries logged: ${logs.filter((l) => l.includes("trying again")).length}`);
+    console.log(
+      `[search-race] ${N} unwraps, ${N / 2} generations, ${searches} searches beside them, ${destroyed.size} destroys; retries logged: ${logs.filter((l) => l.includes("trying again")).length}`,
+    );
     expect(failures).toEqual([]);
     expect(logs.filter((l) => l.includes("trying again"))).toEqual([]);
     expect(searches).toBeGreaterThan(20);

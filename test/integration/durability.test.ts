@@ -14,7 +14,26 @@ import { KeySpec, KeyUsage, SigningAlgorithm, wrapForImport, type Key } from "..
 import { spawnSync } from "node:child_process";
 import { MAIN_JS } from "../helpers/daemon-process";
 import { createTempToken, pkcs11Tool } from "../helpers/softhsm";
-import { assertUsable, c, domainKeyId, dp, encodings, filesUnder, findLeaks, GCM, ECDSA, HMAC, gracefulRestart, lastReconcile, listedIds, pool, reconnect, spkiOf, tokenIds, useDurabilityDaemon } from "../helpers/durability";
+import {
+  assertUsable,
+  c,
+  domainKeyId,
+  dp,
+  encodings,
+  filesUnder,
+  findLeaks,
+  GCM,
+  ECDSA,
+  HMAC,
+  gracefulRestart,
+  lastReconcile,
+  listedIds,
+  pool,
+  reconnect,
+  spkiOf,
+  tokenIds,
+  useDurabilityDaemon,
+} from "../helpers/durability";
 
 // The daemon process and the helpers that inspect it: test/helpers/durability.ts.
 useDurabilityDaemon();
@@ -56,7 +75,9 @@ describe("graceful restart", () => {
     expect((await c.verify({ keyId: ed.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ED25519, message: msg, signature: edSig })).valid).toBe(true);
     const msg2 = Buffer.from("signed after the restart");
     expect(crypto.verify("sha256", msg2, spkiOf(ec), Buffer.from((await c.sign({ keyId: ec.id, algorithm: ECDSA, message: msg2 })).signature))).toBe(true);
-    expect(crypto.verify("sha256", msg2, spkiOf(rsa), Buffer.from((await c.sign({ keyId: rsa.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_RSA_PKCS1_SHA256, message: msg2 })).signature))).toBe(true);
+    expect(crypto.verify("sha256", msg2, spkiOf(rsa), Buffer.from((await c.sign({ keyId: rsa.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_RSA_PKCS1_SHA256, message: msg2 })).signature))).toBe(
+      true,
+    );
     expect(crypto.verify(null, msg2, spkiOf(ed), Buffer.from((await c.sign({ keyId: ed.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ED25519, message: msg2 })).signature))).toBe(true);
     // Encryption after the restart decrypts in Node? (key is not extractable) → round trip in the daemon.
     const ct2 = await c.encrypt({ keyId: aes.id, algorithm: GCM, plaintext: pt });
@@ -164,7 +185,12 @@ describe("token objects destroyed behind the daemon's back", () => {
     const gone = pkcs11Tool(dp.token, ["--list-objects"]);
     expect(gone).not.toContain(`hsmd:${hmac.id}`);
     // The EC public object is still there; its private half is gone.
-    expect(gone.split(/\n(?=\S)/).filter((b) => b.includes(`hsmd:${ec.id}`)).map((b) => b.split(/[;\n]/)[0])).toEqual([expect.stringMatching(/^Public Key Object/)]);
+    expect(
+      gone
+        .split(/\n(?=\S)/)
+        .filter((b) => b.includes(`hsmd:${ec.id}`))
+        .map((b) => b.split(/[;\n]/)[0]),
+    ).toEqual([expect.stringMatching(/^Public Key Object/)]);
 
     await dp.restart();
     await reconnect();
@@ -229,11 +255,7 @@ describe("no secret in the clear in anything the daemon writes", () => {
     const needles = [...encodings("AES key", aesKey), ...encodings("HMAC key", hmacKey), ...encodings("PIN", Buffer.from(dp.token.pin)), ...encodings("plaintext", plaintext)];
     const dataFiles = filesUnder(dp.dataDir);
     expect(dataFiles.length).toBeGreaterThan(0);
-    const haystacks = [
-      ...dataFiles.map((f) => ({ name: f, data: readFileSync(f) })),
-      { name: "stdout", data: Buffer.from(dp.stdout()) },
-      { name: "stderr", data: Buffer.from(dp.stderr()) },
-    ];
+    const haystacks = [...dataFiles.map((f) => ({ name: f, data: readFileSync(f) })), { name: "stdout", data: Buffer.from(dp.stdout()) }, { name: "stderr", data: Buffer.from(dp.stderr()) }];
     // The store really holds the two records (the scan looks at the right files).
     const all = Buffer.concat(haystacks.map((h) => h.data));
     expect(all.includes(Buffer.from(aesId))).toBe(true);
@@ -247,7 +269,12 @@ describe("no secret in the clear in anything the daemon writes", () => {
       { what: "AES key raw", bytes: aesKey },
       { what: "HMAC key raw", bytes: hmacKey },
     ];
-    expect(findLeaks(tokenFiles.map((f) => ({ name: f, data: readFileSync(f) })), rawKeys)).toEqual([]);
+    expect(
+      findLeaks(
+        tokenFiles.map((f) => ({ name: f, data: readFileSync(f) })),
+        rawKeys,
+      ),
+    ).toEqual([]);
 
     // The scan itself finds each kind of needle when it is there (so a leak would fail the test).
     const probeDir = mkdtempSync(join(tmpdir(), "hsmd-leak-probe-"));

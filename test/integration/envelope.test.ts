@@ -144,9 +144,11 @@ describe("envelope through the service", () => {
     const e = await rejection(decryptEnvelope(bob, m));
     expect(e.code).toBe(GrpcStatus.NOT_FOUND);
     expect(e.details).toMatch(/^envelope: DecryptDataKey under .* failed: /);
-    const s = await rejection(pipeline(Readable.from([m]), createDecryptStream(bob), async (src: AsyncIterable<Buffer>) => {
-      for await (const _ of src);
-    }));
+    const s = await rejection(
+      pipeline(Readable.from([m]), createDecryptStream(bob), async (src: AsyncIterable<Buffer>) => {
+        for await (const _ of src);
+      }),
+    );
     expect(s.code).toBe(GrpcStatus.NOT_FOUND);
     expect((await rejection(encryptEnvelope(bob, { keyId: kek }, Buffer.from("x")))).code).toBe(GrpcStatus.NOT_FOUND);
     // Carol, whom the key is shared with, can decrypt and encrypt.

@@ -261,9 +261,7 @@ describe("etcd store: watch", () => {
 
   it("open fails with UNAVAILABLE when no member answers", async () => {
     const port = await freePort();
-    const err = await openEtcdStore({ endpoints: [`http://127.0.0.1:${port}`], prefix: "hsmd/none/", dialTimeoutMs: 300 }).catch(
-      (e: unknown) => e,
-    );
+    const err = await openEtcdStore({ endpoints: [`http://127.0.0.1:${port}`], prefix: "hsmd/none/", dialTimeoutMs: 300 }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: "UNAVAILABLE" });
     expect((err as Error).message).toMatch(/^state store unavailable: no etcd quorum reachable \(.*127\.0\.0\.1:\d+/);
   });

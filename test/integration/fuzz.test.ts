@@ -45,7 +45,11 @@ const fuzzPools: FuzzPools = { keyIds: [], usernames: [], labels: [], blobs: [] 
 const methods = hsmMethods();
 const paths = [...methods.keys()].sort();
 /** RPCs that may add a record when they succeed (from the access rules, like the methods from proto/). */
-const createsKey = new Set(Object.entries(RULES).filter(([, r]) => r.createsKey).map(([m]) => m));
+const createsKey = new Set(
+  Object.entries(RULES)
+    .filter(([, r]) => r.createsKey)
+    .map(([m]) => m),
+);
 
 async function login(who: Exclude<Who, "none">): Promise<void> {
   try {
@@ -77,7 +81,12 @@ beforeAll(async () => {
   aliceKey = (await alice.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "known-good" })).id;
   const cu = await userClient(td, "fuzz-cu");
   const gen = (spec: KeySpec, label: string) => cu.generateKey({ spec, label });
-  const keys = await Promise.all([gen(KeySpec.KEY_SPEC_AES_256, "f-aes"), gen(KeySpec.KEY_SPEC_EC_P256, "f-ec"), gen(KeySpec.KEY_SPEC_HMAC_SHA256, "f-hmac"), gen(KeySpec.KEY_SPEC_AES_128, "f-aes128")]);
+  const keys = await Promise.all([
+    gen(KeySpec.KEY_SPEC_AES_256, "f-aes"),
+    gen(KeySpec.KEY_SPEC_EC_P256, "f-ec"),
+    gen(KeySpec.KEY_SPEC_HMAC_SHA256, "f-hmac"),
+    gen(KeySpec.KEY_SPEC_AES_128, "f-aes128"),
+  ]);
   const sealed = await cu.encrypt({ keyId: keys[0]!.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: Buffer.from("fuzz") });
   const pools: FuzzPools = {
     keyIds: [...keys.map((k) => k.id), "00000000-0000-4000-8000-000000000000"],
@@ -114,9 +123,7 @@ it(`every RPC answers a status of the closed set to ${RUNS} random, mutated and 
   let createdUsers = 0;
   const seen = new Map<string, number>();
 
-  const sample = fc.constantFrom(...paths).chain((path) =>
-    fc.record({ path: fc.constant(path), who: fc.constantFrom(...SESSIONS), req: requestBodyArb(methods.get(path)!, fuzzPools) }),
-  );
+  const sample = fc.constantFrom(...paths).chain((path) => fc.record({ path: fc.constant(path), who: fc.constantFrom(...SESSIONS), req: requestBodyArb(methods.get(path)!, fuzzPools) }));
   await fc.assert(
     fc.asyncProperty(sample, async ({ path, who, req }) => {
       const a = await rawCall(raw, path, Buffer.from(req.body), who === "none" ? undefined : tokens[who]);

@@ -179,7 +179,9 @@ describe("keys", () => {
       writeFileSync(file("ec-sig.raw"), rs);
       await ok(["crypto", "verify", "--key-id", ids.ec!, "--in", "msg", "--signature", "ec-sig.raw", "--format", "raw"]);
 
-      const digest = createHash("sha256").update(readFileSync(file("msg"))).digest();
+      const digest = createHash("sha256")
+        .update(readFileSync(file("msg")))
+        .digest();
       writeFileSync(file("msg.sha256"), digest);
       await ok(["crypto", "sign", "--key-id", ids.ec!, "--in", "msg.sha256", "--digest", "--out", "ec-digest-sig.der"]);
       expect(opensslOk(["dgst", "-sha256", "-verify", "ec-pub.pem", "-signature", "ec-digest-sig.der", "msg"])).toContain("Verified OK");
@@ -236,10 +238,15 @@ describe("keys", () => {
       // From stdin too, RSA-PSS: the same streaming hash.
       const pss = await ok(["crypto", "sign", "--key-id", ids.rsa!, "--algorithm", "rsa-pss-sha256", "--in", "-", "--out", "-"], { input: big });
       writeFileSync(file("big-pss.bin"), pss.out);
-      expect(opensslOk(["dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32", "-verify", "rsa-pub.pem", "-signature", "big-pss.bin", "big.bin"])).toContain("Verified OK");
+      expect(opensslOk(["dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32", "-verify", "rsa-pub.pem", "-signature", "big-pss.bin", "big.bin"])).toContain(
+        "Verified OK",
+      );
 
       // Ed25519 (PureEdDSA) and HMAC sign the message itself: over the limit, refused here (exit 2) with why.
-      for (const [id, name] of [[ids.ed!, "ed25519"], [ids.hmac!, "hmac-sha256"]] as const) {
+      for (const [id, name] of [
+        [ids.ed!, "ed25519"],
+        [ids.hmac!, "hmac-sha256"],
+      ] as const) {
         const r = await hsmctl(["crypto", "sign", "--key-id", id, "--in", "big.bin"]);
         expect(r.code, r.stderr).toBe(2);
         expect(r.stderr).toContain(`--in: big.bin holds 1048576 bytes (1.0 MiB); ${name} is computed over the whole message in the HSM`);
@@ -288,7 +295,10 @@ describe("keys", () => {
       expect(back.stdout).toBe("to rsa");
       // An OAEP label: Node's crypto encrypts under the public key with it; hsmctl decrypts only with it.
       const pub = createPublicKey(readFileSync(file("rsa-pub.pem")));
-      writeFileSync(file("labelled.bin"), publicEncrypt({ key: pub, padding: cryptoConstants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256", oaepLabel: Buffer.from("invoice-7") }, Buffer.from("labelled")));
+      writeFileSync(
+        file("labelled.bin"),
+        publicEncrypt({ key: pub, padding: cryptoConstants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256", oaepLabel: Buffer.from("invoice-7") }, Buffer.from("labelled")),
+      );
       const withLabel = await ok(["crypto", "decrypt", "--key-id", ids.rsa!, "--algorithm", "rsa-oaep-sha256", "--in", "labelled.bin", "--oaep-label", "invoice-7"]);
       expect(withLabel.stdout).toBe("labelled");
       const noLabel = await hsmctl(["crypto", "decrypt", "--key-id", ids.rsa!, "--algorithm", "rsa-oaep-sha256", "--in", "labelled.bin"]);
@@ -309,7 +319,16 @@ describe("keys", () => {
       await ok(["crypto", "wrap", "--wrapping-key-id", ids.aes!, "--key-id", ids.exp!, "--out", "exp.wrapped"]);
       expect(readFileSync(file("exp.wrapped")).length).toBe(24);
       const unwrapped = await json<{ id: string; origin: string; spec: string }>([
-        "crypto", "unwrap", "--unwrapping-key-id", ids.aes!, "--in", "exp.wrapped", "--spec", "aes-128", "--label", "cli-unwrapped",
+        "crypto",
+        "unwrap",
+        "--unwrapping-key-id",
+        ids.aes!,
+        "--in",
+        "exp.wrapped",
+        "--spec",
+        "aes-128",
+        "--label",
+        "cli-unwrapped",
       ]);
       expect(unwrapped).toMatchObject({ origin: "unwrapped", spec: "aes-128" });
       await ok(["crypto", "encrypt", "--key-id", ids.exp!, "--in", "-", "--out", "exp.hce"], { input: "same key" });
@@ -336,7 +355,18 @@ describe("keys", () => {
       for (let i = 0; i < data.length; i++) data[i] = (i * 31 + (i >> 8)) & 0xff;
       writeFileSync(file("big.bin"), data);
       const enc = await json<{ bytesIn: number; bytesOut: number; keyId: string }>([
-        "crypto", "envelope-encrypt", "--in", "big.bin", "--out", "big.hsme", "--key-id", ids.aes!, "--context", "purpose=test", "--context", "owner=alice",
+        "crypto",
+        "envelope-encrypt",
+        "--in",
+        "big.bin",
+        "--out",
+        "big.hsme",
+        "--key-id",
+        ids.aes!,
+        "--context",
+        "purpose=test",
+        "--context",
+        "owner=alice",
       ]);
       expect(enc).toMatchObject({ bytesIn: data.length, keyId: ids.aes });
       expect(enc.bytesOut).toBe(statSync(file("big.hsme")).size);
@@ -414,4 +444,3 @@ describe("keys", () => {
     expect(gone.stderr).toMatch(/^error: NOT_FOUND: /);
   });
 });
-

@@ -326,10 +326,9 @@ describe("cluster and audit (crypto officer)", () => {
     const tail = await ok(["audit", "tail", "--last", "5"], { as: "admin" });
     expect(tail.stdout.trim().split("\n")).toHaveLength(6);
     expect(tail.stdout).toMatch(/^SEQ\s+TIME\s+USER\s+OPERATION/);
-    const logins = await json<{ entries: { operation: string; user?: string; target: string; status: string }[] }>(
-      ["audit", "tail", "--operation", "Login", "--target", "mallory", "--last", "100"],
-      { as: "admin" },
-    );
+    const logins = await json<{ entries: { operation: string; user?: string; target: string; status: string }[] }>(["audit", "tail", "--operation", "Login", "--target", "mallory", "--last", "100"], {
+      as: "admin",
+    });
     expect(logins.entries.length).toBeGreaterThan(0);
     expect(logins.entries.every((e) => e.operation === "Login" && e.target === "mallory")).toBe(true);
     expect(logins.entries.some((e) => e.status === "UNAUTHENTICATED")).toBe(true);

@@ -93,7 +93,13 @@ describe("RSA-OAEP with a label (oaep_label), against Node's crypto", () => {
     await expectError(c.encrypt({ keyId, algorithm: OAEP.sha256, plaintext: Buffer.from("x"), oaepLabel: tooLong }), "INVALID_ARGUMENT", "oaep_label", "33 bytes", "limits.maxOaepLabelBytes");
     await expectError(c.decrypt({ keyId, algorithm: OAEP.sha256, ciphertext: Buffer.alloc(256, 1), oaepLabel: tooLong }), "INVALID_ARGUMENT", "oaep_label", "limits.maxOaepLabelBytes");
     const aes = await c.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label: "oaep-label-aes" });
-    await expectError(c.encrypt({ keyId: aes.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: Buffer.from("x"), oaepLabel: Buffer.from("l") }), "INVALID_ARGUMENT", "oaep_label", "RSA_OAEP", "AES_GCM");
+    await expectError(
+      c.encrypt({ keyId: aes.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: Buffer.from("x"), oaepLabel: Buffer.from("l") }),
+      "INVALID_ARGUMENT",
+      "oaep_label",
+      "RSA_OAEP",
+      "AES_GCM",
+    );
     await expectError(
       c.decrypt({ keyId: aes.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_CBC_PAD, ciphertext: Buffer.alloc(16), iv: Buffer.alloc(16), oaepLabel: Buffer.from("l") }),
       "INVALID_ARGUMENT",
@@ -120,8 +126,18 @@ describe("RSA-OAEP with a label (oaep_label), against Node's crypto", () => {
       c.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label: "oaep-wrap-kek", usages: [KeyUsage.KEY_USAGE_WRAP] }),
     ]);
     const sha1 = WrapAlgorithm.WRAP_ALGORITHM_RSA_OAEP_SHA1;
-    await expectError(c.wrapKey({ wrappingKeyId: rsa.id, keyId: secret.id, algorithm: sha1, oaepLabel: Buffer.from("l") }), "FAILED_PRECONDITION", "does not honour an OAEP label", "without oaep_label");
-    await expectError(c.wrapKey({ wrappingKeyId: kek.id, keyId: secret.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP, oaepLabel: Buffer.from("l") }), "INVALID_ARGUMENT", "oaep_label", "AES_KWP");
+    await expectError(
+      c.wrapKey({ wrappingKeyId: rsa.id, keyId: secret.id, algorithm: sha1, oaepLabel: Buffer.from("l") }),
+      "FAILED_PRECONDITION",
+      "does not honour an OAEP label",
+      "without oaep_label",
+    );
+    await expectError(
+      c.wrapKey({ wrappingKeyId: kek.id, keyId: secret.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP, oaepLabel: Buffer.from("l") }),
+      "INVALID_ARGUMENT",
+      "oaep_label",
+      "AES_KWP",
+    );
     // Without a label the same wrap works, and so does the unwrap; with one, the unwrap is refused and makes no key.
     const { wrappedKey } = await c.wrapKey({ wrappingKeyId: rsa.id, keyId: secret.id, algorithm: sha1 });
     const before = await keyCount();
@@ -184,9 +200,18 @@ describe("truncated HMAC tags (mac_length), against createHmac", () => {
       await expectError(c.verify({ keyId: hmac256, algorithm: HMAC256, message: msg, signature: tag.subarray(0, n), macLength: n }), "INVALID_ARGUMENT", "mac_length", "at least 16", `got ${n}`);
     }
     await expectError(c.sign({ keyId: hmac256, algorithm: HMAC256, message: msg, macLength: 33 }), "INVALID_ARGUMENT", "mac_length", "at most 32", "HMAC-SHA256");
-    await expectError(c.verify({ keyId: hmac512, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_HMAC_SHA512, message: msg, signature: Buffer.alloc(65), macLength: 65 }), "INVALID_ARGUMENT", "at most 64");
+    await expectError(
+      c.verify({ keyId: hmac512, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_HMAC_SHA512, message: msg, signature: Buffer.alloc(65), macLength: 65 }),
+      "INVALID_ARGUMENT",
+      "at most 64",
+    );
     const ec = await c.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "mac-length-ec" });
-    await expectError(c.sign({ keyId: ec.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message: msg, macLength: 16 }), "INVALID_ARGUMENT", "mac_length is only for the HMAC", "ECDSA_SHA256");
+    await expectError(
+      c.sign({ keyId: ec.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message: msg, macLength: 16 }),
+      "INVALID_ARGUMENT",
+      "mac_length is only for the HMAC",
+      "ECDSA_SHA256",
+    );
     const cmacKey = await c.generateKey({ spec: KeySpec.KEY_SPEC_AES_128, label: "mac-length-cmac", usages: SIGN_VERIFY });
     await expectError(c.verify({ keyId: cmacKey.id, algorithm: CMAC, message: msg, signature: Buffer.alloc(16), macLength: 16 }), "INVALID_ARGUMENT", "mac_length is only for the HMAC", "AES_CMAC");
   });
@@ -218,13 +243,20 @@ describe("truncated HMAC tags (mac_length), against createHmac", () => {
         { keyId: verifyOnly, algorithm: HMAC256, message: msg, signature: full.subarray(0, 24), macLength: 24 },
       ],
     });
-    expect(verified.results.map((r) => (r.result?.$case === "ok" ? r.result.value.valid : r.result?.value))).toEqual([true, false, { code: 9 /* FAILED_PRECONDITION */, message: expect.stringContaining("cannot verify a truncated tag") }]);
+    expect(verified.results.map((r) => (r.result?.$case === "ok" ? r.result.value.valid : r.result?.value))).toEqual([
+      true,
+      false,
+      { code: 9 /* FAILED_PRECONDITION */, message: expect.stringContaining("cannot verify a truncated tag") },
+    ]);
   });
 });
 
 describe("AES-CMAC (SIGNING_ALGORITHM_AES_CMAC), against openssl", () => {
   const cmacOf = (key: Buffer, msg: Buffer) =>
-    openssl((d) => ["mac", "-cipher", `AES-${key.length * 8}-CBC`, "-macopt", `hexkey:${key.toString("hex")}`, "-in", `${d}/msg`, "CMAC"], { msg }).stdout.toString().trim().toLowerCase();
+    openssl((d) => ["mac", "-cipher", `AES-${key.length * 8}-CBC`, "-macopt", `hexkey:${key.toString("hex")}`, "-in", `${d}/msg`, "CMAC"], { msg })
+      .stdout.toString()
+      .trim()
+      .toLowerCase();
 
   it("AES-128 and AES-256 keys with sign/verify usages: tags equal openssl's; tampered or short tags do not verify", async () => {
     for (const bytes of [16, 32]) {
@@ -243,7 +275,12 @@ describe("AES-CMAC (SIGNING_ALGORITHM_AES_CMAC), against openssl", () => {
     }
     // A key generated in the HSM signs and verifies too (and in a batch).
     const gen = await c.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label: "cmac-generated", usages: SIGN_VERIFY });
-    const { results } = await c.batchSign({ items: [{ keyId: gen.id, algorithm: CMAC, message: Buffer.from("a") }, { keyId: gen.id, algorithm: CMAC, message: Buffer.from("b") }] });
+    const { results } = await c.batchSign({
+      items: [
+        { keyId: gen.id, algorithm: CMAC, message: Buffer.from("a") },
+        { keyId: gen.id, algorithm: CMAC, message: Buffer.from("b") },
+      ],
+    });
     const tags = results.map((r) => Buffer.from((r.result as { $case: "ok"; value: { signature: Uint8Array } }).value.signature));
     expect(tags.map((t) => t.length)).toEqual([16, 16]);
     const { results: checked } = await c.batchVerify({

@@ -37,7 +37,9 @@ const auditLines = (): AuditRecord[] =>
 
 /** A BatchEncrypt of `n` items of `payload` bytes each, padded with an unknown field to exactly `size` bytes when given. */
 function batchEncrypt(n: number, payload: number, size?: number): Buffer {
-  const body = Buffer.from(BatchEncryptRequest.encode(BatchEncryptRequest.fromPartial({ items: Array.from({ length: n }, () => ({ keyId: aesId, algorithm: GCM, plaintext: Buffer.alloc(payload, 7) })) })).finish());
+  const body = Buffer.from(
+    BatchEncryptRequest.encode(BatchEncryptRequest.fromPartial({ items: Array.from({ length: n }, () => ({ keyId: aesId, algorithm: GCM, plaintext: Buffer.alloc(payload, 7) })) })).finish(),
+  );
   if (size === undefined) return body;
   // Field 15, length-delimited: skipped by the decoder, counted by the size check.
   for (let len = size - body.length - 2; len > 0; len--) {
@@ -92,7 +94,13 @@ describe("malformed protobuf", () => {
   });
 
   it("a malformed request of every hsm.v1 method is INVALID_ARGUMENT naming its own type (Login too, without a session)", async () => {
-    const paths = ["/hsm.v1.UserService/Login", "/hsm.v1.KeyService/GenerateKey", "/hsm.v1.AuditService/QueryAuditLog", "/hsm.v1.ClusterService/ApproveJoin", "/hsm.v1.QuorumService/ApproveQuorumRequest"];
+    const paths = [
+      "/hsm.v1.UserService/Login",
+      "/hsm.v1.KeyService/GenerateKey",
+      "/hsm.v1.AuditService/QueryAuditLog",
+      "/hsm.v1.ClusterService/ApproveJoin",
+      "/hsm.v1.QuorumService/ApproveQuorumRequest",
+    ];
     const types = ["LoginRequest", "GenerateKeyRequest", "QueryAuditLogRequest", "ApproveJoinRequest", "ApproveQuorumRequestRequest"];
     for (const [i, path] of paths.entries()) {
       const a = await rawCall(raw, path, Buffer.from([0x0a, 0x05, 0x61]), i === 0 ? undefined : token);

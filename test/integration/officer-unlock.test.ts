@@ -36,7 +36,12 @@ const unlock = (name: string, env: Record<string, string | undefined>, extra: st
 async function unlockHere(name: string, env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = { stdout: "", stderr: "" };
   const sink = (k: "stdout" | "stderr") => new PassThrough().on("data", (d: Buffer) => (out[k] += d.toString()));
-  const code = await runOfficerUnlock(["unlock", name, "--config", dp.configFile], { stdin: new PassThrough(), stdout: sink("stdout"), stderr: sink("stderr"), env: { SOFTHSM2_CONF: dp.token.conf, ...env } });
+  const code = await runOfficerUnlock(["unlock", name, "--config", dp.configFile], {
+    stdin: new PassThrough(),
+    stdout: sink("stdout"),
+    stderr: sink("stderr"),
+    env: { SOFTHSM2_CONF: dp.token.conf, ...env },
+  });
   return { code, ...out };
 }
 
@@ -54,7 +59,7 @@ describe("hsmd officer unlock", () => {
     expect(await run(["lock", "admin", "--config", dp.configFile])).toEqual({ code: 2, text: expect.stringContaining('unknown officer command "lock"') });
     expect(await run(["unlock", "--config", dp.configFile])).toEqual({ code: 2, text: expect.stringContaining("missing the officer's name") });
     expect(await run(["unlock", "admin"])).toEqual({ code: 2, text: expect.stringContaining("missing --config FILE") });
-    expect(await run(["unlock", "Not A Name", "--config", dp.configFile])).toEqual({ code: 2, text: expect.stringContaining("username \"Not A Name\" is not allowed") });
+    expect(await run(["unlock", "Not A Name", "--config", dp.configFile])).toEqual({ code: 2, text: expect.stringContaining('username "Not A Name" is not allowed') });
     expect(await run(["unlock", "admin", "--so-pin", "1234", "--config", dp.configFile])).toEqual({ code: 2, text: expect.stringContaining("Unknown option '--so-pin'") });
   });
 

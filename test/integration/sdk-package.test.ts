@@ -96,9 +96,9 @@ it("npm pack, npm install into a new project (no warning), then the README's exa
       'import { verify } from "node:crypto";',
       "async function main(): Promise<void> {",
       ...body,
-      "  const valid = verify(\"sha256\", Buffer.from(\"hello\"), pem, Buffer.from(signature));",
-      "  const pkcs11Loaded = Object.keys(require.cache).some((f) => f.includes(\"pkcs11\"));",
-      "  console.log(JSON.stringify({ valid, pkcs11Loaded, aesId: aes.id, ciphertext: Buffer.from(ciphertext).toString(\"base64\"), iv: Buffer.from(iv).toString(\"base64\") }));",
+      '  const valid = verify("sha256", Buffer.from("hello"), pem, Buffer.from(signature));',
+      '  const pkcs11Loaded = Object.keys(require.cache).some((f) => f.includes("pkcs11"));',
+      '  console.log(JSON.stringify({ valid, pkcs11Loaded, aesId: aes.id, ciphertext: Buffer.from(ciphertext).toString("base64"), iv: Buffer.from(iv).toString("base64") }));',
       "}",
       "main().catch((e) => { console.error(e); process.exit(1); });",
       "",
@@ -106,7 +106,10 @@ it("npm pack, npm install into a new project (no warning), then the README's exa
   );
   writeFileSync(
     join(app, "tsconfig.json"),
-    JSON.stringify({ compilerOptions: { target: "ES2022", lib: ["ES2022"], module: "node16", moduleResolution: "node16", strict: true, types: ["node"], esModuleInterop: true, skipLibCheck: true }, files: ["example.ts"] }),
+    JSON.stringify({
+      compilerOptions: { target: "ES2022", lib: ["ES2022"], module: "node16", moduleResolution: "node16", strict: true, types: ["node"], esModuleInterop: true, skipLibCheck: true },
+      files: ["example.ts"],
+    }),
   );
   // Type-checked against the installed package's typings, then run.
   const tsc = spawnSync(process.execPath, [join(REPO, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.json"], { cwd: app, encoding: "utf8" });

@@ -37,7 +37,10 @@ async function failedStart(config: Record<string, unknown>): Promise<{ code: num
   cleanups.push(() => dp.cleanup());
   dp.ready.catch(() => undefined);
   const { code } = await dp.waitExit();
-  const lines = dp.stderr().split("\n").filter((l) => l !== "");
+  const lines = dp
+    .stderr()
+    .split("\n")
+    .filter((l) => l !== "");
   return { code, lines, dp };
 }
 
@@ -92,15 +95,11 @@ describe("a listen address that is taken", () => {
 
   it("a port taken after the early check: grpc-js' bind error becomes the same message", async () => {
     const server = new grpc.Server();
-    const err = await new Promise<Error>((resolve) =>
-      server.bindAsync(`127.0.0.1:${busyPort}`, grpc.ServerCredentials.createInsecure(), (e) => resolve(e!)),
-    );
+    const err = await new Promise<Error>((resolve) => server.bindAsync(`127.0.0.1:${busyPort}`, grpc.ServerCredentials.createInsecure(), (e) => resolve(e!)));
     server.forceShutdown();
     const mapped = listenError("grpc", parseListenAddress(`127.0.0.1:${busyPort}`)!, err) as Error;
     expect(mapped).not.toBe(err);
-    expect(mapped.message).toBe(
-      `gRPC address 127.0.0.1:${busyPort} is already in use by another process: stop what holds it, or listen elsewhere (config listen.grpc, or hsmd --grpc HOST:PORT)`,
-    );
+    expect(mapped.message).toBe(`gRPC address 127.0.0.1:${busyPort} is already in use by another process: stop what holds it, or listen elsewhere (config listen.grpc, or hsmd --grpc HOST:PORT)`);
     const other = new Error("something else");
     expect(listenError("grpc", parseListenAddress("127.0.0.1:1")!, other)).toBe(other);
   });
@@ -114,9 +113,7 @@ describe("audit.file naming a directory", () => {
     const path = join(dir, "audit.log");
     const { code, lines } = await failedStart({ audit: { file: path } });
     expect(code).toBe(1);
-    expect(lastLine(lines)).toBe(
-      `cannot start: audit log ${path} is a directory: audit.file must name a file (for example ${join(path, "audit.log")}); change audit.file or move the directory away`,
-    );
+    expect(lastLine(lines)).toBe(`cannot start: audit log ${path} is a directory: audit.file must name a file (for example ${join(path, "audit.log")}); change audit.file or move the directory away`);
   });
 });
 

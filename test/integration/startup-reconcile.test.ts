@@ -222,8 +222,24 @@ describe("key objects an older hsmd wrote (extractable, not CKA_WRAP_WITH_TRUSTE
         ...usages,
       ];
       const specs: Array<[Key, number, number, pk.Template]> = [
-        [aes, pk.CKO_SECRET_KEY, pk.CKK_AES, [{ type: pk.CKA_ENCRYPT, value: true }, { type: pk.CKA_DECRYPT, value: true }]],
-        [hmac, pk.CKO_SECRET_KEY, pk.CKK_GENERIC_SECRET, [{ type: pk.CKA_SIGN, value: true }, { type: pk.CKA_VERIFY, value: true }]],
+        [
+          aes,
+          pk.CKO_SECRET_KEY,
+          pk.CKK_AES,
+          [
+            { type: pk.CKA_ENCRYPT, value: true },
+            { type: pk.CKA_DECRYPT, value: true },
+          ],
+        ],
+        [
+          hmac,
+          pk.CKO_SECRET_KEY,
+          pk.CKK_GENERIC_SECRET,
+          [
+            { type: pk.CKA_SIGN, value: true },
+            { type: pk.CKA_VERIFY, value: true },
+          ],
+        ],
         [ec, pk.CKO_PRIVATE_KEY, pk.CKK_EC, [{ type: pk.CKA_SIGN, value: true }]],
       ];
       for (const [k, cls, kt, usages] of specs) {

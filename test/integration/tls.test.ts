@@ -163,17 +163,13 @@ describe("config: plaintext only in dev mode on loopback", () => {
   });
 
   it("devMode with a non-loopback listen address: ConfigError", () => {
-    expect(problems({ devMode: true, listen: { grpc: "0.0.0.0:0", admin: "127.0.0.1:0" } })).toEqual([
-      expect.stringMatching(/^\/listen\/grpc: must be a loopback address .* not 0\.0\.0\.0/),
-    ]);
+    expect(problems({ devMode: true, listen: { grpc: "0.0.0.0:0", admin: "127.0.0.1:0" } })).toEqual([expect.stringMatching(/^\/listen\/grpc: must be a loopback address .* not 0\.0\.0\.0/)]);
     expect(problems({ devMode: true, listen: { grpc: "127.0.0.1:0", admin: "0.0.0.0:0" } })).toEqual([expect.stringMatching(/^\/listen\/admin: must be a loopback address/)]);
     expect(problems({ devMode: true })).toEqual([]);
   });
 
   it("requireClientCert without ca: ConfigError", () => {
-    expect(problems({ tls: { cert: certs.serverCert, key: certs.serverKey, requireClientCert: true } })).toEqual([
-      expect.stringMatching(/^\/tls\/requireClientCert: needs \/tls\/ca/),
-    ]);
+    expect(problems({ tls: { cert: certs.serverCert, key: certs.serverKey, requireClientCert: true } })).toEqual([expect.stringMatching(/^\/tls\/requireClientCert: needs \/tls\/ca/)]);
   });
 
   it("an unreadable certificate path: ConfigError naming the path", () => {

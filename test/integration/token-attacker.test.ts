@@ -52,7 +52,13 @@ beforeAll(async () => {
   keys.push({ kind: "imported (BYOK) AES-256", key: imported });
   const fresh = crypto.randomBytes(32);
   const w = crypto.createCipheriv("id-aes256-wrap-pad", importedMaterial, Buffer.from("A65959A6", "hex"));
-  const unwrapped = await c.unwrapKey({ unwrappingKeyId: imported.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP, wrappedKey: Buffer.concat([w.update(fresh), w.final()]), spec: KeySpec.KEY_SPEC_AES_256, label: "unwrapped" });
+  const unwrapped = await c.unwrapKey({
+    unwrappingKeyId: imported.id,
+    algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP,
+    wrappedKey: Buffer.concat([w.update(fresh), w.final()]),
+    spec: KeySpec.KEY_SPEC_AES_256,
+    label: "unwrapped",
+  });
   keys.push({ kind: "unwrapped AES-256", key: unwrapped });
   const peer = crypto.generateKeyPairSync("ec", { namedCurve: "P-256" });
   const derived = await c.deriveKey({ privateKeyId: keys[4]!.key.id, peerPublicKeySpki: peer.publicKey.export({ type: "spki", format: "der" }), spec: KeySpec.KEY_SPEC_AES_256, label: "derived" });
@@ -64,7 +70,9 @@ beforeAll(async () => {
   const slot = [...mod.getSlots(true)].find((s) => s.getToken().label.trim() === dp.token.label)!;
   session = slot.open(graphene.SessionFlag.SERIAL_SESSION | graphene.SessionFlag.RW_SESSION);
   session.login(dp.token.pin, graphene.UserType.USER);
-  attackerKek = session.generateKey(graphene.KeyGenMechanism.AES, { keyType: graphene.KeyType.AES, valueLen: 32, token: false, wrap: true, unwrap: true, extractable: true, sensitive: false }).toType();
+  attackerKek = session
+    .generateKey(graphene.KeyGenMechanism.AES, { keyType: graphene.KeyType.AES, valueLen: 32, token: false, wrap: true, unwrap: true, extractable: true, sensitive: false })
+    .toType();
 }, 180_000);
 
 afterAll(async () => {
@@ -102,7 +110,13 @@ describe("an attacker holding the token's user PIN", () => {
     expect(keys.map((k) => k.kind)).toHaveLength(9);
     for (const { kind, key } of keys) {
       const o = secretObject(key);
-      expect({ kind, ...o.getAttribute({ sensitive: null, extractable: null, wrapWithTrusted: null, private: null }) }).toEqual({ kind, sensitive: true, extractable: false, wrapWithTrusted: true, private: true });
+      expect({ kind, ...o.getAttribute({ sensitive: null, extractable: null, wrapWithTrusted: null, private: null }) }).toEqual({
+        kind,
+        sensitive: true,
+        extractable: false,
+        wrapWithTrusted: true,
+        private: true,
+      });
     }
   });
 
@@ -148,7 +162,10 @@ describe("an attacker holding the token's user PIN", () => {
     await expect(c.wrapKey({ wrappingKeyId: kek.id, keyId: keys[0]!.key.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP })).rejects.toMatchObject({ codeName: "FAILED_PRECONDITION" });
     // Nor does an exportable key that has no wrapped copy (the device cannot wrap Ed25519): it says why.
     const ed = await c.generateKey({ spec: KeySpec.KEY_SPEC_ED25519, label: "exportable-ed25519", exportable: true });
-    const err = await c.wrapKey({ wrappingKeyId: kek.id, keyId: ed.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP }).then(() => undefined, (e: Error & { codeName?: string }) => e);
+    const err = await c.wrapKey({ wrappingKeyId: kek.id, keyId: ed.id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP }).then(
+      () => undefined,
+      (e: Error & { codeName?: string }) => e,
+    );
     expect(err).toMatchObject({ codeName: "FAILED_PRECONDITION" });
     expect(err!.message).toMatch(/exists only in the device that generated it .*cannot be exported/);
   });
@@ -156,9 +173,7 @@ describe("an attacker holding the token's user PIN", () => {
   it("residual (documented): with the PIN and a record's blob from the store, the blob unwraps under the domain key in the clear", () => {
     const imported = keys.find((k) => k.kind.startsWith("imported"))!.key;
     const blob = recordBlob(imported.id);
-    const domain = [...session.find({ class: graphene.ObjectClass.SECRET_KEY })]
-      .map((o) => o.toType<graphene.SecretKey>())
-      .find((o) => o.label.startsWith("hsmd:hsmd-domain-"))!;
+    const domain = [...session.find({ class: graphene.ObjectClass.SECRET_KEY })].map((o) => o.toType<graphene.SecretKey>()).find((o) => o.label.startsWith("hsmd:hsmd-domain-"))!;
     expect(domain).toBeDefined();
     // The domain key itself cannot be wrapped out (CKA_WRAP_WITH_TRUSTED, and no trusted key without the SO PIN).
     expect(["CKR_KEY_FUNCTION_NOT_PERMITTED", "CKR_KEY_NOT_WRAPPABLE"]).toContain(refusal(() => session.wrapKey(graphene.MechanismEnum.AES_KEY_WRAP_PAD, attackerKek, domain)));

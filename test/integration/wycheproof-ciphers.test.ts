@@ -63,7 +63,9 @@ describe("Wycheproof RSA-OAEP decrypt through the service", () => {
       return Buffer.from(d.plaintext).toString() === "probe" ? { accepted: true } : { accepted: true, wrong: "round trip differs" };
     });
     if (!probe.accepted || probe.wrong) {
-      console.warn(`[wycheproof] ${file}: SKIPPED, all ${p.run.length} vectors: the service cannot round-trip RSA-OAEP-SHA256 with its own key on this device (${probe.accepted ? probe.wrong : probe.how + ": " + probe.message})`);
+      console.warn(
+        `[wycheproof] ${file}: SKIPPED, all ${p.run.length} vectors: the service cannot round-trip RSA-OAEP-SHA256 with its own key on this device (${probe.accepted ? probe.wrong : probe.how + ": " + probe.message})`,
+      );
       ctx.skip();
       return;
     }
@@ -81,10 +83,7 @@ describe("Wycheproof RSA-OAEP decrypt through the service", () => {
       });
       const v: Verdict = !imp.accepted
         ? { accepted: false, how: `import:${imp.how}`, message: imp.message }
-        : await decryptVerdict(
-            () => c.decrypt({ keyId, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_RSA_OAEP_SHA256, ciphertext: hex(test.ct), oaepLabel: hex(test.label) }),
-            hex(test.msg),
-          );
+        : await decryptVerdict(() => c.decrypt({ keyId, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_RSA_OAEP_SHA256, ciphertext: hex(test.ct), oaepLabel: hex(test.label) }), hex(test.msg));
       tally.record(test, v);
       // A labelled ciphertext must not open without its label (nor with another).
       if (test.result === "valid" && test.label !== "" && imp.accepted) {

@@ -143,10 +143,14 @@ describe("Wycheproof AES key wrap (unwrap) through the service", () => {
         tally.record(test, verdict);
       });
       if (refusedByPolicy.length) {
-        console.warn(`[wycheproof] ${file}: ${refusedByPolicy.length} valid vectors unwrapped and then refused by the length policy (not a multiple of 8, or an HMAC key under 32 bytes): tcIds ${refusedByPolicy.sort((a, b) => a - b).join(",")}`);
+        console.warn(
+          `[wycheproof] ${file}: ${refusedByPolicy.length} valid vectors unwrapped and then refused by the length policy (not a multiple of 8, or an HMAC key under 32 bytes): tcIds ${refusedByPolicy.sort((a, b) => a - b).join(",")}`,
+        );
       }
       if (zeroPaddedWrapBacks.length) {
-        console.warn(`[wycheproof] ${file}: WrapKey AES_KWP came back zero-padded (not RFC 5649) for ${zeroPaddedWrapBacks.length} keys whose length is not a multiple of 8: tcIds ${zeroPaddedWrapBacks.sort((a, b) => a - b).join(",")}`);
+        console.warn(
+          `[wycheproof] ${file}: WrapKey AES_KWP came back zero-padded (not RFC 5649) for ${zeroPaddedWrapBacks.length} keys whose length is not a multiple of 8: tcIds ${zeroPaddedWrapBacks.sort((a, b) => a - b).join(",")}`,
+        );
       }
       assertTally(p, tally);
     });

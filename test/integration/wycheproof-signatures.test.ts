@@ -61,7 +61,8 @@ async function runVerify<G extends { tests: SigTest[] }>(
   });
 }
 
-const importSpki = (der: string) => c.importPublicKey({ format: PublicKeyFormat.PUBLIC_KEY_FORMAT_SPKI_DER, publicKey: hex(der), label: "wycheproof", usages: [KeyUsage.KEY_USAGE_VERIFY] }).then((k) => k.id);
+const importSpki = (der: string) =>
+  c.importPublicKey({ format: PublicKeyFormat.PUBLIC_KEY_FORMAT_SPKI_DER, publicKey: hex(der), label: "wycheproof", usages: [KeyUsage.KEY_USAGE_VERIFY] }).then((k) => k.id);
 
 describe("Wycheproof ECDSA verify through the service", () => {
   const files = [
@@ -73,7 +74,12 @@ describe("Wycheproof ECDSA verify through the service", () => {
     const p = plan(loadVectors<PublicKeyGroup, SigTest>(file));
     it(p.title, async () => {
       const tally = new Tally(file, REJECTIONS);
-      await runVerify(p, tally, (g) => importSpki(g.publicKeyDer), (keyId, t) => ({ keyId, algorithm, message: hex(t.msg), signature: hex(t.sig), signatureFormat }));
+      await runVerify(
+        p,
+        tally,
+        (g) => importSpki(g.publicKeyDer),
+        (keyId, t) => ({ keyId, algorithm, message: hex(t.msg), signature: hex(t.sig), signatureFormat }),
+      );
       assertTally(p, tally);
     });
   }
@@ -92,7 +98,12 @@ describe("Wycheproof RSA verify through the service", () => {
     );
     it(p.title, async () => {
       const tally = new Tally(file, REJECTIONS);
-      await runVerify(p, tally, (g) => importSpki(g.publicKeyDer), (keyId, t) => ({ keyId, algorithm, message: hex(t.msg), signature: hex(t.sig) }));
+      await runVerify(
+        p,
+        tally,
+        (g) => importSpki(g.publicKeyDer),
+        (keyId, t) => ({ keyId, algorithm, message: hex(t.msg), signature: hex(t.sig) }),
+      );
       assertTally(p, tally);
     });
   }
@@ -108,7 +119,11 @@ describe("Wycheproof Ed25519 verify through the service", () => {
       tally,
       async (g) => {
         const jwk = g.publicKeyJwk as { kty: string; crv: string; x: string };
-        const k = await c.importPublicKey({ format: PublicKeyFormat.PUBLIC_KEY_FORMAT_JWK, publicKey: Buffer.from(JSON.stringify({ kty: jwk.kty, crv: jwk.crv, x: jwk.x })), label: "wycheproof-ed25519" });
+        const k = await c.importPublicKey({
+          format: PublicKeyFormat.PUBLIC_KEY_FORMAT_JWK,
+          publicKey: Buffer.from(JSON.stringify({ kty: jwk.kty, crv: jwk.crv, x: jwk.x })),
+          label: "wycheproof-ed25519",
+        });
         return k.id;
       },
       (keyId, t) => ({ keyId, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ED25519, message: hex(t.msg), signature: hex(t.sig) }),

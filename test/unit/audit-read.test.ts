@@ -2,13 +2,7 @@ import { appendFileSync, existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { Code } from "../../src/errors";
-import {
-  AuditLog,
-  GENESIS_HASH,
-  queryAuditLog,
-  runAuditVerify,
-  verifyAuditLog,
-} from "../../src/audit";
+import { AuditLog, GENESIS_HASH, queryAuditLog, runAuditVerify, verifyAuditLog } from "../../src/audit";
 import { at, entry, file, fileLines, openLog, opened, root, useAuditDir, writeLines, writeLog } from "../helpers/audit";
 
 // The audit log read back: a torn last line at reopen, queryAuditLog and runAuditVerify (writing and

@@ -2,12 +2,7 @@ import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { Code, HsmError } from "../../src/errors";
-import {
-  GENESIS_HASH,
-  verifyAuditLog,
-  type AuditEntry,
-  type AuditRecord,
-} from "../../src/audit";
+import { GENESIS_HASH, verifyAuditLog, type AuditEntry, type AuditRecord } from "../../src/audit";
 import { at, entry, expectedHash, file, fileLines, openLog, rehash, root, T0, useAuditDir, writeLines, writeLog } from "../helpers/audit";
 
 // The audit log: writing and the chain, the allow-listed fields, tampering found by verifyAuditLog.
@@ -53,9 +48,7 @@ describe("audit log: writing and the chain", () => {
 
   it("gives concurrent appends consecutive seq in call order and the result verifies", async () => {
     const log = await openLog();
-    const recs = await Promise.all(
-      Array.from({ length: 60 }, (_, i) => log.append({ operation: "Sign", status: "OK", detail: `n${i}` }, { sync: i % 7 === 0 })),
-    );
+    const recs = await Promise.all(Array.from({ length: 60 }, (_, i) => log.append({ operation: "Sign", status: "OK", detail: `n${i}` }, { sync: i % 7 === 0 })));
     expect(recs.map((r) => r.seq)).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
     expect(recs.map((r) => r.detail)).toEqual(Array.from({ length: 60 }, (_, i) => `n${i}`));
     await log.close();
@@ -97,7 +90,7 @@ describe("audit log: only allow-listed fields, validated", () => {
     const bad: unknown[] = [
       { operation: "Sign", status: "OK", detail: "x".repeat(201) },
       { operation: "Sign", status: "BOGUS" },
-      { operation: "Sign", status: "OK", user: "eve\n{\"seq\":9}" },
+      { operation: "Sign", status: "OK", user: 'eve\n{"seq":9}' },
       { operation: "Sign", status: "OK", keyId: 42 },
       { operation: "Sign", status: "OK", time: "yesterday" },
       { status: "OK" },

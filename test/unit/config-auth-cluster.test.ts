@@ -3,13 +3,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { inspect } from "node:util";
 import { describe, expect, it } from "vitest";
-import {
-  compileConfig,
-  describeConfig,
-  findProfileDir,
-  loadConfig,
-  validateConfig,
-} from "../../src/config";
+import { compileConfig, describeConfig, findProfileDir, loadConfig, validateConfig } from "../../src/config";
 import { dir, env, minimal, problemsOf, SECRET, useConfigDir, writeConfig } from "../helpers/config";
 
 // The auth, audit and cluster sections of the configuration (the rest: config.test.ts).
@@ -85,9 +79,7 @@ describe("auth and audit", () => {
     ]);
     // RPC names that exist but cannot be put under a quorum are refused too.
     expect(check({ ...minimal(), auth: { quorum: { operations: { Sign: 2 } } } })[0]!.path).toBe("/auth/quorum/operations/Sign");
-    expect(problemsOf(() => loadConfig({ env, overrides: { ...minimal(), auth: { quorum: { operations: { deleteUser: 2 } } } } })).map((p) => p.path)).toEqual([
-      "/auth/quorum/operations/deleteUser",
-    ]);
+    expect(problemsOf(() => loadConfig({ env, overrides: { ...minimal(), auth: { quorum: { operations: { deleteUser: 2 } } } } })).map((p) => p.path)).toEqual(["/auth/quorum/operations/deleteUser"]);
   });
 
   it("refuses out-of-range values with their paths", () => {
@@ -121,9 +113,7 @@ describe("auth and audit", () => {
   it("refuses wrong types and unknown keys with their paths", () => {
     expect(check({ ...minimal(), auth: { sessionTtlSeconds: "3600" } })).toEqual([{ path: "/auth/sessionTtlSeconds", message: "must be integer" }]);
     expect(check({ ...minimal(), auth: { maxFailedLogins: 2.5 } })).toEqual([{ path: "/auth/maxFailedLogins", message: "must be integer" }]);
-    expect(check({ ...minimal(), auth: { quorum: { operations: { DeleteUser: "2" } } } })).toEqual([
-      { path: "/auth/quorum/operations/DeleteUser", message: "must be integer" },
-    ]);
+    expect(check({ ...minimal(), auth: { quorum: { operations: { DeleteUser: "2" } } } })).toEqual([{ path: "/auth/quorum/operations/DeleteUser", message: "must be integer" }]);
     expect(check({ ...minimal(), auth: { firstOfficer: 7 } })).toEqual([{ path: "/auth/firstOfficer", message: "must be string" }]);
     expect(check({ ...minimal(), audit: { file: 1 } })).toEqual([{ path: "/audit/file", message: "must be string" }]);
     expect(check({ ...minimal(), audit: { fsync: true } })).toContainEqual({ path: "/audit/fsync", message: "must be string" });
@@ -137,9 +127,7 @@ describe("auth and audit", () => {
     const problems = problemsOf(() =>
       loadConfig({ env, overrides: { ...minimal(), device: { poolSize: 0 }, auth: { maxFailedLogins: 0, quorum: { operations: { Nope: 2 } } }, audit: { fsync: "never" } } }),
     );
-    expect(problems.map((p) => p.path).sort()).toEqual(
-      ["/audit/fsync", "/auth/maxFailedLogins", "/auth/quorum/operations/Nope", "/device/poolSize"].sort(),
-    );
+    expect(problems.map((p) => p.path).sort()).toEqual(["/audit/fsync", "/auth/maxFailedLogins", "/auth/quorum/operations/Nope", "/device/poolSize"].sort());
   });
 
   it("shows auth and audit in describeConfig and JSON, with no secret", () => {
@@ -265,9 +253,7 @@ describe("cluster", () => {
     const rel = problemsOf(() => loadConfig({ file: writeConfig({ ...minimal(), cluster: etcd({ tls: { ca: "etcd/ca.pem", cert: "etcd/client.pem", key: "missing.key" } }) }), env }));
     expect(rel).toEqual([{ path: "/cluster/etcd/tls/key", message: `cannot read ${join(dir, "missing.key")}: ENOENT` }]);
     // A directory is not a file.
-    expect(problemsOf(() => loadConfig({ env, overrides: { ...minimal(), cluster: etcd({ tls: { ca: dir } }) } }))).toEqual([
-      { path: "/cluster/etcd/tls/ca", message: `cannot read ${dir}: EISDIR` },
-    ]);
+    expect(problemsOf(() => loadConfig({ env, overrides: { ...minimal(), cluster: etcd({ tls: { ca: dir } }) } }))).toEqual([{ path: "/cluster/etcd/tls/ca", message: `cannot read ${dir}: EISDIR` }]);
   });
 
   it("refuses a client certificate without its key, and a key without its certificate", () => {
@@ -279,9 +265,7 @@ describe("cluster", () => {
 
   it("refuses endpoints that are not host:port", () => {
     for (const bad of ["http://10.0.0.1:2379", "10.0.0.1", "10.0.0.1:65536", ":2379", "etcd 1:2379", "::1:2379"]) {
-      expect(check({ ...minimal(), cluster: { name: "prod", etcd: { endpoints: ["10.0.0.2:2379", bad] } } }), bad).toEqual([
-        { path: "/cluster/etcd/endpoints/1", message: "must be host:port" },
-      ]);
+      expect(check({ ...minimal(), cluster: { name: "prod", etcd: { endpoints: ["10.0.0.2:2379", bad] } } }), bad).toEqual([{ path: "/cluster/etcd/endpoints/1", message: "must be host:port" }]);
     }
     expect(check({ ...minimal(), cluster: { name: "prod", etcd: { endpoints: [] } } })).toEqual([{ path: "/cluster/etcd/endpoints", message: "must NOT have fewer than 1 items" }]);
     expect(check({ ...minimal(), cluster: { name: "prod", etcd: { endpoints: "10.0.0.1:2379" } } })).toEqual([{ path: "/cluster/etcd/endpoints", message: "must be array" }]);
@@ -289,10 +273,12 @@ describe("cluster", () => {
   });
 
   it("refuses unknown keys, missing required ones and out-of-range values", () => {
-    expect(check({ ...minimal(), cluster: { ...etcd(), minNode: 2 } })).toEqual([
-      { path: "/cluster/minNode", message: expect.stringContaining("is not a known property (did you mean 'minNodes'?)") },
-    ]);
-    expect(check({ ...minimal(), cluster: { name: "prod", etcd: { endpoint: ["10.0.0.1:2379"] } } }).map((p) => p.path).sort()).toEqual(["/cluster/etcd/endpoint", "/cluster/etcd/endpoints"]);
+    expect(check({ ...minimal(), cluster: { ...etcd(), minNode: 2 } })).toEqual([{ path: "/cluster/minNode", message: expect.stringContaining("is not a known property (did you mean 'minNodes'?)") }]);
+    expect(
+      check({ ...minimal(), cluster: { name: "prod", etcd: { endpoint: ["10.0.0.1:2379"] } } })
+        .map((p) => p.path)
+        .sort(),
+    ).toEqual(["/cluster/etcd/endpoint", "/cluster/etcd/endpoints"]);
     expect(check({ ...minimal(), cluster: etcd({ tls: { ca: "x", certificate: "y" } }) })[0]!.path).toBe("/cluster/etcd/tls/certificate");
     expect(check({ ...minimal(), cluster: { etcd: etcd().etcd } })).toEqual([{ path: "/cluster/name", message: "is required" }]);
     expect(check({ ...minimal(), cluster: { name: "prod" } })).toEqual([{ path: "/cluster/etcd", message: "is required" }]);

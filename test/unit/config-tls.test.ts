@@ -82,10 +82,7 @@ describe("tls", () => {
     mkdirSync(join(confDir, "tls"), { recursive: true });
     for (const f of ["server.pem", "server.key", "ca.pem"]) copyFileSync(join(certs.dir, f), join(confDir, "tls", f));
     const file = join(confDir, "hsmd.json");
-    writeFileSync(
-      file,
-      JSON.stringify({ ...base(), listen: { grpc: "0.0.0.0:7443" }, tls: { cert: "tls/server.pem", key: "tls/server.key", ca: "tls/ca.pem", requireClientCert: true } }),
-    );
+    writeFileSync(file, JSON.stringify({ ...base(), listen: { grpc: "0.0.0.0:7443" }, tls: { cert: "tls/server.pem", key: "tls/server.key", ca: "tls/ca.pem", requireClientCert: true } }));
     const config = loadConfig({ file, env });
     expect(config.tls).toEqual({ cert: join(confDir, "tls/server.pem"), key: join(confDir, "tls/server.key"), ca: join(confDir, "tls/ca.pem"), requireClientCert: true });
     expect(config.devMode).toBe(false);
@@ -103,17 +100,13 @@ describe("tls", () => {
   });
 
   it("requireClientCert needs ca", () => {
-    expect(check({ ...base(), tls: { ...tlsOf(certs), requireClientCert: true } })).toEqual([
-      { path: "/tls/requireClientCert", message: expect.stringContaining("needs /tls/ca") },
-    ]);
+    expect(check({ ...base(), tls: { ...tlsOf(certs), requireClientCert: true } })).toEqual([{ path: "/tls/requireClientCert", message: expect.stringContaining("needs /tls/ca") }]);
     expect(check({ ...base(), tls: { ...tlsOf(certs), ca: certs.ca, requireClientCert: true } })).toEqual([]);
   });
 
   it("a missing, unreadable or directory path: the path and the reason", () => {
     const missing = join(dir, "nope.pem");
-    expect(check({ ...base(), tls: { ...tlsOf(certs), cert: missing } })).toEqual([
-      { path: "/tls/cert", message: `certificate file ${missing} does not exist` },
-    ]);
+    expect(check({ ...base(), tls: { ...tlsOf(certs), cert: missing } })).toEqual([{ path: "/tls/cert", message: `certificate file ${missing} does not exist` }]);
     expect(check({ ...base(), tls: { ...tlsOf(certs), key: dir } })).toEqual([{ path: "/tls/key", message: `private key file ${dir} is a directory` }]);
     expect(check({ ...base(), tls: { ...tlsOf(certs), ca: missing } })).toEqual([{ path: "/tls/ca", message: `CA file ${missing} does not exist` }]);
     if (process.getuid?.() !== 0) {
@@ -142,16 +135,19 @@ describe("tls", () => {
     // Encrypted with a passphrase.
     const encrypted = join(dir, "encrypted.key");
     execFileSync("openssl", ["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", certs.serverKey, "-out", encrypted, "-passout", "pass:x"], { stdio: "pipe" });
-    expect(check({ ...base(), tls: { ...tlsOf(certs), key: encrypted } })).toEqual([
-      { path: "/tls/key", message: expect.stringContaining(`private key file ${encrypted} is encrypted`) },
-    ]);
+    expect(check({ ...base(), tls: { ...tlsOf(certs), key: encrypted } })).toEqual([{ path: "/tls/key", message: expect.stringContaining(`private key file ${encrypted} is encrypted`) }]);
     // The key of another certificate.
     expect(check({ ...base(), tls: { cert: certs.serverCert, key: other.serverKey } })).toEqual([
       { path: "/tls/key", message: `private key file ${other.serverKey} does not match the certificate in ${certs.serverCert}` },
     ]);
     // Nothing of any file's contents in the thrown error.
     const keyBody = readFileSync(certs.serverKey, "utf8").split("\n")[1]!;
-    for (const tls of [{ ...tlsOf(certs), key: garbage }, { ...tlsOf(certs), key: broken }, { cert: certs.serverKey, key: certs.serverKey }, { cert: certs.serverCert, key: other.serverKey }]) {
+    for (const tls of [
+      { ...tlsOf(certs), key: garbage },
+      { ...tlsOf(certs), key: broken },
+      { cert: certs.serverKey, key: certs.serverKey },
+      { cert: certs.serverCert, key: other.serverKey },
+    ]) {
       let error: ConfigError | undefined;
       try {
         loadConfig({ env, overrides: { ...base(), tls } });

@@ -4,15 +4,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import { inspect } from "node:util";
 import { describe, expect, it } from "vitest";
-import {
-  ConfigError,
-  LIMIT_DEFAULTS,
-  compileConfig,
-  describeConfig,
-  findProfileDir,
-  loadConfig,
-  validateConfig,
-} from "../../src/config";
+import { ConfigError, LIMIT_DEFAULTS, compileConfig, describeConfig, findProfileDir, loadConfig, validateConfig } from "../../src/config";
 import { dir, env, minimal, problemsOf, SECRET, useConfigDir, writeConfig } from "../helpers/config";
 
 // The configuration: defaults, profiles, problems, the PIN and the frozen result. The auth, audit and
@@ -153,7 +145,10 @@ describe("profiles", () => {
     expect(check({ ...minimal(), limits: { maxMessageBytes: 256 * 1024 * 1024 + 1 } })).toEqual([{ path: "/limits/maxMessageBytes", message: "must be <= 268435456" }]);
     // A derived size over the largest message hsmd accepts is refused, naming the way out.
     expect(check({ ...minimal(), limits: { maxBatchItems: 10000, maxPayloadBytes: 1024 * 1024 } })).toEqual([
-      { path: "/limits", message: expect.stringMatching(/^maxBatchItems × \(maxPayloadBytes \+ 1024\) \+ 65536 = 10496065536 bytes is over 268435456, the largest message hsmd accepts: .*set maxMessageBytes/) },
+      {
+        path: "/limits",
+        message: expect.stringMatching(/^maxBatchItems × \(maxPayloadBytes \+ 1024\) \+ 65536 = 10496065536 bytes is over 268435456, the largest message hsmd accepts: .*set maxMessageBytes/),
+      },
     ]);
     expect(limits({ maxBatchItems: 10000, maxPayloadBytes: 1024 * 1024, maxMessageBytes: 64 * 1024 * 1024 }).maxMessageBytes).toBe(64 * 1024 * 1024);
   });
@@ -164,7 +159,22 @@ describe("profiles", () => {
     cpSync(join(findProfileDir({})!, "luna.json"), join(custom, "luna.json"));
     writeFileSync(
       join(custom, "softhsm2.json"),
-      JSON.stringify({ module: "/custom.so", tokenLabel: "t", pin: { env: "OTHER_PIN" }, poolSize: 3, quirks: { maxObjects: 10, maxSessions: null, aesKeyBits: [256], maxRsaBits: 2048, sessionObjectsOnly: true, sessionCopiesForCrypto: false, supportsEd25519: false, supportsAesKeyWrapPad: true } }),
+      JSON.stringify({
+        module: "/custom.so",
+        tokenLabel: "t",
+        pin: { env: "OTHER_PIN" },
+        poolSize: 3,
+        quirks: {
+          maxObjects: 10,
+          maxSessions: null,
+          aesKeyBits: [256],
+          maxRsaBits: 2048,
+          sessionObjectsOnly: true,
+          sessionCopiesForCrypto: false,
+          supportsEd25519: false,
+          supportsAesKeyWrapPad: true,
+        },
+      }),
     );
     const config = loadConfig({ env: { HSMD_CONFIG_DIR: custom, OTHER_PIN: "x" }, overrides: minimal() });
     expect(config.device).toMatchObject({ module: "/custom.so", poolSize: 3, pin: "x", quirks: { sessionObjectsOnly: true } });
@@ -204,9 +214,7 @@ describe("problems", () => {
   });
 
   it("rejects an unknown profile", () => {
-    expect(check({ ...minimal(), device: { profile: "thales" } })).toEqual([
-      { path: "/device/profile", message: "must be one of softhsm2, yubihsm2, luna, generic" },
-    ]);
+    expect(check({ ...minimal(), device: { profile: "thales" } })).toEqual([{ path: "/device/profile", message: "must be one of softhsm2, yubihsm2, luna, generic" }]);
   });
 
   it("rejects out-of-range values", () => {
@@ -216,12 +224,8 @@ describe("problems", () => {
     expect(check({ ...minimal(), limits: { maxRandomBytes: 0 } })).toEqual([{ path: "/limits/maxRandomBytes", message: "must be >= 1" }]);
     expect(check({ ...minimal(), limits: { maxOaepLabelBytes: 65537 } })).toEqual([{ path: "/limits/maxOaepLabelBytes", message: "must be <= 65536" }]);
     expect(loadConfig({ file: writeConfig({ ...minimal(), limits: { maxOaepLabelBytes: 1 } }), env }).limits.maxOaepLabelBytes).toBe(1);
-    expect(check({ ...minimal(), device: { profile: "yubihsm2", poolSize: 17 } })).toEqual([
-      { path: "/device/poolSize", message: "must be <= 16 (the device's quirks.maxSessions)" },
-    ]);
-    expect(check({ ...minimal(), device: { quirks: { aesKeyBits: [100] } } })).toEqual([
-      { path: "/device/quirks/aesKeyBits/0", message: "must be one of 128, 192, 256" },
-    ]);
+    expect(check({ ...minimal(), device: { profile: "yubihsm2", poolSize: 17 } })).toEqual([{ path: "/device/poolSize", message: "must be <= 16 (the device's quirks.maxSessions)" }]);
+    expect(check({ ...minimal(), device: { quirks: { aesKeyBits: [100] } } })).toEqual([{ path: "/device/quirks/aesKeyBits/0", message: "must be one of 128, 192, 256" }]);
   });
 
   it("rejects bad listen addresses", () => {
@@ -229,9 +233,7 @@ describe("problems", () => {
     for (const grpc of ["localhost", "host:65536", ":80", "a b:1", "host:-1", "::1:80"]) {
       expect(check({ ...minimal(), listen: { grpc } })).toEqual([{ path: "/listen/grpc", message }]);
     }
-    expect(check({ ...minimal(), listen: { grpc: "127.0.0.1:9", admin: "127.0.0.1:9" } })).toEqual([
-      { path: "/listen/admin", message: "must differ from /listen/grpc" },
-    ]);
+    expect(check({ ...minimal(), listen: { grpc: "127.0.0.1:9", admin: "127.0.0.1:9" } })).toEqual([{ path: "/listen/admin", message: "must differ from /listen/grpc" }]);
   });
 
   it("requires node.dataDir and a module, token selector and PIN after merging", () => {
@@ -241,16 +243,12 @@ describe("problems", () => {
       { path: "/device", message: "must have property 'tokenLabel' or 'slot'" },
       { path: "/device/module", message: "is required (the generic profile names no module)" },
     ]);
-    expect(check({ ...minimal(), device: { tokenLabel: "a", slot: 0 } })).toEqual([
-      { path: "/device", message: "must have only one of 'tokenLabel' or 'slot'" },
-    ]);
+    expect(check({ ...minimal(), device: { tokenLabel: "a", slot: 0 } })).toEqual([{ path: "/device", message: "must have only one of 'tokenLabel' or 'slot'" }]);
   });
 
   it("requires exactly one PIN source, never an inline PIN", () => {
     expect(check({ ...minimal(), device: { pin: {} } })).toEqual([{ path: "/device/pin", message: "must have property 'env' or 'file'" }]);
-    expect(check({ ...minimal(), device: { pin: { env: "A", file: "/b" } } })).toEqual([
-      { path: "/device/pin", message: "must have only one of 'env' or 'file'" },
-    ]);
+    expect(check({ ...minimal(), device: { pin: { env: "A", file: "/b" } } })).toEqual([{ path: "/device/pin", message: "must have only one of 'env' or 'file'" }]);
     const inline = check({ ...minimal(), device: { pin: SECRET } });
     expect(inline).toEqual([{ path: "/device/pin", message: expect.stringContaining("the PIN itself never goes in a config file") }]);
     const asName = check({ ...minimal(), device: { pin: { env: "1234" } } });
@@ -274,17 +272,7 @@ describe("problems", () => {
     }
     expect(error).toBeInstanceOf(ConfigError);
     const paths = error!.problems.map((p) => p.path);
-    expect(paths).toEqual(
-      expect.arrayContaining([
-        "/node/dataDir",
-        "/listen/grpc",
-        "/device/poolSize",
-        "/device/colour",
-        "/limits/maxPayload",
-        "/limits/maxPageSize",
-        "/device/pin/env",
-      ]),
-    );
+    expect(paths).toEqual(expect.arrayContaining(["/node/dataDir", "/listen/grpc", "/device/poolSize", "/device/colour", "/limits/maxPayload", "/limits/maxPageSize", "/device/pin/env"]));
     expect(error!.problems).toHaveLength(7);
     const lines = error!.message.split("\n");
     expect(lines).toHaveLength(7);
@@ -294,9 +282,7 @@ describe("problems", () => {
   });
 
   it("reports unreadable and malformed config files", () => {
-    expect(problemsOf(() => loadConfig({ file: join(dir, "missing.json") }))).toEqual([
-      { path: "/", message: `cannot read ${join(dir, "missing.json")} (ENOENT)` },
-    ]);
+    expect(problemsOf(() => loadConfig({ file: join(dir, "missing.json") }))).toEqual([{ path: "/", message: `cannot read ${join(dir, "missing.json")} (ENOENT)` }]);
     const bad = writeConfig(`{\n  "node": { "dataDir": "${SECRET}", }\n}`);
     const [problem] = problemsOf(() => loadConfig({ file: bad }));
     expect(problem!.message).toMatch(/is not valid JSON/);
@@ -307,12 +293,8 @@ describe("problems", () => {
 describe("PIN", () => {
   it("reads it from the environment", () => {
     expect(loadConfig({ env, overrides: minimal() }).device.pin).toBe(SECRET);
-    expect(problemsOf(() => loadConfig({ env: { HSMD_PIN: "" }, overrides: minimal() }))).toEqual([
-      { path: "/device/pin/env", message: "environment variable HSMD_PIN is empty" },
-    ]);
-    expect(problemsOf(() => loadConfig({ env: {}, overrides: minimal() }))).toEqual([
-      { path: "/device/pin/env", message: "environment variable HSMD_PIN is not set" },
-    ]);
+    expect(problemsOf(() => loadConfig({ env: { HSMD_PIN: "" }, overrides: minimal() }))).toEqual([{ path: "/device/pin/env", message: "environment variable HSMD_PIN is empty" }]);
+    expect(problemsOf(() => loadConfig({ env: {}, overrides: minimal() }))).toEqual([{ path: "/device/pin/env", message: "environment variable HSMD_PIN is not set" }]);
   });
 
   it("reads it from a file, trimming one trailing newline", () => {

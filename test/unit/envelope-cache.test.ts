@@ -1,13 +1,5 @@
 import { describe, expect, it } from "vitest";
-import {
-  createDecryptStream,
-  createEncryptStream,
-  DataKeyCache,
-  decryptEnvelope,
-  encryptEnvelope,
-  GrpcStatus,
-  type DataKeySource,
-} from "../../src/sdk";
+import { createDecryptStream, createEncryptStream, DataKeyCache, decryptEnvelope, encryptEnvelope, GrpcStatus, type DataKeySource } from "../../src/sdk";
 import { bytes, chop, CTX, FakeKms, handHeader, KEY, rejection, through } from "../helpers/envelope";
 
 // The envelope options and the data-key cache against a fake data-key source (test/helpers/envelope.ts).

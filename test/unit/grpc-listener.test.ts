@@ -23,11 +23,18 @@ const logs: string[] = [];
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "hsmd-listener-"));
   certs = makeDevCertificates(join(dir, "certs"));
-  server = new grpc.Server({ interceptors: [(_m, call) => new grpc.ServerInterceptingCall(call, { start: (next) => {
-    const info = call.getConnectionInfo();
-    listener.noteCall(info.remoteAddress, info.remotePort);
-    next();
-  } })] });
+  server = new grpc.Server({
+    interceptors: [
+      (_m, call) =>
+        new grpc.ServerInterceptingCall(call, {
+          start: (next) => {
+            const info = call.getConnectionInfo();
+            listener.noteCall(info.remoteAddress, info.remotePort);
+            next();
+          },
+        }),
+    ],
+  });
   new HealthImplementation({ "": "SERVING" }).addToServer(server);
   const creds = grpc.ServerCredentials.createSsl(null, [{ cert_chain: readFileSync(certs.serverCert), private_key: readFileSync(certs.serverKey) }], false);
   listener = await GrpcListener.listen(server, creds, { host: "127.0.0.1", port: 0, maxConnections: 3, handshakeTimeoutMs: 1000, log: (m) => logs.push(m) });

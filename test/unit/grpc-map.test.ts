@@ -20,13 +20,27 @@ const refusal = (fn: () => unknown) => {
     return `${(e as HsmError).code}: ${(e as Error).message}`;
   }
 };
-const sign = (over: Partial<SignRequest>): SignRequest => ({ keyId: "k", algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message: Buffer.from("m"), messageType: 0, signatureFormat: 0, macLength: 0, ...over });
+const sign = (over: Partial<SignRequest>): SignRequest => ({
+  keyId: "k",
+  algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256,
+  message: Buffer.from("m"),
+  messageType: 0,
+  signatureFormat: 0,
+  macLength: 0,
+  ...over,
+});
 
 describe("grpc/map", () => {
   it("maps every spec, origin and usage number to its name and back", () => {
     for (const n of KEY_SPEC_NAMES) expect(specFromProto(specToProto(n))).toBe(n);
     expect(KEY_SPEC_NAMES.map(specToProto)).toEqual(Object.values(KeySpec).filter((v) => typeof v === "number" && v > 0));
-    expect(KEY_ORIGIN_NAMES.map(originToProto)).toEqual([KeyOrigin.KEY_ORIGIN_GENERATED, KeyOrigin.KEY_ORIGIN_IMPORTED, KeyOrigin.KEY_ORIGIN_PUBLIC, KeyOrigin.KEY_ORIGIN_UNWRAPPED, KeyOrigin.KEY_ORIGIN_DERIVED]);
+    expect(KEY_ORIGIN_NAMES.map(originToProto)).toEqual([
+      KeyOrigin.KEY_ORIGIN_GENERATED,
+      KeyOrigin.KEY_ORIGIN_IMPORTED,
+      KeyOrigin.KEY_ORIGIN_PUBLIC,
+      KeyOrigin.KEY_ORIGIN_UNWRAPPED,
+      KeyOrigin.KEY_ORIGIN_DERIVED,
+    ]);
     const all = [1, 2, 3, 4, 5, 6, 7] as KeyUsage[];
     expect(usagesToProto(usagesFromProto(all))).toEqual(all);
     for (const [e, prefix, fn] of [
@@ -44,7 +58,9 @@ describe("grpc/map", () => {
     );
     expect(refusal(() => specFromProto(99 as KeySpec))).toMatch(/; got 99$/);
     expect(refusal(() => usagesFromProto([KeyUsage.KEY_USAGE_SIGN, 0]))).toBe(`${Code.InvalidArgument}: usages: unknown usage 0`);
-    expect(refusal(() => encryptionAlgorithmFromProto(0))).toBe(`${Code.InvalidArgument}: algorithm must be one of AES_GCM, AES_CBC_PAD, AES_CTR, RSA_OAEP_SHA1/256/384/512; got ENCRYPTION_ALGORITHM_UNSPECIFIED`);
+    expect(refusal(() => encryptionAlgorithmFromProto(0))).toBe(
+      `${Code.InvalidArgument}: algorithm must be one of AES_GCM, AES_CBC_PAD, AES_CTR, RSA_OAEP_SHA1/256/384/512; got ENCRYPTION_ALGORITHM_UNSPECIFIED`,
+    );
     expect(refusal(() => signingAlgorithmFromProto(0))).toBe(`${Code.InvalidArgument}: algorithm must be a SigningAlgorithm other than UNSPECIFIED; got SIGNING_ALGORITHM_UNSPECIFIED`);
     expect(refusal(() => wrapAlgorithmFromProto(42))).toBe(`${Code.InvalidArgument}: algorithm must be AES_KW, AES_KWP, RSA_OAEP_SHA256 or RSA_OAEP_SHA1; got 42`);
     expect(refusal(() => signFromProto(sign({ messageType: 7 })))).toBe(`${Code.InvalidArgument}: message_type must be RAW or DIGEST; got 7`);
@@ -53,7 +69,9 @@ describe("grpc/map", () => {
       `${Code.InvalidArgument}: format must be SPKI_DER, PEM or JWK`,
     );
     expect(refusal(() => listKeysFromProto({ labelPrefix: "", spec: 0, usage: 9 as KeyUsage, pageSize: 0, pageToken: "" }))).toBe(`${Code.InvalidArgument}: usage filter 9 is not a KeyUsage`);
-    expect(refusal(() => dataKeyFromProto({ keyId: "k", spec: 77 as KeySpec, encryptionContext: {} }))).toBe(`${Code.InvalidArgument}: spec must be KEY_SPEC_AES_256 (the default) or KEY_SPEC_AES_128 for a data key`);
+    expect(refusal(() => dataKeyFromProto({ keyId: "k", spec: 77 as KeySpec, encryptionContext: {} }))).toBe(
+      `${Code.InvalidArgument}: spec must be KEY_SPEC_AES_256 (the default) or KEY_SPEC_AES_128 for a data key`,
+    );
   });
 
   it("keeps the list filters' meaning: 0 is no filter, a spec the API lacks matches nothing", () => {

@@ -71,7 +71,12 @@ describe("AccessGuard.key on a store with fresh reads", () => {
     };
     await put(store, rec("k-alice", alice, [bob]));
     // The access path never touches the device: none is given (a device call would throw here).
-    keys = new KeyService({ device: undefined as unknown as Device, store, limits: { maxPayloadBytes: 1, maxBatchItems: 1, maxLabelLength: 1, maxRandomBytes: 1, maxPageSize: 1, maxRequestIdLength: 1 }, domainKeyId: "d" });
+    keys = new KeyService({
+      device: undefined as unknown as Device,
+      store,
+      limits: { maxPayloadBytes: 1, maxBatchItems: 1, maxLabelLength: 1, maxRandomBytes: 1, maxPageSize: 1, maxRequestIdLength: 1 },
+      domainKeyId: "d",
+    });
     await keys.start();
     guard = new AccessGuard(new UserService({ store }), keys);
   });

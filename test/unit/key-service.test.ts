@@ -97,7 +97,9 @@ describe("KeyService on a fake device", () => {
     expect(await codeOf(keys.generateKey(gen({ label: "x".repeat(17) }), alice))).toBe(`${Code.InvalidArgument}: label is longer than 16 characters`);
     expect(await codeOf(keys.generateKey(gen({ label: "a;b" }), alice))).toMatch(/label may hold letters/);
     expect(await codeOf(keys.generateKey(gen({ requestId: "r".repeat(13) }), alice))).toBe(`${Code.InvalidArgument}: request_id is longer than 12 characters`);
-    expect(await codeOf(keys.generateKey(gen({ spec: "HMAC_SHA256", usages: ["encrypt"] }), alice))).toBe(`${Code.InvalidArgument}: usages: a hmac key cannot be used to encrypt (allowed: sign, verify)`);
+    expect(await codeOf(keys.generateKey(gen({ spec: "HMAC_SHA256", usages: ["encrypt"] }), alice))).toBe(
+      `${Code.InvalidArgument}: usages: a hmac key cannot be used to encrypt (allowed: sign, verify)`,
+    );
     expect(await codeOf(keys.generateKey(gen({ usages: ["encrypt", "sign"] }), alice))).toMatch(/either a cipher key .* or an AES-CMAC key/);
     expect(await codeOf(() => keys.getKey({ keyId: "not a key id!" }))).toBe(`${Code.InvalidArgument}: key_id "not a key id!" is not a key id`);
     expect(await codeOf(() => keys.getKey({ keyId: "0123-missing" }))).toBe(`${Code.NotFound}: key 0123-missing not found`);
@@ -111,7 +113,13 @@ describe("KeyService on a fake device", () => {
     expect(k).toMatchObject({ spec: "AES_256", origin: "GENERATED", usages: ["encrypt", "decrypt"], owner: "alice", label: "payments", version: 1, sharedWith: [] });
     expect(device.calls).toEqual([`generate ${k.id}`, `secretLength ${k.id}`, `sealForRecord ${k.id}`]);
     const stored = JSON.parse((await store.get(`keys/${k.id}`))!.value.toString("utf8"));
-    expect(stored).toMatchObject({ spec: "AES_256", origin: "GENERATED", owner: alice, requestId: "req-1", versions: [{ version: 1, residency: "wrapped", material: { alg: "AES_KWP", wrappingKeyId: DOMAIN } }] });
+    expect(stored).toMatchObject({
+      spec: "AES_256",
+      origin: "GENERATED",
+      owner: alice,
+      requestId: "req-1",
+      versions: [{ version: 1, residency: "wrapped", material: { alg: "AES_KWP", wrappingKeyId: DOMAIN } }],
+    });
     const rid = (await store.list("requests/")).map((e) => e.value.toString());
     expect(rid).toEqual([k.id]);
   });
@@ -167,13 +175,18 @@ describe("KeyService on a fake device", () => {
     const enc = await keys.generateKey(gen(), alice);
     const sign = (keyId: string) => keys.sign({ keyId, algorithm: "AES_CMAC", message: Buffer.from("m"), messageType: "RAW", signatureFormat: "DER", macLength: 0 });
     expect(await codeOf(sign(enc.id))).toBe(`${Code.FailedPrecondition}: key ${enc.id} does not allow sign (its usages: encrypt, decrypt)`);
-    expect(await codeOf(keys.sign({ keyId: mac.id, algorithm: "ECDSA_SHA256", message: Buffer.from("m"), messageType: "RAW", signatureFormat: "DER", macLength: 0 }))).toMatch(/needs an EC key; this key is AES/);
+    expect(await codeOf(keys.sign({ keyId: mac.id, algorithm: "ECDSA_SHA256", message: Buffer.from("m"), messageType: "RAW", signatureFormat: "DER", macLength: 0 }))).toMatch(
+      /needs an EC key; this key is AES/,
+    );
     device.calls.length = 0;
     device.evicted.add(mac.id);
     expect((await sign(mac.id)).signature).toEqual(Buffer.alloc(32, 7));
-    expect(device.calls).toEqual([`sign ${mac.id}`, // materialized from the record: what the device held of it first cleaned up
+    expect(device.calls).toEqual([
+      `sign ${mac.id}`, // materialized from the record: what the device held of it first cleaned up
       `destroy ${mac.id}`,
-      `materialize ${mac.id}`, `sign ${mac.id}`]);
+      `materialize ${mac.id}`,
+      `sign ${mac.id}`,
+    ]);
   });
 
   it("reports each batch item's own error", async () => {

@@ -76,8 +76,6 @@ describe("QueryAuditLog's argument checks (checkQueryArgs)", () => {
 
   it("refuses a larger limit or after_seq with INVALID_ARGUMENT naming the field", () => {
     expect(() => checkQueryArgs({ limit: 1001, afterSeq: 0n })).toThrow(expect.objectContaining({ code: Code.InvalidArgument, message: "limit must be at most 1000" }));
-    expect(() => checkQueryArgs({ limit: 10, afterSeq: BigInt(Number.MAX_SAFE_INTEGER) + 1n })).toThrow(
-      expect.objectContaining({ code: Code.InvalidArgument, message: "after_seq is out of range" }),
-    );
+    expect(() => checkQueryArgs({ limit: 10, afterSeq: BigInt(Number.MAX_SAFE_INTEGER) + 1n })).toThrow(expect.objectContaining({ code: Code.InvalidArgument, message: "after_seq is out of range" }));
   });
 });

@@ -191,8 +191,7 @@ describe("quorum: rejection and consumption", () => {
     const r = await q.request("co1", "DeleteUser", { name: "alice" });
     await q.approve("co1", r.id);
     await q.approve("co2", r.id);
-    await rejectsWith(q.consume(r.id, "DeleteUser", { name: "bob" }), Code.PermissionDenied,
-      `quorum request ${r.id} approved DeleteUser(name="alice"), not DeleteUser(name="bob")`);
+    await rejectsWith(q.consume(r.id, "DeleteUser", { name: "bob" }), Code.PermissionDenied, `quorum request ${r.id} approved DeleteUser(name="alice"), not DeleteUser(name="bob")`);
     await rejectsWith(q.consume(r.id, "ResetPassword", { name: "alice" }), Code.PermissionDenied, /not ResetPassword/);
     await rejectsWith(q.consume(r.id, "DeleteUser", { name: "alice", force: "true" }), Code.PermissionDenied);
     await rejectsWith(q.consume(r.id, "DeleteUser", { name: "alice", zone: "x" }), Code.PermissionDenied);

@@ -47,7 +47,14 @@ const NAMES: Record<string, [string, string]> = {
 };
 
 /** Loading records and answering views needs no device: any device call fails the test. */
-const noDevice = new Proxy({}, { get: (_t, p) => () => { throw new Error(`device.${String(p)} called`); } }) as unknown as KeyDevice;
+const noDevice = new Proxy(
+  {},
+  {
+    get: (_t, p) => () => {
+      throw new Error(`device.${String(p)} called`);
+    },
+  },
+) as unknown as KeyDevice;
 const limits = { maxPayloadBytes: 1024, maxBatchItems: 8, maxLabelLength: 64, maxRandomBytes: 64, maxPageSize: 100, maxRequestIdLength: 64, maxOaepLabelBytes: 64 };
 
 describe("key records written by the version that stored enum numbers", () => {
@@ -93,7 +100,18 @@ describe("key records written by the version that stored enum numbers", () => {
     for (const [id, want] of Object.entries(EXPECTED)) {
       const viewer = want.owner === "alice" ? alice.userId : bob.userId;
       const k = keyToProto(keys.getKey({ keyId: id }, viewer));
-      expect(k).toMatchObject({ id, label: want.label, spec: want.spec, origin: want.origin, usages: want.usages, publicOnly: want.publicOnly, exportable: want.exportable, owner: want.owner, version: 1, heldBy: [] });
+      expect(k).toMatchObject({
+        id,
+        label: want.label,
+        spec: want.spec,
+        origin: want.origin,
+        usages: want.usages,
+        publicOnly: want.publicOnly,
+        exportable: want.exportable,
+        owner: want.owner,
+        version: 1,
+        heldBy: [],
+      });
       expect(k.publicKeySpki.length > 0).toBe(want.spec >= 6);
     }
     // The one share: alice's AES-256 key with bob, seen by its owner only.
@@ -117,7 +135,21 @@ describe("key records written by the version that stored enum numbers", () => {
   });
 
   it("maps every number the old format used, and leaves names alone", () => {
-    expect([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13].map(specFromStored)).toEqual(["AES_128", "AES_256", "HMAC_SHA256", "HMAC_SHA384", "HMAC_SHA512", "RSA_2048", "RSA_3072", "RSA_4096", "EC_P256", "EC_P384", "EC_P521", "EC_SECP256K1", "ED25519"]);
+    expect([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13].map(specFromStored)).toEqual([
+      "AES_128",
+      "AES_256",
+      "HMAC_SHA256",
+      "HMAC_SHA384",
+      "HMAC_SHA512",
+      "RSA_2048",
+      "RSA_3072",
+      "RSA_4096",
+      "EC_P256",
+      "EC_P384",
+      "EC_P521",
+      "EC_SECP256K1",
+      "ED25519",
+    ]);
     expect([1, 2, 3, 4, 5].map(originFromStored)).toEqual(["GENERATED", "IMPORTED", "PUBLIC", "UNWRAPPED", "DERIVED"]);
     expect(specFromStored("EC_P256")).toBe("EC_P256");
     expect(originFromStored("IMPORTED")).toBe("IMPORTED");

@@ -1,16 +1,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
 import { ClusterServiceService } from "../../src/gen/hsm/v1/cluster";
-import {
-  DEFAULT_RETRY,
-  HsmClient,
-  HsmClientError,
-  RPC_IDEMPOTENCY,
-  backoffMs,
-  isIdempotent,
-  isTransient,
-  type HsmClientOptions,
-} from "../../src/sdk";
+import { DEFAULT_RETRY, HsmClient, HsmClientError, RPC_IDEMPOTENCY, backoffMs, isIdempotent, isTransient, type HsmClientOptions } from "../../src/sdk";
 import { client, endpointsOf, newAuth, rejection, SERVICES, seen, startNode, useFakeNodes } from "../helpers/fake-nodes";
 
 // Unit tests of the client's re-login, health checks, retry policy and options against in-process
@@ -112,9 +103,7 @@ describe("health", () => {
 
     sick.mode = "ok";
     sick.health!.setStatus("", "SERVING");
-    await expect
-      .poll(async () => (await hsm.getKey({ keyId: "k" })).id, { timeout: 20_000, interval: 50 })
-      .toBe("sick");
+    await expect.poll(async () => (await hsm.getKey({ keyId: "k" })).id, { timeout: 20_000, interval: 50 }).toBe("sick");
     expect(hsm.stats.failures).toBe(0);
   });
 });
@@ -169,7 +158,7 @@ describe("options", () => {
       defaultDeadlineMs: 0,
     });
     expect(details).toContain('endpoints[1]: must be "host:port"');
-    expect(details).toContain("endpoints[2]: \"a:1\" is listed twice");
+    expect(details).toContain('endpoints[2]: "a:1" is listed twice');
     expect(details).toContain("endpoints[3]");
     expect(details).not.toContain("endpoints[4]");
     expect(details).toContain("endpoints[5]");

@@ -58,9 +58,7 @@ function client(): HsmClient {
 beforeAll(async () => {
   server = new grpc.Server();
   server.addService(UserServiceService, userService as UserServiceServer);
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-  );
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
   endpoint = `127.0.0.1:${port}`;
 });
 
@@ -111,9 +109,7 @@ describe("HsmClient.exportSession", () => {
     const c = client();
     c.useToken("saved-token");
     await c.changePassword("old-pw", "new-pw");
-    expect(seen).toEqual([
-      { rpc: "ChangePassword", authorization: "Bearer saved-token", request: { oldPassword: "old-pw", newPassword: "new-pw" } },
-    ]);
+    expect(seen).toEqual([{ rpc: "ChangePassword", authorization: "Bearer saved-token", request: { oldPassword: "old-pw", newPassword: "new-pw" } }]);
     expect(c.exportSession()).toMatchObject({ token: `tok-${issued}`, username: "fresh", mustChangePassword: false });
   });
 });

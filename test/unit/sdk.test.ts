@@ -1,27 +1,14 @@
 import * as crypto from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import {
-  CryptoServiceService,
-  type CryptoServiceServer,
-  type SignRequest,
-} from "../../src/gen/hsm/v1/crypto";
+import { CryptoServiceService, type CryptoServiceServer, type SignRequest } from "../../src/gen/hsm/v1/crypto";
 import { Key, KeyServiceService, type KeyServiceServer, type GenerateKeyRequest } from "../../src/gen/hsm/v1/keys";
-import {
-  GrpcStatus,
-  HsmClient,
-  HsmClientError,
-  KeySpec,
-  KeyUsage,
-  SigningAlgorithm,
-  wrapForImport,
-} from "../../src/sdk";
+import { GrpcStatus, HsmClient, HsmClientError, KeySpec, KeyUsage, SigningAlgorithm, wrapForImport } from "../../src/sdk";
 
 // A unit test of the client: a tiny in-process grpc-js server with fake services, bound to port 0.
 
 type Unary<Req, Res> = grpc.handleUnaryCall<Req, Res>;
-const unimplemented: Unary<unknown, never> = (_call, cb) =>
-  cb({ code: grpc.status.UNIMPLEMENTED, details: "not in this fake" });
+const unimplemented: Unary<unknown, never> = (_call, cb) => cb({ code: grpc.status.UNIMPLEMENTED, details: "not in this fake" });
 
 /** What the fake server saw, for assertions. */
 const seen: { generateKey?: GenerateKeyRequest; metadata?: grpc.Metadata; pageTokens: string[]; cancelled: number } = {
@@ -112,9 +99,7 @@ beforeAll(async () => {
   server = new grpc.Server();
   server.addService(KeyServiceService, keyService);
   server.addService(CryptoServiceService, cryptoService);
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-  );
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
   endpoint = `127.0.0.1:${port}`;
 });
 
@@ -128,10 +113,7 @@ afterAll(() => {
 
 describe("HsmClient calls", () => {
   it("round-trips a call, filling request defaults and sending metadata", async () => {
-    const key = await client().generateKey(
-      { spec: KeySpec.KEY_SPEC_EC_P256, label: "signer" },
-      { metadata: { "x-request-id": "r-1" } },
-    );
+    const key = await client().generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "signer" }, { metadata: { "x-request-id": "r-1" } });
     expect(key).toMatchObject({ id: "k-new", label: "signer", spec: KeySpec.KEY_SPEC_EC_P256, usages: [KeyUsage.KEY_USAGE_SIGN], version: 1 });
     expect(seen.generateKey).toEqual({ spec: KeySpec.KEY_SPEC_EC_P256, label: "signer", usages: [], exportable: false, requestId: "" });
     expect(seen.metadata?.get("x-request-id")).toEqual(["r-1"]);
@@ -256,10 +238,7 @@ describe("wrapForImport", () => {
 
   /** The server side of the format, with Node: RSA-OAEP-SHA256 the first modulus-length bytes, then AES-KWP. */
   function unwrap(blob: Buffer): Buffer {
-    const k = crypto.privateDecrypt(
-      { key: privateKey, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256" },
-      blob.subarray(0, 384),
-    );
+    const k = crypto.privateDecrypt({ key: privateKey, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256" }, blob.subarray(0, 384));
     expect(k.length).toBe(32);
     const d = crypto.createDecipheriv("id-aes256-wrap-pad", k, Buffer.from("A65959A6", "hex"));
     return Buffer.concat([d.update(blob.subarray(384)), d.final()]);

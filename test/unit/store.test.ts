@@ -2,16 +2,7 @@ import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import {
-  LOCK_FILE,
-  LOG_FILE,
-  StoreCompactedError,
-  getJson,
-  openEmbeddedStore,
-  putJson,
-  type EmbeddedStore,
-  type WatchEvent,
-} from "../../src/store";
+import { LOCK_FILE, LOG_FILE, StoreCompactedError, getJson, openEmbeddedStore, putJson, type EmbeddedStore, type WatchEvent } from "../../src/store";
 import { storeContract } from "../helpers/store-contract";
 
 let root: string;
@@ -72,8 +63,14 @@ describe("embedded store: transactions", () => {
     await s.put("a", b("a0"));
     const before = s.stats();
     const r = await s.txn(
-      [{ key: "a", op: "present" }, { key: "b", op: "present" }],
-      [{ type: "put", key: "a", value: b("a1") }, { type: "put", key: "c", value: b("c1") }],
+      [
+        { key: "a", op: "present" },
+        { key: "b", op: "present" },
+      ],
+      [
+        { type: "put", key: "a", value: b("a1") },
+        { type: "put", key: "c", value: b("c1") },
+      ],
     );
     expect(r.succeeded).toBe(false);
     expect(s.revision()).toBe(1);

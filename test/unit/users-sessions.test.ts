@@ -4,12 +4,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { Code } from "../../src/errors";
 import { LOG_FILE } from "../../src/store";
-import {
-  INVALID_CREDENTIALS,
-  SESSIONS_PREFIX,
-  requirePasswordChanged,
-  sessionIdOf,
-} from "../../src/users";
+import { INVALID_CREDENTIALS, SESSIONS_PREFIX, requirePasswordChanged, sessionIdOf } from "../../src/users";
 import { adminPw, advance, dir, ready, record, rejectsWith, service, store, t, T0, useUserStore } from "../helpers/user-service";
 
 // UserService against an embedded store (test/helpers/user-service.ts): sessions and revocation, the

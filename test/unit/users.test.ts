@@ -1,13 +1,7 @@
 import { rmSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { Code } from "../../src/errors";
-import {
-  INVALID_CREDENTIALS,
-  hashPassword,
-  requirePasswordChanged,
-  sessionIdOf,
-  verifyPassword,
-} from "../../src/users";
+import { INVALID_CREDENTIALS, hashPassword, requirePasswordChanged, sessionIdOf, verifyPassword } from "../../src/users";
 import { dir, openStore, ready, record, rejectsWith, service, store, useUserStore } from "../helpers/user-service";
 
 // UserService against an embedded store (test/helpers/user-service.ts): initialization, the password
@@ -128,7 +122,7 @@ describe("users: password and username policy", () => {
     const raw = (await record("bob"))!;
     expect(text).not.toContain(raw.password.hash);
     expect(text).not.toContain(raw.password.salt);
-    expect(text).not.toContain("password\":");
+    expect(text).not.toContain('password":');
     expect(text).not.toContain(raw.id);
   });
 });
@@ -138,7 +132,11 @@ describe("users: login", () => {
     const slow = { N: 2 ** 14, r: 8, p: 1 };
     const users = await ready({ scrypt: slow, maxFailedLogins: 100 });
     await users.createUser("admin", "bob", "CU", "bob-password");
-    const errOf = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => e as { code: Code; message: string });
+    const errOf = (p: Promise<unknown>) =>
+      p.then(
+        () => undefined,
+        (e: unknown) => e as { code: Code; message: string },
+      );
     const wrong = await errOf(users.login("bob", "not-bobs-password"));
     const unknown = await errOf(users.login("nobody", "not-bobs-password"));
     const badName = await errOf(users.login("No Such/User", "not-bobs-password"));

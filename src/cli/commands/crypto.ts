@@ -2,17 +2,7 @@
 import { EncryptionAlgorithm, MessageType, SignatureFormat, type HsmClient, type KeySpec } from "../../sdk";
 import { CliFailure, UsageError } from "../errors";
 import { deliverBytes, ENCODING_OPTION, OUT_OPTION, readInput, writeOutputFile } from "../io";
-import {
-  defaultEncryptionAlgorithm,
-  defaultSigningAlgorithm,
-  defaultWrapAlgorithm,
-  encryptionAlgorithms,
-  isEcdsa,
-  keySpecs,
-  parseUsages,
-  signingAlgorithms,
-  wrapAlgorithms,
-} from "../names";
+import { defaultEncryptionAlgorithm, defaultSigningAlgorithm, defaultWrapAlgorithm, encryptionAlgorithms, isEcdsa, keySpecs, parseUsages, signingAlgorithms, wrapAlgorithms } from "../names";
 import { DEFAULT_MAX_MESSAGE_BYTES, digestHashOf, hashInput, readBoundedInput } from "../message-input";
 import { keyText, keyView } from "../render";
 import { choiceValue, intValue, requireString, stringValue, type CommandContext, type CommandSpec, type OptionSpec, type Values } from "../spec";

@@ -22,7 +22,7 @@ export function parseContext(values: Values): Record<string, string> {
     const eq = item.indexOf("=");
     if (eq <= 0) throw new UsageError(`--context: expected KEY=VALUE, not ${JSON.stringify(item)}`);
     const k = item.slice(0, eq);
-    if (Object.prototype.hasOwnProperty.call(context, k)) throw new UsageError(`--context: ${JSON.stringify(k)} given twice`);
+    if (Object.hasOwn(context, k)) throw new UsageError(`--context: ${JSON.stringify(k)} given twice`);
     context[k] = item.slice(eq + 1);
   }
   return context;

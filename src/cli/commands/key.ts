@@ -24,9 +24,7 @@ const ASYMMETRIC_SPECS = keySpecs.names.filter((n) => !isSymmetric(keySpecs.pars
 async function generate(ctx: CommandContext, values: Values, symmetric: boolean): Promise<void> {
   const spec = keySpecs.parse(requireString(values, "spec"), "--spec");
   if (isSymmetric(spec) !== symmetric) {
-    throw new UsageError(
-      `--spec ${keySpecs.name(spec)} is ${symmetric ? "asymmetric: use key generate-asymmetric-pair" : "a secret key: use key generate-symmetric"}`,
-    );
+    throw new UsageError(`--spec ${keySpecs.name(spec)} is ${symmetric ? "asymmetric: use key generate-asymmetric-pair" : "a secret key: use key generate-symmetric"}`);
   }
   const key = await ctx.client().generateKey({
     spec,
@@ -66,7 +64,8 @@ function parsePrivateKey(data: Buffer, path: string): KeyObject {
   const text = data.toString("latin1");
   if (text.includes("-----BEGIN")) {
     if (/-----BEGIN ENCRYPTED PRIVATE KEY-----/.test(text)) throw new UsageError(`--in: ${path} is an encrypted private key: decrypt it first (openssl pkey -in … -out …)`);
-    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text)) throw new UsageError(`--in: ${path} is PEM but holds no private key (expected "BEGIN PRIVATE KEY", "BEGIN EC PRIVATE KEY" or "BEGIN RSA PRIVATE KEY")`);
+    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text))
+      throw new UsageError(`--in: ${path} is PEM but holds no private key (expected "BEGIN PRIVATE KEY", "BEGIN EC PRIVATE KEY" or "BEGIN RSA PRIVATE KEY")`);
     try {
       return createPrivateKey({ key: data, format: "pem" });
     } catch (err) {
@@ -118,7 +117,6 @@ function sniffFormat(data: Buffer): "pem" | "der" | "jwk" {
   if (head.startsWith("{")) return "jwk";
   return "der";
 }
-
 
 export const keyCommands: CommandSpec[] = [
   {
@@ -344,4 +342,3 @@ key never crosses the network in the clear. The daemon unwraps it inside the HSM
     },
   },
 ];
-

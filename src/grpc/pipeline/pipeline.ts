@@ -37,7 +37,8 @@ export function createPipeline(opts: GrpcServerOptions, refusals: AuditThrottle)
     const rule = guard.rule(method);
     return (call, callback) => {
       const t0 = process.hrtime.bigint();
-      if ((call.request as unknown) instanceof RefusedRequest) return answerRefused(opts, refusals, method, call, callback as grpc.sendUnaryData<unknown>, (call.request as unknown as RefusedRequest).error, t0);
+      if ((call.request as unknown) instanceof RefusedRequest)
+        return answerRefused(opts, refusals, method, call, callback as grpc.sendUnaryData<unknown>, (call.request as unknown as RefusedRequest).error, t0);
       const req = call.request as unknown as Record<string, unknown>;
       const c: CallContext = {
         method,

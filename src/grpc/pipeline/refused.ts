@@ -15,7 +15,15 @@ export type RefusedOptions = Pick<GrpcServerOptions, "gate" | "observe" | "log">
  * refusal is audited through the {@link AuditThrottle} (the first of each second per client host,
  * method and status at once, the others as a count), so that a flood cannot fill the log.
  */
-export function answerRefused(opts: RefusedOptions, refusals: AuditThrottle, method: string, call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>, refusal: HsmError, t0: bigint): void {
+export function answerRefused(
+  opts: RefusedOptions,
+  refusals: AuditThrottle,
+  method: string,
+  call: grpc.ServerUnaryCall<unknown, unknown>,
+  callback: grpc.sendUnaryData<unknown>,
+  refusal: HsmError,
+  t0: bigint,
+): void {
   const trailer = new grpc.Metadata();
   const requestId = auditable(call.metadata.get(REQUEST_ID_HEADER)[0]) ?? randomUUID();
   trailer.set(REQUEST_ID_HEADER, headerValue(requestId));

@@ -29,9 +29,7 @@ export function userService(opts: GrpcServerOptions, p: Pipeline): UserServiceSe
       opts.onPasswordChanged?.(c.principal!.user);
       return sessionToProto(res, c.principal!.user);
     }),
-    createUser: rpc("CreateUser", async (r, c) =>
-      userToProto(await users.createUser(c.principal!, r.username, roleFromProto(r.role), r.password, { mustChangePassword: r.mustChangePassword })),
-    ),
+    createUser: rpc("CreateUser", async (r, c) => userToProto(await users.createUser(c.principal!, r.username, roleFromProto(r.role), r.password, { mustChangePassword: r.mustChangePassword }))),
     getUser: rpc("GetUser", async (r) => userToProto(await users.getUser(r.username))),
     listUsers: rpc("ListUsers", async (_r, c) => ({ users: (await users.listUsers(c.principal!)).map(userToProto) })),
     deleteUser: rpc("DeleteUser", async (r, c) => {
@@ -43,9 +41,7 @@ export function userService(opts: GrpcServerOptions, p: Pipeline): UserServiceSe
     unlockUser: rpc("UnlockUser", async (r, c) => userToProto(await users.unlockUser(c.principal!, r.username))),
     resetPassword: rpc("ResetPassword", async (r, c) => {
       await users.checkResettable(c.principal!, r.username, r.newPassword);
-      return userToProto(
-        await withQuorum(c, "ResetPassword", { username: r.username }, r.quorumRequestId, () => users.resetPassword(c.principal!, r.username, r.newPassword)),
-      );
+      return userToProto(await withQuorum(c, "ResetPassword", { username: r.username }, r.quorumRequestId, () => users.resetPassword(c.principal!, r.username, r.newPassword)));
     }),
   };
 }
