@@ -83,13 +83,6 @@ export class KeyService {
     return this.records.load();
   }
 
-  /**
-   * Nothing to release any more: the store subscription moved to the cluster applier
-   * (src/cluster/applier.ts). Kept so that callers pairing start() with stop() need no change.
-   * @deprecated stop the Applier instead.
-   */
-  stop(): void {}
-
   get keyCount(): number {
     return this.records.size;
   }

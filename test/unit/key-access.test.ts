@@ -81,7 +81,6 @@ describe("AccessGuard.key on a store with fresh reads", () => {
     guard = new AccessGuard(new UserService({ store }), keys);
   });
   afterEach(async () => {
-    keys.stop();
     await store.close();
     rmSync(root, { recursive: true, force: true });
   });
@@ -111,8 +110,7 @@ describe("AccessGuard.key on a store with fresh reads", () => {
   });
 
   it("decides on the store's record when this node's copy says no: a key or share committed elsewhere counts at once", async () => {
-    // Written behind the service's back, as another node's commit not yet seen through the watch.
-    keys.stop();
+    // Written behind the service's back (no applier follows the store here), as another node's commit not yet seen.
     await put(store, rec("k-alice", alice, [bob, carol]));
     await put(store, rec("k-new", carol));
     expect(await attempt(carol, "k-alice", "use")).toEqual({ code: "OK", id: "k-alice", freshReads: 1 });
