@@ -7,7 +7,7 @@
 import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
-import { afterAll, beforeAll, expect } from "vitest";
+import { afterAll, beforeAll } from "vitest";
 import { firstOfficerPasswordFile } from "../../src/daemon";
 import { UserServiceClient, type Session } from "../../src/gen/hsm/v1/users";
 import { HsmClient, HsmClientError, Role, SigningAlgorithm } from "../../src/sdk";
@@ -95,24 +95,8 @@ export function rawLogin(td: TestDaemon, username: string, password: string): Pr
   );
 }
 
-/** The call must reject with an HsmClientError of exactly `codeName` whose details contain every phrase. */
-export async function expectError(p: Promise<unknown>, codeName: string, ...phrases: (string | RegExp)[]): Promise<HsmClientError> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  expect(err, `expected ${codeName}, but the call succeeded`).toBeInstanceOf(HsmClientError);
-  const e = err as HsmClientError;
-  expect({ codeName: e.codeName, details: e.details }).toEqual({ codeName, details: expect.any(String) });
-  for (const phrase of phrases) {
-    if (typeof phrase === "string") expect(e.details).toContain(phrase);
-    else expect(e.details).toMatch(phrase);
-  }
-  expect(e.details).not.toMatch(/CKR_|internal error/);
-  return e;
-}
+import { expectError } from "./expect-error";
+export { expectError };
 
 /**
  * The first crypto officer, logged in: the one-time password changed to OFFICER_PASSWORD if that was

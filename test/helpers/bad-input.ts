@@ -4,7 +4,7 @@
  * the import parameters, and the checks every refusal must pass.
  */
 import { afterAll, beforeAll, expect } from "vitest";
-import { EncryptionAlgorithm, HsmClient, HsmClientError, KeySpec, KeyUsage, SigningAlgorithm, type Key } from "../../src/sdk";
+import { EncryptionAlgorithm, HsmClient, KeySpec, KeyUsage, SigningAlgorithm, type Key } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "./daemon";
 import { userClient } from "./users";
 import { pkcs11Tool } from "./softhsm";
@@ -37,22 +37,8 @@ export const GCM = EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM;
 export const CBC = EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_CBC_PAD;
 export const ECDSA256 = SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256;
 
-/** The call must reject with an HsmClientError of exactly `codeName` whose details contain every phrase. */
-export async function expectError(p: Promise<unknown>, codeName: string, ...phrases: string[]): Promise<HsmClientError> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  expect(err, `expected ${codeName}, but the call succeeded`).toBeInstanceOf(HsmClientError);
-  const e = err as HsmClientError;
-  expect({ codeName: e.codeName, details: e.details }).toEqual({ codeName, details: expect.any(String) });
-  for (const phrase of phrases) expect(e.details).toContain(phrase);
-  // Never a raw PKCS#11 return value in front of a person.
-  expect(e.details).not.toMatch(/CKR_|internal error/);
-  return e;
-}
+import { expectError } from "./expect-error";
+export { expectError };
 
 /** Every key the client's user can list. */
 export const listAll = async () => (await c.listKeys({ pageSize: 1000 })).keys;

@@ -1,10 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { constants, createHmac, generateKeyPairSync, privateDecrypt, publicEncrypt, randomBytes } from "node:crypto";
-import { EncryptionAlgorithm, HsmClient, HsmClientError, KeySpec, KeyUsage, MessageType, SigningAlgorithm, WrapAlgorithm, type Key } from "../../src/sdk";
+import { EncryptionAlgorithm, HsmClient, KeySpec, KeyUsage, MessageType, SigningAlgorithm, WrapAlgorithm, type Key } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { openssl } from "../helpers/openssl";
 import { userClient } from "../helpers/users";
 import { KeyLoader } from "../helpers/wycheproof";
+import { expectError } from "../helpers/expect-error";
 
 // The options Wycheproof found missing, through real gRPC to a daemon on a fresh SoftHSM2 token:
 // RSA-OAEP labels (oaep_label), truncated HMAC tags (mac_length) and AES-CMAC. Every result is
@@ -31,19 +32,6 @@ afterAll(async () => {
   c?.close();
   await td?.cleanup();
 });
-
-/** The call must reject with exactly `codeName`, and its message must contain every phrase. */
-async function expectError(p: Promise<unknown>, codeName: string, ...phrases: string[]): Promise<void> {
-  const e = await p.then(
-    () => undefined,
-    (x: unknown) => x,
-  );
-  expect(e, `expected ${codeName}, but the call succeeded`).toBeInstanceOf(HsmClientError);
-  const err = e as HsmClientError;
-  expect(err.codeName, err.details).toBe(codeName);
-  for (const phrase of phrases) expect(err.details).toContain(phrase);
-  expect(err.details).not.toMatch(/CKR_|internal error/);
-}
 
 const keyCount = async () => (await c.listKeys({ pageSize: 1000 })).keys.length;
 const flip = (b: Uint8Array, i: number) => {
