@@ -1,6 +1,6 @@
 /**
  * The daemon, the users and the built CLI of the hsmctl end-to-end tests (hsmctl.test.ts,
- * hsmctl-keys.test.ts): hsmctl runs as a child process with its endpoint, passwords and session file
+ * hsmctl-keys.test.ts, hsmctl-crypto.test.ts): hsmctl runs as a child process with its endpoint, passwords and session file
  * given through the environment; every stdout and stderr is kept, and after each file's tests searched
  * for the passwords and session tokens used.
  */
@@ -105,6 +105,27 @@ export function file(name: string): string {
 /** Runs openssl in the temp dir and returns its stdout (throws on a non-zero exit). */
 export function opensslOk(args: string[]): string {
   return execFileSync("openssl", args, { cwd: dir, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+}
+
+/** The keys of hsmctl-crypto.test.ts, by the names its tests use. */
+export type CliKeys = Record<"aes" | "hmac" | "ec" | "rsa" | "ed" | "exp", string>;
+
+/**
+ * Alice's keys for hsmctl-crypto.test.ts, made through hsmctl as hsmctl-keys.test.ts's first test makes
+ * them (same specs, labels and usages), and ec-pub.pem and ed-pub.pem written as its public-key test
+ * writes them: the crypto tests run on a daemon of their own, after useHsmctlDaemon's setup.
+ */
+export async function generateCliKeys(): Promise<CliKeys> {
+  const [aes, hmac, ec, rsa, ed, exp] = await Promise.all([
+    json<{ id: string }>(["key", "generate-symmetric", "--spec", "aes-256", "--label", "cli-aes", "--usage", "encrypt,decrypt", "--usage", "wrap", "--usage", "unwrap"]),
+    json<{ id: string }>(["key", "generate-symmetric", "--spec", "hmac-sha256", "--label", "cli-hmac"]),
+    json<{ id: string }>(["key", "generate-asymmetric-pair", "--spec", "ec-p256", "--label", "cli-ec", "--request-id", "cli-ec-1"]),
+    json<{ id: string }>(["key", "generate-asymmetric-pair", "--spec", "rsa-2048", "--label", "cli-rsa", "--usage", "sign,verify,encrypt,decrypt"]),
+    json<{ id: string }>(["key", "generate-asymmetric-pair", "--spec", "ed25519", "--label", "cli-ed"]),
+    json<{ id: string }>(["key", "generate-symmetric", "--spec", "aes-128", "--label", "cli-exportable", "--exportable"]),
+  ]);
+  await Promise.all([ok(["key", "public-key", "--key-id", ec.id, "--format", "pem", "--out", "ec-pub.pem"]), ok(["key", "public-key", "--key-id", ed.id, "--format", "pem", "--out", "ed-pub.pem"])]);
+  return { aes: aes.id, hmac: hmac.id, ec: ec.id, rsa: rsa.id, ed: ed.id, exp: exp.id };
 }
 
 /** Compiles the project (as the other CLI tests do); the CLI must come out of it fresh. */
