@@ -1,8 +1,9 @@
 /**
  * The daemon, the users and the built CLI of the hsmctl end-to-end tests (hsmctl.test.ts,
- * hsmctl-keys.test.ts, hsmctl-crypto.test.ts): hsmctl runs as a child process with its endpoint, passwords and session file
- * given through the environment; every stdout and stderr is kept, and after each file's tests searched
- * for the passwords and session tokens used.
+ * hsmctl-keys.test.ts, hsmctl-crypto.test.ts): hsmctl runs as a child process with its endpoint,
+ * passwords and session file given through the environment (or in this process for the help, or under
+ * script(1) for a terminal); every stdout and stderr is kept, and after each file's tests searched for
+ * the passwords and session tokens used.
  */
 import { spawn, execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
@@ -13,6 +14,7 @@ import { startTestDaemon, type TestDaemon } from "./daemon";
 import { distIsFresh } from "./daemon-process";
 import { ensureUser, officerClient, OFFICER_PASSWORD, USER_PASSWORD } from "./users";
 import { Role } from "../../src/sdk";
+import { runHsmctl, type CliIo } from "../../src/cli";
 
 /** The repository and the built CLI. */
 export const REPO = join(__dirname, "../..");
@@ -73,6 +75,44 @@ export function hsmctl(args: string[], opts: { as?: string; env?: Record<string,
       const r = { code, out: Buffer.concat(out), stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") };
       transcripts.push(r.out.toString("latin1"), r.stderr);
       resolve(r);
+    });
+  });
+}
+
+/** runHsmctl in this process, for the help of every command (no daemon involved, no child per command). */
+export async function inProcess(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = "";
+  let stderr = "";
+  const io = {
+    stdin: process.stdin,
+    stdout: { write: (s: string) => ((stdout += s), true), isTTY: false },
+    stderr: { write: (s: string) => ((stderr += s), true), isTTY: false },
+    env: { HOME: dir },
+  } as unknown as CliIo;
+  const code = await runHsmctl(argv, io);
+  return { code, stdout, stderr };
+}
+
+/** Runs hsmctl under script(1); `answer` is typed once `prompt` has appeared. Output is stdout and stderr merged, as on a terminal. */
+export function onTerminal(args: string[], opts: { as?: string; env?: Record<string, string | undefined>; prompt?: string; answer?: string } = {}): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const env = { ...baseEnv(opts.as ?? "alice"), ...opts.env };
+    for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k];
+    const command = [process.execPath, CLI, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(" ");
+    const child = spawn("script", ["-qefc", command, "/dev/null"], { cwd: dir, env, stdio: ["pipe", "pipe", "pipe"] });
+    let output = "";
+    let answered = false;
+    child.stdout.on("data", (d: Buffer) => {
+      output += d.toString("latin1");
+      if (opts.prompt && !answered && output.includes(opts.prompt)) {
+        answered = true;
+        child.stdin.write(`${opts.answer ?? ""}\r`);
+      }
+    });
+    child.stderr.on("data", (d: Buffer) => (output += d.toString("latin1")));
+    child.on("close", (code) => {
+      transcripts.push(output);
+      resolve({ code, output });
     });
   });
 }
