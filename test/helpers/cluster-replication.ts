@@ -1,11 +1,11 @@
 /**
  * The three-node cluster of cluster-replication.test.ts (three etcd members, hsmd daemons joined
- * through the real ceremony) and what the tests read from it: clients, coverage, /metrics counts.
+ * through the real ceremony) and what the tests read from it: clients, coverage, /metrics and store counts.
  */
 import { createPublicKey, verify as verifySignature } from "node:crypto";
 import { afterAll, afterEach, beforeAll } from "vitest";
 import { EncryptionAlgorithm, HsmClient, SigningAlgorithm, type HsmClientOptions, type Key } from "../../src/sdk";
-import { CLUSTER_PREFIX, etcdClient, initNode, joinNode, teardownCluster } from "./cluster";
+import { CLUSTER_PREFIX, etcdClient, eventually, initNode, joinNode, teardownCluster } from "./cluster";
 import { buildDist, type DaemonProcess } from "./daemon-process";
 import { startEtcdCluster, type EtcdCluster } from "./etcd";
 import { USER_PASSWORD, ensureUser, officerClient } from "./users";
@@ -64,6 +64,47 @@ export async function coverage(): Promise<Map<string, Set<string>>> {
   } finally {
     kv.close();
   }
+}
+
+/**
+ * A client of one member that tries each call once (no retry, no failover): the lockout tests count
+ * every failed login on the node it was sent to.
+ */
+export function singleTryClient(n: DaemonProcess): HsmClient {
+  const c = new HsmClient({ endpoint: n.grpc, defaultDeadlineMs: 20_000, retry: { maxAttempts: 1 } });
+  clients.push(c);
+  return c;
+}
+
+/** How many records the store holds under the cluster prefix + `prefix` (e.g. "keys/"), read from etcd itself. */
+export async function storeCount(prefix: string): Promise<number> {
+  const kv = etcdClient(etcd);
+  try {
+    return await kv.getAll().prefix(`${CLUSTER_PREFIX}${prefix}`).count();
+  } finally {
+    kv.close();
+  }
+}
+
+/**
+ * The coverage once every one of `ids` is held by all three nodes (within 20 s); otherwise fails with
+ * `what` and how many of them each node lacks, so a failure says which node fell behind.
+ */
+export async function coveredByAll(ids: string[], what: string): Promise<Map<string, Set<string>>> {
+  return eventually(
+    async () => {
+      const c = await coverage();
+      return ids.every((id) => c.get(id)?.size === 3) ? c : undefined;
+    },
+    what,
+    20_000,
+  ).catch(async (e: unknown) => {
+    const c = await coverage();
+    const lacking = ids.filter((id) => !c.get(id)?.has("n3"));
+    throw new Error(
+      `${(e as Error).message}; ${lacking.length} of ${ids.length} keys have no coverage entry for n3, ${ids.filter((id) => !c.get(id)?.has("n1")).length} none for n1, ${ids.filter((id) => !c.get(id)?.has("n2")).length} none for n2`,
+    );
+  });
 }
 
 /** How many calls of `method` (e.g. "Sign") a member answered OK, from its /metrics. */

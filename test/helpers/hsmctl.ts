@@ -1,8 +1,9 @@
 /**
  * The daemon, the users and the built CLI of the hsmctl end-to-end tests (hsmctl.test.ts,
- * hsmctl-keys.test.ts): hsmctl runs as a child process with its endpoint, passwords and session file
- * given through the environment; every stdout and stderr is kept, and after each file's tests searched
- * for the passwords and session tokens used.
+ * hsmctl-keys.test.ts, hsmctl-crypto.test.ts): hsmctl runs as a child process with its endpoint,
+ * passwords and session file given through the environment (or in this process for the help, or under
+ * script(1) for a terminal); every stdout and stderr is kept, and after each file's tests searched for
+ * the passwords and session tokens used.
  */
 import { spawn, execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
@@ -13,6 +14,7 @@ import { startTestDaemon, type TestDaemon } from "./daemon";
 import { distIsFresh } from "./daemon-process";
 import { ensureUser, officerClient, OFFICER_PASSWORD, USER_PASSWORD } from "./users";
 import { Role } from "../../src/sdk";
+import { runHsmctl, type CliIo } from "../../src/cli";
 
 /** The repository and the built CLI. */
 export const REPO = join(__dirname, "../..");
@@ -77,6 +79,44 @@ export function hsmctl(args: string[], opts: { as?: string; env?: Record<string,
   });
 }
 
+/** runHsmctl in this process, for the help of every command (no daemon involved, no child per command). */
+export async function inProcess(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = "";
+  let stderr = "";
+  const io = {
+    stdin: process.stdin,
+    stdout: { write: (s: string) => ((stdout += s), true), isTTY: false },
+    stderr: { write: (s: string) => ((stderr += s), true), isTTY: false },
+    env: { HOME: dir },
+  } as unknown as CliIo;
+  const code = await runHsmctl(argv, io);
+  return { code, stdout, stderr };
+}
+
+/** Runs hsmctl under script(1); `answer` is typed once `prompt` has appeared. Output is stdout and stderr merged, as on a terminal. */
+export function onTerminal(args: string[], opts: { as?: string; env?: Record<string, string | undefined>; prompt?: string; answer?: string } = {}): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const env = { ...baseEnv(opts.as ?? "alice"), ...opts.env };
+    for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k];
+    const command = [process.execPath, CLI, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(" ");
+    const child = spawn("script", ["-qefc", command, "/dev/null"], { cwd: dir, env, stdio: ["pipe", "pipe", "pipe"] });
+    let output = "";
+    let answered = false;
+    child.stdout.on("data", (d: Buffer) => {
+      output += d.toString("latin1");
+      if (opts.prompt && !answered && output.includes(opts.prompt)) {
+        answered = true;
+        child.stdin.write(`${opts.answer ?? ""}\r`);
+      }
+    });
+    child.stderr.on("data", (d: Buffer) => (output += d.toString("latin1")));
+    child.on("close", (code) => {
+      transcripts.push(output);
+      resolve({ code, output });
+    });
+  });
+}
+
 /** Runs hsmctl and expects exit 0; returns stdout parsed as JSON when `--output json` is among args. */
 export async function ok(args: string[], opts: Parameters<typeof hsmctl>[1] = {}): Promise<Run> {
   const r = await hsmctl(args, opts);
@@ -105,6 +145,27 @@ export function file(name: string): string {
 /** Runs openssl in the temp dir and returns its stdout (throws on a non-zero exit). */
 export function opensslOk(args: string[]): string {
   return execFileSync("openssl", args, { cwd: dir, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+}
+
+/** The keys of hsmctl-crypto.test.ts, by the names its tests use. */
+export type CliKeys = Record<"aes" | "hmac" | "ec" | "rsa" | "ed" | "exp", string>;
+
+/**
+ * Alice's keys for hsmctl-crypto.test.ts, made through hsmctl as hsmctl-keys.test.ts's first test makes
+ * them (same specs, labels and usages), and ec-pub.pem and ed-pub.pem written as its public-key test
+ * writes them: the crypto tests run on a daemon of their own, after useHsmctlDaemon's setup.
+ */
+export async function generateCliKeys(): Promise<CliKeys> {
+  const [aes, hmac, ec, rsa, ed, exp] = await Promise.all([
+    json<{ id: string }>(["key", "generate-symmetric", "--spec", "aes-256", "--label", "cli-aes", "--usage", "encrypt,decrypt", "--usage", "wrap", "--usage", "unwrap"]),
+    json<{ id: string }>(["key", "generate-symmetric", "--spec", "hmac-sha256", "--label", "cli-hmac"]),
+    json<{ id: string }>(["key", "generate-asymmetric-pair", "--spec", "ec-p256", "--label", "cli-ec", "--request-id", "cli-ec-1"]),
+    json<{ id: string }>(["key", "generate-asymmetric-pair", "--spec", "rsa-2048", "--label", "cli-rsa", "--usage", "sign,verify,encrypt,decrypt"]),
+    json<{ id: string }>(["key", "generate-asymmetric-pair", "--spec", "ed25519", "--label", "cli-ed"]),
+    json<{ id: string }>(["key", "generate-symmetric", "--spec", "aes-128", "--label", "cli-exportable", "--exportable"]),
+  ]);
+  await Promise.all([ok(["key", "public-key", "--key-id", ec.id, "--format", "pem", "--out", "ec-pub.pem"]), ok(["key", "public-key", "--key-id", ed.id, "--format", "pem", "--out", "ed-pub.pem"])]);
+  return { aes: aes.id, hmac: hmac.id, ec: ec.id, rsa: rsa.id, ed: ed.id, exp: exp.id };
 }
 
 /** Compiles the project (as the other CLI tests do); the CLI must come out of it fresh. */

@@ -8,16 +8,14 @@
 import { constants, createPublicKey, randomBytes, randomUUID, verify as verifySignature } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { GrpcStatus, HsmClient, KeySpec, Role } from "../../src/sdk";
-import { CLUSTER_PREFIX, etcdClient, eventually, loginToken, nodeStatus, tokenKeyAttributes } from "../helpers/cluster";
-import { type DaemonProcess } from "../helpers/daemon-process";
+import { eventually, loginToken, nodeStatus, tokenKeyAttributes } from "../helpers/cluster";
 import { USER_PASSWORD, officerClient } from "../helpers/users";
 import {
   client,
   clients,
   co,
-  coverage,
+  coveredByAll,
   ECDSA,
-  etcd,
   FRESH,
   GCM,
   listAll,
@@ -28,6 +26,8 @@ import {
   okCalls,
   PSS,
   reach,
+  singleTryClient,
+  storeCount,
   useReplicationCluster,
   verifiesEcdsa,
 } from "../helpers/cluster-replication";
@@ -143,13 +143,8 @@ describe("three nodes on three etcd members", () => {
   it(`failed logins spread over the nodes lock the user everywhere after ${MAX_FAILED_LOGINS}, and revoke its sessions on every node`, async () => {
     await co.createUser({ username: "carol", role: Role.ROLE_CRYPTO_USER, password: USER_PASSWORD });
     const token = await loginToken(n1.grpc, "carol", USER_PASSWORD);
-    const onNode = (n: DaemonProcess) => {
-      const c = new HsmClient({ endpoint: n.grpc, defaultDeadlineMs: 20_000, retry: { maxAttempts: 1 } });
-      clients.push(c);
-      return c;
-    };
-    const [c1, c2, c3] = [onNode(n1), onNode(n2), onNode(n3)];
-    const session = [onNode(n1), onNode(n2), onNode(n3)];
+    const [c1, c2, c3] = [singleTryClient(n1), singleTryClient(n2), singleTryClient(n3)];
+    const session = [singleTryClient(n1), singleTryClient(n2), singleTryClient(n3)];
     for (const c of session) {
       c.useToken(token);
       await expect(c.listKeys({})).resolves.toMatchObject({ keys: [] });
@@ -188,12 +183,7 @@ describe("three nodes on three etcd members", () => {
 
   it("two concurrent failed logins on two nodes both count (no lost update): the next one locks", async () => {
     await co.createUser({ username: "dave", role: Role.ROLE_CRYPTO_USER, password: USER_PASSWORD });
-    const mk = (n: DaemonProcess) => {
-      const c = new HsmClient({ endpoint: n.grpc, defaultDeadlineMs: 20_000, retry: { maxAttempts: 1 } });
-      clients.push(c);
-      return c;
-    };
-    const [c1, c2, c3] = [mk(n1), mk(n2), mk(n3)];
+    const [c1, c2, c3] = [singleTryClient(n1), singleTryClient(n2), singleTryClient(n3)];
     const both = await Promise.allSettled([c1.login("dave", "wrong-a"), c2.login("dave", "wrong-b")]);
     expect(both.map((r) => r.status === "rejected" && (r.reason as { code: number }).code)).toEqual([GrpcStatus.UNAUTHENTICATED, GrpcStatus.UNAUTHENTICATED]);
     const third = await c3.login("dave", "wrong-c").catch((e: unknown) => e);
@@ -382,29 +372,10 @@ describe("three nodes on three etcd members", () => {
     expect((await listAll(a3, `bulk-${run}-`)).map((k) => k.id).sort()).toEqual(want);
     expect((await listAll(a1, `bulk-${run}-`)).map((k) => k.id).sort()).toEqual(want);
     // Every node's key count is the store's record count.
-    const kv = etcdClient(etcd);
-    try {
-      const records = await kv.getAll().prefix(`${CLUSTER_PREFIX}keys/`).count();
-      expect(s3.keys).toBe(records);
-    } finally {
-      kv.close();
-    }
+    expect(s3.keys).toBe(await storeCount("keys/"));
 
     // Coverage: every one of them is held by all three nodes (n3 included, for the keys made while it was down).
-    const cov = await eventually(
-      async () => {
-        const c = await coverage();
-        return ids.every((id) => c.get(id)?.size === 3) ? c : undefined;
-      },
-      "every bulk key covered by n1, n2 and n3",
-      20_000,
-    ).catch(async (e: unknown) => {
-      const c = await coverage();
-      const lacking = ids.filter((id) => !c.get(id)?.has("n3"));
-      throw new Error(
-        `${(e as Error).message}; ${lacking.length} of ${N} keys have no coverage entry for n3, ${ids.filter((id) => !c.get(id)?.has("n1")).length} none for n1, ${ids.filter((id) => !c.get(id)?.has("n2")).length} none for n2`,
-      );
-    });
+    const cov = await coveredByAll(ids, "every bulk key covered by n1, n2 and n3");
     for (const id of ids) expect([...cov.get(id)!].sort()).toEqual(["n1", "n2", "n3"]);
     // … as a crypto user sees it through n3 (GetKey's held_by).
     for (const id of ids.filter((_, i) => i % 50 === 0)) expect((await a3.getKey({ keyId: id })).heldBy).toEqual(["n1", "n2", "n3"]);

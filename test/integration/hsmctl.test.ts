@@ -4,34 +4,19 @@
  * through the environment. Results are checked with openssl and Node's crypto; every stdout and
  * stderr is kept and searched at the end for passwords and session tokens.
  *
- * Here: help, sessions, users, cluster and audit, the terminal, secrets. Keys and crypto:
- * hsmctl-keys.test.ts. The daemon, the users and the hsmctl runner: test/helpers/hsmctl.ts.
+ * Here: help, sessions, users, cluster and audit, the terminal, secrets. Keys: hsmctl-keys.test.ts;
+ * crypto: hsmctl-crypto.test.ts. The daemon, the users and the hsmctl runner: test/helpers/hsmctl.ts.
  */
-import { spawn } from "node:child_process";
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { ensureUser, USER_PASSWORD } from "../helpers/users";
-import { COMMANDS, runHsmctl, type CliIo } from "../../src/cli";
-import { baseEnv, CLI, dir, file, HAVE_SCRIPT, hsmctl, json, ok, rememberToken, secrets, td, transcripts, useHsmctlDaemon } from "../helpers/hsmctl";
+import { COMMANDS } from "../../src/cli";
+import { dir, file, HAVE_SCRIPT, hsmctl, inProcess, json, ok, onTerminal, rememberToken, secrets, td, transcripts, useHsmctlDaemon } from "../helpers/hsmctl";
 
 useHsmctlDaemon();
 
 describe("help", () => {
-  /** runHsmctl in this process, for the help of every command (no daemon involved). */
-  async function inProcess(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    let stdout = "";
-    let stderr = "";
-    const io = {
-      stdin: process.stdin,
-      stdout: { write: (s: string) => ((stdout += s), true), isTTY: false },
-      stderr: { write: (s: string) => ((stderr += s), true), isTTY: false },
-      env: { HOME: dir },
-    } as unknown as CliIo;
-    const code = await runHsmctl(argv, io);
-    return { code, stdout, stderr };
-  }
-
   it("documents every command: the global help lists them, each one's --help shows its usage and flags", async () => {
     const g = await ok(["--help"]);
     for (const c of COMMANDS) expect(g.stdout).toContain(c.words.join(" "));
@@ -357,30 +342,6 @@ describe("cluster and audit (crypto officer)", () => {
 });
 
 describe.skipIf(!HAVE_SCRIPT)("on a terminal (script(1) gives hsmctl a pty)", () => {
-  /** Runs hsmctl under script(1); `answer` is typed once `prompt` has appeared. Output is stdout and stderr merged, as on a terminal. */
-  function onTerminal(args: string[], opts: { as?: string; env?: Record<string, string | undefined>; prompt?: string; answer?: string } = {}): Promise<{ code: number | null; output: string }> {
-    return new Promise((resolve) => {
-      const env = { ...baseEnv(opts.as ?? "alice"), ...opts.env };
-      for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k];
-      const command = [process.execPath, CLI, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(" ");
-      const child = spawn("script", ["-qefc", command, "/dev/null"], { cwd: dir, env, stdio: ["pipe", "pipe", "pipe"] });
-      let output = "";
-      let answered = false;
-      child.stdout.on("data", (d: Buffer) => {
-        output += d.toString("latin1");
-        if (opts.prompt && !answered && output.includes(opts.prompt)) {
-          answered = true;
-          child.stdin.write(`${opts.answer ?? ""}\r`);
-        }
-      });
-      child.stderr.on("data", (d: Buffer) => (output += d.toString("latin1")));
-      child.on("close", (code) => {
-        transcripts.push(output);
-        resolve({ code, output });
-      });
-    });
-  }
-
   it("login prompts for the password without echoing it", async () => {
     const r = await onTerminal(["login", "--username", "alice"], { as: "tty", prompt: "Password for alice: ", answer: USER_PASSWORD });
     expect(r.code, r.output).toBe(0);
