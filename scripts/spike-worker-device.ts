@@ -255,8 +255,8 @@ async function main(): Promise<void> {
       process.stdout.write(`workers ${n}: ${pool.facts.map((f) => JSON.stringify(f)).join(" ")}\n`);
       for (const op of Object.keys(OPS) as SpikeOp[]) {
         const { inLen } = OPS[op];
-        // Every worker's output checked once against the main thread's keys.
-        for (let i = 0; i < n; i++) {
+        // Every worker's output checked once against the main thread's keys (when it holds copies of them).
+        for (let i = 0; i < n && pool.facts[i]!.keys === "unwrapped"; i++) {
           const out = Buffer.from(await pool.batch(op, 1, new Uint8Array(inputs[op]).buffer, i));
           if (!base.check(op, inputs[op], out)) throw new Error(`worker ${i}: ${op} output does not check`);
         }
