@@ -1,4 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import { registerEventLoopUtilization } from "./event-loop";
 
 /** What the session pool reports at scrape time; the same shape as the device layer's pool stats. */
 export interface PoolSnapshot {
@@ -110,6 +111,7 @@ export class Metrics {
         this.set(n);
       },
     });
+    registerEventLoopUtilization(registry);
   }
 
   /**

@@ -160,6 +160,22 @@ describe("Metrics", () => {
   });
 });
 
+describe("hsmd_event_loop_utilization", () => {
+  it("moves with the loop: higher over a window where the loop was blocked than over one where it waited", async () => {
+    const m = new Metrics({ defaultMetrics: false });
+    await m.render(); // starts a fresh window
+    await new Promise((r) => setTimeout(r, 30)); // the loop waits in epoll: idle
+    const idle = sample((await m.render()).body, "hsmd_event_loop_utilization");
+    // Block the main thread (the way a synchronous C_SignInit does) without yielding to the loop.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 30);
+    const busy = sample((await m.render()).body, "hsmd_event_loop_utilization");
+    expect(busy).toBeGreaterThan(0);
+    expect(busy).toBeLessThanOrEqual(1);
+    expect(idle).toBeGreaterThanOrEqual(0);
+    expect(busy).toBeGreaterThan(idle!);
+  });
+});
+
 describe("timer", () => {
   it("returns elapsed seconds from a monotonic clock", async () => {
     const elapsed = timer();
