@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Code } from "../../src/errors";
 import { getJson, openEmbeddedStore, type EmbeddedStore } from "../../src/store";
 import { QUORUM_PREFIX, QuorumService, type QuorumRequest, type QuorumServiceOptions } from "../../src/users";
+import { rejectsWith } from "../helpers/user-service";
 
 const T0 = 1_700_000_000_000;
 const POLICY = { DeleteUser: 3, ResetPassword: 2, ShareKey: 1, LockUser: 0 };
@@ -15,17 +16,6 @@ let t: number;
 
 function quorum(opts: Partial<QuorumServiceOptions> = {}): QuorumService {
   return new QuorumService({ store, now: () => t, ttlMs: 1000, policy: POLICY, ...opts });
-}
-
-async function rejectsWith(p: Promise<unknown>, code: Code, message?: string | RegExp): Promise<void> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err, `expected ${code}`).toBeDefined();
-  expect((err as { code: unknown }).code).toBe(code);
-  if (typeof message === "string") expect((err as Error).message).toBe(message);
-  else if (message) expect((err as Error).message).toMatch(message);
 }
 
 async function stored(id: string): Promise<QuorumRequest> {
