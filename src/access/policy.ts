@@ -99,6 +99,9 @@ export const RULES: Readonly<Record<string, Rule>> = Object.freeze({
   BatchVerify: { who: CU, batch: true },
   BatchEncrypt: { who: CU, batch: true },
   BatchDecrypt: { who: CU, batch: true },
+  // Opening the stream needs a crypto user's session; each message is then authorized by the rule
+  // of its unary method (Sign, Encrypt, …), here, as if it came alone.
+  CryptoStream: { who: CU },
 });
 
 /** Role names as people read them. */

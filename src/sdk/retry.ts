@@ -53,6 +53,8 @@ export const RPC_IDEMPOTENCY: Readonly<Record<HsmRpcPath, RpcIdempotency>> = Obj
   "/hsm.v1.CryptoService/WrapKey": "always",
   "/hsm.v1.CryptoService/GenerateRandom": "always",
   "/hsm.v1.CryptoService/BatchSign": "always",
+  // The stream as a whole is never re-sent; its operations fail over one by one (each is safe to repeat).
+  "/hsm.v1.CryptoService/CryptoStream": "never",
   "/hsm.v1.CryptoService/BatchVerify": "always",
   "/hsm.v1.CryptoService/BatchEncrypt": "always",
   "/hsm.v1.CryptoService/BatchDecrypt": "always",
