@@ -121,6 +121,15 @@ describe("revocation ends the stream", () => {
     next.close();
     expect((await next.ended).codeName).toBe("OK");
   });
+
+  it("a stopping daemon ends its streams with UNAVAILABLE (transient: the client goes to another endpoint)", async () => {
+    await createUser(td, "s-stop");
+    const session = await rawLogin(td, "s-stop", USER_PASSWORD);
+    const s = await openWorking(client, session.token);
+    await td.daemon.stop();
+    const end = await s.ended;
+    expect(end).toMatchObject({ codeName: "UNAVAILABLE", details: expect.stringContaining("is stopping") });
+  });
 });
 
 describe("expiry ends the stream", () => {
