@@ -1,3 +1,4 @@
+import { defaultDeviceWorkers } from "../config";
 import type { KeyDevice } from "./api";
 import * as ceremonies from "./ceremonies";
 import * as crypto from "./crypto";
@@ -6,7 +7,6 @@ import * as handles from "./handles";
 import * as keyObjects from "./key-objects";
 import * as objects from "./objects";
 import { DeviceCore } from "./run";
-import { defaultWorkerCount } from "./worker-count";
 import { WorkerPool, type WorkerStats } from "./worker-pool";
 import type { CipherSpec, DeviceOptions, KeyAlgorithm, ObjectInventory, OaepHash, Part, PoolStats, SignSpec, TokenInfo, Usage, WrapSpec, WrappedMaterial } from "./types";
 
@@ -45,7 +45,7 @@ export class Device implements KeyDevice {
     c.mod.initialize();
     c.mod.openSessions();
     await c.oaep.probe(c);
-    const workers = opts.workers ?? defaultWorkerCount();
+    const workers = opts.workers ?? defaultDeviceWorkers();
     if (workers > 0) {
       try {
         c.workers = await WorkerPool.start({

@@ -3,7 +3,6 @@
  * SPKI, wrapped blobs), never raw handles.
  */
 export { Device, KeyNotMaterializedError, type WorkerStats } from "./device";
-export { defaultWorkerCount } from "./worker-count";
 export type { DeviceFaults, KeyDevice } from "./api";
 export { checkSoPin, createTrustedPublicKey, type SoLoginOptions, type TrustedKeyOptions } from "./trusted";
 export type { DeviceOptions, ObjectInventory, TokenInfo } from "./device";
