@@ -1,4 +1,6 @@
+import { execFileSync } from "node:child_process";
 import * as crypto from "node:crypto";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Device, type WorkerStats } from "../../src/pkcs11";
 import { createTempToken, SOFTHSM_MODULE } from "../helpers/softhsm";
@@ -165,6 +167,23 @@ describe("device on session workers", () => {
     tags.forEach((t, i) => expect(t.equals(hmac(msgs[i]!))).toBe(true));
     const sig = await dev.sign("p256", { name: "ECDSA", hash: "sha256", input: "message" }, msgs[0]!);
     expect(crypto.verify("sha256", msgs[0]!, { key: pub(spkis.p256!), dsaEncoding: "ieee-p1363" }, sig)).toBe(true);
+  });
+});
+
+describe("session workers and the process's life", () => {
+  // From dist/ (the daemon's layout): the compiled worker entry, no vitest around it.
+  const script = (close: boolean) => `
+    const { Device } = require(${JSON.stringify(join(__dirname, "../../dist/src/pkcs11"))});
+    Device.open({ module: ${JSON.stringify(SOFTHSM_MODULE)}, tokenLabel: ${JSON.stringify(token.label)}, pin: process.env.PIN, poolSize: 2, tokenObjects: false, workers: 2 })
+      .then(async (d) => {
+        // Nothing but the worker's answer is pending here: a worker that owes one keeps the process alive.
+        const r = await d.random(24);
+        process.stdout.write("random " + r.length + " workers " + d.workerStats().map((w) => w.ops).join(","));
+        ${close ? "await d.close();" : "/* left open: idle workers must not hold the process */"}
+      });`;
+  it.each([true, false])("a script that awaits a worker's answer gets it, then exits on its own (closed: %s)", (close) => {
+    const out = execFileSync(process.execPath, ["-e", script(close)], { env: { ...process.env, PIN: token.pin }, timeout: 30_000, encoding: "utf8" });
+    expect(out).toMatch(/^random 24 workers (1,0|0,1)$/);
   });
 });
 
