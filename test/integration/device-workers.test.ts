@@ -14,6 +14,7 @@ const DOMAIN = "domain-workers";
 const pub = (spki: Buffer) => crypto.createPublicKey({ key: spki, format: "der", type: "spki" });
 const total = (s: WorkerStats[]) => s.reduce((a, w) => ({ ops: a.ops + w.ops, batches: a.batches + w.batches }), { ops: 0, batches: 0 });
 const spkis: Record<string, Buffer> = {};
+const logs: string[] = [];
 let aesKey: Buffer;
 const hmacKey = crypto.randomBytes(32);
 
@@ -27,7 +28,7 @@ async function derivedAes(d: Device, id: string, usages: ("encrypt" | "decrypt" 
 }
 
 beforeAll(async () => {
-  dev = await Device.open({ module: SOFTHSM_MODULE, tokenLabel: token.label, pin: token.pin, poolSize: 4, tokenObjects: true, sessionCopies: true, workers: 2 });
+  dev = await Device.open({ module: SOFTHSM_MODULE, tokenLabel: token.label, pin: token.pin, poolSize: 4, tokenObjects: true, sessionCopies: true, workers: 2, log: (m) => logs.push(m) });
   await dev.ensureDomainKey(DOMAIN, true);
   spkis.p256 = (await dev.generate("p256", { type: "ec", curve: "P-256" }, ["sign", "verify"])).spki!;
   spkis.rsa = (await dev.generate("rsa", { type: "rsa", bits: 2048 }, ["sign", "verify"])).spki!;
@@ -167,6 +168,30 @@ describe("device on session workers", () => {
     tags.forEach((t, i) => expect(t.equals(hmac(msgs[i]!))).toBe(true));
     const sig = await dev.sign("p256", { name: "ECDSA", hash: "sha256", input: "message" }, msgs[0]!);
     expect(crypto.verify("sha256", msgs[0]!, { key: pub(spkis.p256!), dsaEncoding: "ieee-p1363" }, sig)).toBe(true);
+  });
+});
+
+describe("a module re-initialization under load (process-wide: C_Finalize on the main thread only)", () => {
+  it("pauses the workers, finalizes and initializes once, reopens their sessions; every call in flight succeeds", async () => {
+    // An essential object that is not there makes the fault check re-initialize the module.
+    dev.markEssential("never-there", "secret");
+    const msgs = Array.from({ length: 300 }, (_, i) => Buffer.from(`across re-init ${i}`));
+    const calls = Promise.allSettled(msgs.map((m) => dev.sign("hmac", { name: "HMAC", hash: "sha256" }, m)));
+    const checked = dev.faults.check();
+    const more = Promise.allSettled(msgs.map((m) => dev.sign("p256", { name: "ECDSA", hash: "sha256", input: "message" }, m)));
+    expect(await checked).toBe(false); // re-initialized, and the object is still not there
+    expect(logs.filter((l) => /module re-initialized/.test(l))).toHaveLength(1);
+    const [tags, sigs] = await Promise.all([calls, more]);
+    const failed = [...tags, ...sigs].filter((r) => r.status === "rejected");
+    expect(failed, JSON.stringify(failed.slice(0, 3))).toHaveLength(0);
+    tags.forEach((r, i) => expect((r as PromiseFulfilledResult<Buffer>).value.equals(hmac(msgs[i]!))).toBe(true));
+    sigs.forEach((r, i) => expect(crypto.verify("sha256", msgs[i]!, { key: pub(spkis.p256!), dsaEncoding: "ieee-p1363" }, (r as PromiseFulfilledResult<Buffer>).value)).toBe(true));
+    const stats = dev.workerStats();
+    expect(stats.every((w) => !w.busy)).toBe(true);
+    // Both workers took calls after it (their sessions reopened).
+    const before = stats.map((w) => w.ops);
+    await Promise.all(Array.from({ length: 200 }, (_, i) => dev.sign("hmac", { name: "HMAC", hash: "sha256" }, Buffer.from(`after re-init ${i}`))));
+    dev.workerStats().forEach((w, i) => expect(w.ops, `worker ${i}`).toBeGreaterThan(before[i]!));
   });
 });
 
