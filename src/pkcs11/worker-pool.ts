@@ -118,16 +118,23 @@ export class WorkerPool {
 
   /**
    * Pauses dispatch for a process-wide step (session recovery, module re-initialization): waits for
-   * the lock and for every batch in flight, has every worker close its session, and resolves with
-   * the resume: workers reopen their sessions (one at a time) and dispatch goes on.
+   * the lock and for every batch in flight (UNAVAILABLE after 10 s, as the pool's drain), has every
+   * worker close its session, and resolves with the resume: workers reopen their sessions (one at a
+   * time) and dispatch goes on.
    */
   async hold(): Promise<() => Promise<void>> {
     const release = await this.acquire();
     this.paused = true;
-    await this.idle();
+    if (!(await this.idle(10_000))) {
+      this.paused = false;
+      release();
+      this.schedule();
+      throw unavailable("device worker batches still running after 10 s");
+    }
     for (const t of this.threads) {
-      if (t.state !== "ready" && t.state !== "reopen" && t.state !== "broken") continue;
+      if (t.state !== "ready" && t.state !== "reopen") continue;
       await t.request({ t: "close" });
+      if (t.exited) continue;
       t.session = undefined;
       t.state = "reopen";
     }
@@ -268,6 +275,7 @@ export class WorkerPool {
 
   private onExit(t: WorkerThread): void {
     const was = t.state;
+    t.exited = true;
     t.state = "dead";
     t.answer(undefined);
     const b = t.batch;

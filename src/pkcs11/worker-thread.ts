@@ -17,6 +17,8 @@ export class WorkerThread {
   batch: { id: number; entries: Entry[] } | undefined;
   /** Ended on purpose (it failed to start): its exit starts no replacement. */
   retired = false;
+  /** The thread has exited: nothing sent to it is answered. */
+  exited = false;
   private ctl: ((m: FromWorker | undefined) => void) | undefined;
   private owed = 0;
 
@@ -29,7 +31,7 @@ export class WorkerThread {
 
   /** Sends a control message (or none: the first, "loaded", comes unasked) and resolves with the answer, or undefined if the worker exits first. */
   request(msg?: ToWorker): Promise<FromWorker | undefined> {
-    if (this.state === "dead") return Promise.resolve(undefined);
+    if (this.exited) return Promise.resolve(undefined);
     this.hold();
     return new Promise((resolve) => {
       this.ctl = (m) => {
