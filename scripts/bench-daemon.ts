@@ -44,7 +44,8 @@ export async function startDaemon(root: string, dir: string, conf: string, pinFi
       node: { id: "bench", dataDir: join(dir, "data") },
       listen: { grpc: "127.0.0.1:0", admin: "127.0.0.1:0" },
       devMode: true,
-      device: { profile: "softhsm2", tokenLabel: "bench", poolSize: pool, pin: { file: pinFile } },
+      // HSMD_BENCH_WORKERS: device.workers for the daemon (unset: the config's default); A/B of the session workers.
+      device: { profile: "softhsm2", tokenLabel: "bench", poolSize: pool, pin: { file: pinFile }, ...(process.env.HSMD_BENCH_WORKERS ? { workers: Number(process.env.HSMD_BENCH_WORKERS) } : {}) },
     }),
   );
   const child = spawn(process.execPath, [join(root, "dist/src/main.js"), "init", "--config", cfg], {

@@ -50,8 +50,12 @@ async function main(): Promise<number> {
   mkdirSync(config.node.dataDir, { recursive: true, mode: 0o700 });
   process.chdir(config.node.dataDir);
 
-  // Crypto calls run on libuv's thread pool: one thread per session, the password-hashing lane's
-  // threads, plus a few for fs and DNS. Must be set before the pool is first used.
+  // Device calls with an async form run on libuv's thread pool: one thread per pooled session, the
+  // password-hashing lane's threads, plus a few for fs and DNS. With session workers
+  // (device.workers ≥ 1) the hot path (sign, verify, encrypt, decrypt, random) runs in the workers
+  // and uses none of it; the pool then carries the control path (key creation, unwraps, the
+  // applier's materializations), still one call per pooled session, so the size stays bounded by
+  // the same sum. Must be set before the pool is first used.
   if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, config.device.poolSize + config.auth.hashLane.concurrency + 4));
 
   const daemon = await Daemon.start({

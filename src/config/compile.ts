@@ -14,6 +14,7 @@ import {
   AUTH_DEFAULTS,
   CLUSTER_DEFAULTS,
   DEFAULT_PROFILE,
+  defaultDeviceWorkers,
   HASH_LANE_DEFAULTS,
   ITEM_OVERHEAD_BYTES,
   LIMIT_DEFAULTS,
@@ -44,6 +45,7 @@ interface MergedDevice {
   slot?: number;
   pin: PinSource;
   poolSize: number;
+  workers?: number;
   quirks: DeviceQuirks;
   disabledMechanisms?: string[];
 }
@@ -126,6 +128,12 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
       if (ok("/device/poolSize") && ok("/device/quirks/maxSessions") && m.quirks.maxSessions !== null && m.poolSize > m.quirks.maxSessions) {
         addProblems(problems, [{ path: "/device/poolSize", message: `must be <= ${m.quirks.maxSessions} (the device's quirks.maxSessions)` }]);
       }
+      // Each session worker opens one session of its own beside the pool's.
+      const maxSessions = m.quirks?.maxSessions;
+      const sessionRoom = typeof maxSessions === "number" ? maxSessions - m.poolSize : Number.POSITIVE_INFINITY;
+      if (ok("/device/workers") && ok("/device/poolSize") && ok("/device/quirks/maxSessions") && m.workers !== undefined && m.workers > sessionRoom) {
+        addProblems(problems, [{ path: "/device/workers", message: `must be <= ${Math.max(0, sessionRoom)} (each worker opens a session: poolSize + workers <= the device's quirks.maxSessions)` }]);
+      }
       let pin: ReturnType<typeof resolvePin> | undefined;
       if (ok("/device/pin")) {
         pin = resolvePin(m.pin, env, baseDir);
@@ -140,6 +148,7 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
           pin: pin.pin,
           pinSource: pin.source,
           poolSize: m.poolSize,
+          workers: m.workers ?? Math.max(0, Math.min(defaultDeviceWorkers(), sessionRoom)),
           quirks: { ...m.quirks, aesKeyBits: [...m.quirks.aesKeyBits].sort((a, b) => a - b) },
           disabledMechanisms: [...(m.disabledMechanisms ?? [])],
         };

@@ -10,7 +10,19 @@ export { describeConfig, REDACTED } from "./redact";
 export { parseListenAddress } from "./listen";
 export { TLS_REQUIRED, describeTransport, isLoopbackHost, readTlsFiles } from "./tls";
 export { findProfileDir, CONFIG_DIR_ENV } from "./profiles";
-export { AUTH_DEFAULTS, CLUSTER_DEFAULTS, LOGIN_RATE_DEFAULTS, HASH_LANE_DEFAULTS, CONFIG_SCHEMA, PROFILE_SCHEMA, LIMIT_DEFAULTS, LISTEN_DEFAULTS, DEFAULT_PROFILE, QUORUM_OPERATIONS } from "./schema";
+export {
+  AUTH_DEFAULTS,
+  CLUSTER_DEFAULTS,
+  LOGIN_RATE_DEFAULTS,
+  HASH_LANE_DEFAULTS,
+  CONFIG_SCHEMA,
+  PROFILE_SCHEMA,
+  LIMIT_DEFAULTS,
+  LISTEN_DEFAULTS,
+  DEFAULT_PROFILE,
+  QUORUM_OPERATIONS,
+  defaultDeviceWorkers,
+} from "./schema";
 export { PROFILE_NAMES } from "./types";
 export { ADMIN_CONNECTION_FIELDS, CONNECTION_FIELDS } from "./connections";
 export { GRPC_FIELDS } from "./grpc";

@@ -28,6 +28,7 @@ export function describeConfig(config: Config): RedactedConfig {
       pin: REDACTED,
       pinSource: { ...device.pinSource },
       poolSize: device.poolSize,
+      workers: device.workers,
       quirks: { ...device.quirks, aesKeyBits: [...device.quirks.aesKeyBits] },
       disabledMechanisms: [...device.disabledMechanisms],
     },

@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { CONNECTIONS_SCHEMA } from "./connections";
 import { GRPC_SCHEMA } from "./grpc";
 import { PROFILE_NAMES, type LimitsConfig, type ProfileName } from "./types";
@@ -32,6 +33,14 @@ export const HASH_LANE_DEFAULTS = Object.freeze({ concurrency: 2, maxQueue: 64 }
 
 /** Default listen addresses: loopback only, so a fresh install is not reachable from the network. */
 export const LISTEN_DEFAULTS = Object.freeze({ grpc: "127.0.0.1:7443", admin: "127.0.0.1:7480" });
+
+/**
+ * Default of `device.workers`: one session worker per core but one (the main thread still runs
+ * gRPC, auth and audit), at least one (docs/spikes/worker-device.md: no gain past one per core).
+ */
+export function defaultDeviceWorkers(): number {
+  return Math.max(1, availableParallelism() - 1);
+}
 
 /** Default profile when `device.profile` is absent: the development device. */
 export const DEFAULT_PROFILE: ProfileName = "softhsm2";
@@ -118,6 +127,7 @@ const deviceProperties = {
   slot: { type: "integer", minimum: 0 },
   pin: pinSchema,
   poolSize: { type: "integer", minimum: 1, maximum: 256 },
+  workers: { type: "integer", minimum: 0, maximum: 64 },
   quirks: { type: "object", additionalProperties: false, properties: quirkProperties },
   disabledMechanisms: {
     type: "array",

@@ -69,6 +69,12 @@ export interface DeviceConfig {
   readonly pinSource: PinSource;
   /** Number of open sessions in the pool (one operation per session at a time). */
   readonly poolSize: number;
+  /**
+   * Session workers (worker_threads, one session each) that run sign, verify, encrypt, decrypt and
+   * random off the event loop, in batches; 0 = on the main thread's pool through pkcs11js' async
+   * forms (libuv's thread pool). @default max(1, os.availableParallelism() - 1), within quirks.maxSessions - poolSize
+   */
+  readonly workers: number;
   readonly quirks: DeviceQuirks;
   /**
    * Mechanisms (CKM_* names) hsmd treats as absent although the token lists them: policy (a

@@ -164,6 +164,7 @@ export class Daemon {
       });
       const { server, health, refusals } = built;
       metrics.setPoolSource(() => device!.poolStats());
+      metrics.setWorkerSource(() => device!.workerStats());
       metrics.setKeyCountSource(() => keys.keyCount);
       metrics.setLoginSource(() => ({ ...hashLane.stats(), rateLimited: loginLimiter.refused }));
       // The admin routes call back into the daemon, which needs the admin app to stop it.

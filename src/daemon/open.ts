@@ -39,6 +39,7 @@ export async function openDevice(config: Config, metrics: Metrics, log: (msg: st
     slot: config.device.slot ?? undefined,
     pin: config.device.pin,
     poolSize: config.device.poolSize,
+    workers: config.device.workers,
     disabledMechanisms: config.device.disabledMechanisms,
     // In a cluster, keys live in their records (wrapped) and every node materializes them: as
     // session objects, which SoftHSM2 creates ~50x faster than token objects (each of those is a

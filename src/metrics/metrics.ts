@@ -170,6 +170,28 @@ export class Metrics {
     g("hsmd_logins_rate_limited", "Logins refused since start by the per-address rate limit (auth.loginRateLimit).", (v) => v.rateLimited);
   }
 
+  /**
+   * Session-worker gauges, read once per scrape from `fn` (one entry per worker slot; none with
+   * device.workers 0): `hsmd_device_worker_ops` and `hsmd_device_worker_batches` (run since start),
+   * `hsmd_device_worker_restarts` (replacements after a worker died) and `hsmd_device_worker_busy` (1/0).
+   */
+  setWorkerSource(fn: () => Array<{ ops: number; batches: number; restarts: number; busy: boolean }>): void {
+    const g = (name: string, help: string, pick: (w: ReturnType<typeof fn>[number]) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ["worker"] as const,
+        registers: [this.registry],
+        collect() {
+          fn().forEach((w, i) => this.set({ worker: String(i) }, pick(w)));
+        },
+      });
+    g("hsmd_device_worker_ops", "Hot-path device operations (sign, verify, encrypt, decrypt, random) a session worker ran since start.", (w) => w.ops);
+    g("hsmd_device_worker_batches", "Batches a session worker ran since start (operations / batches = the mean batch).", (w) => w.batches);
+    g("hsmd_device_worker_restarts", "Times a session worker was replaced after it stopped.", (w) => w.restarts);
+    g("hsmd_device_worker_busy", "1 while a session worker runs a batch.", (w) => (w.busy ? 1 : 0));
+  }
+
   /** Records one finished RPC: `method` is the full gRPC method path, `code` the status name (e.g. "OK"). */
   observeRpc(method: string, code: string, seconds: number): void {
     this.rpcTotal.inc({ method, code });

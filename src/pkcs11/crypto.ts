@@ -1,7 +1,7 @@
 import * as pk from "pkcs11js";
 import { Code, HsmError } from "../errors";
 import { CKR, ckrOf } from "./ckr";
-import { cryptoHandle } from "./handles";
+import { runHot } from "./hot-path";
 import { cipherMechanism, signMechanism } from "./mechanisms";
 import { KeyNotMaterializedError } from "./not-materialized";
 import { oaepDecode, oaepEncode } from "./oaep";
@@ -10,17 +10,9 @@ import type { CipherSpec, Part, SignSpec } from "./types";
 
 /**
  * The crypto calls (C_Encrypt, C_Decrypt, C_Sign, C_Verify, C_GenerateRandom): the hot path. Each is
- * one pooled run with a cached handle; the device's answers to bad input become INVALID_ARGUMENT
+ * one call with a cached handle, in a session worker or on a pooled session (hot-path.ts); the device's answers to bad input become INVALID_ARGUMENT
  * (or `false` for a signature that does not verify), one answer for every kind of bad ciphertext.
  */
-
-/**
- * pkcs11js passes a NULL pointer for a zero-length Buffer, which SoftHSM2 refuses with
- * CKR_ARGUMENTS_BAD; a zero-length view of a real allocation passes a valid pointer and length 0.
- */
-function ptr(b: Buffer): Buffer {
-  return b.length === 0 ? Buffer.alloc(1).subarray(0, 0) : b;
-}
 
 /** Encrypts under a key's part; RSA-OAEP the device cannot do as asked is encoded on the host over CKM_RSA_X_509. */
 export async function encrypt(c: DeviceCore, id: string, part: Part, spec: CipherSpec, data: Buffer, outLen: number): Promise<Buffer> {
@@ -28,19 +20,12 @@ export async function encrypt(c: DeviceCore, id: string, part: Part, spec: Ciphe
     // RSA in the device, OAEP encoding on the host (only the message passes through the host).
     const em = oaepEncode(data, spec.k, spec.hash, spec.label);
     c.mod.requireMechanism(pk.CKM_RSA_X_509, `RSA-OAEP with ${spec.hash}`);
-    const out = await c.run("C_Encrypt", pk.CKM_RSA_X_509, (s) => {
-      c.p11.C_EncryptInit(s, { mechanism: pk.CKM_RSA_X_509 }, cryptoHandle(c, s, id, part));
-      return c.p11.C_EncryptAsync(s, em, Buffer.alloc(spec.k));
-    });
+    const out = (await runHot(c, "C_Encrypt", { id, part }, { kind: "encrypt", mech: { mechanism: pk.CKM_RSA_X_509 }, data: em, outLen: spec.k })) as Buffer;
     return Buffer.concat([Buffer.alloc(spec.k - out.length), out]);
   }
   const mech = cipherMechanism(spec);
   c.mod.requireMechanism(mech.mechanism, spec.name);
-  const out = await c.run("C_Encrypt", mech.mechanism, (s) => {
-    c.p11.C_EncryptInit(s, mech, cryptoHandle(c, s, id, part));
-    return c.p11.C_EncryptAsync(s, ptr(data), Buffer.alloc(outLen));
-  });
-  return Buffer.from(out);
+  return (await runHot(c, "C_Encrypt", { id, part }, { kind: "encrypt", mech, data, outLen })) as Buffer;
 }
 
 /** Decrypts under a key's part; a failed tag, padding or OAEP check is INVALID_ARGUMENT, one answer for each. */
@@ -50,10 +35,7 @@ export async function decrypt(c: DeviceCore, id: string, part: Part, spec: Ciphe
     if (data.length !== spec.k) throw new HsmError(Code.InvalidArgument, `RSA-OAEP ciphertext must be ${spec.k} bytes for this key; got ${data.length}`);
     let em: Buffer;
     try {
-      em = await c.run("C_Decrypt", pk.CKM_RSA_X_509, (s) => {
-        c.p11.C_DecryptInit(s, { mechanism: pk.CKM_RSA_X_509 }, cryptoHandle(c, s, id, part));
-        return c.p11.C_DecryptAsync(s, data, Buffer.alloc(spec.k));
-      });
+      em = (await runHot(c, "C_Decrypt", { id, part }, { kind: "decrypt", mech: { mechanism: pk.CKM_RSA_X_509 }, data, outLen: spec.k })) as Buffer;
     } catch (e) {
       // A ciphertext at or above the modulus: one answer for every kind of bad ciphertext.
       if (e instanceof HsmError && e.code !== Code.Unavailable && !(e instanceof KeyNotMaterializedError)) {
@@ -69,11 +51,7 @@ export async function decrypt(c: DeviceCore, id: string, part: Part, spec: Ciphe
   const mech = cipherMechanism(spec);
   c.mod.requireMechanism(mech.mechanism, spec.name);
   try {
-    const out = await c.run("C_Decrypt", mech.mechanism, (s) => {
-      c.p11.C_DecryptInit(s, mech, cryptoHandle(c, s, id, part));
-      return c.p11.C_DecryptAsync(s, ptr(data), Buffer.alloc(outLen));
-    });
-    return Buffer.from(out);
+    return (await runHot(c, "C_Decrypt", { id, part }, { kind: "decrypt", mech, data, outLen })) as Buffer;
   } catch (e) {
     const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
     // A native OAEP decoding failure (SoftHSM2: CKR_GENERAL_ERROR; others CKR_ENCRYPTED_DATA_*):
@@ -99,15 +77,11 @@ export async function sign(c: DeviceCore, id: string, spec: SignSpec, data: Buff
   // No input makes a sound key fail to sign: a CKR_GENERAL_ERROR here is the device's, not the
   // caller's. SoftHSM2 answered one once in about 20 full test runs, to the first sign on a key the
   // cluster applier had just materialized (cause not found). Signing again is harmless: 2 attempts.
-  const out = await retrySpurious(
-    () =>
-      c.run("C_Sign", mech.mechanism, (s) => {
-        c.p11.C_SignInit(s, mech, cryptoHandle(c, s, id, part));
-        return c.p11.C_SignAsync(s, ptr(input), Buffer.alloc(1024));
-      }),
-    { what: `C_Sign on key ${id}`, attempts: 2, log: c.opts.log },
-  );
-  return Buffer.from(out);
+  return retrySpurious(() => runHot(c, "C_Sign", { id, part }, { kind: "sign", mech, data: input, outLen: 1024 }) as Promise<Buffer>, {
+    what: `C_Sign on key ${id}`,
+    attempts: 2,
+    log: c.opts.log,
+  });
 }
 
 /** Verifies; a signature that does not verify (or has the wrong length) is `false`, not an error. */
@@ -122,10 +96,7 @@ export async function verify(
   const { mech, input } = signMechanism(spec, data, c.mod.mechs);
   c.mod.requireMechanism(mech.mechanism, spec.name);
   try {
-    return await c.run("C_Verify", mech.mechanism, (s) => {
-      c.p11.C_VerifyInit(s, mech, cryptoHandle(c, s, id, part));
-      return c.p11.C_VerifyAsync(s, ptr(input), ptr(signature));
-    });
+    return (await runHot(c, "C_Verify", { id, part }, { kind: "verify", mech, data: input, signature, outLen: 0 })) as boolean;
   } catch (e) {
     const ckr = e instanceof HsmError ? ckrOf(e.cause) : undefined;
     if (ckr === CKR.SIGNATURE_INVALID || ckr === CKR.SIGNATURE_LEN_RANGE || ckr === CKR.DATA_LEN_RANGE || ckr === CKR.DATA_INVALID) return false;
@@ -133,7 +104,7 @@ export async function verify(
   }
 }
 
-/** C_GenerateRandom (blocking, but short for the sizes the limits allow). */
+/** C_GenerateRandom (in a session worker, or blocking on the main thread: short for the sizes the limits allow). */
 export async function random(c: DeviceCore, n: number): Promise<Buffer> {
-  return c.run("C_GenerateRandom", undefined, (s) => Buffer.from(c.p11.C_GenerateRandom(s, Buffer.alloc(n))));
+  return (await runHot(c, "C_GenerateRandom", undefined, { kind: "random", data: Buffer.alloc(0), outLen: n })) as Buffer;
 }

@@ -1,3 +1,4 @@
+import { defaultDeviceWorkers } from "../config";
 import type { KeyDevice } from "./api";
 import * as ceremonies from "./ceremonies";
 import * as crypto from "./crypto";
@@ -6,16 +7,19 @@ import * as handles from "./handles";
 import * as keyObjects from "./key-objects";
 import * as objects from "./objects";
 import { DeviceCore } from "./run";
+import { WorkerPool, type WorkerStats } from "./worker-pool";
 import type { CipherSpec, DeviceOptions, KeyAlgorithm, ObjectInventory, OaepHash, Part, PoolStats, SignSpec, TokenInfo, Usage, WrapSpec, WrappedMaterial } from "./types";
 
 export type { DeviceOptions, ObjectInventory, TokenInfo } from "./types";
+export type { WorkerStats } from "./worker-pool";
 export { KeyNotMaterializedError } from "./not-materialized";
 
 /**
  * The only door to the PKCS#11 module: {@link KeyDevice} over a PKCS#11 token. Loads the module once
  * per process (C_Initialize with CKF_OS_LOCKING_OK), logs in once, keeps a pool of open sessions,
- * runs every crypto call through pkcs11js' async forms (libuv's thread pool) so the event loop never
- * waits on the device, caches object handles by key id, and recovers from a lost session or token
+ * runs the hot path (sign, verify, encrypt, decrypt, random) on session workers (worker_threads with
+ * sessions of their own), or through pkcs11js' async forms (libuv's thread pool) with `workers: 0`,
+ * so the event loop never waits on the device, caches object handles by key id, and recovers from a lost session or token
  * by reopening and logging in again. It hands out domain values (key ids, SPKI, wrapped blobs),
  * never raw handles.
  *
@@ -31,13 +35,31 @@ export class Device implements KeyDevice {
     this.faults = c.faults;
   }
 
-  /** Opens the module, finds the token, opens the pool and logs in, then probes what OAEP the device does. */
+  /**
+   * Opens the module, finds the token, opens the pool and logs in, probes what OAEP the device does,
+   * then starts the session workers (one after another, each opening its session).
+   */
   static async open(opts: DeviceOptions): Promise<Device> {
     const c = new DeviceCore(opts);
     c.mod.load();
     c.mod.initialize();
     c.mod.openSessions();
     await c.oaep.probe(c);
+    const workers = opts.workers ?? defaultDeviceWorkers();
+    if (workers > 0) {
+      try {
+        c.workers = await WorkerPool.start({
+          size: workers,
+          data: { module: opts.module, pin: opts.pin },
+          slot: () => c.mod.slot,
+          closeSession: (s) => c.mod.safe(() => c.p11.C_CloseSession(s)),
+          log: opts.log,
+        });
+      } catch (e) {
+        await c.close();
+        throw e;
+      }
+    }
     return new Device(c);
   }
 
@@ -64,6 +86,17 @@ export class Device implements KeyDevice {
 
   poolStats(): PoolStats {
     return this.c.pool.stats();
+  }
+
+  /** Per session worker: operations and batches run, restarts (empty with `workers: 0`), for /metrics and tests. */
+  workerStats(): WorkerStats[] {
+    return this.c.workers?.workerStats() ?? [];
+  }
+
+  /** Test hook: ends a session worker as a crash would (worker.terminate()); the device replaces it. */
+  terminateWorker(slot: number): Promise<number> {
+    if (!this.c.workers) throw new Error("the device runs without session workers");
+    return this.c.workers.terminate(slot);
   }
 
   healthy(): Promise<boolean> {

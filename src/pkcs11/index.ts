@@ -2,7 +2,7 @@
  * The device layer: the only folder that imports pkcs11js. It hands out domain values (key ids,
  * SPKI, wrapped blobs), never raw handles.
  */
-export { Device, KeyNotMaterializedError } from "./device";
+export { Device, KeyNotMaterializedError, type WorkerStats } from "./device";
 export type { DeviceFaults, KeyDevice } from "./api";
 export { checkSoPin, createTrustedPublicKey, type SoLoginOptions, type TrustedKeyOptions } from "./trusted";
 export type { DeviceOptions, ObjectInventory, TokenInfo } from "./device";

@@ -9,6 +9,7 @@ import { Pkcs11Module } from "./module";
 import { OaepSupport } from "./oaep-support";
 import type { SessionPool } from "./pool";
 import type { DeviceOptions, Part } from "./types";
+import type { WorkerPool } from "./worker-pool";
 
 /**
  * The core every concept module of the device takes: the module and its sessions, the handle
@@ -35,6 +36,8 @@ export class DeviceCore {
   readonly faults: FaultWatch;
   /** BYOK imports run one at a time (see importWrapped). */
   importQueue: Promise<void> = Promise.resolve();
+  /** The session workers the hot path runs on (DeviceOptions.workers ≥ 1), set once they started. */
+  workers: WorkerPool | undefined;
   private generation = 0;
   private recovering: Promise<void> | undefined;
   private closed = false;
@@ -172,12 +175,18 @@ export class DeviceCore {
     if (this.recovering) return this.recovering;
     this.recovering = (async () => {
       if (!(await this.pool.drained(10_000))) throw unavailable("device calls still running after 10 s");
-      this.mod.closeAllSessions();
-      this.mod.finalize();
-      this.generation++;
-      this.cache.clear();
-      this.mod.initialize();
-      this.mod.openSessions();
+      // Process-wide: every worker idle with its session closed before C_Finalize (main thread only).
+      const resume = await this.workers?.hold();
+      try {
+        this.mod.closeAllSessions();
+        this.mod.finalize();
+        this.generation++;
+        this.cache.clear();
+        this.mod.initialize();
+        this.mod.openSessions();
+      } finally {
+        await resume?.();
+      }
     })().finally(() => {
       this.recovering = undefined;
     });
@@ -193,38 +202,49 @@ export class DeviceCore {
     if (this.recovering) return this.recovering;
     this.recovering = (async () => {
       this.opts.log?.("pkcs11: device session lost; reopening sessions and logging in again");
-      let lastErr: unknown;
-      for (let attempt = 0; attempt < 6; attempt++) {
-        this.mod.closeAllSessions();
-        if (attempt > 0) {
-          // Finalizing without the descriptors C_Initialize needs would leave the module finalized.
-          const free = this.opts.freeFds?.();
-          if (free !== undefined && free < MIN_FREE_FDS_FOR_REINIT) {
-            lastErr = new Error(`the process has only ${free} free file descriptors`);
-            break;
-          }
-        }
-        try {
-          if (attempt > 0) {
-            this.mod.finalize();
-            this.mod.initialize();
-          }
-          this.mod.openSessions();
-          this.cache.clear();
-          this.generation++;
-          this.opts.log?.(`pkcs11: recovered after ${attempt + 1} attempt(s)`);
-          return;
-        } catch (e) {
-          lastErr = e;
-          await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
-        }
+      // C_CloseAllSessions closes the workers' sessions too: they finish their batches and close first.
+      const resume = await this.workers?.hold();
+      try {
+        await this.reopenAll();
+      } finally {
+        await resume?.();
       }
-      this.generation++;
-      throw unavailable(`the device did not come back: ${(lastErr as Error)?.message ?? lastErr}`, lastErr);
     })().finally(() => {
       this.recovering = undefined;
     });
     return this.recovering;
+  }
+
+  /** recover()'s attempts: reopen the sessions, from the second attempt on after finalizing and initializing again. */
+  private async reopenAll(): Promise<void> {
+    let lastErr: unknown;
+    for (let attempt = 0; attempt < 6; attempt++) {
+      this.mod.closeAllSessions();
+      if (attempt > 0) {
+        // Finalizing without the descriptors C_Initialize needs would leave the module finalized.
+        const free = this.opts.freeFds?.();
+        if (free !== undefined && free < MIN_FREE_FDS_FOR_REINIT) {
+          lastErr = new Error(`the process has only ${free} free file descriptors`);
+          break;
+        }
+      }
+      try {
+        if (attempt > 0) {
+          this.mod.finalize();
+          this.mod.initialize();
+        }
+        this.mod.openSessions();
+        this.cache.clear();
+        this.generation++;
+        this.opts.log?.(`pkcs11: recovered after ${attempt + 1} attempt(s)`);
+        return;
+      } catch (e) {
+        lastErr = e;
+        await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
+      }
+    }
+    this.generation++;
+    throw unavailable(`the device did not come back: ${(lastErr as Error)?.message ?? lastErr}`, lastErr);
   }
 
   /** Health probe for /readyz: a session answers C_GetSessionInfo and is logged in. */
@@ -252,7 +272,9 @@ export class DeviceCore {
     if (this.closed) return;
     this.closed = true;
     this.pool.close("the device is shutting down");
-    if (!(await this.pool.drained(10_000))) {
+    // The workers drain and close their sessions first; C_Finalize stays on this thread, last.
+    const workersDone = (await this.workers?.close()) ?? true;
+    if (!(await this.pool.drained(10_000)) || !workersDone) {
       this.opts.log?.(`pkcs11: ${this.pool.stats().busy} device call(s) still running after 10 s; leaving the sessions open for the process exit`);
       return;
     }

@@ -60,6 +60,12 @@ export interface DeviceOptions {
   tokenObjects: boolean;
   /** With token objects: crypto calls use a session-object copy of the key (see cryptoHandle). @default false */
   sessionCopies?: boolean;
+  /**
+   * Session workers (worker_threads) that run the hot path (sign, verify, encrypt, decrypt, random)
+   * off the event loop, each with its own session; 0 keeps it on the main thread's pool (pkcs11js'
+   * async forms). Config device.workers. @default max(1, os.availableParallelism() - 1)
+   */
+  workers?: number;
   /** CKM_* names treated as absent from the token's mechanism list (config device.disabledMechanisms). @default [] */
   disabledMechanisms?: readonly string[];
   observer?: DeviceObserver;
