@@ -118,8 +118,8 @@ export class UseTally {
       w = undefined;
     }
     if (!w) w = this.openWindow(use);
-    const method = tallyMethod(use.method);
-    w.counts.set(method, (w.counts.get(method) ?? 0) + 1);
+    // Keyed by the name as given; made safe for the entry once, when the window is written.
+    w.counts.set(use.method, (w.counts.get(use.method) ?? 0) + 1);
     if (this.closed) this.flush(w);
   }
 
@@ -168,7 +168,9 @@ export class UseTally {
       requestId: clip(w.stream, 128),
       client: clip(w.peer, 256),
     };
-    for (const detail of tallyDetails(w.counts, w.start, end)) this.track(w.stream, this.log.append({ ...base, detail }));
+    const counts = new Map<string, number>();
+    for (const [m, n] of w.counts) counts.set(tallyMethod(m), (counts.get(tallyMethod(m)) ?? 0) + n);
+    for (const detail of tallyDetails(counts, w.start, end)) this.track(w.stream, this.log.append({ ...base, detail }));
   }
 
   private track(stream: string, append: Promise<unknown>): void {
