@@ -95,6 +95,24 @@ describe("revocation ends the stream", () => {
     expect({ open: streams.open, inFlight: streams.inFlight, watched: streams.sessionsWatched }).toEqual({ open: 0, inFlight: 0, watched: 0 });
   });
 
+  it("a client that does not read still sees its stream end: the status, or a reset once it waited a second behind unread answers", async () => {
+    await createUser(td, "s-stuck");
+    const session = await rawLogin(td, "s-stuck", USER_PASSWORD);
+    const s = await openWorking(client, session.token);
+    s.call.pause();
+    for (let i = 10; i < 1010; i++) s.send(i, random(4096));
+    // Wait until the daemon has answered what HTTP/2 lets through (its answers stop coming), then revoke.
+    await new Promise((r) => setTimeout(r, 1000));
+    await tokenClient(td, session.token).logout();
+    const t = Date.now();
+    const end = await Promise.race([s.ended, new Promise<undefined>((r) => setTimeout(r, GENEROUS_MS))]);
+    expect(end, "a stream whose client does not read never ended").toBeDefined();
+    console.log(`unread crypto stream ended ${Date.now() - t} ms after the logout: ${end!.codeName} "${end!.details}"`);
+    expect(["UNAUTHENTICATED", "CANCELLED"]).toContain(end!.codeName);
+    const streams = streamsOf(td);
+    expect({ open: streams.open, inFlight: streams.inFlight, watched: streams.sessionsWatched }).toEqual({ open: 0, inFlight: 0, watched: 0 });
+  });
+
   it("half-close: the operations sent are all answered, then the stream ends OK", async () => {
     await createUser(td, "s-half");
     const session = await rawLogin(td, "s-half", USER_PASSWORD);
@@ -120,6 +138,15 @@ describe("revocation ends the stream", () => {
     const next = await openWorking(client, session.token);
     next.close();
     expect((await next.ended).codeName).toBe("OK");
+  });
+
+  it("a stopping daemon ends its streams with UNAVAILABLE (transient: the client goes to another endpoint)", async () => {
+    await createUser(td, "s-stop");
+    const session = await rawLogin(td, "s-stop", USER_PASSWORD);
+    const s = await openWorking(client, session.token);
+    await td.daemon.stop();
+    const end = await s.ended;
+    expect(end).toMatchObject({ codeName: "UNAVAILABLE", details: expect.stringContaining("is stopping") });
   });
 });
 
