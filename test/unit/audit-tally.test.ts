@@ -1,8 +1,11 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import fc from "fast-check";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { parseTallyDetail, queryAuditLog, TALLY_OPERATION, UseTally, verifyAuditLog, type AuditRecord, type TallyUse } from "../../src/audit";
+import { AuditLog, parseTallyDetail, queryAuditLog, TALLY_OPERATION, UseTally, verifyAuditLog, type AuditRecord, type TallyUse } from "../../src/audit";
 import { MAX_DETAIL_LENGTH } from "../../src/audit/entry";
 import { tallyDetails } from "../../src/audit/tally-detail";
-import { T0, file, fileLines, openLog, opened, useAuditDir } from "../helpers/audit";
+import { T0, file, fileLines, openLog, opened, root, useAuditDir } from "../helpers/audit";
 
 useAuditDir();
 afterEach(() => {
@@ -186,6 +189,47 @@ describe("UseTally", () => {
     expect(r).toMatchObject({ requestId: "x".repeat(128), user: "alice", client: "x".repeat(256), keyId: "k1" });
     expect(r!.role).toBeUndefined();
     expect(r!.detail!.startsWith("Sign_Now×1 in ")).toBe(true);
+  });
+
+  it("property: whatever the mix of uses, stream ends and time, every use is in exactly one entry, windows stay within the cap and their length, the chain verifies", async () => {
+    vi.useFakeTimers({ now: T0 });
+    const command = fc.oneof(
+      { weight: 6, arbitrary: fc.record({ kind: fc.constant("count" as const), s: fc.nat(3), k: fc.nat(2), m: fc.constantFrom("Sign", "Verify", "Encrypt") }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant("end" as const), s: fc.nat(3) }) },
+      { weight: 2, arbitrary: fc.record({ kind: fc.constant("wait" as const), ms: fc.integer({ min: 0, max: 1500 }) }) },
+    );
+    let run = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(command, { maxLength: 60 }), async (commands) => {
+        const path = join(root, `run-${run++}`, "audit.log");
+        const log = await AuditLog.open(path, { node: "node-a", fsync: "never" });
+        const tally = new UseTally(log, { windowMs: 1000, maxWindows: 3 });
+        const want: Record<string, Record<string, number>> = {};
+        for (const c of commands) {
+          if (c.kind === "count") {
+            const u = use(`s${c.s}`, `k${c.k}`, c.m);
+            tally.count(u);
+            want[`s${c.s}/k${c.k}`] ??= {};
+            want[`s${c.s}/k${c.k}`]![c.m] = (want[`s${c.s}/k${c.k}`]![c.m] ?? 0) + 1;
+          } else if (c.kind === "end") await tally.endStream(`s${c.s}`);
+          else await vi.advanceTimersByTimeAsync(c.ms);
+          expect(tally.openWindows).toBeLessThanOrEqual(3);
+        }
+        await tally.close();
+        await log.close();
+        const rs = readFileSync(path, "utf8")
+          .split("\n")
+          .filter(Boolean)
+          .map((l) => JSON.parse(l) as AuditRecord);
+        expect(summed(rs)).toEqual(want);
+        for (const r of rs) {
+          const d = parseTallyDetail(r.detail)!;
+          expect(Date.parse(d.end) - Date.parse(d.start)).toBeLessThanOrEqual(1000);
+        }
+        expect(await verifyAuditLog(path)).toMatchObject({ ok: true, entries: rs.length });
+      }),
+      { numRuns: 40 },
+    );
   });
 
   it("splits counts that cannot fit one detail over several entries of the same span, none cut", () => {
