@@ -2,7 +2,8 @@
  * Tamper-evident audit log: an append-only file of hash-chained JSON lines ({@link AuditLog}),
  * its verification ({@link verifyAuditLog}), filtered reading ({@link queryAuditLog}) and the
  * `audit verify` command ({@link runAuditVerify}). Transport-free: the gRPC layer appends one
- * {@link AuditEntry} per RPC.
+ * {@link AuditEntry} per RPC, and per crypto stream one per key and window of successes
+ * ({@link UseTally}).
  */
 export {
   AUDIT_FIELDS,
@@ -17,6 +18,8 @@ export {
 } from "./entry";
 export { AuditLog, type AppendOptions, type AuditLogOptions } from "./log";
 export { AuditThrottle, peerHost, type AuditThrottleOptions } from "./throttle";
+export { TALLY_OPERATION, UseTally, type TallyUse, type UseTallyOptions } from "./tally";
+export { parseTallyDetail, type TallyDetail } from "./tally-detail";
 export {
   verifyAuditLog,
   type AuditProblem,

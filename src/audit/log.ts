@@ -152,6 +152,14 @@ export class AuditLog {
     return this.seq;
   }
 
+  /**
+   * True once a write or fsync failed: every later append is refused (UNAVAILABLE). Writers that
+   * answer before their entry is written (the stream tally) check it to stop answering OK.
+   */
+  get failed(): boolean {
+    return this.failure !== undefined;
+  }
+
   /** `hash` of the last line written (64 zeros for an empty log): an anchor to save elsewhere. */
   get lastHash(): string {
     return this.hash;
