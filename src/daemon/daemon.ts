@@ -3,7 +3,7 @@ import { join } from "node:path";
 import type * as grpc from "@grpc/grpc-js";
 import type { Config } from "../config";
 import { AccessGuard, PeerRateLimiter } from "../access";
-import { AuditLog, type AuditThrottle } from "../audit";
+import { AuditLog, UseTally, type AuditThrottle } from "../audit";
 import { Code, HsmError } from "../errors";
 import { buildGrpcServer, connectionBudget, describeTransport, grpcServerCredentials, listenGrpc, setServing, type CryptoStreams, type GrpcListener } from "../grpc";
 import { buildAdminApp } from "../http";
@@ -43,6 +43,8 @@ export class Daemon {
   /** Audits requests refused before decoding; flushed before the audit log closes. */
   private refusals: AuditThrottle | undefined;
   private streams: CryptoStreams | undefined;
+  /** Counts crypto streams' successful operations into audit entries per stream, key and second; flushed before the audit log closes. */
+  private tally: UseTally | undefined;
   /** Set when this node was removed from its cluster: it then serves nothing. */
   removed = false;
   /** The last report's view of the state store (a cluster member serves crypto without it, refuses writes). */
@@ -134,6 +136,7 @@ export class Daemon {
       const otpFile = firstOfficerPasswordFile(config.node.dataDir);
 
       const limits = config.limits;
+      const tally = new UseTally(audit, { onError: (e) => log(`audit: stream counts could not be written: ${e instanceof Error ? e.message : String(e)}`) });
       const built = buildGrpcServer({
         keys,
         users,
@@ -158,6 +161,7 @@ export class Daemon {
         maxMessageBytes: limits.maxMessageBytes,
         maxBatchItems: limits.maxBatchItems,
         connections: config.connections,
+        tally,
         streams: { maxInFlight: config.grpc.streamMaxInFlight, maxInFlightTotal: config.grpc.streamMaxInFlightTotal, authRecheckMs: config.grpc.streamAuthRecheckMs },
         observe: (m, c, s) => metrics.observeRpc(m, c, s),
         log,
@@ -176,6 +180,7 @@ export class Daemon {
       self = d;
       d.refusals = refusals;
       d.streams = built.streams;
+      d.tally = tally;
       if (membership) {
         let members = 1;
         metrics.setClusterSource(() => ({ storeRevision: store.revision(), appliedRevision: applier.appliedRevision, nodes: members, storeReachable: d.storeReachable }));
@@ -307,6 +312,7 @@ export class Daemon {
     await this.admin.close();
     this.applier.stop();
     await this.refusals?.flush();
+    await this.tally?.close();
     await this.audit.close();
     await this.device.close();
     await this.store.close();

@@ -84,6 +84,8 @@ export interface StreamUse {
  * each successful stream operation, and flush a stream's counts when it ends.
  */
 export interface StreamTally {
+  /** True once the audit log could not take the tally's entries: successes then answer UNAVAILABLE, as unary calls do. */
+  readonly failed?: boolean;
   count(use: StreamUse): void;
   endStream(stream: string): Promise<void>;
 }

@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AccessGuard } from "../../src/access";
-import { UseTally, parseTallyDetail, verifyAuditLog } from "../../src/audit";
+import { AuditLog, UseTally, parseTallyDetail, verifyAuditLog } from "../../src/audit";
 import { type CliIo, runHsmctl } from "../../src/cli";
 import { type BuiltGrpcServer, type GrpcListener, buildGrpcServer, listenGrpc } from "../../src/grpc";
 import { type HsmClient, KeySpec, SigningAlgorithm } from "../../src/sdk";
@@ -50,30 +50,36 @@ async function hsmctl(argv: string[]): Promise<{ code: number; stdout: string; s
   return { code, stdout, stderr };
 }
 
+/** A second gRPC server over the test daemon's services, its audit going to `audit` through `tally`. */
+async function serve(audit: AuditLog, auditFile: string, t: UseTally): Promise<{ built: BuiltGrpcServer; listener: GrpcListener }> {
+  const d = td.daemon;
+  const b = buildGrpcServer({
+    keys: d.keys,
+    users: d.users,
+    quorum: d.quorum,
+    guard: new AccessGuard(d.users, d.keys),
+    audit,
+    auditFile,
+    auditFsync: d.config.audit.fsync,
+    applier: d.applier,
+    maxMessageBytes: d.config.limits.maxMessageBytes,
+    maxBatchItems: d.config.limits.maxBatchItems,
+    connections: d.config.connections,
+    tally: t,
+  });
+  const l = await listenGrpc(b, { host: "127.0.0.1", port: 0 }, grpc.ServerCredentials.createInsecure(), { maxConnections: 16, handshakeTimeoutMs: 10_000 });
+  return { built: b, listener: l };
+}
+
 beforeAll(async () => {
   td = await startTestDaemon();
   home = mkdtempSync(join(tmpdir(), "hsmd-tally-cli-"));
   alice = await userClient(td, "alice");
   officer = await officerClient(td);
   aliceKey = (await alice.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "tallied" })).id;
-  const d = td.daemon;
   // A window far longer than the test: the stream's end is what writes its counts.
-  tally = new UseTally(d.audit, { windowMs: 60_000 });
-  built = buildGrpcServer({
-    keys: d.keys,
-    users: d.users,
-    quorum: d.quorum,
-    guard: new AccessGuard(d.users, d.keys),
-    audit: d.audit,
-    auditFile: d.config.audit.file,
-    auditFsync: d.config.audit.fsync,
-    applier: d.applier,
-    maxMessageBytes: d.config.limits.maxMessageBytes,
-    maxBatchItems: d.config.limits.maxBatchItems,
-    connections: d.config.connections,
-    tally,
-  });
-  listener = await listenGrpc(built, { host: "127.0.0.1", port: 0 }, grpc.ServerCredentials.createInsecure(), { maxConnections: 16, handshakeTimeoutMs: 10_000 });
+  tally = new UseTally(td.daemon.audit, { windowMs: 60_000 });
+  ({ built, listener } = await serve(td.daemon.audit, td.daemon.config.audit.file, tally));
 }, 120_000);
 
 afterAll(async () => {
@@ -127,5 +133,30 @@ describe("the audit tally on a real stream", () => {
     const tail = await hsmctl(["audit", "tail", "--operation", "CryptoStream", "--key-id", aliceKey]);
     expect(tail.code).toBe(0);
     expect(tail.stdout).toContain(`Sign×${SIGNS} in `);
+  });
+
+  it("once the audit log cannot be written, a stream's successes answer UNAVAILABLE too: no use goes unaccounted", async () => {
+    const file = join(home, "breaking-audit.log");
+    const log = await AuditLog.open(file, { node: "tally-test", fsync: "never" });
+    const t = new UseTally(log, { windowMs: 60_000 });
+    const own = await serve(log, file, t);
+    const client = cryptoClient(`127.0.0.1:${own.listener.port}`);
+    try {
+      const s = new TestStream(client, alice.exportSession()!.token);
+      expect(outcome(await s.request(1, sign(aliceKey))).code).toBe("OK");
+      // Pull the file out from under the log (as a dead disk would): the next entry cannot be written.
+      await (log as unknown as { handle: { close(): Promise<void> } }).handle.close();
+      expect(outcome(await s.request(2, sign("no-such-key"))).code).toBe("UNAVAILABLE");
+      expect(log.failed).toBe(true);
+      const after = outcome(await s.request(3, sign(aliceKey)));
+      expect(after.code).toBe("UNAVAILABLE");
+      expect(after.message).toMatch(/audit/i);
+      s.close();
+      await s.ended;
+    } finally {
+      client.close();
+      own.built.server.forceShutdown();
+      own.listener.destroyAll();
+    }
   });
 });

@@ -1,8 +1,8 @@
 /**
- * What a crypto stream leaves in the audit log (read back from the daemon's hash-chained file):
- * without a tally, one entry for the open, one per operation (OK or not, under the stream's request
- * id and with the message's id), one for the end with its outcome; with a tally (here a recording
- * one in a second gRPC server over the same daemon's services, where the audit's UseTally will sit),
+ * What a crypto stream leaves in the audit log (read back from the daemon's hash-chained file), each
+ * through a second gRPC server over the test daemon's services (the daemon itself wires the audit's
+ * UseTally: see audit-tally-stream.test.ts): without a tally, one entry for the open, one per operation (OK or not, under the stream's request
+ * id and with the message's id), one for the end with its outcome; with a tally (here a recording one),
  * the successful operations go to the tally, each denial and error still gets its own entry, and the
  * tally's stream is flushed before the end is recorded. Never the message or key material.
  */
@@ -52,6 +52,27 @@ async function runStream(client: CryptoServiceClient, requestId: string): Promis
   expect((await s.ended).codeName).toBe("OK");
 }
 
+/** A second gRPC server over the test daemon's services and audit log, with `tally` or (the daemon has one) without. */
+async function serve(tally?: StreamTally): Promise<{ built: BuiltGrpcServer; listener: GrpcListener }> {
+  const d = td.daemon;
+  const built = buildGrpcServer({
+    keys: d.keys,
+    users: d.users,
+    quorum: d.quorum,
+    guard: new AccessGuard(d.users, d.keys),
+    audit: d.audit,
+    auditFile: d.config.audit.file,
+    auditFsync: d.config.audit.fsync,
+    applier: d.applier,
+    maxMessageBytes: d.config.limits.maxMessageBytes,
+    maxBatchItems: d.config.limits.maxBatchItems,
+    connections: d.config.connections,
+    tally,
+  });
+  const listener = await listenGrpc(built, { host: "127.0.0.1", port: 0 }, grpc.ServerCredentials.createInsecure(), { maxConnections: 16, handshakeTimeoutMs: 10_000 });
+  return { built, listener };
+}
+
 beforeAll(async () => {
   td = await startTestDaemon();
   alice = await userClient(td, "alice");
@@ -68,9 +89,12 @@ afterAll(async () => {
 
 describe("without a tally: one entry per operation", () => {
   it("the open, each operation (with the message id), the end with its outcome", async () => {
-    const client = cryptoClient(td.grpc);
+    const { built, listener } = await serve();
+    const client = cryptoClient(`127.0.0.1:${listener.port}`);
     await runStream(client, "stream-audit-1");
     client.close();
+    built.server.forceShutdown();
+    listener.destroyAll();
     const got = entriesOf("stream-audit-1").map((e) => ({ operation: e.operation, status: e.status, user: e.user, keyId: e.keyId, detail: e.detail }));
     expect(got).toEqual([
       { operation: "CryptoStream", status: "OK", user: "alice", keyId: undefined, detail: expect.stringMatching(/^stream [0-9a-f-]{36} opened$/) },
@@ -105,26 +129,11 @@ describe("with a tally: successes counted there, denials and errors on their own
   const counted: StreamUse[] = [];
   const ended: string[] = [];
   beforeAll(async () => {
-    const d = td.daemon;
     const tally: StreamTally = {
       count: (use) => void counted.push(use),
       endStream: async (stream) => void ended.push(stream),
     };
-    built = buildGrpcServer({
-      keys: d.keys,
-      users: d.users,
-      quorum: d.quorum,
-      guard: new AccessGuard(d.users, d.keys),
-      audit: d.audit,
-      auditFile: d.config.audit.file,
-      auditFsync: d.config.audit.fsync,
-      applier: d.applier,
-      maxMessageBytes: d.config.limits.maxMessageBytes,
-      maxBatchItems: d.config.limits.maxBatchItems,
-      connections: d.config.connections,
-      tally,
-    });
-    listener = await listenGrpc(built, { host: "127.0.0.1", port: 0 }, grpc.ServerCredentials.createInsecure(), { maxConnections: 16, handshakeTimeoutMs: 10_000 });
+    ({ built, listener } = await serve(tally));
   });
   afterAll(async () => {
     built?.server.forceShutdown();

@@ -147,6 +147,8 @@ export class StreamCall {
       const result = await entry.run(value);
       const { tally, opts } = this.env;
       if (tally) {
+        // An audit log that cannot be written answers UNAVAILABLE, as the unary path does: no use goes unaccounted.
+        if (tally.failed) return await this.fail(id, entry.method, keyId, auditUnwritable(), t0, true);
         const p = this.who.principal;
         tally.count({ stream: this.who.streamId, user: p.user, role: p.role, peer: this.who.peer, keyId: keyId ?? "", method: entry.method });
       } else {
