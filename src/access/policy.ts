@@ -37,7 +37,11 @@ export interface Rule {
 const CO: readonly Role[] = ["CO"];
 const CU: readonly Role[] = ["CU"];
 const str = (v: unknown) => (typeof v === "string" ? v : "");
-const key = (field: string, need: KeyNeed) => (req: Record<string, unknown>) => [{ field: field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), id: str(req[field]), need }];
+const key = (field: string, need: KeyNeed) => {
+  // The .proto name of the field (keyId → key_id), once: this runs for every crypto call.
+  const name = field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+  return (req: Record<string, unknown>) => [{ field: name, id: str(req[field]), need }];
+};
 
 /**
  * Every RPC of hsm.v1, by method name. CloudHSM's model: crypto officers manage users, approve quorum

@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { compileConnections, type RawConnections } from "./connections";
+import { compileGrpc, type RawGrpc } from "./grpc";
 import { isPlainObject, mergeDevice } from "./merge";
 import { resolvePin } from "./pin";
 import { addProblems } from "./problems";
@@ -64,6 +65,7 @@ interface RawDoc {
   };
   audit?: { file?: string; fsync?: "always" | "changes" };
   connections?: RawConnections;
+  grpc?: RawGrpc;
   cluster?: { name: string; etcd: { endpoints: string[]; tls?: { ca?: string; cert?: string; key?: string } }; advertise?: string; minNodes?: number; joinTtlSeconds?: number };
 }
 
@@ -221,6 +223,7 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
         }
       : null,
     connections: compileConnections(doc.connections),
+    grpc: compileGrpc(doc.grpc),
     audit: { file: doc.audit?.file ? resolve(baseDir, doc.audit.file) : join(dataDir, "audit", "audit.log"), fsync: doc.audit?.fsync ?? "changes" },
     sources: { file, profile: profileFile },
   };

@@ -13,6 +13,7 @@ export { findProfileDir, CONFIG_DIR_ENV } from "./profiles";
 export { AUTH_DEFAULTS, CLUSTER_DEFAULTS, LOGIN_RATE_DEFAULTS, HASH_LANE_DEFAULTS, CONFIG_SCHEMA, PROFILE_SCHEMA, LIMIT_DEFAULTS, LISTEN_DEFAULTS, DEFAULT_PROFILE, QUORUM_OPERATIONS } from "./schema";
 export { PROFILE_NAMES } from "./types";
 export { ADMIN_CONNECTION_FIELDS, CONNECTION_FIELDS } from "./connections";
+export { GRPC_FIELDS } from "./grpc";
 
 export type { LoadConfigOptions } from "./load";
 export type { CompileOptions } from "./compile";
@@ -24,6 +25,7 @@ export type {
   ClusterConfig,
   Config,
   ConnectionsConfig,
+  GrpcConfig,
   ConfigProblem,
   DeviceConfig,
   DeviceQuirks,

@@ -14,7 +14,7 @@ export type RedactedConfig = Omit<Config, "device" | "cluster"> & {
  * `"[redacted]"`, its source (variable name or file path) stays visible.
  */
 export function describeConfig(config: Config): RedactedConfig {
-  const { node, listen, tls, devMode, device, limits, auth, audit, connections, cluster, sources } = config;
+  const { node, listen, tls, devMode, device, limits, auth, audit, connections, grpc, cluster, sources } = config;
   return {
     node: { ...node },
     listen: { grpc: { ...listen.grpc }, admin: { ...listen.admin } },
@@ -35,6 +35,7 @@ export function describeConfig(config: Config): RedactedConfig {
     auth: { ...auth, quorum: { ...auth.quorum } },
     audit: { ...audit },
     connections: { ...connections, admin: { ...connections.admin } },
+    grpc: { ...grpc },
     cluster: cluster && { ...cluster, endpoints: [...cluster.endpoints], tls: cluster.tls && { ca: cluster.tls.ca && REDACTED, cert: cluster.tls.cert && REDACTED, key: cluster.tls.key && REDACTED } },
     sources: { ...sources },
   };

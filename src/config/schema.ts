@@ -1,4 +1,5 @@
 import { CONNECTIONS_SCHEMA } from "./connections";
+import { GRPC_SCHEMA } from "./grpc";
 import { PROFILE_NAMES, type LimitsConfig, type ProfileName } from "./types";
 
 /*
@@ -264,6 +265,7 @@ export const CONFIG_SCHEMA = {
       },
     },
     connections: CONNECTIONS_SCHEMA,
+    grpc: GRPC_SCHEMA,
     limits: {
       type: "object",
       additionalProperties: false,

@@ -185,6 +185,16 @@ export interface ConnectionsConfig {
   };
 }
 
+/** How the gRPC server serves its streams (the `grpc` section, resolved). */
+export interface GrpcConfig {
+  /** operations one crypto stream may have in flight before the daemon stops reading it. @default 256 */
+  readonly streamMaxInFlight: number;
+  /** operations all crypto streams together may have in flight. @default 4096 */
+  readonly streamMaxInFlightTotal: number;
+  /** how often an open stream's session is authenticated again, in ms. @default 250 */
+  readonly streamAuthRecheckMs: number;
+}
+
 /** Membership of a cluster (the `cluster` section, resolved); null on a single node. */
 export interface ClusterConfig {
   /** the cluster's name; its records live under `hsmd/<name>/` in etcd */
@@ -223,6 +233,7 @@ export interface Config {
   readonly auth: AuthConfig;
   readonly audit: AuditConfig;
   readonly connections: ConnectionsConfig;
+  readonly grpc: GrpcConfig;
   readonly cluster: ClusterConfig | null;
   /** Where the configuration came from, for status and error reports. */
   readonly sources: {

@@ -5,7 +5,7 @@ import type { Config } from "../config";
 import { AccessGuard, PeerRateLimiter } from "../access";
 import { AuditLog, type AuditThrottle } from "../audit";
 import { Code, HsmError } from "../errors";
-import { buildGrpcServer, connectionBudget, describeTransport, grpcServerCredentials, listenGrpc, setServing, type GrpcListener } from "../grpc";
+import { buildGrpcServer, connectionBudget, describeTransport, grpcServerCredentials, listenGrpc, setServing, type CryptoStreams, type GrpcListener } from "../grpc";
 import { buildAdminApp } from "../http";
 import { KeyService } from "../keys";
 import { Metrics } from "../metrics";
@@ -42,6 +42,7 @@ export class Daemon {
   private unwatchRemoval: (() => void) | undefined;
   /** Audits requests refused before decoding; flushed before the audit log closes. */
   private refusals: AuditThrottle | undefined;
+  private streams: CryptoStreams | undefined;
   /** Set when this node was removed from its cluster: it then serves nothing. */
   removed = false;
   /** The last report's view of the state store (a cluster member serves crypto without it, refuses writes). */
@@ -157,6 +158,7 @@ export class Daemon {
         maxMessageBytes: limits.maxMessageBytes,
         maxBatchItems: limits.maxBatchItems,
         connections: config.connections,
+        streams: { maxInFlight: config.grpc.streamMaxInFlight, maxInFlightTotal: config.grpc.streamMaxInFlightTotal, authRecheckMs: config.grpc.streamAuthRecheckMs },
         observe: (m, c, s) => metrics.observeRpc(m, c, s),
         log,
       });
@@ -172,6 +174,7 @@ export class Daemon {
       d.applier = applier;
       self = d;
       d.refusals = refusals;
+      d.streams = built.streams;
       if (membership) {
         let members = 1;
         metrics.setClusterSource(() => ({ storeRevision: store.revision(), appliedRevision: applier.appliedRevision, nodes: members, storeReachable: d.storeReachable }));
@@ -285,6 +288,9 @@ export class Daemon {
     this.unwatchRemoval?.();
     setServing(this.health, false);
     const listenerClosed = this.grpcListener?.stopAccepting();
+    // Open crypto streams would hold tryShutdown for its whole grace: end them first, transient, so
+    // that clients carry on at another endpoint.
+    await this.streams?.close(new HsmError(Code.Unavailable, `node ${this.config.node.id} is stopping: reconnect (another endpoint)`, { transient: true }));
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {
         this.grpcServer.forceShutdown();

@@ -47,6 +47,45 @@ export interface GrpcServerOptions {
   onPasswordChanged?: (user: string) => void;
   /** Per-connection bounds (the `connections` section). */
   connections: GrpcConnectionOptions;
+  /** How crypto streams are served (the `grpc` section); absent: its defaults. */
+  streams?: GrpcStreamOptions;
+  /**
+   * Where a crypto stream's successful operations are counted (the audit's tally: entries per
+   * stream, key and window instead of one per operation); absent: one audit entry per operation.
+   * Denials and errors are recorded one entry each either way.
+   */
+  tally?: StreamTally;
+}
+
+/** How crypto streams are served (from the `grpc` section of the config). */
+export interface GrpcStreamOptions {
+  /** Operations one stream may have in flight before the daemon stops reading it. */
+  maxInFlight: number;
+  /** Operations all streams together may have in flight. */
+  maxInFlightTotal: number;
+  /** How often an open stream's session is authenticated again, in ms. */
+  authRecheckMs: number;
+}
+
+/** One successful operation of a crypto stream, as the tally counts it. */
+export interface StreamUse {
+  /** The stream's id (one per stream, chosen by the daemon). */
+  stream: string;
+  user: string;
+  role: string;
+  peer: string;
+  keyId: string;
+  /** The unary method the operation stands for (`Sign`, `Encrypt`, …). */
+  method: string;
+}
+
+/**
+ * What the gRPC layer needs of the audit's tally (structural: the audit's `UseTally` fits): count
+ * each successful stream operation, and flush a stream's counts when it ends.
+ */
+export interface StreamTally {
+  count(use: StreamUse): void;
+  endStream(stream: string): Promise<void>;
 }
 
 /** What one connection may make the server hold (from the `connections` section of the config). */

@@ -17,6 +17,7 @@ import { GrpcListener } from "./listener";
 import type { GrpcServerOptions } from "./options";
 import { describeCause } from "./pipeline/context";
 import { createPipeline } from "./pipeline/pipeline";
+import type { CryptoStreams } from "./pipeline/stream";
 import { auditService } from "./services/audit";
 import { clusterService } from "./services/cluster";
 import { cryptoService } from "./services/crypto";
@@ -24,7 +25,8 @@ import { keyService } from "./services/keys";
 import { quorumService } from "./services/quorum";
 import { userService } from "./services/users";
 
-export type { GrpcConnectionOptions, GrpcServerOptions, RpcObserver } from "./options";
+export type { GrpcConnectionOptions, GrpcServerOptions, GrpcStreamOptions, RpcObserver, StreamTally, StreamUse } from "./options";
+export type { CryptoStreams } from "./pipeline/stream";
 export { QUORUM_REQUEST_HEADER, REQUEST_ID_HEADER } from "./pipeline/context";
 
 /** How long an unanswered keepalive ping keeps a connection open. */
@@ -44,6 +46,7 @@ export function protoDir(): string {
 function services(opts: GrpcServerOptions, refusals: AuditThrottle) {
   const p = createPipeline(opts, refusals);
   return {
+    streams: p.streams,
     userImpl: userService(opts, p),
     quorumImpl: quorumService(opts, p),
     auditImpl: auditService(opts, p),
@@ -73,8 +76,15 @@ function hsmProtoFiles(): string[] {
  * written there (for the wire check's messages; the fuzzer enumerates the RPCs from it too).
  */
 export function hsmRequestShapes(): Map<string, MessageShape> {
-  return requestShapes(protoLoader.loadSync(hsmProtoFiles(), { includeDirs: [protoDir()], keepCase: true }));
+  return requestShapes(loadKeepCase());
 }
+
+/** The shape of one message of every client-streaming hsm.v1 method by path (CryptoStream: CryptoStreamRequest). */
+export function hsmStreamRequestShapes(): Map<string, MessageShape> {
+  return requestShapes(loadKeepCase(), true);
+}
+
+const loadKeepCase = () => protoLoader.loadSync(hsmProtoFiles(), { includeDirs: [protoDir()], keepCase: true });
 
 /** A built server: bind it with {@link listenGrpc}. */
 export interface BuiltGrpcServer {
@@ -84,6 +94,8 @@ export interface BuiltGrpcServer {
   refusals: AuditThrottle;
   /** Set by {@link listenGrpc}: the listener calls are reported to. */
   listener?: GrpcListener;
+  /** The open crypto streams: end them (`close`) before shutting the server down, or it waits for them. */
+  streams: CryptoStreams;
 }
 
 /**
@@ -123,7 +135,8 @@ export function buildGrpcServer(opts: GrpcServerOptions): BuiltGrpcServer {
   const impl = services(opts, refusals);
   const dir = protoDir();
   const files = hsmProtoFiles();
-  const shapes = hsmRequestShapes();
+  const pkgKeepCase = loadKeepCase();
+  const shapes = new Map([...requestShapes(pkgKeepCase), ...requestShapes(pkgKeepCase, true)]);
   const limits = { maxMessageBytes: opts.maxMessageBytes, maxBatchItems: opts.maxBatchItems };
   const add = (service: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation) => server.addService(guardService(service, shapes, limits), impl);
   add(KeyServiceService, impl.keyImpl as unknown as grpc.UntypedServiceImplementation);
@@ -138,7 +151,7 @@ export function buildGrpcServer(opts: GrpcServerOptions): BuiltGrpcServer {
 
   const pkgDef = protoLoader.loadSync(files, { includeDirs: [dir] });
   new ReflectionService(pkgDef).addToServer(server);
-  built = { server, health, refusals };
+  built = { server, health, refusals, streams: impl.streams };
   return built;
 }
 

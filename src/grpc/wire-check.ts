@@ -92,8 +92,10 @@ interface Descriptor {
 /**
  * The request shape of every unary method of every service in `pkg` (loaded with `keepCase: true`
  * so that fields carry their .proto names), keyed by the method's path (`/hsm.v1.CryptoService/Sign`).
+ * With `streaming`, the shape of each message of the client-streaming methods instead
+ * (`/hsm.v1.CryptoService/CryptoStream` → `hsm.v1.CryptoStreamRequest`).
  */
-export function requestShapes(pkg: PackageDefinition): Map<string, MessageShape> {
+export function requestShapes(pkg: PackageDefinition, streaming = false): Map<string, MessageShape> {
   const built = new Map<Descriptor, MessageShape>();
   const top = new Map<string, Descriptor>();
   for (const [name, v] of Object.entries(pkg)) {
@@ -130,7 +132,7 @@ export function requestShapes(pkg: PackageDefinition): Map<string, MessageShape>
   for (const [name, v] of Object.entries(pkg)) {
     if ((v as { format?: string }).format) continue; // a message or enum, not a service
     for (const m of Object.values(v as Record<string, { path: string; requestType: { type: Descriptor }; requestStream: boolean }>)) {
-      if (m.requestStream) continue;
+      if (m.requestStream !== streaming) continue;
       const pkgName = name.slice(0, name.lastIndexOf("."));
       const full = `${pkgName}.${m.requestType.type.name}`;
       out.set(m.path, shape(top.get(full) ?? m.requestType.type, full, []));
@@ -280,4 +282,32 @@ export function checkWire(buf: Uint8Array, shape: MessageShape, limits: WireLimi
     if (e instanceof Malformed) return { code: "INVALID_ARGUMENT", message: `request is not a valid ${shape.name}: ${e.message}` };
     throw e;
   }
+}
+
+/**
+ * Field 1 of a message as a uint32 (the crypto stream's `id`), read without trusting the rest: the
+ * last occurrence before the first byte that cannot be read, else 0. So that a stream message that
+ * does not decode is still answered under the id its client gave it.
+ */
+export function peekId(buf: Uint8Array): number {
+  const v: number[] = [0, 0];
+  let id = 0;
+  let pos = 0;
+  while (pos < buf.length) {
+    if (readVarint(buf, pos, 5, v) !== 0) return id;
+    const tag = v[0]!;
+    pos = v[1]!;
+    const wt = tag & 7;
+    if (wt === 0) {
+      if (readVarint(buf, pos, 10, v) !== 0) return id;
+      if (tag / 8 === 1) id = v[0]! % 4_294_967_296;
+      pos = v[1]!;
+    } else if (wt === 2) {
+      if (readVarint(buf, pos, 10, v) !== 0) return id;
+      pos = v[1]! + v[0]!;
+    } else if (wt === 1) pos += 8;
+    else if (wt === 5) pos += 4;
+    else return id;
+  }
+  return id;
 }

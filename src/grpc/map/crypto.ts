@@ -160,6 +160,11 @@ export const decryptDataKeyFromProto = (r: DecryptDataKeyRequest): DecryptDataKe
 /** A batch item's outcome as the oneof of its result: the value, or its gRPC status and message (INTERNAL without details). */
 export function batchResultToProto<O>(res: BatchResult<O>): { $case: "ok"; value: O } | { $case: "error"; value: ItemError } {
   if (res.ok) return { $case: "ok", value: res.value };
-  const err = HsmError.from(res.error);
-  return { $case: "error", value: { code: grpcStatusOf(err.code), message: err.code === Code.Internal ? "internal error" : err.message } };
+  return { $case: "error", value: itemErrorOf(res.error) };
+}
+
+/** An error as an ItemError (a batch item's, a stream message's): its gRPC status and message, INTERNAL without details. */
+export function itemErrorOf(e: unknown): ItemError {
+  const err = HsmError.from(e);
+  return { code: grpcStatusOf(err.code), message: err.code === Code.Internal ? "internal error" : err.message };
 }

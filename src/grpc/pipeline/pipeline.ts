@@ -2,13 +2,16 @@ import * as grpc from "@grpc/grpc-js";
 import { randomUUID } from "node:crypto";
 import type { AuditThrottle } from "../../audit";
 import { Code, HsmError } from "../../errors";
+import type { CryptoStreamRequest, CryptoStreamResponse } from "../../gen/hsm/v1/crypto";
 import type { UserRef } from "../../keys";
 import { QuorumPendingError, passQuorum } from "../../users";
 import type { GrpcServerOptions } from "../options";
 import { RefusedRequest } from "../refusal";
 import { grpcStatusOf } from "../status";
 import { QUORUM_REQUEST_HEADER, REQUEST_ID_HEADER, auditable, describeCause, headerValue, type CallContext, type Handler } from "./context";
+import { authorizeRequest } from "./authorize";
 import { recordCall } from "./record";
+import { CryptoStreams, type StreamOps } from "./stream";
 import { answerRefused } from "./refused";
 
 /** What the service adapters build their methods with. */
@@ -19,6 +22,10 @@ export interface Pipeline {
   withQuorum<T>(c: CallContext, operation: string, params: Record<string, string>, quorumRequestId: string, fn: () => Promise<T>): Promise<T>;
   /** The caller as a key owner. */
   owner(c: CallContext): UserRef;
+  /** The crypto stream's handler over `ops` (see {@link CryptoStreams}). */
+  stream(ops: StreamOps): grpc.handleBidiStreamingCall<CryptoStreamRequest, CryptoStreamResponse>;
+  /** The open crypto streams (the daemon ends them when it stops). */
+  streams: CryptoStreams;
 }
 
 /**
@@ -69,8 +76,7 @@ export function createPipeline(opts: GrpcServerOptions, refusals: AuditThrottle)
           c.principal = principal;
           c.token = token;
         }
-        guard.authorize(method, c.principal);
-        for (const ref of keyRefs) await guard.key(c.principal!, ref.id, ref.need, ref.field);
+        await authorizeRequest(guard, method, c.principal, keyRefs);
         if (rule.batch) c.checkItem = async (id) => void (await guard.key(c.principal!, id, "use"));
         return fn(call.request, c);
       };
@@ -120,5 +126,6 @@ export function createPipeline(opts: GrpcServerOptions, refusals: AuditThrottle)
     return fn();
   }
 
-  return { rpc, withQuorum, owner };
+  const streams = new CryptoStreams(opts, refusals);
+  return { rpc, withQuorum, owner, stream: (ops) => streams.handler(ops), streams };
 }

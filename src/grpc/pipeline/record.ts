@@ -11,8 +11,11 @@ export function auditUnwritable(): HsmError {
   return new HsmError(Code.Unavailable, "the audit log cannot be written: this node refuses to answer until an operator fixes it", { transient: true });
 }
 
+/** What an audit entry is made of: a unary call's context, or one operation of a crypto stream. */
+export type AuditedCall = Pick<CallContext, "method" | "principal" | "peer" | "requestId" | "audit">;
+
 /** Appends the call's audit entry; answers the error to send instead when the log cannot be written. */
-export async function recordCall(opts: RecordOptions, c: CallContext, status: string, change: boolean): Promise<HsmError | undefined> {
+export async function recordCall(opts: RecordOptions, c: AuditedCall, status: string, change: boolean): Promise<HsmError | undefined> {
   const entry: AuditEntry = {
     user: c.audit.user ?? c.principal?.user,
     role: c.audit.role ?? c.principal?.role,
