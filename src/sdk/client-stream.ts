@@ -7,7 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import { abortErrorOf, closedError } from "./call-support";
 import { HsmClientError } from "./client-error";
 import { HsmClientSessions } from "./client-session";
-import type { CallOptions, UnaryMethod } from "./client-types";
+import type { CallOptions, CryptoStreamStats, UnaryMethod } from "./client-types";
 import type { Endpoint } from "./endpoints";
 import { grpcStreamOpener } from "./grpc-stream-transport";
 import { PendingOp } from "./pending-op";
@@ -17,6 +17,12 @@ import { StreamRouter } from "./stream-router";
 /** The layer that sends crypto operations over one stream per endpoint. */
 export abstract class HsmClientStreams extends HsmClientSessions {
   private streams: StreamRouter<Endpoint> | undefined;
+
+  /** What the crypto stream has carried so far, and how many streams are open (a snapshot). */
+  get streamStats(): CryptoStreamStats {
+    const s = this.streams;
+    return { open: s?.openStreams ?? 0, answered: s?.answeredCount ?? 0, fallbacks: s?.fallbackCount ?? 0 };
+  }
 
   /** Closes the streams (operations in flight on them reject with FAILED_PRECONDITION), then the channels. */
   override close(): void {

@@ -36,7 +36,7 @@ import { HsmCryptoCalls } from "./client-crypto";
 import type { CallOptions } from "./client-types";
 
 /** The types of the client's surface (they lived here first). */
-export type { BatchRequestInit, CallOptions, ExportedSession, HsmClientStats, ListKeysFilter, SessionInfo } from "./client-types";
+export type { BatchRequestInit, CallOptions, CryptoStreamStats, ExportedSession, HsmClientStats, ListKeysFilter, SessionInfo } from "./client-types";
 
 /**
  * The hsmd client: one promise-returning method per RPC of `hsm.v1.KeyService`,

@@ -52,6 +52,10 @@ export class StreamRouter<E extends object> {
   private readonly active = new Set<PendingOp<E>>();
   private closed = false;
   private lastToken: string | undefined;
+  /** Operations settled by an answer on a stream. */
+  answeredCount = 0;
+  /** Operations sent as their unary call instead. */
+  fallbackCount = 0;
 
   constructor(private readonly hooks: StreamRouterHooks<E>) {}
 
@@ -123,6 +127,7 @@ export class StreamRouter<E extends object> {
     const answer = answerOf(op.op, response);
     if (answer.ok) op.resolve(answer.value);
     else this.failed(endpoint, op, answer.error, token);
+    if (op.settled) this.answeredCount += 1;
   }
 
   /** One operation's error, as the unary call's loop treats its attempt's error. */
@@ -223,6 +228,7 @@ export class StreamRouter<E extends object> {
 
   private viaUnary(op: PendingOp<E>, endpoint: E): void {
     if (op.settled) return;
+    this.fallbackCount += 1;
     const unary = op.unary ?? (() => Promise.reject(new HsmClientError(status.INTERNAL, `the daemon does not serve the crypto stream and ${op.op.$case} has no unary call here`)));
     unary(endpoint).then(
       (value) => op.resolve(value),
