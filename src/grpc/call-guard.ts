@@ -23,7 +23,7 @@ export interface CallGuardOptions {
 }
 
 /** The HTTP/2 stream under a call: grpc-js' base call holds it (found through the interceptor chain). */
-function streamOf(call: grpc.ServerInterceptingCallInterface): ServerHttp2Stream | undefined {
+export function streamOf(call: grpc.ServerInterceptingCallInterface): ServerHttp2Stream | undefined {
   let c: unknown = call;
   for (let i = 0; i < 16 && c && typeof c === "object"; i++) {
     const o = c as { stream?: unknown; nextCall?: unknown };

@@ -13,9 +13,9 @@ export interface StreamEnd {
   details: string;
 }
 
-/** A generated CryptoService client on `address` (plaintext: the test daemons run in dev mode). */
-export function cryptoClient(address: string): CryptoServiceClient {
-  return new CryptoServiceClient(address, grpc.credentials.createInsecure(), { "grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1 });
+/** A generated CryptoService client on `address` (plaintext: the test daemons run in dev mode); `options` are grpc-js channel options. */
+export function cryptoClient(address: string, options: grpc.ChannelOptions = {}): CryptoServiceClient {
+  return new CryptoServiceClient(address, grpc.credentials.createInsecure(), { "grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1, ...options });
 }
 
 /** The stream's operation as the generated types spell it. */

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RULES } from "../../src/access";
 import { EncryptionAlgorithm, HsmClient, HsmClientError, KeySpec, KeyUsage, PublicKeyFormat, Role, SigningAlgorithm, WrapAlgorithm, wrapForImport } from "../../src/sdk";
 import { QuorumService } from "../../src/users";
+import { TestStream, cryptoClient } from "../helpers/crypto-stream";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { officerClient, userClient, USER_PASSWORD, ensureUser } from "../helpers/users";
 
@@ -145,6 +146,8 @@ const ROWS: Array<{ rpc: string; kind: Kind; call: (c: HsmClient, col: Col) => P
   { rpc: "Encrypt", kind: "use", call: (c) => c.encrypt({ keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: message }) },
   { rpc: "Decrypt", kind: "use", call: (c) => c.decrypt({ keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, ...ciphertext }) },
   { rpc: "Sign", kind: "use", call: (c) => c.sign({ keyId: k.p256, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message }) },
+  // Refused at open for no session, a CO or an AU; each message then answers for its key as Sign does.
+  { rpc: "CryptoStream", kind: "use", call: (c) => streamSign(c) },
   { rpc: "Verify", kind: "use", call: (c) => c.verify({ keyId: k.p256, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message, signature }) },
   { rpc: "WrapKey", kind: "own", call: (c) => c.wrapKey({ wrappingKeyId: k.wrap, keyId: k.exportable, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP }) },
   {
@@ -204,6 +207,22 @@ afterAll(async () => {
   for (const c of Object.values(clients)) c?.close();
   await td?.cleanup();
 });
+
+/** One Sign on the owner's P-256 key over a crypto stream opened with `c`'s session; rejects with the open's or the message's status. */
+async function streamSign(c: HsmClient): Promise<void> {
+  const client = cryptoClient(td.grpc);
+  try {
+    const s = new TestStream(client, c.exportSession()?.token);
+    s.send(1, { $case: "sign", value: { keyId: k.p256, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message, messageType: 0, signatureFormat: 0, macLength: 0 } });
+    const r = await Promise.race([s.answer(1), s.ended]);
+    if ("codeName" in r) throw HsmClientError.from({ code: r.code, details: r.details });
+    if (r.result?.$case === "error") throw HsmClientError.from({ code: r.result.value.code, details: r.result.value.message });
+    s.close();
+    await s.ended;
+  } finally {
+    client.close();
+  }
+}
 
 async function outcome(fn: () => Promise<unknown>): Promise<string> {
   try {

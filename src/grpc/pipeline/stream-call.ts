@@ -1,4 +1,5 @@
 import * as grpc from "@grpc/grpc-js";
+import { constants as h2 } from "node:http2";
 import type { KeyRef, Rule } from "../../access";
 import type { AuditThrottle } from "../../audit";
 import { MAX_DETAIL_LENGTH } from "../../audit";
@@ -7,6 +8,7 @@ import type { CryptoStreamRequest, CryptoStreamResponse } from "../../gen/hsm/v1
 import type { Principal } from "../../users";
 import { itemErrorOf } from "../map/crypto";
 import type { GrpcServerOptions, StreamTally } from "../options";
+import { streamOf } from "../call-guard";
 import { RefusedRequest } from "../refusal";
 import { grpcStatusOf } from "../status";
 import { authorizeRequest } from "./authorize";
@@ -42,6 +44,12 @@ export interface StreamIdentity {
 }
 
 const NO_KEYS: readonly KeyRef[] = Object.freeze([]);
+/**
+ * How long an ended stream's status may wait behind answers its client does not read (HTTP/2 sends
+ * trailers after the data before them) before the stream is reset instead (RST_STREAM CANCEL): so a
+ * revoked or stopped stream of a client that never reads does not keep its answers in memory.
+ */
+const STATUS_GRACE_MS = 1000;
 const OPS = "sign, verify, encrypt, decrypt, generate_random, generate_data_key, generate_data_key_without_plaintext, decrypt_data_key";
 const CONTROL = /[\u0000-\u001f\u007f]/g;
 type Call = grpc.ServerDuplexStream<CryptoStreamRequest, CryptoStreamResponse>;
@@ -246,5 +254,18 @@ export class StreamCall {
     const answer = failed ?? why;
     if (answer) this.call.emit("error", { code: grpcStatusOf(answer.code), details: answer.message, metadata: trailer } as grpc.ServiceError);
     else this.call.end(trailer);
+    this.resetIfStuck();
+  }
+
+  /** Resets the HTTP/2 stream if its status has not gone out within {@link STATUS_GRACE_MS}. */
+  private resetIfStuck(): void {
+    const base = (this.call as unknown as { call?: grpc.ServerInterceptingCallInterface }).call;
+    const stream = base && streamOf(base);
+    if (!stream || stream.closed) return;
+    const timer = setTimeout(() => {
+      if (!stream.closed && !stream.destroyed) stream.close(h2.NGHTTP2_CANCEL);
+    }, STATUS_GRACE_MS);
+    timer.unref();
+    stream.once("close", () => clearTimeout(timer));
   }
 }

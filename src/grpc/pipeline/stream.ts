@@ -63,6 +63,11 @@ export class CryptoStreams {
     return this.budget.inFlight;
   }
 
+  /** Sessions whose streams are being re-checked. */
+  get sessionsWatched(): number {
+    return this.watch.size;
+  }
+
   /** The bidi handler of CryptoStream over `ops` (each op's rule looked up once, here). */
   handler(ops: StreamOps): grpc.handleBidiStreamingCall<CryptoStreamRequest, CryptoStreamResponse> {
     const table = {} as Record<string, StreamOpTable[string]>;
