@@ -8,9 +8,10 @@ import { buildDist, type DaemonProcess } from "../helpers/daemon-process";
 import { startEtcdCluster, type EtcdCluster } from "../helpers/etcd";
 import { USER_PASSWORD, ensureUser, officerClient } from "../helpers/users";
 
-// kill -9 of one of three daemons (child processes on a real etcd) while an SDK client with the
-// three endpoints signs over its crypto streams: the operations in flight on the dead node's stream
-// fail over to the others within their deadlines, so no call fails and calls keep completing.
+// kill -9 of one of three daemons (child processes on a real etcd), then a graceful stop of a second,
+// while an SDK client with the three endpoints signs over its crypto streams: the operations in
+// flight on the dead node's stream fail over to the others within their deadlines, so no call fails
+// and calls keep completing.
 
 const ECDSA = SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256;
 /** Concurrent sign loops of the client. */
@@ -40,7 +41,7 @@ afterAll(async () => {
   await teardownCluster({ clients, daemons: [...nodes].reverse(), etcd });
 });
 
-it("loses no call when one of three nodes is killed under stream load", async () => {
+it("loses no call when one of three nodes is killed, and then another stopped, under stream load", async () => {
   const single = (n: DaemonProcess) => {
     const c = new HsmClient({ endpoint: n.grpc, defaultDeadlineMs: 20_000, cryptoStream: false, retry: { maxAttempts: 1 } });
     clients.push(c);
@@ -62,10 +63,11 @@ it("loses no call when one of three nodes is killed under stream load", async ()
   await hsm.login("alice", USER_PASSWORD);
 
   let stop = false;
-  let killedAt = 0;
+  /** 0 before the kill, 1 after it, 2 after the graceful stop of a second node. */
+  let phase = 0;
   const failures: string[] = [];
   let bad = 0;
-  const afterKill = new Array<number>(LOOPS).fill(0);
+  const completed = [new Array<number>(LOOPS).fill(0), new Array<number>(LOOPS).fill(0), new Array<number>(LOOPS).fill(0)];
   const loop = async (i: number): Promise<number> => {
     let done = 0;
     while (!stop) {
@@ -74,7 +76,7 @@ it("loses no call when one of three nodes is killed under stream load", async ()
         const { signature } = await hsm.sign({ keyId: key.id, algorithm: ECDSA, message });
         if (!verify("sha256", message, publicKey, signature)) bad += 1;
         done += 1;
-        if (killedAt > 0) afterKill[i]! += 1;
+        completed[phase]![i]! += 1;
       } catch (e) {
         failures.push((e as Error).message);
       }
@@ -83,27 +85,41 @@ it("loses no call when one of three nodes is killed under stream load", async ()
   };
   const loops = Array.from({ length: LOOPS }, (_, i) => loop(i));
 
-  const victim = nodes[2]!;
-  await eventually(async () => (await okCalls(victim, "Sign")) > 50, "the victim node serves part of the load", 20_000, 50);
+  const [, stopped, killed] = nodes as [DaemonProcess, DaemonProcess, DaemonProcess];
+  await eventually(async () => (await okCalls(killed, "Sign")) > 50, "the node to kill serves part of the load", 20_000, 50);
   await sleep(1_000);
-  victim.kill("SIGKILL");
-  killedAt = Date.now();
-  await victim.waitExit();
+  killed.kill("SIGKILL");
+  phase = 1;
+  await killed.waitExit();
   await sleep(3_000);
+  const retriesAfterKill = hsm.stats.retries;
+  // A graceful stop too: the stopping daemon ends its streams (UNAVAILABLE), and their operations move on.
+  await eventually(async () => (await okCalls(stopped, "Sign")) > 50, "the node to stop serves part of the load", 20_000, 50);
+  stopped.kill("SIGTERM");
+  phase = 2;
+  await stopped.waitExit();
+  await sleep(2_000);
   stop = true;
   const totals = await Promise.all(loops);
 
   expect(failures).toEqual([]);
   expect(bad).toBe(0);
-  // Every loop kept completing calls after the kill.
+  // Every loop kept completing calls after the kill, and after the stop.
   expect(
-    afterKill.every((n) => n > 0),
-    `calls after the kill per loop: ${afterKill.join(", ")}`,
+    completed[1]!.every((n) => n > 0),
+    `calls after the kill per loop: ${completed[1]!.join(", ")}`,
+  ).toBe(true);
+  expect(
+    completed[2]!.every((n) => n > 0),
+    `calls after the stop per loop: ${completed[2]!.join(", ")}`,
   ).toBe(true);
   expect(hsm.stats.failures).toBe(0);
   // Operations in flight on the dead node's stream were sent again elsewhere.
-  expect(hsm.stats.retries).toBeGreaterThan(0);
+  expect(retriesAfterKill).toBeGreaterThan(0);
   expect(hsm.streamStats.fallbacks).toBe(0);
   expect(hsm.streamStats.answered).toBe(totals.reduce((a, b) => a + b, 0));
-  process.stdout.write(`cluster-stream-failover: ${hsm.streamStats.answered} signs, ${afterKill.reduce((a, b) => a + b, 0)} after the kill, ${hsm.stats.retries} re-sent\n`);
+  const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+  process.stdout.write(
+    `cluster-stream-failover: ${hsm.streamStats.answered} signs (${sum(completed[0]!)} before the kill, ${sum(completed[1]!)} after it, ${sum(completed[2]!)} after the stop), ${retriesAfterKill} re-sent at the kill, ${hsm.stats.retries - retriesAfterKill} at the stop\n`,
+  );
 }, 120_000);
