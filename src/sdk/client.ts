@@ -54,6 +54,11 @@ export type { BatchRequestInit, CallOptions, CryptoStreamStats, ExportedSession,
  * {@link HsmClientOptions.credentials}, a call that fails with UNAUTHENTICATED logs in again (once,
  * shared by concurrent calls) and is repeated once.
  *
+ * The single crypto operations (sign, verify, encrypt, decrypt, random bytes, data keys) travel as
+ * messages on one `CryptoStream` per endpoint ({@link HsmClientOptions.cryptoStream}, on by
+ * default): the same answers and errors as their unary calls, with the same deadlines, cancellation,
+ * retries and failover, per operation. Call {@link HsmClient.close} when done: it ends the streams.
+ *
  * @example
  * const client = new HsmClient({
  *   endpoints: ["hsmd-1.internal:7443", "hsmd-2.internal:7443", "hsmd-3.internal:7443"],

@@ -238,6 +238,28 @@ describe("sessions and restarts", () => {
     expect(c.streamStats).toMatchObject({ open: 1, fallbacks: 0 });
   });
 
+  it("moves to a new stream when the session is refreshed under load, losing no operation", async () => {
+    const c = track(await userClient(reach, "alice"));
+    const messages = Array.from({ length: 600 }, (_, i) => Buffer.from(`refresh ${i}`));
+    const pending = messages.map((message) => c.sign({ keyId: ids.hmac, algorithm: HMAC, message }));
+    const oldToken = c.exportSession()!.token;
+    await c.refreshSession(); // the old token stops working: the daemon ends the streams opened with it
+    expect(c.exportSession()!.token).not.toBe(oldToken);
+    const more = messages.map((message) => c.sign({ keyId: ids.hmac, algorithm: HMAC, message }));
+    const signatures = await Promise.all([...pending, ...more]);
+    for (let i = 0; i < signatures.length; i++) {
+      expect(Buffer.from(signatures[i]!.signature)).toEqual(
+        crypto
+          .createHmac("sha256", secrets.hmac)
+          .update(messages[i % messages.length]!)
+          .digest(),
+      );
+    }
+    expect(c.stats).toMatchObject({ failures: 0, relogins: 0 });
+    expect(c.streamStats.fallbacks).toBe(0);
+    await eventually(() => c.streamStats.open === 1, "only the new token's stream is left", 10_000, 20);
+  });
+
   it("reconnects after the daemon restarts (gracefully, and after kill -9)", async () => {
     // Retries spread over several seconds: the channel's reconnect backoff may outlast the restart itself.
     const c = reloggingClient({ retry: { maxAttempts: 40, initialBackoffMs: 50, maxBackoffMs: 500 } });
