@@ -51,7 +51,6 @@ export class StreamRouter<E extends object> {
   /** Every operation not yet settled (in a stream, a queue, a backoff or a re-login). */
   private readonly active = new Set<PendingOp<E>>();
   private closed = false;
-  private lastToken: string | undefined;
   /** Operations settled by an answer on a stream. */
   answeredCount = 0;
   /** Operations sent as their unary call instead. */
@@ -85,9 +84,6 @@ export class StreamRouter<E extends object> {
 
   /** The session's token changed: streams opened under the old one take nothing new and half-close when done. */
   tokenChanged(): void {
-    const token = this.hooks.token();
-    if (token === this.lastToken) return;
-    this.lastToken = token;
     for (const mux of this.muxes.values()) mux.retireStale();
   }
 

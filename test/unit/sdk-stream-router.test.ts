@@ -171,6 +171,24 @@ describe("session recovery", () => {
   });
 });
 
+describe("token changes", () => {
+  it("half-closes the streams of the old token at once on a logout, and the next login's ops get a new stream", async () => {
+    const { r, streams, state, op } = router({ endpoints: ["a"] });
+    const first = op("1");
+    r.run(first);
+    answerAll(streams);
+    await outcome(first);
+    state.token = undefined; // logout
+    r.tokenChanged();
+    expect(streams[0]!.ended).toBe(true);
+    state.token = "t-2"; // login
+    r.tokenChanged();
+    const next = op("2");
+    r.run(next);
+    expect(streams.map((s) => s.token)).toEqual(["t-1", "t-2"]);
+  });
+});
+
 describe("a daemon that does not serve the stream", () => {
   it("sends the ops as unary calls after UNIMPLEMENTED, and later ones unary at once", async () => {
     const { r, streams, state, op } = router({ endpoints: ["a"] });
