@@ -82,7 +82,7 @@ describe("revocation ends the stream", () => {
     await endsUnauthenticated(s, "password change", Date.now(), REVOKED);
   });
 
-  it("operations in flight when the session ends are dropped; the daemon keeps no stream, operation or watch", async () => {
+  it("a logout under load ends the stream (answers still running are dropped, how many depends on timing); the daemon keeps no stream, operation or watch", async () => {
     await createUser(td, "s-drop");
     const session = await rawLogin(td, "s-drop", USER_PASSWORD);
     const s = await openWorking(client, session.token);
