@@ -238,6 +238,39 @@ describe("sessions and restarts", () => {
     expect(c.streamStats).toMatchObject({ open: 1, fallbacks: 0 });
   });
 
+  it("logs in again and re-sends when the session is revoked under load, losing no operation", async () => {
+    const c = reloggingClient();
+    await c.login("alice", USER_PASSWORD);
+    const token = c.exportSession()!.token;
+    let stop = false;
+    let done = 0;
+    const failures: string[] = [];
+    const loops = Array.from({ length: 8 }, async (_, i) => {
+      for (let n = 0; !stop; n++) {
+        const message = Buffer.from(`revoked under load ${i} ${n}`);
+        try {
+          const { signature } = await c.sign({ keyId: ids.hmac, algorithm: HMAC, message });
+          expect(Buffer.from(signature)).toEqual(crypto.createHmac("sha256", secrets.hmac).update(message).digest());
+          done += 1;
+        } catch (e) {
+          failures.push((e as Error).message);
+        }
+      }
+    });
+    await eventually(() => done > 200, "the load is running", 10_000, 10);
+    const elsewhere = track(new HsmClient({ endpoint: dp.grpc, cryptoStream: false }));
+    elsewhere.useToken(token);
+    await elsewhere.logout();
+    await eventually(() => c.stats.relogins === 1 && c.exportSession()?.token !== token, "the client logged in again", 10_000, 10);
+    const after = done;
+    await eventually(() => done > after + 200, "the load goes on under the new session", 10_000, 10);
+    stop = true;
+    await Promise.all(loops);
+    expect(failures).toEqual([]);
+    expect(c.stats).toMatchObject({ relogins: 1, failures: 0 });
+    expect(c.streamStats.fallbacks).toBe(0);
+  });
+
   it("moves to a new stream when the session is refreshed under load, losing no operation", async () => {
     const c = track(await userClient(reach, "alice"));
     const messages = Array.from({ length: 600 }, (_, i) => Buffer.from(`refresh ${i}`));
