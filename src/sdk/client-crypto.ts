@@ -1,4 +1,7 @@
-/** The `hsm.v1.CryptoService` calls of an {@link HsmClient}, data keys included. */
+/**
+ * The `hsm.v1.CryptoService` calls of an {@link HsmClient}, data keys included. The single operations
+ * ride the crypto stream by default (`HsmClientOptions.cryptoStream`); batches and key wrapping are unary.
+ */
 import {
   CryptoServiceService,
   BatchDecryptRequest,
@@ -36,22 +39,22 @@ import type { Key } from "../gen/hsm/v1/keys";
 export abstract class HsmCryptoCalls extends HsmKeyCalls {
   /** Encrypts in the HSM (`Encrypt`): AES-GCM/CBC-PAD/CTR or RSA-OAEP. */
   encrypt(request: Partial<EncryptRequest>, options?: CallOptions): Promise<EncryptResponse> {
-    return this.call(CryptoServiceService.encrypt, () => EncryptRequest.fromPartial(request), options);
+    return this.streamed("encrypt", CryptoServiceService.encrypt, () => EncryptRequest.fromPartial(request), options);
   }
 
   /** Decrypts in the HSM (`Decrypt`). */
   decrypt(request: Partial<DecryptRequest>, options?: CallOptions): Promise<DecryptResponse> {
-    return this.call(CryptoServiceService.decrypt, () => DecryptRequest.fromPartial(request), options);
+    return this.streamed("decrypt", CryptoServiceService.decrypt, () => DecryptRequest.fromPartial(request), options);
   }
 
   /** Signs a message or digest, or computes an HMAC (`Sign`). */
   sign(request: Partial<SignRequest>, options?: CallOptions): Promise<SignResponse> {
-    return this.call(CryptoServiceService.sign, () => SignRequest.fromPartial(request), options);
+    return this.streamed("sign", CryptoServiceService.sign, () => SignRequest.fromPartial(request), options);
   }
 
   /** Verifies a signature or HMAC (`Verify`); a bad signature is `valid: false`, not an error. */
   verify(request: Partial<VerifyRequest>, options?: CallOptions): Promise<VerifyResponse> {
-    return this.call(CryptoServiceService.verify, () => VerifyRequest.fromPartial(request), options);
+    return this.streamed("verify", CryptoServiceService.verify, () => VerifyRequest.fromPartial(request), options);
   }
 
   /** Wraps an exportable key under another key (`WrapKey`). */
@@ -71,7 +74,7 @@ export abstract class HsmCryptoCalls extends HsmKeyCalls {
 
   /** Random bytes from the HSM's generator (`GenerateRandom`). */
   generateRandom(request: Partial<GenerateRandomRequest>, options?: CallOptions): Promise<GenerateRandomResponse> {
-    return this.call(CryptoServiceService.generateRandom, () => GenerateRandomRequest.fromPartial(request), options);
+    return this.streamed("generateRandom", CryptoServiceService.generateRandom, () => GenerateRandomRequest.fromPartial(request), options);
   }
 
   /** Many signs in one call (`BatchSign`); each result is `{ $case: "ok" }` or a per-item `{ $case: "error" }`. */
@@ -101,16 +104,16 @@ export abstract class HsmCryptoCalls extends HsmKeyCalls {
    * context bound to the wrapped key. Use the plaintext, then zero it.
    */
   generateDataKey(request: Partial<GenerateDataKeyRequest>, options?: CallOptions): Promise<GenerateDataKeyResponse> {
-    return this.call(CryptoServiceService.generateDataKey, () => GenerateDataKeyRequest.fromPartial(request), options);
+    return this.streamed("generateDataKey", CryptoServiceService.generateDataKey, () => GenerateDataKeyRequest.fromPartial(request), options);
   }
 
   /** Only the wrapped data key (`GenerateDataKeyWithoutPlaintext`). */
   generateDataKeyWithoutPlaintext(request: Partial<GenerateDataKeyRequest>, options?: CallOptions): Promise<GenerateDataKeyResponse> {
-    return this.call(CryptoServiceService.generateDataKeyWithoutPlaintext, () => GenerateDataKeyRequest.fromPartial(request), options);
+    return this.streamed("generateDataKeyWithoutPlaintext", CryptoServiceService.generateDataKeyWithoutPlaintext, () => GenerateDataKeyRequest.fromPartial(request), options);
   }
 
   /** Unwraps a data key (`DecryptDataKey`); the encryption context must be exactly the one it was made with. */
   decryptDataKey(request: Partial<DecryptDataKeyRequest>, options?: CallOptions): Promise<DecryptDataKeyResponse> {
-    return this.call(CryptoServiceService.decryptDataKey, () => DecryptDataKeyRequest.fromPartial(request), options);
+    return this.streamed("decryptDataKey", CryptoServiceService.decryptDataKey, () => DecryptDataKeyRequest.fromPartial(request), options);
   }
 }

@@ -19,11 +19,11 @@ import {
   UnshareKeyRequest,
 } from "../gen/hsm/v1/keys";
 import { HsmClientError } from "./client-error";
-import { HsmClientSessions } from "./client-session";
+import { HsmClientStreams } from "./client-stream";
 import type { CallOptions, ListKeysFilter } from "./client-types";
 
 /** KeyService: generate, import, read, list, share and delete keys. */
-export abstract class HsmKeyCalls extends HsmClientSessions {
+export abstract class HsmKeyCalls extends HsmClientStreams {
   /** Lets another crypto user use a key you own (`ShareKey`); may need a quorum. */
   shareKey(request: Partial<ShareKeyRequest>, options?: CallOptions): Promise<Key> {
     return this.call(KeyServiceService.shareKey, () => ShareKeyRequest.fromPartial(request), options);

@@ -49,6 +49,24 @@ export interface HsmClientRetryOptions {
   maxBackoffMs?: number;
 }
 
+/** Settings of the crypto stream, {@link HsmClientOptions.cryptoStream}. */
+export interface HsmClientStreamOptions {
+  /**
+   * Operations in flight on one endpoint's stream at most; more wait in the client (first in, first
+   * out, each within its own deadline). Match the daemon's `grpc.streamMaxInFlight`: a larger window
+   * only makes the daemon stop reading, and HTTP/2 flow control pushes back.
+   * @default 256
+   */
+  maxInFlight?: number;
+  /**
+   * A stream with nothing in flight for this many milliseconds is closed; the next operation opens
+   * another. An open stream keeps the process alive, so a program that does not {@link HsmClient.close}
+   * its client exits this long after its last operation.
+   * @default 10_000
+   */
+  idleTimeoutMs?: number;
+}
+
 /** A user's name and password, as {@link HsmClientOptions.credentials} supplies them. */
 export interface HsmClientCredentials {
   username: string;
@@ -107,6 +125,18 @@ export interface HsmClientOptions {
    */
   defaultDeadlineMs?: number;
   /**
+   * Carry the crypto operations (`sign`, `verify`, `encrypt`, `decrypt`, `generateRandom`,
+   * `generateDataKey`, `generateDataKeyWithoutPlaintext`, `decryptDataKey`) as messages on one
+   * `CryptoStream` per endpoint instead of one unary call each: the same requests, answers and
+   * errors, several times the throughput. Each operation keeps its deadline and signal; when a
+   * stream breaks, its operations are sent again (on a new stream, another endpoint first) within
+   * their deadlines, as retries of unary crypto calls are. A call with {@link CallOptions.metadata}
+   * goes unary (a stream message has no headers of its own), as does every call to a daemon that
+   * does not serve the stream. `false`: every call is unary. Batch and all other calls are always unary.
+   * @default true ({ maxInFlight: 256, idleTimeoutMs: 10_000 })
+   */
+  cryptoStream?: boolean | HsmClientStreamOptions;
+  /**
    * Extra grpc-js channel options (keepalive, message sizes, …), passed to every endpoint's channel
    * unchanged, except that {@link HsmClientTlsOptions.serverNameOverride} sets
    * `grpc.ssl_target_name_override` and `grpc.default_authority`. The client sets
@@ -127,6 +157,12 @@ export const DEFAULT_RETRY: Readonly<Required<HsmClientRetryOptions>> = Object.f
   maxBackoffMs: 2_000,
 });
 
+/** Defaults of {@link HsmClientOptions.cryptoStream}. */
+export const DEFAULT_CRYPTO_STREAM: Readonly<Required<HsmClientStreamOptions>> = Object.freeze({
+  maxInFlight: 256,
+  idleTimeoutMs: 10_000,
+});
+
 /** Channel option giving each endpoint's channel grpc-js's client-side `round_robin` load balancing. */
 const ROUND_ROBIN_SERVICE_CONFIG = JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] });
 
@@ -141,6 +177,8 @@ export interface CompiledHsmClientOptions {
   readonly insecure: boolean;
   readonly defaultDeadlineMs: number;
   readonly channelOptions: Readonly<ChannelOptions>;
+  /** The crypto stream's settings, or false when crypto calls are unary. */
+  readonly cryptoStream: Readonly<Required<HsmClientStreamOptions>> | false;
 }
 
 /**
@@ -149,7 +187,7 @@ export interface CompiledHsmClientOptions {
  */
 export function compileHsmClientOptions(options: HsmClientOptions): CompiledHsmClientOptions {
   const problems: string[] = [];
-  const { endpoint, endpoints, tls, retry = {}, credentials: credentialsProvider, defaultDeadlineMs = DEFAULT_DEADLINE_MS, channelOptions = {} } = options ?? {};
+  const { endpoint, endpoints, tls, retry = {}, credentials: credentialsProvider, defaultDeadlineMs = DEFAULT_DEADLINE_MS, channelOptions = {}, cryptoStream = true } = options ?? {};
 
   const addresses: string[] = [];
   if (endpoint !== undefined && endpoints !== undefined) {
@@ -190,6 +228,19 @@ export function compileHsmClientOptions(options: HsmClientOptions): CompiledHsmC
   }
   if (typeof defaultDeadlineMs !== "number" || !Number.isFinite(defaultDeadlineMs) || defaultDeadlineMs <= 0) {
     problems.push("defaultDeadlineMs: must be a finite number of milliseconds greater than 0");
+  }
+  let resolvedStream: Required<HsmClientStreamOptions> | false = false;
+  if (cryptoStream === true) {
+    resolvedStream = { ...DEFAULT_CRYPTO_STREAM };
+  } else if (typeof cryptoStream === "object" && cryptoStream !== null) {
+    const { maxInFlight = DEFAULT_CRYPTO_STREAM.maxInFlight, idleTimeoutMs = DEFAULT_CRYPTO_STREAM.idleTimeoutMs } = cryptoStream;
+    if (!Number.isInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > 65_536) problems.push("cryptoStream.maxInFlight: must be an integer from 1 to 65536");
+    if (typeof idleTimeoutMs !== "number" || !Number.isFinite(idleTimeoutMs) || idleTimeoutMs <= 0) {
+      problems.push("cryptoStream.idleTimeoutMs: must be a finite number of milliseconds greater than 0");
+    }
+    resolvedStream = { maxInFlight, idleTimeoutMs };
+  } else if (cryptoStream !== false) {
+    problems.push("cryptoStream: must be true, false or { maxInFlight, idleTimeoutMs }");
   }
   if (tls !== undefined) {
     if ((tls.cert === undefined) !== (tls.key === undefined)) {
@@ -234,6 +285,7 @@ export function compileHsmClientOptions(options: HsmClientOptions): CompiledHsmC
     insecure: tls === undefined,
     defaultDeadlineMs,
     channelOptions: Object.freeze(resolvedChannelOptions),
+    cryptoStream: resolvedStream === false ? false : Object.freeze(resolvedStream),
   });
 }
 

@@ -14,10 +14,9 @@ import type { CallOptions, HsmClientStats, UnaryMethod } from "./client-types";
 /** The channels and the call pipeline of an {@link HsmClient}; the session layer fills in the token. */
 export abstract class HsmClientPipeline {
   protected readonly options: CompiledHsmClientOptions;
-  private readonly pool: EndpointPool;
+  protected readonly pool: EndpointPool;
   private closed = false;
-  /** The bearer token of the current session (sent as `authorization`). */
-  protected token: string | undefined;
+  private currentToken: string | undefined;
   protected readonly counters: HsmClientStats = { calls: 0, retries: 0, failures: 0, relogins: 0 };
 
   /** @throws {HsmClientError} INVALID_ARGUMENT listing every problem in `options` */
@@ -25,6 +24,22 @@ export abstract class HsmClientPipeline {
     this.options = compileHsmClientOptions(options);
     const { endpoints, credentials, channelOptions } = this.options;
     this.pool = new EndpointPool(endpoints, credentials, channelOptions);
+  }
+
+  /** The bearer token of the current session (sent as `authorization`); setting it tells {@link tokenChanged}. */
+  protected get token(): string | undefined {
+    return this.currentToken;
+  }
+
+  protected set token(value: string | undefined) {
+    if (value === this.currentToken) return;
+    this.currentToken = value;
+    this.tokenChanged();
+  }
+
+  /** True once {@link close} was called. */
+  protected get isClosed(): boolean {
+    return this.closed;
   }
 
   /** The first of {@link endpoints} (the only one when the client was given `endpoint`). */
@@ -68,7 +83,8 @@ export abstract class HsmClientPipeline {
     }
   }
 
-  private async run<Req, Res>(method: UnaryMethod<Req, Res>, build: () => Req, options: CallOptions, session: boolean): Promise<Res> {
+  /** {@link call} without the counting: the crypto stream's operations fall back to it. */
+  protected async run<Req, Res>(method: UnaryMethod<Req, Res>, build: () => Req, options: CallOptions, session: boolean, first?: Endpoint): Promise<Res> {
     if (session) await this.freshToken();
     const { signal } = options;
     if (this.closed) throw closedError();
@@ -90,7 +106,7 @@ export abstract class HsmClientPipeline {
     let relogged = false;
     const tried = new Set<Endpoint>();
     for (let attempt = 1; ; attempt++) {
-      const endpoint = this.pool.pick(tried);
+      const endpoint = attempt === 1 && first !== undefined ? first : this.pool.pick(tried);
       tried.add(endpoint);
       // The session's token as it is now: a refresh or re-login between attempts replaces it.
       const token = login ? undefined : this.token;
@@ -162,13 +178,17 @@ export abstract class HsmClientPipeline {
     });
   }
 
-  private deadlineOf(deadlineMs: number | undefined): Date {
+  /** The absolute deadline of a call given `deadlineMs` (the client's default when undefined); INVALID_ARGUMENT when not a positive number. */
+  protected deadlineOf(deadlineMs: number | undefined): Date {
     const ms = deadlineMs ?? this.options.defaultDeadlineMs;
     if (typeof ms !== "number" || !Number.isFinite(ms) || ms <= 0) {
       throw new HsmClientError(grpc.status.INVALID_ARGUMENT, "deadlineMs: must be a finite number greater than 0");
     }
     return new Date(Date.now() + ms);
   }
+
+  /** The session's token changed (login, refresh, re-login, logout, useToken): the stream layer retires its streams. */
+  protected tokenChanged(): void {}
 
   /** Refreshes the session's token first when it is due (the session layer). */
   protected abstract freshToken(): Promise<void>;

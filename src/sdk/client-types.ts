@@ -64,6 +64,16 @@ export interface HsmClientStats {
   relogins: number;
 }
 
+/** What the crypto stream of an {@link HsmClient} has carried ({@link HsmClient.streamStats}), for tests and operations. */
+export interface CryptoStreamStats {
+  /** Streams open now, over every endpoint (a stream finishing under an old session token included). */
+  open: number;
+  /** Operations whose final answer (result or error) came over a stream. */
+  answered: number;
+  /** Operations sent as their unary call because the daemon did not serve the stream (to this session). */
+  fallbacks: number;
+}
+
 /** The parts of a generated method definition a unary call needs. */
 export interface UnaryMethod<Req, Res> {
   readonly path: string;

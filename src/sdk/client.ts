@@ -36,7 +36,7 @@ import { HsmCryptoCalls } from "./client-crypto";
 import type { CallOptions } from "./client-types";
 
 /** The types of the client's surface (they lived here first). */
-export type { BatchRequestInit, CallOptions, ExportedSession, HsmClientStats, ListKeysFilter, SessionInfo } from "./client-types";
+export type { BatchRequestInit, CallOptions, CryptoStreamStats, ExportedSession, HsmClientStats, ListKeysFilter, SessionInfo } from "./client-types";
 
 /**
  * The hsmd client: one promise-returning method per RPC of `hsm.v1.KeyService`,
@@ -53,6 +53,11 @@ export type { BatchRequestInit, CallOptions, ExportedSession, HsmClientStats, Li
  * ({@link HsmClientOptions.retry}), all attempts within the call's one deadline. With
  * {@link HsmClientOptions.credentials}, a call that fails with UNAUTHENTICATED logs in again (once,
  * shared by concurrent calls) and is repeated once.
+ *
+ * The single crypto operations (sign, verify, encrypt, decrypt, random bytes, data keys) travel as
+ * messages on one `CryptoStream` per endpoint ({@link HsmClientOptions.cryptoStream}, on by
+ * default): the same answers and errors as their unary calls, with the same deadlines, cancellation,
+ * retries and failover, per operation. Call {@link HsmClient.close} when done: it ends the streams.
  *
  * @example
  * const client = new HsmClient({

@@ -9,8 +9,8 @@ export { HsmClient } from "./client";
 export { HsmClientError } from "./client-error";
 /** Client-side BYOK wrapping: RSA-OAEP-SHA256(ephemeral AES-256 key) || AES-KWP(key, material). */
 export { wrapForImport } from "./wrap-for-import";
-/** Default per-call deadline in milliseconds (30 s), and the default retry settings. */
-export { DEFAULT_DEADLINE_MS, DEFAULT_RETRY } from "./client-options";
+/** Default per-call deadline in milliseconds (30 s), the default retry settings and crypto-stream settings. */
+export { DEFAULT_CRYPTO_STREAM, DEFAULT_DEADLINE_MS, DEFAULT_RETRY } from "./client-options";
 /** Which RPCs the client retries after transient errors (the one table), and the checks it applies. */
 export { RPC_IDEMPOTENCY, isIdempotent, isTransient, backoffMs } from "./retry";
 /** gRPC status codes, to compare with {@link HsmClientError.code} (`GrpcStatus.NOT_FOUND` …). */
@@ -31,12 +31,13 @@ export {
 export { QuorumStatus, Role } from "../gen/hsm/v1/users";
 
 /** Client and per-call settings, what the client knows of its session, and its counters. */
-export type { BatchRequestInit, CallOptions, ExportedSession, HsmClientStats, ListKeysFilter, SessionInfo } from "./client";
+export type { BatchRequestInit, CallOptions, CryptoStreamStats, ExportedSession, HsmClientStats, ListKeysFilter, SessionInfo } from "./client";
 /** Options of the {@link HsmClient} constructor. */
 export type {
   HsmClientCredentials,
   HsmClientOptions,
   HsmClientRetryOptions,
+  HsmClientStreamOptions,
   HsmClientTlsOptions,
   HsmCredentialsProvider,
 } from "./client-options";

@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { firstOfficerPasswordFile } from "../../src/daemon";
 import { type Session } from "../../src/gen/hsm/v1/users";
 import { HsmClient, QuorumStatus, Role } from "../../src/sdk";
+import { eventually } from "../helpers/cluster";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { OFFICER_PASSWORD, USER_PASSWORD } from "../helpers/users";
 import {
@@ -154,7 +155,9 @@ describe("main daemon (auth.maxFailedLogins 3)", () => {
       expect((await co.getUser({ username: "lock-me" })).failedLogins).toBe(1);
       await expectError(newClient(td).login("lock-me", WRONG_PASSWORD_2), "UNAUTHENTICATED", "invalid username or password");
       await expectError(newClient(td).login("lock-me", WRONG_PASSWORD_3), "PERMISSION_DENIED", "lock-me is locked after 3 failed logins", "a crypto officer must unlock it");
-      // The session opened before the lockout no longer works.
+      // The session opened before the lockout no longer works. Its crypto stream (the SDK's default)
+      // was authenticated when it opened: the daemon ends it within grpc.streamAuthRecheckMs of the lock.
+      await eventually(() => victim.streamStats.open === 0, "the daemon ended the locked user's crypto stream", 10_000, 20);
       await expectError(victim.generateRandom({ length: 8 }), "UNAUTHENTICATED", REVOKED);
       // Even the right password is refused now.
       await expectError(newClient(td).login("lock-me", USER_PASSWORD), "PERMISSION_DENIED", "locked", "a crypto officer must unlock it");
