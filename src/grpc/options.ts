@@ -1,5 +1,5 @@
 import type { AccessGuard, PeerRateLimiter } from "../access";
-import type { AuditLog } from "../audit";
+import type { AuditLog, TallyUse } from "../audit";
 import type { Applier, Coverage, Membership } from "../cluster";
 import type { HsmError } from "../errors";
 import type { KeyService } from "../keys";
@@ -67,17 +67,8 @@ export interface GrpcStreamOptions {
   authRecheckMs: number;
 }
 
-/** One successful operation of a crypto stream, as the tally counts it. */
-export interface StreamUse {
-  /** The stream's id (one per stream, chosen by the daemon). */
-  stream: string;
-  user: string;
-  role: string;
-  peer: string;
-  keyId: string;
-  /** The unary method the operation stands for (`Sign`, `Encrypt`, …). */
-  method: string;
-}
+/** One successful operation of a crypto stream, as the tally counts it (the audit's own type). */
+export type StreamUse = TallyUse;
 
 /**
  * What the gRPC layer needs of the audit's tally (structural: the audit's `UseTally` fits): count

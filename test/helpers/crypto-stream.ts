@@ -4,7 +4,11 @@
  * the stream ended with.
  */
 import * as grpc from "@grpc/grpc-js";
+import { AccessGuard } from "../../src/access";
+import type { AuditLog } from "../../src/audit";
 import { CryptoServiceClient, type CryptoStreamRequest, type CryptoStreamResponse } from "../../src/gen/hsm/v1/crypto";
+import { type BuiltGrpcServer, type GrpcListener, type StreamTally, buildGrpcServer, listenGrpc } from "../../src/grpc";
+import type { TestDaemon } from "./daemon";
 
 /** How a stream ended: the status, its name and details. */
 export interface StreamEnd {
@@ -16,6 +20,31 @@ export interface StreamEnd {
 /** A generated CryptoService client on `address` (plaintext: the test daemons run in dev mode); `options` are grpc-js channel options. */
 export function cryptoClient(address: string, options: grpc.ChannelOptions = {}): CryptoServiceClient {
   return new CryptoServiceClient(address, grpc.credentials.createInsecure(), { "grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1, ...options });
+}
+
+/**
+ * A second gRPC server over a test daemon's services, with its own audit wiring: `tally` (absent:
+ * one audit entry per stream operation, where the daemon itself counts them) and `audit` (default:
+ * the daemon's log). Close it with `built.server.forceShutdown()` and `listener.destroyAll()`.
+ */
+export async function serveOver(td: TestDaemon, opts: { tally?: StreamTally; audit?: { log: AuditLog; file: string } } = {}): Promise<{ built: BuiltGrpcServer; listener: GrpcListener }> {
+  const d = td.daemon;
+  const built = buildGrpcServer({
+    keys: d.keys,
+    users: d.users,
+    quorum: d.quorum,
+    guard: new AccessGuard(d.users, d.keys),
+    audit: opts.audit?.log ?? d.audit,
+    auditFile: opts.audit?.file ?? d.config.audit.file,
+    auditFsync: d.config.audit.fsync,
+    applier: d.applier,
+    maxMessageBytes: d.config.limits.maxMessageBytes,
+    maxBatchItems: d.config.limits.maxBatchItems,
+    connections: d.config.connections,
+    tally: opts.tally,
+  });
+  const listener = await listenGrpc(built, { host: "127.0.0.1", port: 0 }, grpc.ServerCredentials.createInsecure(), { maxConnections: 16, handshakeTimeoutMs: 10_000 });
+  return { built, listener };
 }
 
 /** The stream's operation as the generated types spell it. */

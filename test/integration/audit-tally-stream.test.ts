@@ -5,18 +5,16 @@
  * and end entries, with each denial on its own; the chain verifies, and hsmctl audit tail (through
  * the daemon's QueryAuditLog) shows the count.
  */
-import * as grpc from "@grpc/grpc-js";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { verify as nodeVerify } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AccessGuard } from "../../src/access";
 import { AuditLog, UseTally, parseTallyDetail, verifyAuditLog } from "../../src/audit";
 import { type CliIo, runHsmctl } from "../../src/cli";
-import { type BuiltGrpcServer, type GrpcListener, buildGrpcServer, listenGrpc } from "../../src/grpc";
+import type { BuiltGrpcServer, GrpcListener } from "../../src/grpc";
 import { type HsmClient, KeySpec, SigningAlgorithm } from "../../src/sdk";
-import { TestStream, cryptoClient, outcome, type StreamOp } from "../helpers/crypto-stream";
+import { TestStream, cryptoClient, outcome, serveOver, type StreamOp } from "../helpers/crypto-stream";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { OFFICER_PASSWORD, officerClient, userClient } from "../helpers/users";
 
@@ -50,27 +48,6 @@ async function hsmctl(argv: string[]): Promise<{ code: number; stdout: string; s
   return { code, stdout, stderr };
 }
 
-/** A second gRPC server over the test daemon's services, its audit going to `audit` through `tally`. */
-async function serve(audit: AuditLog, auditFile: string, t: UseTally): Promise<{ built: BuiltGrpcServer; listener: GrpcListener }> {
-  const d = td.daemon;
-  const b = buildGrpcServer({
-    keys: d.keys,
-    users: d.users,
-    quorum: d.quorum,
-    guard: new AccessGuard(d.users, d.keys),
-    audit,
-    auditFile,
-    auditFsync: d.config.audit.fsync,
-    applier: d.applier,
-    maxMessageBytes: d.config.limits.maxMessageBytes,
-    maxBatchItems: d.config.limits.maxBatchItems,
-    connections: d.config.connections,
-    tally: t,
-  });
-  const l = await listenGrpc(b, { host: "127.0.0.1", port: 0 }, grpc.ServerCredentials.createInsecure(), { maxConnections: 16, handshakeTimeoutMs: 10_000 });
-  return { built: b, listener: l };
-}
-
 beforeAll(async () => {
   td = await startTestDaemon();
   home = mkdtempSync(join(tmpdir(), "hsmd-tally-cli-"));
@@ -79,7 +56,7 @@ beforeAll(async () => {
   aliceKey = (await alice.generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "tallied" })).id;
   // A window far longer than the test: the stream's end is what writes its counts.
   tally = new UseTally(td.daemon.audit, { windowMs: 60_000 });
-  ({ built, listener } = await serve(td.daemon.audit, td.daemon.config.audit.file, tally));
+  ({ built, listener } = await serveOver(td, { tally }));
 }, 120_000);
 
 afterAll(async () => {
@@ -139,7 +116,7 @@ describe("the audit tally on a real stream", () => {
     const file = join(home, "breaking-audit.log");
     const log = await AuditLog.open(file, { node: "tally-test", fsync: "never" });
     const t = new UseTally(log, { windowMs: 60_000 });
-    const own = await serve(log, file, t);
+    const own = await serveOver(td, { tally: t, audit: { log, file } });
     const client = cryptoClient(`127.0.0.1:${own.listener.port}`);
     try {
       const s = new TestStream(client, alice.exportSession()!.token);

@@ -6,14 +6,12 @@
  * the successful operations go to the tally, each denial and error still gets its own entry, and the
  * tally's stream is flushed before the end is recorded. Never the message or key material.
  */
-import * as grpc from "@grpc/grpc-js";
 import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AccessGuard } from "../../src/access";
 import type { CryptoServiceClient } from "../../src/gen/hsm/v1/crypto";
-import { type BuiltGrpcServer, type GrpcListener, type StreamTally, type StreamUse, buildGrpcServer, listenGrpc } from "../../src/grpc";
+import type { BuiltGrpcServer, GrpcListener, StreamTally, StreamUse } from "../../src/grpc";
 import { type HsmClient, KeySpec, SigningAlgorithm } from "../../src/sdk";
-import { TestStream, cryptoClient, outcome, type StreamOp } from "../helpers/crypto-stream";
+import { TestStream, cryptoClient, outcome, serveOver, type StreamOp } from "../helpers/crypto-stream";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { officerClient, userClient } from "../helpers/users";
 
@@ -52,27 +50,6 @@ async function runStream(client: CryptoServiceClient, requestId: string): Promis
   expect((await s.ended).codeName).toBe("OK");
 }
 
-/** A second gRPC server over the test daemon's services and audit log, with `tally` or (the daemon has one) without. */
-async function serve(tally?: StreamTally): Promise<{ built: BuiltGrpcServer; listener: GrpcListener }> {
-  const d = td.daemon;
-  const built = buildGrpcServer({
-    keys: d.keys,
-    users: d.users,
-    quorum: d.quorum,
-    guard: new AccessGuard(d.users, d.keys),
-    audit: d.audit,
-    auditFile: d.config.audit.file,
-    auditFsync: d.config.audit.fsync,
-    applier: d.applier,
-    maxMessageBytes: d.config.limits.maxMessageBytes,
-    maxBatchItems: d.config.limits.maxBatchItems,
-    connections: d.config.connections,
-    tally,
-  });
-  const listener = await listenGrpc(built, { host: "127.0.0.1", port: 0 }, grpc.ServerCredentials.createInsecure(), { maxConnections: 16, handshakeTimeoutMs: 10_000 });
-  return { built, listener };
-}
-
 beforeAll(async () => {
   td = await startTestDaemon();
   alice = await userClient(td, "alice");
@@ -89,7 +66,7 @@ afterAll(async () => {
 
 describe("without a tally: one entry per operation", () => {
   it("the open, each operation (with the message id), the end with its outcome", async () => {
-    const { built, listener } = await serve();
+    const { built, listener } = await serveOver(td);
     const client = cryptoClient(`127.0.0.1:${listener.port}`);
     await runStream(client, "stream-audit-1");
     client.close();
@@ -133,7 +110,7 @@ describe("with a tally: successes counted there, denials and errors on their own
       count: (use) => void counted.push(use),
       endStream: async (stream) => void ended.push(stream),
     };
-    ({ built, listener } = await serve(tally));
+    ({ built, listener } = await serveOver(td, { tally }));
   });
   afterAll(async () => {
     built?.server.forceShutdown();
