@@ -49,7 +49,9 @@ export async function startDaemon(root: string, dir: string, conf: string, pinFi
       device: { profile: "softhsm2", tokenLabel: "bench", poolSize: pool, pin: { file: pinFile }, ...(process.env.HSMD_BENCH_WORKERS ? { workers: Number(process.env.HSMD_BENCH_WORKERS) } : {}) },
     }),
   );
-  const child = spawn(process.execPath, [join(root, "dist/src/main.js"), "init", "--config", cfg], {
+  // HSMD_BENCH_PROF=dir: the daemon writes V8 CPU profiles (main thread and workers) there when it stops.
+  const prof = process.env.HSMD_BENCH_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.HSMD_BENCH_PROF}`] : [];
+  const child = spawn(process.execPath, [...prof, join(root, "dist/src/main.js"), "init", "--config", cfg], {
     env: { ...process.env, SOFTHSM2_CONF: conf, UV_THREADPOOL_SIZE: String(pool + 4) },
     stdio: ["ignore", "pipe", "inherit"],
   });

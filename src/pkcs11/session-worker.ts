@@ -12,7 +12,7 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import * as pk from "pkcs11js";
-import type { FromWorker, SessionWorkerData, ToWorker, WireError, WireItem, WireResult } from "./worker-protocol";
+import type { FromWorker, SessionWorkerData, ToWorker, WireBytes, WireError, WireItem, WireMechanism, WireResult } from "./worker-protocol";
 
 const CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191;
 const CKR_USER_ALREADY_LOGGED_IN = 0x100;
@@ -37,16 +37,20 @@ function buf(u: Uint8Array): Buffer {
   return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
 
-/** The mechanism's byte fields (a parameter Buffer, or an iv/aad/label in a parameter object) as Buffers. */
-function mechanism(m: pk.Mechanism): pk.Mechanism {
-  const p = m.parameter as unknown;
-  if (p instanceof Uint8Array) return { mechanism: m.mechanism, parameter: buf(p) };
-  if (p && typeof p === "object") {
+/** The bytes a {@link WireBytes} names in the batch's input buffer (a view, no copy). */
+function bytes(input: Buffer, b: WireBytes): Buffer {
+  return input.subarray(b.at, b.at + b.len);
+}
+
+/** The mechanism for pkcs11js, its byte fields as views of the batch's input buffer. */
+function mechanism(m: WireMechanism, input: Buffer): pk.Mechanism {
+  if (m.bytes) return { mechanism: m.mechanism, parameter: bytes(input, m.bytes) };
+  if (m.fields) {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(p)) out[k] = v instanceof Uint8Array ? buf(v) : v;
+    for (const [k, v] of Object.entries(m.fields)) out[k] = typeof v === "object" && v !== null ? bytes(input, v) : v;
     return { mechanism: m.mechanism, parameter: out as unknown as pk.Mechanism["parameter"] };
   }
-  return m;
+  return { mechanism: m.mechanism };
 }
 
 /**
@@ -68,16 +72,16 @@ function runItem(s: Buffer, it: WireItem, input: Buffer, out: Buffer, outOff: nu
   const inData = view(input, it.inOff, it.inLen);
   switch (it.kind) {
     case "sign":
-      p11.C_SignInit(s, mechanism(it.mech!), buf(it.key!));
+      p11.C_SignInit(s, mechanism(it.mech!, input), bytes(input, it.key!));
       return place(p11.C_Sign(s, inData, slot), slot);
     case "verify":
-      p11.C_VerifyInit(s, mechanism(it.mech!), buf(it.key!));
+      p11.C_VerifyInit(s, mechanism(it.mech!, input), bytes(input, it.key!));
       return p11.C_Verify(s, inData, view(input, it.sigOff!, it.sigLen!)) ? 1 : 0;
     case "encrypt":
-      p11.C_EncryptInit(s, mechanism(it.mech!), buf(it.key!));
+      p11.C_EncryptInit(s, mechanism(it.mech!, input), bytes(input, it.key!));
       return place(p11.C_Encrypt(s, inData, slot), slot);
     case "decrypt":
-      p11.C_DecryptInit(s, mechanism(it.mech!), buf(it.key!));
+      p11.C_DecryptInit(s, mechanism(it.mech!, input), bytes(input, it.key!));
       return place(p11.C_Decrypt(s, inData, slot), slot);
     case "random":
       return place(p11.C_GenerateRandom(s, it.outLen === 0 ? Buffer.alloc(0) : slot), slot);

@@ -1,7 +1,7 @@
 import type * as pk from "pkcs11js";
 import { unavailable } from "../errors";
 import { spawnSessionWorker } from "./worker-spawn";
-import { NOT_RUN, type FromWorker, type HotKind, type SessionWorkerData, type WireError, type WireItem } from "./worker-protocol";
+import { NOT_RUN, type FromWorker, type HotKind, type SessionWorkerData, type WireBytes, type WireError, type WireItem, type WireMechanism } from "./worker-protocol";
 import { WorkerThread } from "./worker-thread";
 
 /** Most items posted to a worker as one batch. */
@@ -205,29 +205,29 @@ export class WorkerPool {
     let inSize = 0;
     let outSize = 0;
     for (const { req } of entries) {
-      inSize += req.data.length + (req.signature?.length ?? 0);
+      inSize += req.data.length + (req.signature?.length ?? 0) + (req.key?.length ?? 0) + mechanismBytes(req.mech);
       outSize += req.outLen;
     }
     const input = new ArrayBuffer(inSize);
     const inBuf = Buffer.from(input);
     let off = 0;
-    const put = (b: Buffer): number => {
+    const put = (b: Buffer): WireBytes => {
       const at = off;
       b.copy(inBuf, at);
       off += b.length;
-      return at;
+      return { at, len: b.length };
     };
     const items: WireItem[] = entries.map(({ req }) => {
-      const inOff = put(req.data);
-      const sigOff = req.signature ? put(req.signature) : undefined;
+      const inOff = put(req.data).at;
+      const sig = req.signature ? put(req.signature) : undefined;
       return {
         kind: req.kind,
-        mech: req.mech && compactMechanism(req.mech),
-        key: req.key && new Uint8Array(req.key),
+        mech: req.mech && wireMechanism(req.mech, put),
+        key: req.key && put(req.key),
         inOff,
         inLen: req.data.length,
-        sigOff,
-        sigLen: req.signature?.length,
+        sigOff: sig?.at,
+        sigLen: sig?.len,
         outLen: req.outLen,
       };
     });
@@ -385,13 +385,23 @@ export class WorkerPool {
 }
 
 /** The mechanism with its byte fields copied into their own small buffers: a Buffer view would clone its whole backing store. */
-function compactMechanism(m: pk.Mechanism): pk.Mechanism {
+/** The bytes a mechanism's parameter puts in the batch's input buffer. */
+function mechanismBytes(m: pk.Mechanism | undefined): number {
+  const p = m?.parameter as unknown;
+  if (Buffer.isBuffer(p)) return p.length;
+  let n = 0;
+  if (p && typeof p === "object") for (const v of Object.values(p)) if (Buffer.isBuffer(v)) n += v.length;
+  return n;
+}
+
+/** The mechanism with its byte fields written into the batch's input buffer (by `put`) and named by offset. */
+function wireMechanism(m: pk.Mechanism, put: (b: Buffer) => WireBytes): WireMechanism {
   const p = m.parameter as unknown;
-  if (Buffer.isBuffer(p)) return { mechanism: m.mechanism, parameter: new Uint8Array(p) as Buffer };
+  if (Buffer.isBuffer(p)) return { mechanism: m.mechanism, bytes: put(p) };
   if (p && typeof p === "object") {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(p)) out[k] = Buffer.isBuffer(v) ? new Uint8Array(v) : v;
-    return { mechanism: m.mechanism, parameter: out as unknown as pk.Mechanism["parameter"] };
+    const fields: Record<string, number | WireBytes> = {};
+    for (const [k, v] of Object.entries(p)) fields[k] = Buffer.isBuffer(v) ? put(v) : (v as number); // numbers (and absent fields) as they are
+    return { mechanism: m.mechanism, fields };
   }
-  return m;
+  return { mechanism: m.mechanism };
 }

@@ -1,10 +1,10 @@
-import type * as pk from "pkcs11js";
-
 /**
  * The messages between the main thread and a session worker (session-worker.ts). Types only: the
  * worker's entry must stay free of runtime imports from src/ (under vitest it runs as one transpiled
- * file, see worker-spawn.ts). Byte values cross as Uint8Array (structured clone turns a Buffer into
- * one); the worker turns them back into Buffers for pkcs11js.
+ * file, see worker-spawn.ts). A batch's bytes (inputs, signatures, key handles, mechanism
+ * parameters) all travel in its one transferred input buffer and are named by {@link WireBytes}
+ * offsets: structured clone then copies only small plain objects, never one typed array per item
+ * (which cost an ArrayBuffer each way and showed as the main thread's largest cost per operation).
  */
 
 /** What a worker is given at start: the module path and the user PIN (for C_Login; held in memory only, never logged). */
@@ -16,13 +16,27 @@ export interface SessionWorkerData {
 /** The hot-path calls a worker runs: `*Init` and the call together, synchronously. */
 export type HotKind = "sign" | "verify" | "encrypt" | "decrypt" | "random";
 
+/** Bytes in the batch's input buffer: offset and length. */
+export interface WireBytes {
+  at: number;
+  len: number;
+}
+
+/** A mechanism whose byte fields (a parameter buffer, or an iv/aad/label/sourceData in a parameter object) are {@link WireBytes}. */
+export interface WireMechanism {
+  mechanism: number;
+  /** The parameter bytes, or the parameter object with its byte fields as WireBytes. */
+  bytes?: WireBytes;
+  fields?: Record<string, number | WireBytes>;
+}
+
 /** One item of a batch: where its input (and signature) sits in the batch's input buffer, and its output slot's size. */
 export interface WireItem {
   kind: HotKind;
   /** The mechanism with its parameter (absent for random). */
-  mech?: pk.Mechanism;
+  mech?: WireMechanism;
   /** The object handle (process-wide), resolved on the main thread. */
-  key?: Uint8Array;
+  key?: WireBytes;
   inOff: number;
   inLen: number;
   /** verify: the signature's place in the input buffer. */
