@@ -35,11 +35,14 @@ export const HASH_LANE_DEFAULTS = Object.freeze({ concurrency: 2, maxQueue: 64 }
 export const LISTEN_DEFAULTS = Object.freeze({ grpc: "127.0.0.1:7443", admin: "127.0.0.1:7480" });
 
 /**
- * Default of `device.workers`: one session worker per core but one (the main thread still runs
- * gRPC, auth and audit), at least one (docs/spikes/worker-device.md: no gain past one per core).
+ * Default of `device.workers`: one session worker per core. Measured on 2 cores (docs/BENCHMARKS.md,
+ * "Session workers"): with cores − 1 (one worker) a device-bound operation such as RSA-2048 ran on
+ * one core only and fell to 0.63 of the raw device on the stream; with one per core it reached
+ * 0.98, and every other stream row was as fast or faster (idle workers sleep; the main thread's
+ * gRPC work is not starved by them).
  */
 export function defaultDeviceWorkers(): number {
-  return Math.max(1, availableParallelism() - 1);
+  return Math.max(1, availableParallelism());
 }
 
 /** Default profile when `device.profile` is absent: the development device. */

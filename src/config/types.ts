@@ -72,7 +72,7 @@ export interface DeviceConfig {
   /**
    * Session workers (worker_threads, one session each) that run sign, verify, encrypt, decrypt and
    * random off the event loop, in batches; 0 = on the main thread's pool through pkcs11js' async
-   * forms (libuv's thread pool). @default max(1, os.availableParallelism() - 1), within quirks.maxSessions - poolSize
+   * forms (libuv's thread pool). @default max(1, os.availableParallelism()), within quirks.maxSessions - poolSize
    */
   readonly workers: number;
   readonly quirks: DeviceQuirks;

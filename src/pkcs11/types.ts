@@ -63,7 +63,7 @@ export interface DeviceOptions {
   /**
    * Session workers (worker_threads) that run the hot path (sign, verify, encrypt, decrypt, random)
    * off the event loop, each with its own session; 0 keeps it on the main thread's pool (pkcs11js'
-   * async forms). Config device.workers. @default max(1, os.availableParallelism() - 1)
+   * async forms). Config device.workers. @default max(1, os.availableParallelism())
    */
   workers?: number;
   /** CKM_* names treated as absent from the token's mechanism list (config device.disabledMechanisms). @default [] */

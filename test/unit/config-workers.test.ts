@@ -8,9 +8,9 @@ import { env, minimal, problemsOf, useConfigDir, writeConfig } from "../helpers/
 useConfigDir();
 
 describe("device.workers", () => {
-  it("defaults to one per core but one, at least one", () => {
+  it("defaults to one per core, at least one", () => {
     const config = loadConfig({ file: writeConfig(minimal()), env });
-    expect(config.device.workers).toBe(Math.max(1, availableParallelism() - 1));
+    expect(config.device.workers).toBe(Math.max(1, availableParallelism()));
     expect(describeConfig(config).device.workers).toBe(config.device.workers);
   });
 
