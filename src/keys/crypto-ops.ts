@@ -1,4 +1,5 @@
-import { randomBytes, timingSafeEqual } from "node:crypto";
+import { timingSafeEqual } from "node:crypto";
+import { freshIv } from "./iv-pool";
 import { exhausted, invalid, precondition } from "../errors";
 import { CURVE_BYTES, partsFromSpki, type KeyDevice, type Part, type SignSpec, type WrapSpec } from "../pkcs11";
 import type { KeyFactory } from "./key-create";
@@ -62,9 +63,9 @@ export class KeyCrypto {
     if (c.name === "AES_GCM") {
       if (iv.length) throw invalid("iv must be empty for AES_GCM: the service generates a fresh 12-byte IV for every encryption");
       this.payload("aad", aad, true);
-      iv = randomBytes(12);
+      iv = freshIv(12);
     } else if (c.name === "AES_CBC_PAD" || c.name === "AES_CTR") {
-      if (iv.length === 0) iv = randomBytes(16);
+      if (iv.length === 0) iv = freshIv(16);
       else if (iv.length !== 16) throw invalid(`iv must be 16 bytes for ${c.name}; got ${iv.length}`);
     } else if (iv.length) {
       throw invalid("iv is not used with RSA_OAEP");
