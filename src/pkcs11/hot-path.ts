@@ -36,14 +36,17 @@ function ptr(b: Buffer): Buffer {
  * workers (DeviceOptions.workers ≥ 1) the handle is resolved here exactly as before (cryptoHandle:
  * the cache, else a search on a main-thread session) and the call goes to a worker; a stale handle
  * clears the cache and is retried once, a session the worker lost (reopened by the pool) is retried
- * once. Without workers, or when none can take the call, it runs on the main thread's pool:
+ * once per worker. Without workers, or when none can take the call, it runs on the main thread's pool:
  * `*Init` synchronous, the call through pkcs11js' async form on libuv's thread pool.
  */
 export async function runHot(c: DeviceCore, op: string, key: KeyRef | undefined, call: HotCall): Promise<Buffer | boolean> {
   const workers = c.workers;
   if (!workers) return onMain(c, op, key, call);
   let staleRetry = true;
-  let sessionRetry = true;
+  // Every worker's session may have been lost at once (a token event, C_CloseAllSessions): each
+  // failure reopens the session of the worker that answered it, and the retry may land on another,
+  // so a lost session is retried once per worker.
+  let sessionRetries = workers.size;
   for (;;) {
     const handle = key ? (cachedCryptoHandle(c, key) ?? (await c.run(op, undefined, (s) => cryptoHandle(c, s, key.id, key.part)))) : undefined;
     const req: HotRequest = { kind: call.kind, mech: call.mech, key: handle, data: call.data, signature: call.signature, outLen: call.outLen };
@@ -63,8 +66,8 @@ export async function runHot(c: DeviceCore, op: string, key: KeyRef | undefined,
       staleRetry = false;
       continue;
     }
-    if (sessionRetry && (isSessionLost(ckr) || ckr === CKR.OPERATION_ACTIVE)) {
-      sessionRetry = false;
+    if (sessionRetries > 0 && (isSessionLost(ckr) || ckr === CKR.OPERATION_ACTIVE)) {
+      sessionRetries--;
       continue;
     }
     throw mapDeviceError(err, op);

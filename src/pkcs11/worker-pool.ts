@@ -1,7 +1,8 @@
 import type * as pk from "pkcs11js";
 import { unavailable } from "../errors";
 import { spawnSessionWorker } from "./worker-spawn";
-import { NOT_RUN, type FromWorker, type HotKind, type SessionWorkerData, type WireBytes, type WireError, type WireItem, type WireMechanism } from "./worker-protocol";
+import { mechanismBytes, wireMechanism } from "./worker-mechanism";
+import { NOT_RUN, type FromWorker, type HotKind, type SessionWorkerData, type WireBytes, type WireError, type WireItem } from "./worker-protocol";
 import { WorkerThread } from "./worker-thread";
 
 /** Most items posted to a worker as one batch. */
@@ -71,6 +72,11 @@ export interface WorkerPoolOptions {
  */
 export class WorkerPool {
   private readonly threads: WorkerThread[] = [];
+
+  /** How many workers the pool runs (a lost-session retry may take one attempt per worker). */
+  get size(): number {
+    return this.threads.length;
+  }
   private readonly stats: WorkerStats[] = [];
   private queue: Entry[] = [];
   private lock: Promise<void> = Promise.resolve();
@@ -382,26 +388,4 @@ export class WorkerPool {
   private notifySettled(): void {
     for (const s of this.settled.splice(0)) s();
   }
-}
-
-/** The mechanism with its byte fields copied into their own small buffers: a Buffer view would clone its whole backing store. */
-/** The bytes a mechanism's parameter puts in the batch's input buffer. */
-function mechanismBytes(m: pk.Mechanism | undefined): number {
-  const p = m?.parameter as unknown;
-  if (Buffer.isBuffer(p)) return p.length;
-  let n = 0;
-  if (p && typeof p === "object") for (const v of Object.values(p)) if (Buffer.isBuffer(v)) n += v.length;
-  return n;
-}
-
-/** The mechanism with its byte fields written into the batch's input buffer (by `put`) and named by offset. */
-function wireMechanism(m: pk.Mechanism, put: (b: Buffer) => WireBytes): WireMechanism {
-  const p = m.parameter as unknown;
-  if (Buffer.isBuffer(p)) return { mechanism: m.mechanism, bytes: put(p) };
-  if (p && typeof p === "object") {
-    const fields: Record<string, number | WireBytes> = {};
-    for (const [k, v] of Object.entries(p)) fields[k] = Buffer.isBuffer(v) ? put(v) : (v as number); // numbers (and absent fields) as they are
-    return { mechanism: m.mechanism, fields };
-  }
-  return { mechanism: m.mechanism };
 }

@@ -166,6 +166,8 @@ describe("etcd store: watch", () => {
       c.txn([{ key: "lock", op: "absent" }], [{ type: "put", key: "lock", value: b("c") }]),
     ]);
     expect(created.filter((r) => r.succeeded)).toHaveLength(1);
+    // a reads its mirror: when c won the create, a sees the key once the watch brings it.
+    await eventually(async () => (await a.get("lock")) !== undefined, "node a has the key");
     for (let round = 0; round < 10; round++) {
       const m = (await a.get("lock"))!.modRevision;
       await eventually(async () => (await c.get("lock"))?.modRevision === m, "the other node has the key");
