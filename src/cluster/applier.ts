@@ -1,8 +1,8 @@
 import { decodeRecord, mainPart, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
 import type { KeyDevice } from "../pkcs11";
 import type { StateStore, WatchEvent } from "../store";
-import type { Coverage } from "./coverage";
 import { APPLY_CONCURRENCY, Slots } from "./slots";
+import type { Watermarks } from "./watermark";
 
 /** What the {@link Applier} is built from. */
 export interface ApplierOptions {
@@ -10,16 +10,17 @@ export interface ApplierOptions {
   device: KeyDevice;
   /** The key service's records (KeyService.records): the applier keeps them current. */
   records: KeyRecords;
-  coverage: Coverage;
-  /** In a cluster: this node's id (keys are session objects; coverage is recorded). */
+  /** In a cluster: where this node publishes the revision it has applied (absent on a single node). */
+  watermarks?: Watermarks;
+  /** In a cluster: this node's id (keys are session objects). */
   nodeId?: string;
   log?: (msg: string) => void;
 }
 
 /**
  * The applier: follows the store's key records in revision order and materializes them into this
- * node's HSM (records written by other nodes, deletes done elsewhere), recording coverage. Device
- * work is bounded (APPLY_CONCURRENCY) and ordered per key.
+ * node's HSM (records written by other nodes, deletes done elsewhere), publishing the revision it
+ * has applied as this node's watermark. Device work is bounded (APPLY_CONCURRENCY) and ordered per key.
  */
 export class Applier {
   private unwatch: (() => void) | undefined;
@@ -36,13 +37,13 @@ export class Applier {
 
   /** Follows the store from `rev` (the revision the records were loaded at: KeyService.start()). */
   start(rev: number): void {
-    const { store, records, device, coverage } = this.opts;
+    const { store, records, device } = this.opts;
     this.appliedKeysRevision = rev;
+    this.opts.watermarks?.publish(rev);
     this.unwatch = store.watch("keys/", rev, (ev: WatchEvent) => {
       const id = ev.key.slice("keys/".length);
       if (ev.type === "delete") {
         records.delete(id);
-        coverage.forget(id);
         this.apply(
           ev.revision,
           async () => {
@@ -91,6 +92,9 @@ export class Applier {
         const r = this.applyPending.shift()!.revision;
         if (r > this.appliedKeysRevision) this.appliedKeysRevision = r;
       }
+      // Only key events publish: the node's own watermark row is not one, so it never writes again for it.
+      if (this.applyPending.length === 0) this.opts.watermarks?.publish(this.appliedRevision);
+      else this.opts.watermarks?.publish(this.appliedKeysRevision);
     };
     const prev = keyId ? this.applyChains.get(keyId) : undefined;
     const p = (prev ?? Promise.resolve()).then(run);
@@ -122,9 +126,9 @@ export class Applier {
     for (const id of this.opts.records.ids()) await this.opts.device.destroy(id).catch(() => undefined);
   }
 
-  /** Materializes a record written elsewhere (unless the device has it) and records this node's coverage. */
+  /** Materializes a record written elsewhere (unless the device has it). */
   private async applyRecord(r: KeyRecord): Promise<void> {
-    const { records, device, coverage } = this.opts;
+    const { records, device } = this.opts;
     if (!records.has(r.id)) return; // deleted again meanwhile
     const part = mainPart(r);
     // In a cluster, keys are session objects of this process: one it has no handle for is not in
@@ -141,7 +145,5 @@ export class Applier {
         throw e;
       }
     }
-    const node = this.opts.nodeId;
-    if (node && !(await coverage.holds(r.id)) && records.has(r.id)) await coverage.cover(r.id, (id) => records.has(id));
   }
 }

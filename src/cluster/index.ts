@@ -1,5 +1,6 @@
 /**
- * The cluster: the applier (store records into this node's HSM), coverage, the start-up reconcile,
+ * The cluster: the applier (store records into this node's HSM), the nodes' watermarks, the start-up
+ * catch-up and reconcile,
  * membership records, the join ceremony (domain key handed from HSM to HSM under a
  * trusted transport key) and node reports. The state store itself (embedded or etcd) is in src/store.
  */
@@ -20,7 +21,7 @@ export {
   type NodeReport,
 } from "./membership";
 export { Applier, type ApplierOptions } from "./applier";
-export { COVERAGE_PREFIX, Coverage, coverageKey, type CoverageOptions } from "./coverage";
+export { COVERAGE_WAIT_MS, LEGACY_COVERAGE_PREFIX, WATERMARKS_PREFIX, Watermarks, parseWatermark, watermarkKey, type WatermarkRow, type WatermarksOptions } from "./watermark";
 export { reconcile, type ReconcileContext, type ReconcileResult } from "./reconcile";
 export { APPLY_CONCURRENCY, Slots } from "./slots";
 export { JoinCeremony, checkNodeId, normalizeFingerprint } from "./join";

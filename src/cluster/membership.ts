@@ -12,6 +12,7 @@ import { notFound } from "../errors";
 import type { Device } from "../pkcs11";
 import type { StateStore } from "../store";
 import { JoinCeremony, checkNodeId, joinKey, type JoinRecord } from "./join";
+import { WATERMARKS_PREFIX } from "./watermark";
 
 export { JOINS_PREFIX, TRANSPORT_KEY_ID, fingerprintOf, joinKey, type JoinRecord, type JoinState } from "./join";
 
@@ -102,19 +103,21 @@ export class Membership {
 
   /**
    * Every member with its last report and its lag behind `storeRevision` (the newest revision the
-   * asking node knows): what GetClusterStatus and /v1/status show. Nodes that never reported show
-   * zeros and no last contact.
+   * asking node knows): what GetClusterStatus and /v1/status show. The applied revision is the
+   * node's watermark (`watermarks`, see ./watermark.ts) when it has one, else its last report's.
+   * Nodes that never reported show zeros and no last contact.
    */
-  async members(storeRevision: number): Promise<MemberView[]> {
+  async members(storeRevision: number, watermarks?: Map<string, number>): Promise<MemberView[]> {
     const [nodes, reports] = await Promise.all([this.nodes(), this.reports()]);
     return nodes.map((n) => {
       const r = reports.get(n.id);
+      const applied = watermarks?.get(n.id) ?? r?.appliedRevision;
       return {
         id: n.id,
         advertise: n.advertise,
         joinedAt: n.joinedAt,
-        appliedRevision: r?.appliedRevision ?? 0,
-        lag: r ? Math.max(0, storeRevision - r.appliedRevision) : undefined,
+        appliedRevision: applied ?? 0,
+        lag: applied === undefined ? undefined : Math.max(0, storeRevision - applied),
         hsmHealthy: r?.hsmHealthy ?? false,
         storeReachable: r?.storeReachable ?? false,
         keys: r?.keys ?? 0,
@@ -166,6 +169,7 @@ export class Membership {
       [
         { type: "delete", key: nodeKey(nodeId) },
         { type: "delete", key: NODE_STATUS_PREFIX + nodeId },
+        { type: "delete", key: WATERMARKS_PREFIX + nodeId },
         { type: "delete", key: joinKey(nodeId) },
       ],
     );

@@ -1,7 +1,6 @@
 import { partsOf, recordKey, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
 import type { KeyDevice, Part } from "../pkcs11";
 import type { StateStore } from "../store";
-import type { Coverage } from "./coverage";
 import { APPLY_CONCURRENCY } from "./slots";
 
 /** What the start-up reconcile did (see {@link reconcile}). */
@@ -28,7 +27,6 @@ export interface ReconcileContext {
   store: StateStore;
   /** The key service's records (KeyService.records), loaded. */
   records: KeyRecords;
-  coverage: Coverage;
   /** CKA_ID of the domain key (never an orphan). */
   domainKeyId: string;
   /** In a cluster: this node's id. */
@@ -37,7 +35,8 @@ export interface ReconcileContext {
 }
 
 /**
- * Checks every record against the device at start:
+ * Checks the records against the device's token objects at start (in a cluster, where keys are
+ * session objects, the catch-up of ./catch-up.ts proves the records instead):
  * - a record whose objects are missing gets its quarantined objects back if the token holds them
  *   (a store log with the record was restored), else is materialized from its wrapped material;
  * - a record whose secret or private object could be wrapped (written by an hsmd before keys were
@@ -49,7 +48,7 @@ export interface ReconcileContext {
  *   hsmd cannot tell these apart, and only the first two cost keys if it guessed wrong.
  */
 export async function reconcile(ctx: ReconcileContext, opts: { purgeOrphans?: boolean } = {}): Promise<ReconcileResult> {
-  const { device, store, records, coverage } = ctx;
+  const { device, store, records } = ctx;
   const inv = await device.inventory();
   const present = inv.keys;
   const res: ReconcileResult = { materialized: 0, upgraded: 0, restored: 0, quarantined: 0, purged: 0, inQuarantine: 0, lost: [] };
@@ -65,8 +64,9 @@ export async function reconcile(ctx: ReconcileContext, opts: { purgeOrphans?: bo
     ctx.log?.(`reconcile: key ${r.id} restored from quarantine (its record is back)`);
   }
   const missing = [...records.values()].filter((r) => {
-    // A key that lives only in the HSM that generated it (EdDSA on SoftHSM2) is not missing elsewhere.
-    if (residencyOf(r) === "device" && ctx.nodeId) return false;
+    // In a cluster keys are session objects, materialized on demand and proven by the catch-up
+    // (./catch-up.ts); a key that lives only in the HSM that generated it is not missing elsewhere.
+    if (ctx.nodeId) return false;
     return !has(r);
   });
   const weak = [...records.values()].filter((r) => inv.weak.has(r.id) && has(r));
@@ -77,7 +77,6 @@ export async function reconcile(ctx: ReconcileContext, opts: { purgeOrphans?: bo
   // Several at a time: the device's session pool bounds the real concurrency.
   const work = [...missing.map((r) => ({ r, upgrade: false })), ...weak.filter((r) => residencyOf(r) !== "device").map((r) => ({ r, upgrade: true }))];
   let next = 0;
-  const covering: Promise<void>[] = [];
   await Promise.all(
     Array.from({ length: Math.min(APPLY_CONCURRENCY, work.length) }, async () => {
       while (next < work.length) {
@@ -90,8 +89,6 @@ export async function reconcile(ctx: ReconcileContext, opts: { purgeOrphans?: bo
             continue;
           }
           res.materialized++;
-          // Keys written while this node was down reach it here, not through the applier: record its coverage too.
-          if (ctx.nodeId && !(await coverage.holds(r.id))) covering.push(coverage.cover(r.id, (id) => records.has(id)));
         } catch (e) {
           res.lost.push(r.id);
           ctx.log?.(`reconcile: key ${r.id} cannot be ${upgrade ? "re-materialized with unextractable objects" : "materialized"}: ${(e as Error).message}`);
@@ -99,7 +96,6 @@ export async function reconcile(ctx: ReconcileContext, opts: { purgeOrphans?: bo
       }
     }),
   );
-  await Promise.all(covering);
   for (const id of present.keys()) {
     // hsmd's own objects (domain, import, transport keys) are named hsmd-…; records are UUIDs.
     if (id.startsWith("hsmd-") || id === ctx.domainKeyId || records.has(id)) continue;

@@ -7,11 +7,11 @@ import { AuditLog, UseTally, type AuditThrottle } from "../audit";
 import { Code, HsmError } from "../errors";
 import { buildGrpcServer, connectionBudget, describeTransport, grpcServerCredentials, listenGrpc, setServing, type CryptoStreams, type GrpcListener } from "../grpc";
 import { buildAdminApp } from "../http";
-import { KeyService } from "../keys";
+import { type KeyPlacement, KeyService, SINGLE_NODE } from "../keys";
 import { Metrics } from "../metrics";
 import type { Device } from "../pkcs11";
 import type { DirLock, StateStore } from "../store";
-import { Applier, Coverage, Membership, TRANSPORT_KEY_ID, reconcile } from "../cluster";
+import { Applier, Membership, TRANSPORT_KEY_ID, Watermarks, reconcile } from "../cluster";
 import { checkListenAddresses, listenError } from "../listen-check";
 import { HashLane, QuorumService, UserService } from "../users";
 import { ensureDomain } from "./domain";
@@ -53,6 +53,8 @@ export class Daemon {
   private nodeLock: DirLock | undefined;
   /** The applier: follows the store into this node's HSM (src/cluster/applier.ts). */
   applier!: Applier;
+  /** In a cluster: the nodes' applied-revision watermarks (src/cluster/watermark.ts). */
+  watermarks: Watermarks | undefined;
   private grpcListener: GrpcListener | undefined;
 
   private constructor(
@@ -102,16 +104,21 @@ export class Daemon {
       // From here on the domain key not being found is a device fault (UNAVAILABLE, the module re-initialized), never a missing key.
       device.markEssential(domainKeyId, "secret");
       const nodeId = cluster ? config.node.id : undefined;
-      const coverage = new Coverage({ store, nodeId, minNodes: cluster?.minNodes, log });
-      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement: coverage });
-      const applier = new Applier({ store, device, records: keys.records, coverage, nodeId, log });
+      const watermarks = nodeId ? new Watermarks({ store, nodeId, minNodes: cluster?.minNodes, log }) : undefined;
+      if (watermarks) {
+        await watermarks.start();
+        await watermarks.removeLegacyCoverage();
+      }
+      const placement: KeyPlacement = watermarks ?? SINGLE_NODE;
+      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement });
+      const applier = new Applier({ store, device, records: keys.records, watermarks, nodeId, log });
       applier.start(await keys.start());
       if (cluster) {
         const last = Number.parseInt(readFileSync(join(config.node.dataDir, "applied-revision"), { encoding: "utf8", flag: "a+" }) || "0", 10) || 0;
         log(`applier: last applied revision ${last}, store at ${store.revision()}: ${Math.max(0, store.revision() - last)} revisions to catch up`);
       }
       const t0 = Date.now();
-      const rec = await reconcile({ device, store, records: keys.records, coverage, domainKeyId, nodeId, log }, { purgeOrphans: opts.purgeOrphans });
+      const rec = await reconcile({ device, store, records: keys.records, domainKeyId, nodeId, log }, { purgeOrphans: opts.purgeOrphans });
       log(
         `records checked against the token in ${Date.now() - t0} ms: ${keys.keyCount} keys, ${rec.materialized} materialized, ${rec.upgraded} made unextractable, ` +
           `${rec.restored} restored from quarantine, ${rec.quarantined} quarantined, ${rec.purged} purged${rec.lost.length ? `, ${rec.lost.length} LOST: ${rec.lost.join(", ")}` : ""}`,
@@ -147,7 +154,7 @@ export class Daemon {
         auditFsync: config.audit.fsync,
         membership,
         applier,
-        coverage,
+        watermarks,
         domainKeyId,
         clusterName: cluster?.name,
         storeRevision: () => store.revision(),
@@ -177,6 +184,7 @@ export class Daemon {
       const d = new Daemon(config, store, device, keys, metrics, domainKeyId, users, quorum, audit, membership, server, health, admin, log);
       d.nodeLock = nodeLock;
       d.applier = applier;
+      d.watermarks = watermarks;
       self = d;
       d.refusals = refusals;
       d.streams = built.streams;
@@ -236,6 +244,8 @@ export class Daemon {
     if (!storeReachable) return undefined;
     // Kept locally too: after a restart the node says how far behind it starts.
     writeFileSync(join(this.config.node.dataDir, "applied-revision"), `${this.applier.appliedRevision}\n`);
+    // Idle, the applier publishes nothing (only key events do): the tick keeps the status' lag current.
+    this.watermarks?.publish(this.applier.appliedRevision);
     try {
       await this.membership.report({ appliedRevision: this.applier.appliedRevision, storeRevision: this.store.revision(), hsmHealthy, storeReachable, keys: this.keys.keyCount });
       return (await this.membership.nodes()).length;
@@ -311,6 +321,8 @@ export class Daemon {
     await listenerClosed;
     await this.admin.close();
     this.applier.stop();
+    await this.watermarks?.flushed();
+    this.watermarks?.stop();
     await this.refusals?.flush();
     await this.tally?.close();
     await this.audit.close();

@@ -1,7 +1,7 @@
 import type { Config } from "../config";
 import type { KeyService } from "../keys";
 import type { AuditLog } from "../audit";
-import type { Applier, Membership } from "../cluster";
+import type { Applier, Membership, Watermarks } from "../cluster";
 import { describeTransport } from "../grpc";
 import { type Device, mechanismName } from "../pkcs11";
 import type { StateStore } from "../store";
@@ -13,6 +13,7 @@ export interface DaemonView {
   readonly device: Device;
   readonly keys: KeyService;
   readonly applier: Applier;
+  readonly watermarks: Watermarks | undefined;
   readonly domainKeyId: string;
   readonly audit: AuditLog;
   readonly membership: Membership | undefined;
@@ -75,9 +76,9 @@ export async function status(d: DaemonView) {
   };
 }
 
-/** Every member with its last report: applied revision, lag behind this node's view, HSM health, last contact. */
+/** Every member with its last report: applied revision (its watermark), lag behind this node's view (store revision − watermark), HSM health, last contact. */
 export async function clusterStatus(d: DaemonView) {
-  const members = await d.membership!.members(d.store.revision());
+  const members = await d.membership!.members(d.store.revision(), d.watermarks?.all());
   return {
     name: d.config.cluster!.name,
     self: d.config.node.id,

@@ -1,6 +1,6 @@
 import type { AccessGuard, PeerRateLimiter } from "../access";
 import type { AuditLog, TallyUse } from "../audit";
-import type { Applier, Coverage, Membership } from "../cluster";
+import type { Applier, Membership, Watermarks } from "../cluster";
 import type { HsmError } from "../errors";
 import type { KeyService } from "../keys";
 import type { QuorumService, UserService } from "../users";
@@ -32,8 +32,8 @@ export interface GrpcServerOptions {
   membership?: Membership;
   /** The applier: the store revision this node's HSM is materialized up to (status). */
   applier: Applier;
-  /** Which nodes hold each key (GetKey's held_by in a cluster). */
-  coverage?: Coverage;
+  /** The nodes' applied-revision watermarks (GetKey's held_by in a cluster). */
+  watermarks?: Watermarks;
   /** The cluster's name and the newest store revision this node knows (status). */
   clusterName?: string;
   storeRevision?: () => number;

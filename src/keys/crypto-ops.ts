@@ -206,7 +206,7 @@ export class KeyCrypto {
     if (!v?.material) throw precondition(`key ${k.id} exists only in the device that generated it (the device cannot wrap ${kalg.type} keys): it cannot be exported`);
     // Exported from the record's copy, through a transient object (the key's kept objects cannot be wrapped).
     const material = v.material;
-    await placement.checkUsable(k.id);
+    await placement.checkUsable(k.id, undefined);
     const blob = await records.withKey(w, () => device.exportWrapped(w.id, walg.type === "rsa" ? "public" : "secret", spec, kalg, material));
     return { wrappedKey: blob };
   }

@@ -169,11 +169,11 @@ export class KeyAdmin {
     return n;
   }
 
-  /** Deletes a key: its record (and coverage) durably first, then its objects. */
+  /** Deletes a key: its record durably first, then its objects. */
   async deleteKey(keyId: string): Promise<void> {
-    const { store, records, device, placement } = this.opts;
+    const { store, records, device } = this.opts;
     const r = records.record(keyId);
-    const ops = [{ type: "delete" as const, key: recordKey(r.id) }, ...(await placement.deleteOps(r.id))];
+    const ops = [{ type: "delete" as const, key: recordKey(r.id) }];
     const res = await store.txn([{ key: recordKey(r.id), op: "present" }], ops);
     if (!res.succeeded) throw notFound(`key ${r.id} not found`);
     records.delete(r.id);

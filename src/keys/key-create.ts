@@ -72,7 +72,7 @@ export class KeyFactory {
       }
       const rec: KeyRecord = { ...base, id, createdAt, publicKeySpki: spki, currentVersion: 1, versions: [version] };
       const compares = [{ key: recordKey(id), op: "absent" as const }];
-      const ops = [{ type: "put" as const, key: recordKey(id), value: encodeRecord(rec) }, ...placement.createOps(id, createdAt)];
+      const ops = [{ type: "put" as const, key: recordKey(id), value: encodeRecord(rec) }];
       if (base.requestId) {
         const rk = requestKey(scopedRequestId(base.requestId, base.owner));
         compares.push({ key: rk, op: "absent" });
@@ -87,7 +87,7 @@ export class KeyFactory {
         throw new HsmError(Code.Unavailable, "create conflicted with a concurrent write; retry", { transient: true });
       }
       records.set(rec);
-      await placement.awaitCoverage(id);
+      await placement.awaitCoverage(id, res.revision);
       return toApiKey(rec, rec.owner?.userId);
     } catch (e) {
       if (!records.has(id)) await device.destroy(id).catch(() => undefined);

@@ -119,7 +119,7 @@ export class KeyRecords {
 
   /** Runs a device operation on a key, materializing it from its record once if the device lacks it. */
   async withKey<T>(r: KeyRecord, fn: () => Promise<T>): Promise<T> {
-    await this.opts.placement.checkUsable(r.id);
+    await this.opts.placement.checkUsable(r.id, undefined);
     try {
       return await fn();
     } catch (e) {

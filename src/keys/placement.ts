@@ -1,26 +1,20 @@
-import type { Op } from "../store";
-
 /**
- * Where keys are held, as far as the key rules need to know: in a cluster, how many nodes hold a
- * key decides when it may be used (cluster.minNodes), and a create or delete carries this node's
- * coverage entries in its own store transaction. `cluster/Coverage` implements it; keys/ never
- * imports cluster/.
+ * Where keys are held, as far as the key rules need to know: in a cluster, how many nodes have
+ * applied a key's create decides when it may be used (cluster.minNodes). `cluster/Watermarks`
+ * implements it from the nodes' applied-revision watermarks (one store row per node, none per key);
+ * keys/ never imports cluster/.
  */
 export interface KeyPlacement {
-  /** UNAVAILABLE (transient) until enough nodes hold the key; resolves at once when that is known. */
-  checkUsable(id: string): Promise<void>;
-  /** After a create: waits (bounded) until enough nodes hold the new key. */
-  awaitCoverage(id: string): Promise<void>;
-  /** Store writes a create adds to its transaction: this node holds the new key. */
-  createOps(id: string, at: string): Op[];
-  /** Store writes a delete adds to its transaction: nobody holds the key any more. */
-  deleteOps(id: string): Promise<Op[]>;
+  /** This node's id in a cluster (new records carry it as createdOn); undefined on a single node. */
+  readonly nodeId?: string;
+  /** UNAVAILABLE (transient) until cluster.minNodes nodes have applied the key's create revision. */
+  checkUsable(id: string, createRevision: number | undefined): Promise<void>;
+  /** After a create committed at `revision`: waits (bounded) until minNodes nodes have applied it. */
+  awaitCoverage(id: string, revision: number): Promise<void>;
 }
 
-/** One node, no coverage: every key is usable once committed. */
+/** One node, no watermarks: every key is usable once committed. */
 export const SINGLE_NODE: KeyPlacement = {
   checkUsable: async () => undefined,
   awaitCoverage: async () => undefined,
-  createOps: () => [],
-  deleteOps: async () => [],
 };

@@ -1,6 +1,6 @@
 /**
  * The three-node cluster of cluster-replication.test.ts (three etcd members, hsmd daemons joined
- * through the real ceremony) and what the tests read from it: clients, coverage, /metrics and store counts.
+ * through the real ceremony) and what the tests read from it: clients, watermarks, /metrics and store counts.
  */
 import { createPublicKey, verify as verifySignature } from "node:crypto";
 import { afterAll, afterEach, beforeAll } from "vitest";
@@ -49,16 +49,30 @@ export function verifiesEcdsa(pem: string, message: Buffer, signature: Buffer): 
   return verifySignature("sha256", message, createPublicKey(pem), signature);
 }
 
-/** Every coverage entry under the cluster prefix: key id → the nodes that hold it. */
-export async function coverage(): Promise<Map<string, Set<string>>> {
+/** Every node's watermark row under the cluster prefix (node id → revision), read from etcd itself. */
+export async function watermarks(): Promise<Map<string, number>> {
   const kv = etcdClient(etcd);
   try {
-    const keys = await kv.getAll().prefix(`${CLUSTER_PREFIX}coverage/`).keys();
+    const rows = await kv.getAll().prefix(`${CLUSTER_PREFIX}watermarks/`).strings();
+    return new Map(Object.entries(rows).map(([k, v]) => [k.slice(`${CLUSTER_PREFIX}watermarks/`.length), (JSON.parse(v) as { revision: number }).revision]));
+  } finally {
+    kv.close();
+  }
+}
+
+/**
+ * Which nodes have applied each key's create (key id → nodes whose watermark passed the revision
+ * that created its record), from etcd itself: what GetKey's held_by derives from.
+ */
+export async function coverage(ids: string[]): Promise<Map<string, Set<string>>> {
+  const marks = await watermarks();
+  const kv = etcdClient(etcd);
+  try {
     const out = new Map<string, Set<string>>();
-    for (const k of keys) {
-      const [id, node] = k.slice(`${CLUSTER_PREFIX}coverage/`.length).split("/");
-      if (!out.has(id!)) out.set(id!, new Set());
-      out.get(id!)!.add(node!);
+    for (const id of ids) {
+      const res = await kv.get(`${CLUSTER_PREFIX}keys/${id}`).exec();
+      const created = Number(res.kvs[0]?.create_revision ?? Number.POSITIVE_INFINITY);
+      out.set(id, new Set([...marks].filter(([, w]) => w >= created).map(([n]) => n)));
     }
     return out;
   } finally {
@@ -87,22 +101,22 @@ export async function storeCount(prefix: string): Promise<number> {
 }
 
 /**
- * The coverage once every one of `ids` is held by all three nodes (within 20 s); otherwise fails with
+ * The coverage once every one of `ids` has been applied by all three nodes (within 20 s); otherwise fails with
  * `what` and how many of them each node lacks, so a failure says which node fell behind.
  */
 export async function coveredByAll(ids: string[], what: string): Promise<Map<string, Set<string>>> {
   return eventually(
     async () => {
-      const c = await coverage();
+      const c = await coverage(ids);
       return ids.every((id) => c.get(id)?.size === 3) ? c : undefined;
     },
     what,
     20_000,
   ).catch(async (e: unknown) => {
-    const c = await coverage();
+    const c = await coverage(ids);
     const lacking = ids.filter((id) => !c.get(id)?.has("n3"));
     throw new Error(
-      `${(e as Error).message}; ${lacking.length} of ${ids.length} keys have no coverage entry for n3, ${ids.filter((id) => !c.get(id)?.has("n1")).length} none for n1, ${ids.filter((id) => !c.get(id)?.has("n2")).length} none for n2`,
+      `${(e as Error).message}; ${lacking.length} of ${ids.length} keys not applied by n3 (its watermark), ${ids.filter((id) => !c.get(id)?.has("n1")).length} none for n1, ${ids.filter((id) => !c.get(id)?.has("n2")).length} none for n2`,
     );
   });
 }

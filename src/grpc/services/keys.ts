@@ -12,7 +12,8 @@ export function keyService(opts: GrpcServerOptions, p: Pipeline): KeyServiceServ
     generateKey: rpc("GenerateKey", async (r, c) => keyToProto(await k.generateKey(generateKeyFromProto(r), owner(c)))),
     getKey: rpc("GetKey", async (r, c) => {
       const key = k.getKey(r, c.principal!.userId);
-      return keyToProto(key, opts.membership && opts.coverage ? (await opts.coverage.coverage(key.id)).sort() : []);
+      const rec = opts.watermarks ? k.records.get(key.id) : undefined;
+      return keyToProto(key, rec && opts.watermarks ? opts.watermarks.heldBy(rec, undefined) : []);
     }),
     listKeys: rpc("ListKeys", (r, c) => keyPageToProto(k.listKeys(listKeysFromProto(r), guard.visibleTo(c.principal!), c.principal!.userId))),
     deleteKey: rpc("DeleteKey", async (r, c) => {
