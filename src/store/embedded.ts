@@ -198,6 +198,16 @@ export class EmbeddedStore implements StateStore {
     return this.hub.subscribe(prefix, this.rev, backlog, cb);
   }
 
+  /**
+   * True for a revision this store has and still replays from: at or above its last compaction and
+   * not past its current revision (a revision above it is not one of this store's).
+   */
+  async hasHistorySince(revision: number): Promise<boolean> {
+    if (this.closed) throw unavailable("state store is closed");
+    if (!Number.isSafeInteger(revision) || revision < 0) throw invalid(`hasHistorySince revision must be a non-negative integer, got ${String(revision)}`);
+    return revision >= this.compactRev && revision <= this.rev;
+  }
+
   /** Not closed, not failed, and a small file can be written and fsync'd in the store directory now. */
   async healthy(): Promise<boolean> {
     if (this.closed || this.failed) return false;

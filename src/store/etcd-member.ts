@@ -94,6 +94,11 @@ export class RpcFailure extends Error {
     return this.code === 11 || /required revision has been compacted/.test(this.details);
   }
 
+  /** A read at a revision etcd has not reached yet (same grpc status as a compacted one). */
+  get futureRevision(): boolean {
+    return /required revision is a future revision/.test(this.details);
+  }
+
   /** The call ran into its deadline, or etcd's own proposal timeout. */
   get timedOut(): boolean {
     return this.code === 4 || /request timed out|leader changed/.test(this.details);

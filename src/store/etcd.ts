@@ -40,6 +40,7 @@
 import type { IRangeResponse, ITxnResponse, IWatchResponse } from "etcd3";
 import { HsmError, invalid, unavailable } from "../errors";
 import { EtcdClient, closedError, type Snapshot } from "./etcd-client";
+import { EtcdReads } from "./etcd-reads";
 import { EventHistory } from "./event-history";
 import { EtcdMirror } from "./etcd-mirror";
 import {
@@ -80,6 +81,7 @@ export class EtcdStore implements StateStore {
   private readonly log: (msg: string) => void;
 
   private readonly mirror: EtcdMirror;
+  private readonly reads: EtcdReads;
   private readonly history: EventHistory;
   private readonly hub: WatchHub;
   private readonly follower: WatchFollower;
@@ -99,6 +101,7 @@ export class EtcdStore implements StateStore {
     this.hub = new WatchHub(this.log);
     this.client = new EtcdClient(prefix, opts);
     this.mirror = new EtcdMirror(this.client);
+    this.reads = new EtcdReads(this.client);
     this.follower = new WatchFollower({
       client: this.client,
       applied: () => this.mirror.applied,
@@ -215,6 +218,16 @@ export class EtcdStore implements StateStore {
 
   async delete(key: string): Promise<number> {
     return (await this.txn([], [{ type: "delete", key }])).revision;
+  }
+
+  /**
+   * True when etcd can still tell every change after `revision` (it has not compacted past it, and
+   * it is not a revision etcd has not reached): a watch from there replays what changed. UNAVAILABLE
+   * when no member answers within `requestTimeoutMs`.
+   */
+  async hasHistorySince(revision: number): Promise<boolean> {
+    if (this.closed) throw closedError();
+    return this.reads.hasHistorySince(revision, Date.now() + this.requestTimeoutMs);
   }
 
   /** True when a linearizable read (a round trip through the etcd leader and quorum) succeeds now. */

@@ -58,6 +58,14 @@ export interface StateStore {
   delete(key: string): Promise<number>;
   /** events with revision > fromRevision, in order, then live; returns unsubscribe */
   watch(prefix: string, fromRevision: number, cb: (ev: WatchEvent) => void): () => void;
+  /**
+   * True when every change after `revision` can still be told: a watch from `revision` replays them
+   * (etcd: `revision` is at or above etcd's compact revision and not past its current one; the
+   * embedded store: `revision` is one of its own since its last compaction). A node that was down
+   * catches up from its applied revision when this holds, and runs the full check when it does not.
+   * Optional: a store without it is treated as answering false.
+   */
+  hasHistorySince?(revision: number): Promise<boolean>;
   /** is the store writable right now (used by /readyz) */
   healthy(): Promise<boolean>;
   close(): Promise<void>;

@@ -261,6 +261,27 @@ describe("etcd store: watch", () => {
     }
   });
 
+  it("hasHistorySince: true before etcd compacts past a revision, false after, and false for a future revision", async () => {
+    const s = await openStore(newPrefix());
+    const raw = new Etcd3({ hosts: cluster.endpoints });
+    try {
+      const r1 = await s.put("a", b("1"));
+      const r2 = await s.put("a", b("2"));
+      await s.put("b", b("x"));
+      expect(await s.hasHistorySince(r1)).toBe(true);
+      expect(await s.hasHistorySince(r2)).toBe(true);
+      expect(await s.hasHistorySince(r2 + 1_000_000)).toBe(false);
+      await raw.kv.compact({ revision: r2, physical: true });
+      expect(await s.hasHistorySince(r1)).toBe(false);
+      expect(await s.hasHistorySince(0)).toBe(false);
+      expect(await s.hasHistorySince(r2)).toBe(true);
+      expect(await s.hasHistorySince(s.revision())).toBe(true);
+      await expect(s.hasHistorySince(-1)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    } finally {
+      raw.close();
+    }
+  });
+
   it("open fails with UNAVAILABLE when no member answers", async () => {
     const port = await freePort();
     const err = await openEtcdStore({ endpoints: [`http://127.0.0.1:${port}`], prefix: "hsmd/none/", dialTimeoutMs: 300 }).catch((e: unknown) => e);

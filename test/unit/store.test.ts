@@ -128,6 +128,31 @@ describe("embedded store: watch", () => {
   });
 });
 
+describe("embedded store: history probe", () => {
+  it("hasHistorySince holds for its own revisions since the last compaction, not before it nor past the current one", async () => {
+    let s = await openStore();
+    expect(await s.hasHistorySince(0)).toBe(true);
+    for (let i = 0; i < 4; i++) await s.put(`k${i}`, b(String(i)));
+    expect(await s.hasHistorySince(0)).toBe(true);
+    expect(await s.hasHistorySince(4)).toBe(true);
+    expect(await s.hasHistorySince(5)).toBe(false); // not one of this store's revisions
+    await s.compact();
+    expect(await s.hasHistorySince(3)).toBe(false);
+    expect(await s.hasHistorySince(4)).toBe(true);
+    await s.put("k9", b("9"));
+    await s.close();
+    s = await openStore();
+    expect(await s.hasHistorySince(3)).toBe(false);
+    expect(await s.hasHistorySince(4)).toBe(true);
+    // What it answers true for, watch replays.
+    const events: WatchEvent[] = [];
+    s.watch("", 4, (e) => events.push(e));
+    await tick();
+    expect(events.map((e) => e.key)).toEqual(["k9"]);
+    await expect(s.hasHistorySince(-1)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+  });
+});
+
 describe("embedded store: durability and recovery", () => {
   it("reopen restores state and revision", async () => {
     let s = await openStore();
