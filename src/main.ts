@@ -3,7 +3,7 @@
  * hsmd entry point: load config → size the libuv pool → build the daemon → start; SIGTERM/SIGINT →
  * stop. `hsmd init` also creates the node's domain key inside the HSM when it has none.
  *
- *   hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT] [--purge-orphans]
+ *   hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT] [--purge-orphans] [--full-check]
  *   hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]
  *   hsmd officer unlock NAME --config FILE [--so-pin-file FILE]
  */
@@ -29,13 +29,14 @@ async function main(): Promise<number> {
       grpc: { type: "string" },
       admin: { type: "string" },
       "purge-orphans": { type: "boolean" },
+      "full-check": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
   const cmd = positionals[0] ?? "start";
   if (values.help || !["start", "init", "join"].includes(cmd)) {
     process.stdout.write(
-      "usage: hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT] [--purge-orphans]\n       hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]\n       hsmd officer unlock NAME --config FILE [--so-pin-file FILE]\n",
+      "usage: hsmd [start|init|join] --config FILE [--data-dir DIR] [--grpc HOST:PORT] [--admin HOST:PORT] [--purge-orphans] [--full-check]\n       hsmd audit verify FILE [--expect-last-hash HASH] [--min-entries N]\n       hsmd officer unlock NAME --config FILE [--so-pin-file FILE]\n",
     );
     return values.help ? 0 : 2;
   }
@@ -64,6 +65,8 @@ async function main(): Promise<number> {
     join: cmd === "join",
     // Destroys key objects no record explains instead of quarantining them (see KeyService.reconcile).
     purgeOrphans: values["purge-orphans"] === true,
+    // A cluster node proves every record at start, not only those changed since its watermark (see cluster/catch-up.ts).
+    fullCheck: values["full-check"] === true,
     onJoinRequest: (r) =>
       process.stdout.write(`join request: node ${r.nodeId}, transport key sha256 ${r.fingerprint} (a crypto officer approves it with ApproveJoin; expires ${new Date(r.expiresAt).toISOString()})\n`),
   });

@@ -18,6 +18,11 @@ export interface DaemonOptions {
    * quarantining them (`--purge-orphans`): only when the store is known to be complete.
    */
   purgeOrphans?: boolean;
+  /**
+   * A cluster node proves every record at start (`--full-check`) instead of only those changed since
+   * the revision it had applied; the full check also runs on its own when the store has compacted past it.
+   */
+  fullCheck?: boolean;
   log?: (msg: string) => void;
 }
 
