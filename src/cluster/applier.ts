@@ -56,7 +56,9 @@ export class Applier {
       } else if (ev.value) {
         const r = decodeRecord(ev.value);
         const isNew = !records.has(id);
-        records.set(r);
+        // A record this node made itself is known (without revisions) before its event comes back.
+        const created = isNew ? ev.revision : (records.createRevision(id) ?? ev.revision);
+        records.set(r, { createRevision: created, modRevision: ev.revision });
         this.apply(ev.revision, isNew ? () => this.applyRecord(r) : undefined, id);
       }
     });
@@ -126,7 +128,13 @@ export class Applier {
     for (const id of this.opts.records.ids()) await this.opts.device.destroy(id).catch(() => undefined);
   }
 
-  /** Materializes a record written elsewhere (unless the device has it). */
+  /**
+   * Proves a record written elsewhere (unless the device has it): the event's record, which carries
+   * its material, is unwrapped once into the device (kept if the object budget has room), so that a
+   * bad record is found now, not at its first use. One that cannot be is reported in applyFailures
+   * (status) and logged; the applied revision, and with it the watermark, still advances past it: the
+   * node holds every other key, and the key answers its error wherever this node is asked to use it.
+   */
   private async applyRecord(r: KeyRecord): Promise<void> {
     const { records, device } = this.opts;
     if (!records.has(r.id)) return; // deleted again meanwhile
@@ -138,11 +146,12 @@ export class Applier {
     if (!present) {
       if (residencyOf(r) === "device") return; // lives only in the HSM that generated it
       try {
-        await records.materialize(r, !clustered);
+        await records.prove(r);
         this.applyFailures.delete(r.id);
       } catch (e) {
-        this.applyFailures.set(r.id, e instanceof Error ? e.message : String(e));
-        throw e;
+        const msg = e instanceof Error ? e.message : String(e);
+        this.applyFailures.set(r.id, msg);
+        throw new Error(`key ${r.id} cannot be materialized on this node (the watermark moves past it; status counts it in applyFailures): ${msg}`);
       }
     }
   }

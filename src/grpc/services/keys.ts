@@ -13,7 +13,7 @@ export function keyService(opts: GrpcServerOptions, p: Pipeline): KeyServiceServ
     getKey: rpc("GetKey", async (r, c) => {
       const key = k.getKey(r, c.principal!.userId);
       const rec = opts.watermarks ? k.records.get(key.id) : undefined;
-      return keyToProto(key, rec && opts.watermarks ? opts.watermarks.heldBy(rec, undefined) : []);
+      return keyToProto(key, rec && opts.watermarks ? opts.watermarks.heldBy(rec, k.records.createRevision(rec.id)) : []);
     }),
     listKeys: rpc("ListKeys", (r, c) => keyPageToProto(k.listKeys(listKeysFromProto(r), guard.visibleTo(c.principal!), c.principal!.userId))),
     deleteKey: rpc("DeleteKey", async (r, c) => {
