@@ -22,6 +22,7 @@ export {
 } from "./membership";
 export { Applier, type ApplierOptions } from "./applier";
 export { COVERAGE_WAIT_MS, LEGACY_COVERAGE_PREFIX, WATERMARKS_PREFIX, Watermarks, parseWatermark, watermarkKey, type WatermarkRow, type WatermarksOptions } from "./watermark";
+export { catchUp, fullCheckReason, type CatchUpOptions, type CatchUpRecords, type CatchUpResult } from "./catch-up";
 export { reconcile, type ReconcileContext, type ReconcileResult } from "./reconcile";
 export { APPLY_CONCURRENCY, Slots } from "./slots";
 export { JoinCeremony, checkNodeId, normalizeFingerprint } from "./join";

@@ -63,6 +63,8 @@ export async function reconcile(ctx: ReconcileContext, opts: { purgeOrphans?: bo
     res.restored++;
     ctx.log?.(`reconcile: key ${r.id} restored from quarantine (its record is back)`);
   }
+  // The keys the token holds count as resident in the device (the materializer's budget and LRU).
+  for (const r of records.values()) if (has(r)) records.noteResident(r.id);
   const missing = [...records.values()].filter((r) => {
     // In a cluster keys are session objects, materialized on demand and proven by the catch-up
     // (./catch-up.ts); a key that lives only in the HSM that generated it is not missing elsewhere.

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { existsSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type * as grpc from "@grpc/grpc-js";
 import type { Config } from "../config";
@@ -14,6 +14,7 @@ import type { DirLock, StateStore } from "../store";
 import { Applier, Membership, TRANSPORT_KEY_ID, Watermarks, reconcile } from "../cluster";
 import { checkListenAddresses, listenError } from "../listen-check";
 import { HashLane, QuorumService, UserService } from "../users";
+import { startReplication } from "./catch-up";
 import { ensureDomain } from "./domain";
 import { ensureUsers } from "./first-officer";
 import { openDevice, openStore } from "./open";
@@ -105,18 +106,10 @@ export class Daemon {
       device.markEssential(domainKeyId, "secret");
       const nodeId = cluster ? config.node.id : undefined;
       const watermarks = nodeId ? new Watermarks({ store, nodeId, minNodes: cluster?.minNodes, log }) : undefined;
-      if (watermarks) {
-        await watermarks.start();
-        await watermarks.removeLegacyCoverage();
-      }
       const placement: KeyPlacement = watermarks ?? SINGLE_NODE;
       const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement });
       const applier = new Applier({ store, device, records: keys.records, watermarks, nodeId, log });
-      applier.start(await keys.start());
-      if (cluster) {
-        const last = Number.parseInt(readFileSync(join(config.node.dataDir, "applied-revision"), { encoding: "utf8", flag: "a+" }) || "0", 10) || 0;
-        log(`applier: last applied revision ${last}, store at ${store.revision()}: ${Math.max(0, store.revision() - last)} revisions to catch up`);
-      }
+      await startReplication({ store, keys, applier, watermarks, dataDir: config.node.dataDir, fullCheck: opts.fullCheck, log });
       const t0 = Date.now();
       const rec = await reconcile({ device, store, records: keys.records, domainKeyId, nodeId, log }, { purgeOrphans: opts.purgeOrphans });
       log(

@@ -51,7 +51,7 @@ export async function readiness(d: DaemonView) {
   ];
 }
 
-/** /v1/status: node, token, mechanisms, key count. Never a PIN or key material. */
+/** /v1/status: node, token, mechanisms, key count and materialization counters. Never a PIN or key material. */
 export async function status(d: DaemonView) {
   return {
     node: { id: d.config.node.id, startedAt: d.startedAt, grpcPort: d.grpcPort, adminPort: d.adminPort, pid: process.pid },
@@ -63,6 +63,8 @@ export async function status(d: DaemonView) {
     cluster: d.membership ? await clusterStatus(d) : null,
     domainKeyId: d.domainKeyId,
     keys: d.keys.keyCount,
+    /** Keys materialized in the device: budget, resident objects, hits, misses, evictions, apply-time proofs. */
+    keyObjects: d.keys.records.stats(),
     limits: d.config.limits,
     auth: {
       sessionTtlMs: d.config.auth.sessionTtlMs,
