@@ -19,7 +19,8 @@ export function clusterService(opts: GrpcServerOptions, p: Pipeline): ClusterSer
         return { cluster: "", store: "embedded", storeRevision: BigInt(opts.applier.appliedRevision), self, nodes: [] };
       }
       const rev = opts.storeRevision?.() ?? 0;
-      const members = await opts.membership.members(rev);
+      // Applied revision and lag from the nodes' watermark rows (store revision − watermark).
+      const members = await opts.membership.members(rev, opts.watermarks?.all());
       return {
         cluster: opts.clusterName ?? "",
         store: "etcd",
