@@ -57,6 +57,8 @@ export interface DaemonProcess {
   ready: Promise<void>;
   /** the command later restarts use */
   setCommand(c: "init" | "join" | "start"): void;
+  /** further hsmd flags later runs get (e.g. `["--full-check"]`) */
+  setArgs(args: string[]): void;
   /** everything every run wrote to stdout / stderr, concatenated */
   stdout(): string;
   stderr(): string;
@@ -126,12 +128,13 @@ export async function startDaemonProcess(opts: DaemonProcessOptions = {}): Promi
   let err = "";
   let run: Run | undefined;
   let command = opts.command ?? "init";
+  let extraArgs: string[] = [];
   let viaHsmctl = opts.viaHsmctl !== undefined && opts.viaHsmctl !== false;
   const hsmctlFlags = Array.isArray(opts.viaHsmctl) ? opts.viaHsmctl : [];
 
   const launch = (): Promise<{ grpc: string; admin: string; pid: number }> =>
     new Promise((resolveReady, reject) => {
-      const argv = viaHsmctl ? [HSMCTL_JS, "cluster", "join", "--hsmd-config", configFile, ...hsmctlFlags] : [MAIN_JS, command, "--config", configFile];
+      const argv = viaHsmctl ? [HSMCTL_JS, "cluster", "join", "--hsmd-config", configFile, ...hsmctlFlags] : [MAIN_JS, command, "--config", configFile, ...extraArgs];
       viaHsmctl = false;
       const wrap = opts.wrap ?? [];
       const child = spawn(wrap[0] ?? process.execPath, wrap.length ? [...wrap.slice(1), process.execPath, ...argv] : argv, {
@@ -183,6 +186,9 @@ export async function startDaemonProcess(opts: DaemonProcessOptions = {}): Promi
     }),
     setCommand: (c) => {
       command = c;
+    },
+    setArgs: (args) => {
+      extraArgs = args;
     },
     stdout: () => out,
     stderr: () => err,

@@ -3,7 +3,7 @@
  * processes on their own SoftHSM2 tokens): a node stopped while keys are created replays, at its
  * restart, only the records changed since its watermark (its log line and its proof counter say how
  * many) and serves them; once etcd has compacted past its watermark, the restart runs the full
- * check instead (the log names the reason) and every key works.
+ * check instead (the log names the reason) and every key works; `--full-check` asks for it.
  */
 import { randomBytes } from "node:crypto";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -133,6 +133,28 @@ describe("catch-up at start", () => {
     expect(log).toContain(`full check: the store has compacted past revision ${w}: ${ids.length} records: ${ids.length} proven`);
     expect(log).not.toContain("catch-up:");
     expect(await proofs(n2)).toBe(ids.length);
+    await allWork(n2, ids);
+  });
+
+  it("hsmd start --full-check proves every record though the store could tell what changed", async () => {
+    const w = await stopN2();
+    await createKeys(2, "asked");
+    n2.setArgs(["--full-check"]);
+    const from = n2.stderr().length;
+    try {
+      await n2.restart();
+    } finally {
+      n2.setArgs([]);
+    }
+    const log = since(n2, from);
+    expect(log).toContain(`full check: asked for (--full-check): ${ids.length} records: ${ids.length} proven`);
+    expect(await proofs(n2)).toBe(ids.length);
+    // Without the flag, the next restart replays only what changed since its watermark again.
+    const w2 = await stopN2();
+    expect(w2).toBeGreaterThan(w);
+    const from2 = n2.stderr().length;
+    await n2.restart();
+    expect(since(n2, from2)).toContain(`catch-up: 0 records changed since revision ${w2}`);
     await allWork(n2, ids);
   });
 });
