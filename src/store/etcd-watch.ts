@@ -151,7 +151,7 @@ export class WatchFollower {
     let backoff = MIN_BACKOFF_MS;
     while (!this.host.client.closed) {
       try {
-        const snap = await this.host.client.readAll(Date.now() + this.host.requestTimeoutMs, "resync");
+        const snap = await this.host.client.readAll(Date.now() + this.host.requestTimeoutMs, "resync", this.host.applied());
         if (this.host.client.closed) return;
         if (snap.revision < this.host.applied()) throw new Error(`read revision ${snap.revision} is behind the mirror (${this.host.applied()})`);
         this.host.onSnapshot(snap);
