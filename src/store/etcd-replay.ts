@@ -30,7 +30,11 @@ const CHECK_EVERY_MS = 500;
 /** key and range_end of a watch of every key */
 const ALL = Buffer.from([0]);
 
-/** Feeds `sub` the current state under `prefix` read from etcd (one put per key, modRevision order), then lets it go live. */
+/**
+ * Feeds `sub` the current state under `prefix` read from etcd (one put per key, modRevision order),
+ * then lets it go live. The state is held whole while it is sorted: a subscriber of a large prefix
+ * pages it with list() and watches from the revision it read at instead.
+ */
 export async function replayState(host: ReplayHost, prefix: string, sub: PendingSubscription): Promise<void> {
   let backoff = MIN_BACKOFF_MS;
   let failures = 0;

@@ -121,6 +121,9 @@ export class EtcdStore implements StateStore {
       applied: () => this.mirror.applied,
       onEvents: (events) => this.applyEvents(events),
       onSnapshot: (snap) => this.applySnapshot(snap),
+      onCompacted: (rev) => {
+        this.reads.knownCompactRevision = Math.max(this.reads.knownCompactRevision, rev);
+      },
       log: (m) => this.log(m),
       dialTimeoutMs: this.dialTimeoutMs,
       requestTimeoutMs: this.requestTimeoutMs,
