@@ -44,6 +44,8 @@ export interface EtcdStoreStats {
   reconnects: number;
   /** full re-reads of the prefix after the watch's revision was compacted */
   resyncs: number;
+  /** resyncs after which deletions under unmirrored prefixes could not be told (see the log line) */
+  unmirroredGaps: number;
   /** watches from before `historyFloor` served by replaying etcd's own history */
   etcdReplays: number;
   /** the oldest revision watch() replays from the mirror's own log (older ones: from etcd) */

@@ -100,6 +100,7 @@ export class EtcdStore implements StateStore {
   private readonly follower: WatchFollower;
   private waiters: Waiter[] = [];
   private etcdReplays = 0;
+  private unmirroredGaps = 0;
 
   /** @internal use {@link openEtcdStore} */
   constructor(
@@ -175,6 +176,7 @@ export class EtcdStore implements StateStore {
       reconnects: this.follower.counters.reconnects,
       resyncs: this.follower.counters.resyncs,
       etcdReplays: this.etcdReplays,
+      unmirroredGaps: this.unmirroredGaps,
       historyFloor: this.history.floor,
       preferredEndpoint: this.client.preferredEndpoint,
     };
@@ -315,8 +317,16 @@ export class EtcdStore implements StateStore {
   }
 
   private applySnapshot(snap: Snapshot): void {
+    const behind = this.mirror.applied;
     const out = this.mirror.applySnapshot(snap);
     this.log(`resync at revision ${snap.revision}: ${out.length} key(s) changed while the watch was behind`);
+    if (this.client.unmirrored.length > 0) {
+      this.unmirroredGaps++;
+      this.log(
+        `deletions under ${this.client.unmirrored.join(", ")} between revisions ${behind} and ${snap.revision} cannot be told (etcd compacted them); ` +
+          "subscribers of those prefixes got the keys changed meanwhile and should run their full check",
+      );
+    }
     this.publish(out);
     this.wakeWaiters();
   }

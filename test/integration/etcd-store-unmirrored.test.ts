@@ -178,6 +178,30 @@ describe("etcd store: unmirrored prefixes", () => {
     expect(w.events[3]).toMatchObject({ type: "put", key: "keys/c" });
   });
 
+  it("watch from a revision etcd compacted without the node knowing: the current state instead, and later such watches are refused", async () => {
+    const prefix = newPrefix();
+    const writer = await openStore(prefix);
+    const from = writer.revision();
+    await writer.put("keys/a", b("1"));
+    await writer.put("keys/gone", b("g"));
+    await writer.delete("keys/gone");
+    const last = await writer.put("keys/b", b("2"));
+    await raw.kv.compact({ revision: last, physical: true });
+    const s = await openStore(prefix);
+    const w = collect(s, "keys/", from);
+    await eventually(() => w.events.length === 2, "the current state");
+    expect(fold(w.events)).toEqual(
+      new Map([
+        ["keys/a", "1"],
+        ["keys/b", "2"],
+      ]),
+    );
+    expect(logs.some((m) => /etcd compacted its history up to revision/.test(m))).toBe(true);
+    await writer.put("keys/c", b("3"));
+    await eventually(() => w.events.at(-1)?.key === "keys/c", "live after it");
+    expect(() => s.watch("keys/", from, () => undefined)).toThrow(/compacted/);
+  });
+
   it("reads under unmirrored prefixes answer UNAVAILABLE while etcd is unreachable; mirrored ones still answer", async () => {
     const prefix = newPrefix();
     const proxy = await startTcpProxy(cluster.endpoints[0]!);
@@ -227,6 +251,8 @@ describe("etcd store: unmirrored prefixes", () => {
         ]),
       );
       expect(behind.stats().keys).toBe(1);
+      expect(behind.stats().unmirroredGaps).toBeGreaterThanOrEqual(1);
+      expect(logs.some((m) => /cannot be told/.test(m))).toBe(true);
     } finally {
       await proxy.close();
     }
