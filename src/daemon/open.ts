@@ -21,7 +21,7 @@ export async function openStore(config: Config, log: (msg: string) => void): Pro
   let store: StateStore;
   try {
     store = cluster
-      ? await openEtcdStore({ endpoints: [...cluster.endpoints], prefix: `hsmd/${cluster.name}/`, tls: cluster.tls ?? undefined, log })
+      ? await openEtcdStore({ endpoints: [...cluster.endpoints], prefix: `hsmd/${cluster.name}/`, tls: cluster.tls ?? undefined, log, unmirrored: ["keys/", "requests/"] })
       : await openEmbeddedStore(join(config.node.dataDir, "store"));
   } catch (e) {
     nodeLock?.release();

@@ -8,13 +8,18 @@
 import type { IKeyValue, IRangeResponse } from "etcd3";
 import { Code, HsmError, invalid, unavailable } from "../errors";
 import { asFailure, createMembers, type Member, RpcFailure } from "./etcd-member";
-import { MIN_BACKOFF_MS, RANGE_PAGE, SUSPECT_MS, type EtcdStoreOptions } from "./etcd-options";
+import { MIN_BACKOFF_MS, RANGE_PAGE, SUSPECT_MS, type EtcdStoreOptions, unmirroredPrefixes } from "./etcd-options";
 import type { StoreEntry } from "./types";
 
-/** The whole prefix at one revision. */
+/** The whole prefix at one revision (the mirrored part: keys under unmirrored prefixes are not in it). */
 export interface Snapshot {
   revision: number;
   entries: StoreEntry[];
+  /**
+   * A resync's read only: the entries under unmirrored prefixes whose mod revision is above the
+   * revision the mirror had reached (what changed there while the watch was behind, deletions aside).
+   */
+  unmirroredChanged?: StoreEntry[];
 }
 
 /** The refusal of every call after close. */
@@ -42,13 +47,19 @@ export class EtcdClient {
   /** the range of the prefix: [rangeStart, rangeEnd) */
   readonly rangeStart: Buffer;
   readonly rangeEnd: Buffer;
+  /** the unmirrored prefixes (store keys, sorted, none under another) */
+  readonly unmirrored: string[];
+  /** the etcd ranges [start, end) of the prefix that the mirror holds: its range less the unmirrored ones */
+  readonly mirroredRanges: [Buffer, Buffer][];
   private readonly stopSignal = new AbortController();
   private stopped = false;
 
-  constructor(prefix: string, opts: Pick<EtcdStoreOptions, "endpoints" | "tls">) {
+  constructor(prefix: string, opts: Pick<EtcdStoreOptions, "endpoints" | "tls" | "unmirrored">) {
     this.prefixBuf = Buffer.from(prefix, "utf8");
     this.rangeStart = this.prefixBuf.length > 0 ? this.prefixBuf : Buffer.from([0]);
     this.rangeEnd = prefixEnd(this.prefixBuf);
+    this.unmirrored = unmirroredPrefixes(opts.unmirrored);
+    this.mirroredRanges = this.complement();
     this.members = createMembers(opts.endpoints, opts.tls);
     this.preferred = this.members[0]!;
   }
@@ -72,6 +83,34 @@ export class EtcdClient {
   /** Closes the connection to every member. */
   closeMembers(): void {
     for (const m of this.members) m.close();
+  }
+
+  /** Is this store key under an unmirrored prefix? */
+  isUnmirrored(key: string): boolean {
+    for (const u of this.unmirrored) if (key.startsWith(u)) return true;
+    return false;
+  }
+
+  /** Does a read of the keys under `prefix` take in keys under an unmirrored prefix? */
+  touchesUnmirrored(prefix: string): boolean {
+    for (const u of this.unmirrored) if (prefix.startsWith(u) || u.startsWith(prefix)) return true;
+    return false;
+  }
+
+  /** The etcd ranges of the prefix outside every unmirrored prefix (end [0]: no upper bound). */
+  private complement(): [Buffer, Buffer][] {
+    const unbounded = this.rangeEnd.length === 1 && this.rangeEnd[0] === 0;
+    const out: [Buffer, Buffer][] = [];
+    let cur = this.rangeStart;
+    for (const u of this.unmirrored) {
+      const start = this.etcdKey(u);
+      const end = prefixEnd(start);
+      if (Buffer.compare(start, cur) > 0) out.push([cur, start]);
+      if (end.length === 1 && end[0] === 0) return out; // the unmirrored prefix reaches the end of the keyspace
+      if (Buffer.compare(end, cur) > 0) cur = end;
+    }
+    if (unbounded || Buffer.compare(cur, this.rangeEnd) < 0) out.push([cur, this.rangeEnd]);
+    return out;
   }
 
   /** The etcd key of a store key: the cluster prefix prepended. */
@@ -172,29 +211,64 @@ export class EtcdClient {
     return unavailable(`state store unavailable: the ${what} failed at ${f.endpoint} (${f.details})`, f);
   }
 
-  /** The whole prefix at one revision, page by page; restarts if that revision is compacted meanwhile. */
-  async readAll(deadline: number, what: string): Promise<Snapshot> {
+  /**
+   * The mirrored part of the prefix at one revision, page by page (keys under unmirrored prefixes are
+   * not read); restarts if that revision is compacted meanwhile. With `changedSince` (a resync), also
+   * the entries under unmirrored prefixes modified after that revision.
+   */
+  async readAll(deadline: number, what: string, changedSince?: number): Promise<Snapshot> {
     for (;;) {
       const entries: StoreEntry[] = [];
-      let revision = 0;
-      let start = this.rangeStart;
+      const at = { revision: 0 };
       try {
-        for (;;) {
-          const res = await this.call<IRangeResponse>(`${what} read`, "KV", "range", { key: start, range_end: this.rangeEnd, limit: RANGE_PAGE, revision }, deadline, true);
-          if (revision === 0) revision = Number(res.header.revision);
-          for (const kv of res.kvs) {
-            const key = this.keyOf(kv.key);
-            if (key !== undefined) entries.push(this.entryOf(key, kv));
-          }
-          if (!res.more || res.kvs.length === 0) break;
-          start = Buffer.concat([res.kvs[res.kvs.length - 1]!.key, Buffer.from([0])]);
+        for (const [start, end] of this.mirroredRanges) await this.readRange(start, end, at, deadline, what, false, (kv) => entries.push(kv));
+        if (at.revision === 0) {
+          // Nothing mirrored (every key unmirrored): still one revision to read at.
+          const res = await this.call<IRangeResponse>(`${what} read`, "KV", "range", { key: this.rangeStart, range_end: this.rangeEnd, count_only: true }, deadline, true);
+          at.revision = Number(res.header.revision);
         }
-        return { revision, entries };
+        const snap: Snapshot = { revision: at.revision, entries };
+        if (changedSince !== undefined && this.unmirrored.length > 0) snap.unmirroredChanged = await this.readChanged(at, changedSince, deadline, what);
+        return snap;
       } catch (err) {
         if (err instanceof RpcFailure && err.compacted && Date.now() < deadline) continue;
         if (err instanceof RpcFailure) throw unavailable(`state store unavailable: ${what} read failed (${err.describe()})`, err);
         throw err;
       }
+    }
+  }
+
+  /** Entries under the unmirrored prefixes at `at.revision` modified after `since`: keys-only pages, then the values of those. */
+  private async readChanged(at: { revision: number }, since: number, deadline: number, what: string): Promise<StoreEntry[]> {
+    const changed: Buffer[] = [];
+    for (const u of this.unmirrored) {
+      const start = this.etcdKey(u);
+      await this.readRange(start, prefixEnd(start), at, deadline, what, true, (e) => {
+        if (e.modRevision > since) changed.push(this.etcdKey(e.key));
+      });
+    }
+    const out: StoreEntry[] = [];
+    for (const key of changed) {
+      const res = await this.call<IRangeResponse>(`${what} read`, "KV", "range", { key, revision: at.revision }, deadline, true);
+      const kv = res.kvs[0];
+      const k = kv ? this.keyOf(kv.key) : undefined;
+      if (kv && k !== undefined) out.push(this.entryOf(k, kv));
+    }
+    return out;
+  }
+
+  /** One etcd range [start, end) in pages at `at.revision` (0: the first page's, which it sets). */
+  private async readRange(start: Buffer, end: Buffer, at: { revision: number }, deadline: number, what: string, keysOnly: boolean, each: (e: StoreEntry) => void): Promise<void> {
+    let from = start;
+    for (;;) {
+      const res = await this.call<IRangeResponse>(`${what} read`, "KV", "range", { key: from, range_end: end, limit: RANGE_PAGE, revision: at.revision, keys_only: keysOnly }, deadline, true);
+      if (at.revision === 0) at.revision = Number(res.header.revision);
+      for (const kv of res.kvs) {
+        const key = this.keyOf(kv.key);
+        if (key !== undefined) each(this.entryOf(key, kv));
+      }
+      if (!res.more || res.kvs.length === 0) return;
+      from = Buffer.concat([res.kvs[res.kvs.length - 1]!.key, Buffer.from([0])]);
     }
   }
 }

@@ -2,7 +2,8 @@
  * The etcd store's local copy of its cluster prefix: the state as the watch (and full reads) told it,
  * in a map with sorted keys, plus an overlay of this node's own committed writes until the watch
  * confirms them, so that the node reads its own writes. Reads never leave the process: they keep
- * answering, with what this node knows, while etcd is unreachable.
+ * answering, with what this node knows, while etcd is unreachable. Keys under the unmirrored prefixes
+ * are not held at all (their events pass through to subscribers; the store reads them from etcd).
  */
 import type { IKeyValue, ITxnResponse, IWatchResponse } from "etcd3";
 import { invalid } from "../errors";
@@ -18,6 +19,8 @@ function copyEntry(e: StoreEntry): StoreEntry {
 export interface Keyspace {
   keyOf(etcdKey: Buffer): string | undefined;
   entryOf(key: string, kv: IKeyValue): StoreEntry;
+  /** keys the mirror does not hold */
+  isUnmirrored(key: string): boolean;
 }
 
 /** The mirror of one prefix; `applied` is the revision of the last watch event or full read applied. */
@@ -146,6 +149,12 @@ export class EtcdMirror {
       if (!(revision > floor)) continue;
       const key = this.keyspace.keyOf(ev.kv.key);
       if (key === undefined) continue;
+      if (revision > this.applied) this.applied = revision;
+      if (this.keyspace.isUnmirrored(key)) {
+        // Delivered to subscribers, not held.
+        out.push(String(ev.type).toUpperCase() === "DELETE" ? { revision, type: "delete", key } : { revision, type: "put", key, value: Buffer.from(ev.kv.value ?? Buffer.alloc(0)) });
+        continue;
+      }
       if (String(ev.type).toUpperCase() === "DELETE") {
         this.setBase(key, null);
         out.push({ revision, type: "delete", key });
@@ -156,7 +165,6 @@ export class EtcdMirror {
       }
       const own = this.overlay.get(key);
       if (own && own.revision <= revision) this.overlay.delete(key);
-      if (revision > this.applied) this.applied = revision;
     }
     return out;
   }
@@ -181,6 +189,8 @@ export class EtcdMirror {
       this.setBase(d.key, d.entry);
       out.push(d.entry ? { revision: R, type: "put", key: d.key, value: d.entry.value } : { revision: R, type: "delete", key: d.key });
     }
+    // Under unmirrored prefixes the mirror knows nothing to diff against: what changed is passed on.
+    for (const e of snap.unmirroredChanged ?? []) out.push({ revision: R, type: "put", key: e.key, value: e.value });
     for (const [k, o] of this.overlay) if (o.revision <= R) this.overlay.delete(k);
     if (R > this.applied) this.applied = R;
     return out;
@@ -190,6 +200,7 @@ export class EtcdMirror {
   applyOwnWrite(ops: Op[], res: ITxnResponse, revision: number): void {
     if (revision <= this.applied) return; // the watch was faster
     ops.forEach((op, i) => {
+      if (this.keyspace.isUnmirrored(op.key)) return; // read from etcd, which has it
       const cur = this.overlay.get(op.key);
       if (cur && cur.revision >= revision) return;
       if (op.type === "put") {

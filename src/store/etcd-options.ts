@@ -19,6 +19,13 @@ export interface EtcdStoreOptions {
   historyLimit?: number;
   /** how long a committed txn waits for the watch to deliver its revision (default 1000) */
   ownWriteWaitMs?: number;
+  /**
+   * Prefixes (relative to `prefix`) whose values the mirror does not hold: `get`, `list` and `count`
+   * under them read etcd (linearizable; no answer while etcd is unreachable), and watch events under
+   * them are delivered to subscribers, then dropped. For records that are many and large (the daemon:
+   * `keys/`, `requests/`), so that the store's memory does not grow with them.
+   */
+  unmirrored?: string[];
   /** where operational messages go (reconnects, resyncs); default: a line on stderr */
   log?: (msg: string) => void;
 }
@@ -27,7 +34,7 @@ export interface EtcdStoreOptions {
 export interface EtcdStoreStats {
   /** the mirror's revision (see {@link EtcdStore.revision}) */
   revision: number;
-  /** keys in the mirror */
+  /** keys in the mirror (keys under unmirrored prefixes are not) */
   keys: number;
   /** own committed writes not yet confirmed by the watch */
   pendingOwnWrites: number;
@@ -37,7 +44,11 @@ export interface EtcdStoreStats {
   reconnects: number;
   /** full re-reads of the prefix after the watch's revision was compacted */
   resyncs: number;
-  /** the oldest revision watch() can start from */
+  /** resyncs after which deletions under unmirrored prefixes could not be told (see the log line) */
+  unmirroredGaps: number;
+  /** watches from before `historyFloor` served by replaying etcd's own history */
+  etcdReplays: number;
+  /** the oldest revision watch() replays from the mirror's own log (older ones: from etcd) */
   historyFloor: number;
   /** the member writes and the watch go to first */
   preferredEndpoint: string;
@@ -56,6 +67,22 @@ export const SUSPECT_MS = 3000;
 /** Bounds of the backoff between retries and reconnects. */
 export const MIN_BACKOFF_MS = 50;
 export const MAX_BACKOFF_MS = 2000;
+
+/**
+ * The `unmirrored` option checked and reduced: non-empty strings, sorted, each not under another
+ * (a prefix inside an unmirrored one adds nothing). INVALID_ARGUMENT names a bad entry.
+ */
+export function unmirroredPrefixes(v: string[] | undefined): string[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw invalid("etcd store option unmirrored must be an array of key prefixes");
+  for (const p of v) {
+    if (typeof p !== "string" || p === "") throw invalid(`etcd store option unmirrored: each entry must be a non-empty key prefix, got ${JSON.stringify(p)}`);
+  }
+  const sorted = [...new Set(v)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const out: string[] = [];
+  for (const p of sorted) if (!out.some((q) => p.startsWith(q))) out.push(p);
+  return out;
+}
 
 /** A positive integer option, or its default; INVALID_ARGUMENT names the option otherwise. */
 export function positiveInt(name: string, v: number | undefined, dflt: number): number {

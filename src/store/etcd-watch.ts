@@ -20,6 +20,8 @@ export interface WatchFollowerHost {
   onEvents(events: IWatchResponse["events"]): void;
   /** a full read after the watch's revision was compacted */
   onSnapshot(snap: Snapshot): void;
+  /** etcd said it compacted its history up to this revision */
+  onCompacted(revision: number): void;
   log(msg: string): void;
   dialTimeoutMs: number;
   requestTimeoutMs: number;
@@ -105,6 +107,7 @@ export class WatchFollower {
     if (res.canceled) {
       const compactRev = Number(res.compact_revision ?? 0);
       if (compactRev > 0) {
+        this.host.onCompacted(compactRev);
         void this.resync(`the watch from revision ${from} was refused: etcd compacted its history up to revision ${compactRev}`);
       } else {
         this.watchFailed(gen, member, new Error(`etcd canceled the watch (${res.cancel_reason || "no reason given"})`));
@@ -151,7 +154,7 @@ export class WatchFollower {
     let backoff = MIN_BACKOFF_MS;
     while (!this.host.client.closed) {
       try {
-        const snap = await this.host.client.readAll(Date.now() + this.host.requestTimeoutMs, "resync");
+        const snap = await this.host.client.readAll(Date.now() + this.host.requestTimeoutMs, "resync", this.host.applied());
         if (this.host.client.closed) return;
         if (snap.revision < this.host.applied()) throw new Error(`read revision ${snap.revision} is behind the mirror (${this.host.applied()})`);
         this.host.onSnapshot(snap);

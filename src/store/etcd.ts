@@ -3,34 +3,42 @@
  *
  * Design:
  *
- * - **Mirror.** The store keeps a full copy of its cluster prefix in memory. At open it reads the whole
- *   prefix at one revision R (paginated, linearizable), then watches the prefix from R+1 and applies
- *   every event in order. `get`, `list` and `count` read the mirror: they are fast and keep answering
- *   (with what this node knows) while etcd is unreachable. `revision()` is the revision of the last
- *   event (or full read) applied to the mirror: every change at or below it is in the mirror. etcd's
- *   revision is global to the etcd cluster, so writes under other prefixes leave gaps in the revisions
- *   this store sees; they are still monotonic.
+ * - **Mirror.** The store keeps a copy of its cluster prefix in memory, less the *unmirrored*
+ *   prefixes (option `unmirrored`: records that are many and large, e.g. `keys/`). At open it reads
+ *   the mirrored ranges at one revision R (paginated, linearizable; the unmirrored ranges are not
+ *   read), then watches the whole prefix from R+1 and applies every event in order (an event under an
+ *   unmirrored prefix is delivered to subscribers, then dropped). Mirrored `get`, `list` and `count`
+ *   read the mirror: they are fast and keep answering (with what this node knows) while etcd is
+ *   unreachable. Reads that take in unmirrored keys go to etcd (EtcdReads: linearizable, so a node
+ *   reads its own committed writes, bounded by `requestTimeoutMs`): they do NOT answer while etcd is
+ *   unreachable (UNAVAILABLE, saying why). `revision()` is the revision of the last event (or full
+ *   read) applied: every change at or below it is in the mirror or was delivered. etcd's revision is
+ *   global to the etcd cluster, so writes under other prefixes leave gaps in the revisions this store
+ *   sees; they are still monotonic.
  *
  * - **Writes** go to etcd as one transaction (compares: `absent` → create revision = 0, `present` →
  *   create revision > 0, `modRevision` → mod revision equal) and resolve only once etcd committed them.
- *   A committed write is applied to the mirror at once as a per-key *overlay* (so this node reads its
- *   own writes); the overlay entry is dropped when the watch delivers that revision. The txn then waits
- *   briefly (`ownWriteWaitMs`, only while the watch is live) for the watch to pass its revision, so in
- *   the normal case `revision()` is at least the write's revision when the txn resolves. Subscribers
- *   are fed from the watch stream only: each event exactly once, in revision order.
+ *   A committed write of a mirrored key is applied to the mirror at once as a per-key *overlay* (so this
+ *   node reads its own writes); the overlay entry is dropped when the watch delivers that revision. The
+ *   txn then waits briefly (`ownWriteWaitMs`, only while the watch is live) for the watch to pass its
+ *   revision, so in the normal case `revision()` is at least the write's revision when the txn
+ *   resolves. Subscribers are fed from the watch stream only: each event exactly once, in revision order.
  *
- * - **Watch replay.** `watch(prefix, from, cb)` replays from the mirror's own event log, which holds
- *   the events applied since open, bounded to the last `historyLimit` events. Asking for events older
- *   than that window throws {@link StoreCompactedError} (as the embedded store does after compaction):
- *   list the prefix and watch from `revision()` instead. `from` = 0 ("everything", for a subscriber
- *   that starts empty) is always served: one put per current key in modRevision order, then live.
+ * - **Watch replay.** `watch(prefix, from, cb)` replays from the store's own event log, which holds the
+ *   events applied since open (values included, unmirrored ones too), bounded to the last
+ *   `historyLimit` events. From a revision older than that log, the events are replayed from etcd's
+ *   own history (etcd-replay.ts); a revision etcd is known to have compacted (hasHistorySince said so)
+ *   throws {@link StoreCompactedError}. `from` = 0 ("everything", for a subscriber that starts empty)
+ *   is always served: one put per current key in modRevision order (from the mirror, or read from etcd
+ *   when the prefix takes in unmirrored keys), then live.
  *
  * - **Reconnect and compaction.** When the watch stream fails (member down, member without a leader:
  *   every call carries etcd's require-leader metadata) it reconnects with backoff, preferring another
  *   member, and resumes from `revision() + 1`, so etcd replays exactly the missed events. When etcd
- *   answers that this revision was compacted, the store re-reads the whole prefix, diffs it against
+ *   answers that this revision was compacted, the store re-reads the mirrored ranges, diffs them against
  *   the mirror and emits synthetic put/delete events at the read revision for the differences (so
- *   subscribers converge on the same state), then watches from there.
+ *   subscribers converge on the same state), plus a put for every unmirrored key modified since (the
+ *   mirror holds nothing to tell an unmirrored deletion by: such a gap is logged), then watches from there.
  *
  * - **Errors.** Unreachable members, lost quorum and timeouts become `HsmError` UNAVAILABLE with a
  *   message that says why; every write is bounded by `requestTimeoutMs`. A write is re-sent to another
@@ -53,6 +61,7 @@ import {
   type EtcdStoreStats,
   positiveInt,
 } from "./etcd-options";
+import { replayHistory, replayState } from "./etcd-replay";
 import { toEtcdTxn, txnChanged } from "./etcd-txn";
 import { WatchFollower } from "./etcd-watch";
 import { StoreCompactedError } from "./store-compacted-error";
@@ -73,19 +82,25 @@ interface Waiter {
  * comment for the design.
  */
 export class EtcdStore implements StateStore {
-  private readonly client: EtcdClient;
+  /** @internal the calls to etcd (the replays use them) */
+  readonly client: EtcdClient;
   private readonly dialTimeoutMs: number;
-  private readonly requestTimeoutMs: number;
+  /** @internal deadline of one write or etcd read (the replays read it) */
+  readonly requestTimeoutMs: number;
   private readonly healthTimeoutMs: number;
   private readonly ownWriteWaitMs: number;
-  private readonly log: (msg: string) => void;
+  /** @internal where operational messages go */
+  readonly log: (msg: string) => void;
 
   private readonly mirror: EtcdMirror;
-  private readonly reads: EtcdReads;
+  /** @internal reads straight from etcd (the replays use them) */
+  readonly reads: EtcdReads;
   private readonly history: EventHistory;
   private readonly hub: WatchHub;
   private readonly follower: WatchFollower;
   private waiters: Waiter[] = [];
+  private etcdReplays = 0;
+  private unmirroredGaps = 0;
 
   /** @internal use {@link openEtcdStore} */
   constructor(
@@ -107,6 +122,9 @@ export class EtcdStore implements StateStore {
       applied: () => this.mirror.applied,
       onEvents: (events) => this.applyEvents(events),
       onSnapshot: (snap) => this.applySnapshot(snap),
+      onCompacted: (rev) => {
+        this.reads.knownCompactRevision = Math.max(this.reads.knownCompactRevision, rev);
+      },
       log: (m) => this.log(m),
       dialTimeoutMs: this.dialTimeoutMs,
       requestTimeoutMs: this.requestTimeoutMs,
@@ -157,12 +175,19 @@ export class EtcdStore implements StateStore {
       watchLive: this.follower.live,
       reconnects: this.follower.counters.reconnects,
       resyncs: this.follower.counters.resyncs,
+      etcdReplays: this.etcdReplays,
+      unmirroredGaps: this.unmirroredGaps,
       historyFloor: this.history.floor,
       preferredEndpoint: this.client.preferredEndpoint,
     };
   }
 
+  /** From the mirror; a key under an unmirrored prefix from etcd (linearizable, UNAVAILABLE offline). */
   async get(key: string): Promise<StoreEntry | undefined> {
+    if (this.client.isUnmirrored(key)) {
+      if (this.closed) throw closedError();
+      return this.reads.get(key, Date.now() + this.requestTimeoutMs);
+    }
     return this.mirror.get(key);
   }
 
@@ -173,6 +198,7 @@ export class EtcdStore implements StateStore {
    */
   async getFresh(key: string): Promise<StoreEntry | undefined> {
     if (this.closed) throw closedError();
+    if (this.client.isUnmirrored(key)) return this.get(key); // already from etcd, with no mirror to fall back on
     try {
       const res = await this.client.call<IRangeResponse>("fresh read", "KV", "range", { key: this.client.etcdKey(key) }, Date.now() + this.healthTimeoutMs, true);
       const kv = res.kvs[0];
@@ -182,11 +208,21 @@ export class EtcdStore implements StateStore {
     }
   }
 
+  /** From the mirror; when the prefix takes in unmirrored keys, from etcd, page by page at one revision. */
   async list(prefix: string, opts: ListOptions = {}): Promise<StoreEntry[]> {
+    if (this.client.touchesUnmirrored(prefix)) {
+      if (this.closed) throw closedError();
+      return this.reads.list(prefix, opts, Date.now() + this.requestTimeoutMs);
+    }
     return this.mirror.list(prefix, opts);
   }
 
+  /** From the mirror; when the prefix takes in unmirrored keys, an etcd count range. */
   async count(prefix: string): Promise<number> {
+    if (this.client.touchesUnmirrored(prefix)) {
+      if (this.closed) throw closedError();
+      return this.reads.count(prefix, Date.now() + this.requestTimeoutMs);
+    }
     return this.mirror.count(prefix);
   }
 
@@ -253,10 +289,20 @@ export class EtcdStore implements StateStore {
     if (fromRevision === 0 && this.history.floor > 0) {
       // "Everything": a subscriber that knows nothing converges from the current state, one put per key
       // in modRevision order (deleted keys do not matter to it), then live events.
+      if (this.client.touchesUnmirrored(prefix)) {
+        const sub = this.hub.subscribePending(prefix, cb);
+        void replayState(this, prefix, sub);
+        return sub.stop;
+      }
       backlog = this.mirror.currentAsEvents(prefix);
       after = this.mirror.applied;
     } else if (fromRevision < this.history.floor) {
-      throw new StoreCompactedError(fromRevision, this.history.floor);
+      // Older than the own log: from etcd's history, unless etcd is known to have compacted past it.
+      if (fromRevision < this.reads.knownCompactRevision) throw new StoreCompactedError(fromRevision, this.reads.knownCompactRevision);
+      this.etcdReplays++;
+      const sub = this.hub.subscribePending(prefix, cb);
+      void replayHistory(this, prefix, fromRevision, this.mirror.applied, sub);
+      return sub.stop;
     } else if (fromRevision < this.mirror.applied) {
       backlog = this.history.since(fromRevision, prefix);
     }
@@ -271,8 +317,16 @@ export class EtcdStore implements StateStore {
   }
 
   private applySnapshot(snap: Snapshot): void {
+    const behind = this.mirror.applied;
     const out = this.mirror.applySnapshot(snap);
     this.log(`resync at revision ${snap.revision}: ${out.length} key(s) changed while the watch was behind`);
+    if (this.client.unmirrored.length > 0) {
+      this.unmirroredGaps++;
+      this.log(
+        `deletions under ${this.client.unmirrored.join(", ")} between revisions ${behind} and ${snap.revision} cannot be told (etcd compacted them); ` +
+          "subscribers of those prefixes got the keys changed meanwhile and should run their full check",
+      );
+    }
     this.publish(out);
     this.wakeWaiters();
   }

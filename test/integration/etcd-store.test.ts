@@ -84,6 +84,16 @@ storeContract<EtcdStore>({
   manyKeys: 1500,
 });
 
+// The same contract with the prefixes it uses most left out of the mirror (read from etcd instead).
+storeContract<EtcdStore>({
+  name: "etcd store (keys/ and k/ unmirrored)",
+  open: () => openStore(newPrefix(), { unmirrored: ["keys/", "k/"] }),
+  reopen: (s) => openStore(s.prefix, { unmirrored: ["keys/", "k/"] }),
+  until: eventually,
+  serial: false,
+  manyKeys: 1500,
+});
+
 describe("etcd store: reads and writes (one member)", () => {
   it("reads its own write as soon as the txn resolves", async () => {
     // Hardly any wait for the watch: reads are served from the own-write overlay until it catches up.
@@ -130,8 +140,19 @@ describe("etcd store: watch", () => {
     expect(live.events.map((e) => e.revision)).toEqual([...revs].sort((x, y) => x - y));
     expect(all.events.slice(1)).toEqual(live.events);
     expect(s.revision()).toBe(last);
-    // Older than what this node has seen (and not 0): refused, as the embedded store refuses a compacted revision.
-    expect(() => s.watch("", 1, () => undefined)).toThrow(StoreCompactedError);
+    // Older than what this node has seen (and not 0): replayed from etcd's own history, then live.
+    const old = collect(s, "", 1);
+    await eventually(() => old.events.length === 53, "the replay from etcd's history");
+    expect(old.events.slice(0, 3).map((e) => [e.type, e.key])).toEqual([
+      ["put", "a"],
+      ["put", "gone"],
+      ["delete", "gone"],
+    ]);
+    expect(old.events.slice(3)).toEqual(live.events);
+    expect(s.stats().etcdReplays).toBe(1);
+    await s.put("z", b("z"));
+    await eventually(() => old.events.at(-1)?.key === "z" && live.events.at(-1)?.key === "z", "live after the replay");
+    expect(old.events).toHaveLength(54);
   });
 
   it("two nodes on one prefix see each other's writes through the watch, in order", async () => {
@@ -273,6 +294,10 @@ describe("etcd store: watch", () => {
       expect(await s.hasHistorySince(r2 + 1_000_000)).toBe(false);
       await raw.kv.compact({ revision: r2, physical: true });
       expect(await s.hasHistorySince(r1)).toBe(false);
+      // Known compacted by a node whose own log starts later: a watch from there is refused at once.
+      const t = await openStore(s.prefix);
+      expect(await t.hasHistorySince(r1)).toBe(false);
+      expect(() => t.watch("", r1, () => undefined)).toThrow(StoreCompactedError);
       expect(await s.hasHistorySince(0)).toBe(false);
       expect(await s.hasHistorySince(r2)).toBe(true);
       expect(await s.hasHistorySince(s.revision())).toBe(true);
