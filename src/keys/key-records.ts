@@ -136,7 +136,7 @@ export class KeyRecords {
    */
   async material(r: KeyRecord): Promise<WrappedMaterial | undefined> {
     const v = currentVersionOf(r);
-    if (!v || v.residency !== "wrapped") return undefined;
+    if (v?.residency !== "wrapped") return undefined;
     if (v.material) return v.material;
     const cached = this.cache.get(r.id, v.version);
     if (cached) return cached;
