@@ -103,7 +103,7 @@ export class Daemon {
       device.markEssential(domainKeyId, "secret");
       const nodeId = cluster ? config.node.id : undefined;
       const coverage = new Coverage({ store, nodeId, minNodes: cluster?.minNodes, log });
-      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement: coverage });
+      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement: coverage, objectBudget: config.device.objectBudget });
       const applier = new Applier({ store, device, records: keys.records, coverage, nodeId, log });
       applier.start(await keys.start());
       if (cluster) {
@@ -170,6 +170,7 @@ export class Daemon {
       metrics.setPoolSource(() => device!.poolStats());
       metrics.setWorkerSource(() => device!.workerStats());
       metrics.setKeyCountSource(() => keys.keyCount);
+      metrics.setKeyObjectsSource(() => keys.records.stats());
       metrics.setLoginSource(() => ({ ...hashLane.stats(), rateLimited: loginLimiter.refused }));
       // The admin routes call back into the daemon, which needs the admin app to stop it.
       let self: Daemon | undefined;
