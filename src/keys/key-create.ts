@@ -71,6 +71,9 @@ export class KeyFactory {
         version = material ? { version: 1, createdAt, residency: "wrapped", material } : { version: 1, createdAt, residency: "device" };
       }
       const rec: KeyRecord = { ...base, id, createdAt, publicKeySpki: spki, currentVersion: 1, versions: [version] };
+      // In a cluster the record names the node that made it: where a key only its device holds lives.
+      const createdOn = (placement as { nodeId?: string }).nodeId;
+      if (createdOn !== undefined) rec.createdOn = createdOn;
       const compares = [{ key: recordKey(id), op: "absent" as const }];
       const ops = [{ type: "put" as const, key: recordKey(id), value: encodeRecord(rec) }, ...placement.createOps(id, createdAt)];
       if (base.requestId) {

@@ -44,6 +44,8 @@ export interface KeyRecord {
   owner?: UserRef;
   /** Crypto users it is shared with: they may use it for crypto, nothing else. */
   shares?: UserRef[];
+  /** The node that created it (cluster mode): where a key that lives only in its device is held. */
+  createdOn?: string;
 }
 
 /** Store key of a record. */
