@@ -1,10 +1,10 @@
+/** Crypto with keys (encrypt, decrypt, sign, verify, wrap, unwrap, derive, random): each call's rules and its device work. */
 import { timingSafeEqual } from "node:crypto";
 import { freshIv } from "./iv-pool";
-import { exhausted, invalid, precondition } from "../errors";
+import { exhausted, invalid, notFound, precondition } from "../errors";
 import { CURVE_BYTES, partsFromSpki, type KeyDevice, type Part, type SignSpec, type WrapSpec } from "../pkcs11";
 import type { KeyFactory } from "./key-create";
-import type { KeyRecords } from "./key-records";
-import type { KeyPlacement } from "./placement";
+import { residencyOf, type KeyRecords } from "./key-records";
 import type { KeyRecord, UserRef } from "./record";
 import { derToRaw, rawToDer } from "./signature";
 import { HASH_LEN, algorithmOf, cipherFor, isSecret, macLengthFor, oaepLabelFor, resolveUsages, signFor, wrapFor } from "./spec";
@@ -31,7 +31,6 @@ export interface KeyCryptoOptions {
   limits: KeyLimits;
   records: KeyRecords;
   factory: KeyFactory;
-  placement: KeyPlacement;
 }
 
 /** Crypto with keys: encrypt, decrypt, sign, verify, wrap, unwrap, derive, random (each call's rules and its device work). */
@@ -190,7 +189,7 @@ export class KeyCrypto {
   }
 
   async wrapKey(req: WrapKeyInput): Promise<{ wrappedKey: Buffer }> {
-    const { records, device, placement } = this.opts;
+    const { records, device } = this.opts;
     const w = records.record(req.wrappingKeyId, "wrapping_key_id");
     const k = records.record(req.keyId);
     const spec = this.wrapSpec(req.algorithm, req.oaepLabel);
@@ -202,11 +201,11 @@ export class KeyCrypto {
     if ((spec.name === "AES_KW" || spec.name === "AES_KWP") && walg.type !== "aes") throw invalid(`${spec.name} needs an AES wrapping key; ${w.id} is ${walg.type.toUpperCase()}`);
     if (spec.name === "RSA_OAEP" && walg.type !== "rsa") throw invalid(`RSA_OAEP needs an RSA wrapping key; ${w.id} is ${walg.type.toUpperCase()}`);
     if (spec.name !== "AES_KWP" && !isSecret(kalg)) throw invalid(`${spec.name} wraps secret keys only; use AES_KWP for a private key`);
-    const v = k.versions.find((x) => x.version === k.currentVersion);
-    if (!v?.material) throw precondition(`key ${k.id} exists only in the device that generated it (the device cannot wrap ${kalg.type} keys): it cannot be exported`);
-    // Exported from the record's copy, through a transient object (the key's kept objects cannot be wrapped).
-    const material = v.material;
-    await placement.checkUsable(k.id);
+    if (residencyOf(k) !== "wrapped") throw precondition(`key ${k.id} exists only in the device that generated it (the device cannot wrap ${kalg.type} keys): it cannot be exported`);
+    await records.checkUsable(k);
+    // Exported from the record's copy (read from the store), through a transient object (the key's kept objects cannot be wrapped).
+    const material = await records.material(k);
+    if (!material) throw notFound(`key ${k.id} not found`);
     const blob = await records.withKey(w, () => device.exportWrapped(w.id, walg.type === "rsa" ? "public" : "secret", spec, kalg, material));
     return { wrappedKey: blob };
   }

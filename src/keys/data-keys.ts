@@ -1,3 +1,4 @@
+/** Envelope encryption's data keys (GenerateDataKey, DecryptDataKey) and the encryption context's AAD. */
 import { Code, HsmError, invalid } from "../errors";
 import type { KeyDevice } from "../pkcs11";
 import type { KeyCrypto } from "./crypto-ops";

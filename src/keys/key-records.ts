@@ -1,17 +1,38 @@
-import { Code, HsmError, notFound, precondition } from "../errors";
-import { KeyNotMaterializedError, type KeyDevice, type Part, type Usage } from "../pkcs11";
+/**
+ * This node's copy of the key records, without their wrapped material, and the door to their
+ * materialization (src/keys/materializer.ts): the applier, the start-up reconcile and on-demand use
+ * all go through it, so that they never race on one key.
+ */
+import { notFound, precondition } from "../errors";
+import type { KeyDevice, Part, Usage, WrappedMaterial } from "../pkcs11";
 import type { StateStore } from "../store";
+import { MaterialCache } from "./material-cache";
+import { DEFAULT_OBJECT_BUDGET, Materializer, type MaterializerStats } from "./materializer";
 import type { KeyPlacement } from "./placement";
-import { decodeRecord, recordKey, type KeyRecord } from "./record";
+import { currentVersionOf, decodeRecord, recordKey, withoutMaterial, type KeyRecord } from "./record";
 import { algorithmOf, isSecret } from "./spec";
 import { ID_RE, checkKeyId } from "./validation";
+
+/** Records read per page by {@link KeyRecords.load}. */
+const LOAD_PAGE = 1000;
 
 /** What {@link KeyRecords} needs: the device it materializes into and the store it reads. */
 export interface KeyRecordsOptions {
   device: KeyDevice;
   store: StateStore;
   placement: KeyPlacement;
+  /** Device objects kept for keys (config device.objectBudget). @default DEFAULT_OBJECT_BUDGET */
+  objectBudget?: number;
+  /** Bytes of wrapped material cached in memory. @default DEFAULT_MATERIAL_CACHE_BYTES */
+  materialCacheBytes?: number;
   log?: (msg: string) => void;
+}
+
+/** A record and the store revisions that created and last changed it. */
+interface Slot {
+  record: KeyRecord;
+  createRevision?: number;
+  modRevision?: number;
 }
 
 /** The device parts a record's key consists of (a public-only key: its public object). */
@@ -22,44 +43,76 @@ export const mainPart = (r: KeyRecord): Part => (r.publicOnly ? "public" : isSec
 export const residencyOf = (r: KeyRecord) => r.versions.find((v) => v.version === r.currentVersion)?.residency;
 
 /**
- * This node's copy of the key records (filled at start, kept current by the cluster applier) and
- * their materialization into the device: the one place a record becomes HSM objects, shared by
- * on-demand use, the applier and the start-up reconcile, so that they never race on one key.
+ * This node's copy of the key records (filled at start, kept current by the cluster applier): what
+ * routing and authorization need, without wrapped material, which is read from the store (through a
+ * bounded cache) when a key is materialized. Keys are materialized on demand within the device's
+ * object budget (see Materializer).
  */
 export class KeyRecords {
-  private readonly map = new Map<string, KeyRecord>();
-  /** Materializations in flight, so that the applier and an on-demand use never race on one key. */
-  private readonly materializing = new Map<string, Promise<void>>();
+  private readonly map = new Map<string, Slot>();
+  private readonly cache: MaterialCache;
+  private readonly materializer: Materializer;
 
-  constructor(private readonly opts: KeyRecordsOptions) {}
+  constructor(private readonly opts: KeyRecordsOptions) {
+    this.cache = new MaterialCache(opts.materialCacheBytes);
+    this.materializer = new Materializer({ device: opts.device, budget: opts.objectBudget ?? DEFAULT_OBJECT_BUDGET, material: (r) => this.material(r), log: opts.log });
+  }
 
   get size(): number {
     return this.map.size;
   }
   get(id: string): KeyRecord | undefined {
-    return this.map.get(id);
+    return this.map.get(id)?.record;
   }
   has(id: string): boolean {
     return this.map.has(id);
   }
-  set(r: KeyRecord): void {
-    this.map.set(r.id, r);
+
+  /**
+   * Keeps a record (its material stripped: a record that carries it seeds the material cache) with
+   * the store revisions that created and last changed it. A record whose key this process holds a
+   * handle for (the create path calls this after sealing) counts as resident in the device.
+   */
+  set(r: KeyRecord, revs?: { createRevision: number; modRevision: number }): void {
+    const v = currentVersionOf(r);
+    if (v?.material) this.cache.put(r.id, v.version, v.material);
+    const prev = this.map.get(r.id);
+    this.map.set(r.id, { record: withoutMaterial(r), createRevision: revs?.createRevision ?? prev?.createRevision, modRevision: revs?.modRevision ?? prev?.modRevision });
+    if (!this.materializer.holds(r.id) && this.opts.device.cached(r.id, mainPart(r))) this.materializer.noteResident(r);
   }
+
+  /** Forgets a record (deleted): its cached material, and its count in the device (the caller destroys its objects). */
   delete(id: string): void {
     this.map.delete(id);
+    this.cache.delete(id);
+    this.materializer.forget(id);
   }
-  values(): IterableIterator<KeyRecord> {
-    return this.map.values();
+  *values(): IterableIterator<KeyRecord> {
+    for (const s of this.map.values()) yield s.record;
   }
   ids(): IterableIterator<string> {
     return this.map.keys();
   }
 
-  /** Loads every record from the store; answers the store revision they were read at. */
+  /** The store revision that created the key's record, when known. */
+  createRevision(id: string): number | undefined {
+    return this.map.get(id)?.createRevision;
+  }
+  /** The store revision that last changed the key's record, when known. */
+  modRevision(id: string): number | undefined {
+    return this.map.get(id)?.modRevision;
+  }
+
+  /** Loads every record from the store, a page at a time; answers the store revision read before the first page (the applier follows from there). */
   async load(): Promise<number> {
     const rev = this.opts.store.revision();
-    for (const e of await this.opts.store.list("keys/")) this.set(decodeRecord(e.value));
-    return rev;
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.opts.store.list("keys/", { startAfter: after, limit: LOAD_PAGE });
+      for (const e of page) this.set(decodeRecord(e.value), e);
+      if (page.length < LOAD_PAGE) return rev;
+      after = page[page.length - 1]!.key;
+    }
   }
 
   /**
@@ -69,18 +122,35 @@ export class KeyRecords {
    * the watch (which delivers changes in order). Stores without fresh reads answer the local copy.
    */
   async fresh(id: string): Promise<KeyRecord | undefined> {
-    if (!ID_RE.test(id) || !this.opts.store.getFresh) return this.map.get(id);
+    if (!ID_RE.test(id) || !this.opts.store.getFresh) return this.get(id);
     const e = await this.opts.store.getFresh(recordKey(id));
     if (!e) return undefined;
     const r = decodeRecord(e.value);
-    if (!this.map.has(id)) this.map.set(id, r);
-    return r;
+    if (!this.map.has(id)) this.set(r, e);
+    return withoutMaterial(r);
+  }
+
+  /**
+   * The current version's wrapped material: the record's own when it carries it, else the cache's,
+   * else read from the store (and cached). Undefined for a key with none (public, or device-only).
+   */
+  async material(r: KeyRecord): Promise<WrappedMaterial | undefined> {
+    const v = currentVersionOf(r);
+    if (!v || v.residency !== "wrapped") return undefined;
+    if (v.material) return v.material;
+    const cached = this.cache.get(r.id, v.version);
+    if (cached) return cached;
+    const e = await this.opts.store.get(recordKey(r.id));
+    if (!e) return undefined;
+    const m = currentVersionOf(decodeRecord(e.value))?.material;
+    if (m && this.map.has(r.id)) this.cache.put(r.id, v.version, m);
+    return m;
   }
 
   /** The record of a key id; INVALID_ARGUMENT for a malformed id, NOT_FOUND when none. */
   record(id: string, field = "key_id"): KeyRecord {
     checkKeyId(id, field);
-    const r = this.map.get(id);
+    const r = this.get(id);
     if (!r) throw notFound(`key ${id} not found`);
     return r;
   }
@@ -91,42 +161,52 @@ export class KeyRecords {
   }
 
   /**
-   * Materializes a key from its record; concurrent calls for one key share one run. `clean` first
-   * destroys whatever parts of it the device holds (a half-made key); skipped when none can exist.
+   * Materializes a key from its record (counted in the budget, unpinned); concurrent calls for one
+   * key share one run. `clean` first destroys whatever parts of it the device holds (a half-made
+   * key, objects an older hsmd made) and unwraps it again; skipped when none can exist.
    */
   materialize(r: KeyRecord, clean = true): Promise<void> {
-    const running = this.materializing.get(r.id);
-    if (running) return running;
-    const p = this.materializeNow(r, clean).finally(() => this.materializing.delete(r.id));
-    this.materializing.set(r.id, p);
-    return p;
+    return this.materializer.materialize(r, clean);
   }
 
-  private async materializeNow(r: KeyRecord, clean: boolean): Promise<void> {
-    const device = this.opts.device;
-    const alg = algorithmOf(r.spec);
-    const v = r.versions.find((x) => x.version === r.currentVersion)!;
-    if (clean) await device.destroy(r.id);
-    if (v.residency === "public") {
-      await device.createPublic(r.id, r.publicKeySpki!, r.usages);
-      return;
-    }
-    if (v.residency === "device" || !v.material) {
-      throw new HsmError(Code.FailedPrecondition, `key ${r.id} exists only in the device that generated it (the device cannot wrap ${alg.type} keys) and is missing there`);
-    }
-    await device.materialize(r.id, alg, r.usages, v.material, r.publicKeySpki);
+  /**
+   * Apply-time proof of a record that carries its material (a watch event's): unwrapped once into
+   * the device, kept if the budget has room without evicting, else destroyed at once. Throws
+   * (HsmError) when the record cannot be materialized.
+   */
+  prove(r: KeyRecord): Promise<void> {
+    const v = currentVersionOf(r);
+    if (v?.material) this.cache.put(r.id, v.version, v.material);
+    return this.materializer.prove(r);
   }
 
-  /** Runs a device operation on a key, materializing it from its record once if the device lacks it. */
+  /** Counts a key the device holds already (found in the token at start) as resident. */
+  noteResident(id: string): void {
+    const r = this.get(id);
+    if (r) this.materializer.noteResident(r);
+  }
+
+  /** Materialization counters (for /metrics): budget, resident objects, hits, misses, evictions, proofs. */
+  stats(): MaterializerStats {
+    return this.materializer.stats();
+  }
+
+  /** Resolves when the evictions and proofs in flight are done. */
+  settled(): Promise<void> {
+    return this.materializer.idle();
+  }
+
+  /** UNAVAILABLE (transient) until the key is usable on this node (KeyPlacement: enough nodes hold it). */
+  checkUsable(r: KeyRecord): Promise<void> {
+    return this.opts.placement.checkUsable(r.id);
+  }
+
+  /**
+   * Runs a device operation on a key with the key materialized (on demand, within the budget) and
+   * pinned; materialized again once if the device lost it meanwhile.
+   */
   async withKey<T>(r: KeyRecord, fn: () => Promise<T>): Promise<T> {
-    await this.opts.placement.checkUsable(r.id);
-    try {
-      return await fn();
-    } catch (e) {
-      if (!(e instanceof KeyNotMaterializedError)) throw e;
-      this.opts.log?.(`key ${r.id} not in the device; materializing from its record`);
-      await this.materialize(r);
-      return fn();
-    }
+    await this.checkUsable(r);
+    return this.materializer.use(r, fn);
   }
 }

@@ -1,3 +1,4 @@
+/** The key record: what the state store holds of a key (the source of truth), its encoding and its API view. */
 import type { Usage, WrappedMaterial } from "../pkcs11";
 import { upgradeRecord } from "./record-migration";
 import type { Key, KeyOriginName, KeySpecName } from "./types";
@@ -46,6 +47,18 @@ export interface KeyRecord {
   shares?: UserRef[];
   /** The node that created it (cluster mode): where a key that lives only in its device is held. */
   createdOn?: string;
+}
+
+/** The current version of a record (every record has one). */
+export const currentVersionOf = (r: KeyRecord): KeyVersion | undefined => r.versions.find((v) => v.version === r.currentVersion);
+
+/**
+ * The record without its wrapped material (what this node's in-memory copy holds: the material is
+ * read from the store when the key is materialized). The record itself is not changed.
+ */
+export function withoutMaterial(r: KeyRecord): KeyRecord {
+  if (!r.versions.some((v) => v.material)) return r;
+  return { ...r, versions: r.versions.map(({ material: _m, ...v }) => v) };
 }
 
 /** Store key of a record. */

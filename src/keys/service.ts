@@ -1,3 +1,4 @@
+/** KeyService: the key domain's one entry point (administration, crypto, data keys), transport-free. */
 import type { KeyDevice } from "../pkcs11";
 import type { StateStore } from "../store";
 import { KeyCrypto } from "./crypto-ops";
@@ -49,6 +50,11 @@ export interface KeyServiceOptions {
   nodeId?: string;
   /** How many nodes hold each key (cluster/Coverage in a cluster). @default SINGLE_NODE */
   placement?: KeyPlacement;
+  /**
+   * Device objects kept materialized for keys (config device.objectBudget; each part counts, a key
+   * pair is 2); the least recently used key is destroyed to make room. @default DEFAULT_OBJECT_BUDGET (20,000)
+   */
+  objectBudget?: number;
 }
 
 /**
@@ -69,12 +75,12 @@ export class KeyService {
     const { device, store, limits, domainKeyId } = opts;
     const placement = opts.placement ?? SINGLE_NODE;
     this.limits = limits;
-    this.records = new KeyRecords({ device, store, placement, log: opts.log });
+    this.records = new KeyRecords({ device, store, placement, objectBudget: opts.objectBudget, log: opts.log });
     const factory = new KeyFactory({ device, store, records: this.records, placement, domainKeyId });
     // The BYOK import key, one for the whole cluster (a record, materialized on first use).
     const importKeys = new ClusterImportKey({ device, store, domainKeyId, nodeId: opts.nodeId, log: opts.log });
     this.admin = new KeyAdmin({ device, store, limits, records: this.records, factory, placement, importKeys });
-    this.crypto = new KeyCrypto({ device, limits, records: this.records, factory, placement });
+    this.crypto = new KeyCrypto({ device, limits, records: this.records, factory });
     this.dataKeys = new DataKeys({ device, records: this.records, crypto: this.crypto });
   }
 

@@ -191,7 +191,7 @@ describe("key objects an older hsmd wrote (extractable, not CKA_WRAP_WITH_TRUSTE
     const ct = await c.encrypt({ keyId: aes.id, algorithm: GCM, plaintext: msg });
     const tag = Buffer.from((await c.sign({ keyId: hmac.id, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_HMAC_SHA256, message: msg })).signature);
     const domainKeyId = daemon!.domainKeyId;
-    const blobs = new Map([aes, hmac, ec].map((k) => [k.id, daemon!.keys.record(k.id).versions[0]!.material!.blob]));
+    const blobs = new Map(await Promise.all([aes, hmac, ec].map(async (k) => [k.id, (await daemon!.keys.records.material(daemon!.keys.record(k.id)))!.blob] as const)));
     c.close();
     await stop();
 

@@ -45,6 +45,10 @@ class FakeDevice {
     this.call("sealForRecord", id);
     return { alg: "AES_KWP", wrappingKeyId: domainKeyId, blob: Buffer.from(`wrapped:${id}`) };
   }
+  /** No call logged: the records ask it on every set (is a key made here resident?). */
+  cached(id: string): boolean {
+    return this.objects.has(id);
+  }
   async destroy(id: string): Promise<void> {
     this.call("destroy", id);
     this.objects.delete(id);
