@@ -22,6 +22,7 @@ import {
   LISTEN_DEFAULTS,
   LOGIN_RATE_DEFAULTS,
   MESSAGE_OVERHEAD_BYTES,
+  OBJECT_BUDGET_DEFAULTS,
   messageBytesFor,
 } from "./schema";
 import { checkTransport, type RawTls } from "./tls";
@@ -46,6 +47,7 @@ interface MergedDevice {
   pin: PinSource;
   poolSize: number;
   workers?: number;
+  objectBudget?: number;
   quirks: DeviceQuirks;
   disabledMechanisms?: string[];
 }
@@ -134,6 +136,14 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
       if (ok("/device/workers") && ok("/device/poolSize") && ok("/device/quirks/maxSessions") && m.workers !== undefined && m.workers > sessionRoom) {
         addProblems(problems, [{ path: "/device/workers", message: `must be <= ${Math.max(0, sessionRoom)} (each worker opens a session: poolSize + workers <= the device's quirks.maxSessions)` }]);
       }
+      // The key objects' budget leaves room for hsmd's own objects on a device with an object limit.
+      const maxObjects = m.quirks?.maxObjects;
+      const objectRoom = typeof maxObjects === "number" ? maxObjects - OBJECT_BUDGET_DEFAULTS.reserve : Number.POSITIVE_INFINITY;
+      if (ok("/device/objectBudget") && ok("/device/quirks/maxObjects") && m.objectBudget !== undefined && m.objectBudget > objectRoom) {
+        addProblems(problems, [
+          { path: "/device/objectBudget", message: `must be <= ${objectRoom} (the device's quirks.maxObjects less ${OBJECT_BUDGET_DEFAULTS.reserve} objects hsmd keeps for its own keys)` },
+        ]);
+      }
       let pin: ReturnType<typeof resolvePin> | undefined;
       if (ok("/device/pin")) {
         pin = resolvePin(m.pin, env, baseDir);
@@ -149,6 +159,7 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
           pinSource: pin.source,
           poolSize: m.poolSize,
           workers: m.workers ?? Math.max(0, Math.min(defaultDeviceWorkers(), sessionRoom)),
+          objectBudget: m.objectBudget ?? (Number.isFinite(objectRoom) ? Math.max(OBJECT_BUDGET_DEFAULTS.min, objectRoom) : OBJECT_BUDGET_DEFAULTS.default),
           quirks: { ...m.quirks, aesKeyBits: [...m.quirks.aesKeyBits].sort((a, b) => a - b) },
           disabledMechanisms: [...(m.disabledMechanisms ?? [])],
         };

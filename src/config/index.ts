@@ -22,6 +22,7 @@ export {
   DEFAULT_PROFILE,
   QUORUM_OPERATIONS,
   defaultDeviceWorkers,
+  OBJECT_BUDGET_DEFAULTS,
 } from "./schema";
 export { PROFILE_NAMES } from "./types";
 export { ADMIN_CONNECTION_FIELDS, CONNECTION_FIELDS } from "./connections";

@@ -29,6 +29,7 @@ export function describeConfig(config: Config): RedactedConfig {
       pinSource: { ...device.pinSource },
       poolSize: device.poolSize,
       workers: device.workers,
+      objectBudget: device.objectBudget,
       quirks: { ...device.quirks, aesKeyBits: [...device.quirks.aesKeyBits] },
       disabledMechanisms: [...device.disabledMechanisms],
     },

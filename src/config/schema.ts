@@ -45,6 +45,14 @@ export function defaultDeviceWorkers(): number {
   return Math.max(1, availableParallelism());
 }
 
+/**
+ * `device.objectBudget`: device objects hsmd keeps materialized for keys (each part counts, a key
+ * pair is 2), least recently used destroyed first. Default: the profile's `quirks.maxObjects` less
+ * OBJECT_RESERVE (hsmd's own objects: the domain key, the import and transport key pairs, and new
+ * keys' transient objects while they are made) when the device has a limit, else `default`.
+ */
+export const OBJECT_BUDGET_DEFAULTS = Object.freeze({ default: 20_000, min: 16, reserve: 16 });
+
 /** Default profile when `device.profile` is absent: the development device. */
 export const DEFAULT_PROFILE: ProfileName = "softhsm2";
 
@@ -131,6 +139,7 @@ const deviceProperties = {
   pin: pinSchema,
   poolSize: { type: "integer", minimum: 1, maximum: 256 },
   workers: { type: "integer", minimum: 0, maximum: 64 },
+  objectBudget: { type: "integer", minimum: 16, maximum: 100_000_000 },
   quirks: { type: "object", additionalProperties: false, properties: quirkProperties },
   disabledMechanisms: {
     type: "array",

@@ -32,7 +32,7 @@ export interface ListenAddress {
  * domain layers consult these instead of testing the profile name.
  */
 export interface DeviceQuirks {
-  /** How many objects the token holds (a YubiHSM 2 holds 256); null = no fixed limit. Bounds the applier's LRU. */
+  /** How many objects the token holds (a YubiHSM 2 holds 256); null = no fixed limit. Bounds device.objectBudget's default. */
   readonly maxObjects: number | null;
   /** How many sessions the module opens at once (YubiHSM 2: 16); null = no fixed limit. Bounds `poolSize`. */
   readonly maxSessions: number | null;
@@ -75,6 +75,12 @@ export interface DeviceConfig {
    * forms (libuv's thread pool). @default max(1, os.availableParallelism()), within quirks.maxSessions - poolSize
    */
   readonly workers: number;
+  /**
+   * Device objects kept materialized for keys (each part counts: a key pair is 2); the least
+   * recently used key is destroyed to make room and unwrapped again from its record when used.
+   * @default quirks.maxObjects - OBJECT_BUDGET_DEFAULTS.reserve when the device has a limit, else 20,000
+   */
+  readonly objectBudget: number;
   readonly quirks: DeviceQuirks;
   /**
    * Mechanisms (CKM_* names) hsmd treats as absent although the token lists them: policy (a

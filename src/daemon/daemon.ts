@@ -107,7 +107,7 @@ export class Daemon {
       const nodeId = cluster ? config.node.id : undefined;
       const watermarks = nodeId ? new Watermarks({ store, nodeId, minNodes: cluster?.minNodes, log }) : undefined;
       const placement: KeyPlacement = watermarks ?? SINGLE_NODE;
-      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement });
+      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement, objectBudget: config.device.objectBudget });
       const applier = new Applier({ store, device, records: keys.records, watermarks, nodeId, log });
       await startReplication({ store, keys, applier, watermarks, dataDir: config.node.dataDir, fullCheck: opts.fullCheck, log });
       const t0 = Date.now();
@@ -170,6 +170,7 @@ export class Daemon {
       metrics.setPoolSource(() => device!.poolStats());
       metrics.setWorkerSource(() => device!.workerStats());
       metrics.setKeyCountSource(() => keys.keyCount);
+      metrics.setKeyObjectsSource(() => keys.records.stats());
       metrics.setLoginSource(() => ({ ...hashLane.stats(), rateLimited: loginLimiter.refused }));
       // The admin routes call back into the daemon, which needs the admin app to stop it.
       let self: Daemon | undefined;

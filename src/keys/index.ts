@@ -1,6 +1,7 @@
 /** Key management and crypto, transport-free: domain types by name, no wire format. */
 export { KeyService, type KeyServiceOptions } from "./service";
 export { KeyRecords, mainPart, partsOf, residencyOf } from "./key-records";
+export { OwnerIndex } from "./owner-index";
 export { DEFAULT_OBJECT_BUDGET, MIN_OBJECT_BUDGET, objectsOf, type MaterializerStats } from "./materializer";
 export { parsePublicKey } from "./public-key";
 export { encryptionContextAad } from "./data-keys";

@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { Code, HsmError, invalid } from "../errors";
 import { partsFromSpki, type KeyAlgorithm, type KeyDevice, type Usage } from "../pkcs11";
-import type { StateStore } from "../store";
+import { TxnGroup, type StateStore } from "../store";
 import type { KeyRecords } from "./key-records";
 import type { KeyPlacement } from "./placement";
 import { decodeRecord, encodeRecord, recordKey, requestKey, toApiKey, type KeyRecord, type KeyVersion, type UserRef } from "./record";
@@ -16,6 +16,8 @@ export interface KeyFactoryOptions {
   placement: KeyPlacement;
   /** CKA_ID of the domain key in the device. */
   domainKeyId: string;
+  /** The group commit creates go through (default: one of this factory's own over `store`). */
+  txns?: TxnGroup;
 }
 
 /** The record fields a create path decides; the factory adds id, dates and versions. */
@@ -26,7 +28,12 @@ export type NewKey = Omit<KeyRecord, "id" | "createdAt" | "currentVersion" | "ve
  * id, the record's wrapped copy, the durable commit, and the undo of the device side on any failure.
  */
 export class KeyFactory {
-  constructor(private readonly opts: KeyFactoryOptions) {}
+  /** Concurrent creates' record + request-id txns, merged into fewer store txns. */
+  private readonly txns: TxnGroup;
+
+  constructor(private readonly opts: KeyFactoryOptions) {
+    this.txns = opts.txns ?? new TxnGroup(opts.store);
+  }
 
   /** Returns the key a request id already made, if any. */
   private async existingFor(rid: string | undefined, owner: UserRef | undefined): Promise<KeyRecord | undefined> {
@@ -44,7 +51,7 @@ export class KeyFactory {
    * the record and the record committed with its request id. Anything failing undoes the device side.
    */
   async create(base: NewKey, make: (id: string) => Promise<Buffer | undefined>): Promise<Key> {
-    const { device, store, records, placement } = this.opts;
+    const { device, records, placement } = this.opts;
     const existing = await this.existingFor(base.requestId, base.owner);
     if (existing) return toApiKey(existing, base.owner?.userId);
     const id = randomUUID();
@@ -71,6 +78,9 @@ export class KeyFactory {
         version = material ? { version: 1, createdAt, residency: "wrapped", material } : { version: 1, createdAt, residency: "device" };
       }
       const rec: KeyRecord = { ...base, id, createdAt, publicKeySpki: spki, currentVersion: 1, versions: [version] };
+      // In a cluster the record names the node that made it: where a key only its device holds lives.
+      const createdOn = (placement as { nodeId?: string }).nodeId;
+      if (createdOn !== undefined) rec.createdOn = createdOn;
       const compares = [{ key: recordKey(id), op: "absent" as const }];
       const ops = [{ type: "put" as const, key: recordKey(id), value: encodeRecord(rec) }];
       if (base.requestId) {
@@ -78,7 +88,9 @@ export class KeyFactory {
         compares.push({ key: rk, op: "absent" });
         ops.push({ type: "put", key: rk, value: Buffer.from(id) });
       }
-      const res = await store.txn(compares, ops);
+      // Grouped with concurrent creates (disjoint keys: a create's record id is new, and two creates
+      // with one request id are never merged), and resolved only once committed.
+      const res = await this.txns.submit(compares, ops);
       if (!res.succeeded) {
         // Lost a race with the same request id: the other create won; return its key.
         await device.destroy(id).catch(() => undefined);

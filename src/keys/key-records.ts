@@ -8,6 +8,7 @@ import type { KeyDevice, Part, Usage, WrappedMaterial } from "../pkcs11";
 import type { StateStore } from "../store";
 import { MaterialCache } from "./material-cache";
 import { DEFAULT_OBJECT_BUDGET, Materializer, type MaterializerStats } from "./materializer";
+import { OwnerIndex } from "./owner-index";
 import type { KeyPlacement } from "./placement";
 import { currentVersionOf, decodeRecord, recordKey, withoutMaterial, type KeyRecord } from "./record";
 import { algorithmOf, isSecret } from "./spec";
@@ -52,6 +53,8 @@ export class KeyRecords {
   private readonly map = new Map<string, Slot>();
   private readonly cache: MaterialCache;
   private readonly materializer: Materializer;
+  /** The listing index by owner and viewer, kept current by {@link set} and {@link delete}. */
+  readonly owners = new OwnerIndex();
 
   constructor(private readonly opts: KeyRecordsOptions) {
     this.cache = new MaterialCache(opts.materialCacheBytes);
@@ -77,12 +80,16 @@ export class KeyRecords {
     const v = currentVersionOf(r);
     if (v?.material) this.cache.put(r.id, v.version, v.material);
     const prev = this.map.get(r.id);
+    if (prev) this.owners.remove(prev.record);
+    this.owners.add(r);
     this.map.set(r.id, { record: withoutMaterial(r), createRevision: revs?.createRevision ?? prev?.createRevision, modRevision: revs?.modRevision ?? prev?.modRevision });
     if (!this.materializer.holds(r.id) && this.opts.device.cached(r.id, mainPart(r))) this.materializer.noteResident(r);
   }
 
   /** Forgets a record (deleted): its cached material, and its count in the device (the caller destroys its objects). */
   delete(id: string): void {
+    const prev = this.map.get(id);
+    if (prev) this.owners.remove(prev.record);
     this.map.delete(id);
     this.cache.delete(id);
     this.materializer.forget(id);

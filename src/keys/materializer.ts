@@ -7,68 +7,12 @@
  * (session objects) run the same code.
  */
 import { Code, HsmError } from "../errors";
-import { KeyNotMaterializedError, type KeyDevice, type WrappedMaterial } from "../pkcs11";
+import { KeyNotMaterializedError } from "../pkcs11";
+import { type Entry, isLocal, type MaterializerOptions, type MaterializerStats, MIN_OBJECT_BUDGET, objectsOf, type State } from "./materializer-types";
 import { currentVersionOf, type KeyRecord } from "./record";
-import { algorithmOf, isSecret } from "./spec";
+import { algorithmOf } from "./spec";
 
-/** The default budget of device objects for keys (config device.objectBudget) when the profile sets no maxObjects. */
-export const DEFAULT_OBJECT_BUDGET = 20_000;
-/** The smallest budget accepted: below it, a handful of concurrent uses would queue on each other. */
-export const MIN_OBJECT_BUDGET = 16;
-
-/** The device calls the materializer makes (a unit test may hand a fake). */
-export type MaterializerDevice = Pick<KeyDevice, "materialize" | "createPublic" | "destroy">;
-
-/** What a {@link Materializer} is built from. */
-export interface MaterializerOptions {
-  device: MaterializerDevice;
-  /** Device objects kept for keys (each part counts: a key pair is 2). */
-  budget: number;
-  /** The record's current wrapped material (from the record, a cache or the store); undefined when it has none. */
-  material: (r: KeyRecord) => Promise<WrappedMaterial | undefined>;
-  log?: (msg: string) => void;
-}
-
-/** The materializer's counters (for /metrics and the bench). */
-export interface MaterializerStats {
-  /** device.objectBudget */
-  budget: number;
-  /** Device objects counted as held for keys now (resident, being loaded or being destroyed). */
-  resident: number;
-  /** Uses that found their key resident. */
-  hits: number;
-  /** Unwraps of a key into the device for a use or an explicit materialization. */
-  misses: number;
-  /** Keys destroyed to make room. */
-  evictions: number;
-  /** Apply-time proofs of new records (one unwrap each). */
-  proofs: number;
-}
-
-type State = "loading" | "resident" | "evicting";
-
-/** One key the device holds (or is about to hold, or is destroying). */
-interface Entry {
-  readonly id: string;
-  /** Device objects it takes. */
-  readonly cost: number;
-  /** Lives only in this device: never evicted. */
-  readonly local: boolean;
-  state: State;
-  /** Uses running on it now (and its own load). */
-  pins: number;
-  /** Its objects are counted in `used`. */
-  counted: boolean;
-  /** The record was deleted while it loaded: destroyed once the load ends. */
-  forgotten: boolean;
-  /** Settles when the load (resolves or rejects) or the eviction (resolves) is done. */
-  settled: Promise<void>;
-}
-
-/** Device objects a record's key takes: 1 for a secret or public-only key, 2 for a pair. */
-export const objectsOf = (r: KeyRecord): number => (r.publicOnly || isSecret(algorithmOf(r.spec)) ? 1 : 2);
-
-const isLocal = (r: KeyRecord) => currentVersionOf(r)?.residency === "device";
+export { DEFAULT_OBJECT_BUDGET, MIN_OBJECT_BUDGET, objectsOf, type MaterializerDevice, type MaterializerOptions, type MaterializerStats } from "./materializer-types";
 
 /** See the module comment. */
 export class Materializer {

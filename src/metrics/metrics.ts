@@ -1,5 +1,7 @@
+/** The daemon's Prometheus metrics (RPCs, device operations, pool, keys, cluster, logins, workers) in a registry of their own. */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { registerEventLoopUtilization } from "./event-loop";
+import { registerKeyObjects, type KeyObjectsSnapshot } from "./key-objects";
 
 /** What the session pool reports at scrape time; the same shape as the device layer's pool stats. */
 export interface PoolSnapshot {
@@ -212,6 +214,14 @@ export class Metrics {
   /** Where `hsmd_keys` comes from; called once per scrape. */
   setKeyCountSource(fn: () => number): void {
     this.keyCountSource = fn;
+  }
+
+  /**
+   * Key materialization series (see key-objects.ts), read once per scrape from `fn`
+   * (the daemon passes `() => keys.records.stats()`). Call once.
+   */
+  setKeyObjectsSource(fn: () => KeyObjectsSnapshot): void {
+    registerKeyObjects(this.registry, fn);
   }
 
   /** The Prometheus text exposition of every series, with the content type to serve it under. */

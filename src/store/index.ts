@@ -19,6 +19,8 @@ export {
   type EmbeddedStoreStats,
 } from "./embedded";
 export { StoreCompactedError } from "./store-compacted-error";
+export { SortedKeys } from "./sorted-keys";
+export { TxnGroup, type TxnGroupOptions, type TxnGroupStats } from "./txn-group";
 export { DirLock, LOCK_FILE } from "./lock";
 export { getJson, getJsonFresh, getJsonLatest, jsonCodec, putJson, type Codec, type JsonEntry } from "./json";
 export { EtcdStore, openEtcdStore, type EtcdStoreOptions, type EtcdStoreStats } from "./etcd";
