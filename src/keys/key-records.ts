@@ -9,6 +9,7 @@ import type { StateStore } from "../store";
 import { MaterialCache } from "./material-cache";
 import { DEFAULT_OBJECT_BUDGET, Materializer, type MaterializerStats } from "./materializer";
 import type { KeyPlacement } from "./placement";
+import { OwnerIndex } from "./owner-index";
 import { currentVersionOf, decodeRecord, recordKey, withoutMaterial, type KeyRecord } from "./record";
 import { algorithmOf, isSecret } from "./spec";
 import { ID_RE, checkKeyId } from "./validation";
@@ -49,6 +50,7 @@ export const residencyOf = (r: KeyRecord) => r.versions.find((v) => v.version ==
  * object budget (see Materializer).
  */
 export class KeyRecords {
+  readonly owners = new OwnerIndex();
   private readonly map = new Map<string, Slot>();
   private readonly cache: MaterialCache;
   private readonly materializer: Materializer;
@@ -77,12 +79,16 @@ export class KeyRecords {
     const v = currentVersionOf(r);
     if (v?.material) this.cache.put(r.id, v.version, v.material);
     const prev = this.map.get(r.id);
+    if (prev) this.owners.remove(prev.record);
+    this.owners.add(r);
     this.map.set(r.id, { record: withoutMaterial(r), createRevision: revs?.createRevision ?? prev?.createRevision, modRevision: revs?.modRevision ?? prev?.modRevision });
     if (!this.materializer.holds(r.id) && this.opts.device.cached(r.id, mainPart(r))) this.materializer.noteResident(r);
   }
 
   /** Forgets a record (deleted): its cached material, and its count in the device (the caller destroys its objects). */
   delete(id: string): void {
+    const prev = this.map.get(id);
+    if (prev) this.owners.remove(prev.record);
     this.map.delete(id);
     this.cache.delete(id);
     this.materializer.forget(id);

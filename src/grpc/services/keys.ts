@@ -6,7 +6,7 @@ import type { Pipeline } from "../pipeline/pipeline";
 
 /** hsm.v1.KeyService: key lifecycle and sharing over the {@link KeyService}, proto ↔ domain through ../map/keys. */
 export function keyService(opts: GrpcServerOptions, p: Pipeline): KeyServiceServer {
-  const { keys: k, users, guard } = opts;
+  const { keys: k, users } = opts;
   const { rpc, withQuorum, owner } = p;
   return {
     generateKey: rpc("GenerateKey", async (r, c) => keyToProto(await k.generateKey(generateKeyFromProto(r), owner(c)))),
@@ -14,7 +14,7 @@ export function keyService(opts: GrpcServerOptions, p: Pipeline): KeyServiceServ
       const key = k.getKey(r, c.principal!.userId);
       return keyToProto(key, opts.membership && opts.coverage ? (await opts.coverage.coverage(key.id)).sort() : []);
     }),
-    listKeys: rpc("ListKeys", (r, c) => keyPageToProto(k.listKeys(listKeysFromProto(r), guard.visibleTo(c.principal!), c.principal!.userId))),
+    listKeys: rpc("ListKeys", (r, c) => keyPageToProto(k.listKeys(listKeysFromProto(r), c.principal!.userId))),
     deleteKey: rpc("DeleteKey", async (r, c) => {
       await withQuorum(c, "DeleteKey", { keyId: r.keyId }, r.quorumRequestId, () => k.deleteKey(r));
       return {};
