@@ -81,11 +81,6 @@ export class AccessGuard {
     return r;
   }
 
-  /** The list filter of a principal: the keys it owns and those shared with it. */
-  visibleTo(principal: Principal): (r: KeyRecord) => boolean {
-    return (r) => r.owner?.userId === principal.userId || (r.shares?.some((s) => s.userId === principal.userId) ?? false);
-  }
-
   /** Checks that `principal` may read quorum request data made by `requestedBy` (COs, or the requester). */
   quorumReader(principal: Principal, requestedBy: string, id: string): void {
     if (principal.role === "CO" || principal.user === requestedBy) return;

@@ -21,11 +21,26 @@ export interface KeyAdminOptions {
   factory: KeyFactory;
   placement: KeyPlacement;
   importKeys: ClusterImportKey;
+  /** Index entries one ListKeys call examines at most (see {@link KeyAdmin.listKeys}). @default LIST_SCAN_LIMIT */
+  listScanLimit?: number;
 }
+
+/** Index entries one ListKeys call examines at most by default: about a millisecond of filtering. */
+export const LIST_SCAN_LIMIT = 10_000;
+/** Index entries read at a time while filtering a page. */
+const LIST_CHUNK = 256;
+
+/** Whether `userId` owns the record or it is shared with that user. */
+const canSee = (r: KeyRecord, userId: string) => r.owner?.userId === userId || (r.shares?.some((s) => s.userId === userId) ?? false);
 
 /** Key administration: generate, import, read, list, share and delete keys (the rules; no crypto with them). */
 export class KeyAdmin {
-  constructor(private readonly opts: KeyAdminOptions) {}
+  private readonly listScanLimit: number;
+
+  constructor(private readonly opts: KeyAdminOptions) {
+    this.listScanLimit = opts.listScanLimit ?? LIST_SCAN_LIMIT;
+    if (!Number.isSafeInteger(this.listScanLimit) || this.listScanLimit < 1) throw new RangeError(`listScanLimit must be a positive integer, got ${String(opts.listScanLimit)}`);
+  }
 
   /** `owner`: the crypto user the new key belongs to (absent only in device-level tests). */
   async generateKey(req: GenerateKeyInput, owner?: UserRef): Promise<Key> {
@@ -105,36 +120,53 @@ export class KeyAdmin {
   }
 
   /**
-   * One page of the keys `visible` admits (the access layer passes "owned by or shared with the
-   * caller"), filtered and ordered by id.
+   * One page of the keys the viewer (by user id) owns or that are shared with it, filtered and
+   * ordered by id; `viewerId` undefined lists every key (device-level tests, no access layer).
+   *
+   * The page comes from the owner index (KeyRecords.owners), never from a scan of the store: without
+   * filters it reads `page_size + 1` index entries. The filters (label prefix, spec, usage) are
+   * applied to the viewer's keys in id order, and one call examines at most `listScanLimit` of them
+   * (and at least `page_size + 1`): a filter that matches few of a user's many keys can answer a
+   * short page (even an empty one) with a next page token, from which the next call goes on. The
+   * cost of a call is bounded by that limit, never by the number of keys in the store. Page tokens
+   * name the last id returned or examined (`k:<id>`), as they did before the index.
    */
-  listKeys(req: ListKeysQuery, visible: (r: KeyRecord) => boolean = () => true, viewerId?: string): KeyPage {
+  listKeys(req: ListKeysQuery, viewerId?: string): KeyPage {
     const { limits, records } = this.opts;
-    const view = (r: KeyRecord) => toApiKey(r, viewerId);
     const size = req.pageSize === 0 ? Math.min(100, limits.maxPageSize) : req.pageSize;
     if (size > limits.maxPageSize) throw invalid(`page_size must be at most ${limits.maxPageSize}`);
-    let after = "";
+    let cursor = "";
     if (req.pageToken) {
-      after = Buffer.from(req.pageToken, "base64url").toString("utf8");
+      const after = Buffer.from(req.pageToken, "base64url").toString("utf8");
       if (!after.startsWith("k:") || !ID_RE.test(after.slice(2))) throw invalid("page_token is not one this service issued");
-      after = after.slice(2);
+      cursor = after.slice(2);
     }
-    const usage = req.usage;
-    const ids = [...records.ids()].sort();
+    // A spec the API does not define matches no key: nothing to examine.
+    if (req.spec === null) return { keys: [], nextPageToken: "" };
+    const index = records.owners;
+    const next = viewerId === undefined ? (after: string, n: number) => index.pageAll(after, n) : (after: string, n: number) => index.page(viewerId, after, n);
+    const matches = (r: KeyRecord) => (!req.labelPrefix || r.label.startsWith(req.labelPrefix)) && (req.spec === undefined || r.spec === req.spec) && (!req.usage || r.usages.includes(req.usage));
+    const view = (rs: KeyRecord[]) => rs.map((r) => toApiKey(r, viewerId));
+    const token = (id: string) => Buffer.from(`k:${id}`).toString("base64url");
+    const filtered = !!req.labelPrefix || req.spec !== undefined || !!req.usage;
     const out: KeyRecord[] = [];
-    for (const id of ids) {
-      if (after && id <= after) continue;
-      const r = records.get(id)!;
-      if (!visible(r)) continue;
-      if (req.labelPrefix && !r.label.startsWith(req.labelPrefix)) continue;
-      if (req.spec !== undefined && r.spec !== req.spec) continue;
-      if (usage && !r.usages.includes(usage)) continue;
-      if (out.length === size) {
-        return { keys: out.map(view), nextPageToken: Buffer.from("k:" + out[out.length - 1]!.id).toString("base64url") };
+    // Never fewer than a full page and the one after it, so that a listing without filters is never cut short.
+    let budget = Math.max(this.listScanLimit, size + 1);
+    while (budget > 0) {
+      const ids = next(cursor, Math.min(filtered ? LIST_CHUNK : size + 1, budget));
+      if (ids.length === 0) return { keys: view(out), nextPageToken: "" };
+      for (const id of ids) {
+        const r = records.get(id);
+        // An index entry is an id, not a grant: the record decides (a change may be on its way in).
+        if (r && (viewerId === undefined || canSee(r, viewerId)) && matches(r)) {
+          if (out.length === size) return { keys: view(out), nextPageToken: token(out[out.length - 1]!.id) };
+          out.push(r);
+        }
+        cursor = id;
+        budget--;
       }
-      out.push(r);
     }
-    return { keys: out.map(view), nextPageToken: "" };
+    return { keys: view(out), nextPageToken: token(cursor) };
   }
 
   /**
@@ -164,9 +196,7 @@ export class KeyAdmin {
 
   /** How many keys a user (by id) owns: a crypto user that owns keys is not deleted. */
   ownedBy(userId: string): number {
-    let n = 0;
-    for (const r of this.opts.records.values()) if (r.owner?.userId === userId) n++;
-    return n;
+    return this.opts.records.owners.ownedCount(userId);
   }
 
   /** Deletes a key: its record durably first, then its objects. */

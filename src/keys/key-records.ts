@@ -10,6 +10,7 @@ import { MaterialCache } from "./material-cache";
 import { DEFAULT_OBJECT_BUDGET, Materializer, type MaterializerStats } from "./materializer";
 import { OwnerIndex } from "./owner-index";
 import type { KeyPlacement } from "./placement";
+import { OwnerIndex } from "./owner-index";
 import { currentVersionOf, decodeRecord, recordKey, withoutMaterial, type KeyRecord } from "./record";
 import { algorithmOf, isSecret } from "./spec";
 import { ID_RE, checkKeyId } from "./validation";
@@ -50,6 +51,7 @@ export const residencyOf = (r: KeyRecord) => r.versions.find((v) => v.version ==
  * object budget (see Materializer).
  */
 export class KeyRecords {
+  readonly owners = new OwnerIndex();
   private readonly map = new Map<string, Slot>();
   private readonly cache: MaterialCache;
   private readonly materializer: Materializer;

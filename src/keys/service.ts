@@ -55,6 +55,8 @@ export interface KeyServiceOptions {
    * pair is 2); the least recently used key is destroyed to make room. @default DEFAULT_OBJECT_BUDGET (20,000)
    */
   objectBudget?: number;
+  /** Index entries one ListKeys call examines at most (see KeyAdmin.listKeys). @default 10,000 */
+  listScanLimit?: number;
 }
 
 /**
@@ -79,7 +81,7 @@ export class KeyService {
     const factory = new KeyFactory({ device, store, records: this.records, placement, domainKeyId });
     // The BYOK import key, one for the whole cluster (a record, materialized on first use).
     const importKeys = new ClusterImportKey({ device, store, domainKeyId, nodeId: opts.nodeId, log: opts.log });
-    this.admin = new KeyAdmin({ device, store, limits, records: this.records, factory, placement, importKeys });
+    this.admin = new KeyAdmin({ device, store, limits, records: this.records, factory, placement, importKeys, listScanLimit: opts.listScanLimit });
     this.crypto = new KeyCrypto({ device, limits, records: this.records, factory });
     this.dataKeys = new DataKeys({ device, records: this.records, crypto: this.crypto });
   }
@@ -135,9 +137,9 @@ export class KeyService {
   getKey(req: { keyId: string }, viewerId?: string): Key {
     return this.admin.getKey(req.keyId, viewerId);
   }
-  /** One page of the keys `visible` admits, filtered and ordered by id. */
-  listKeys(req: ListKeysQuery, visible?: (r: KeyRecord) => boolean, viewerId?: string): KeyPage {
-    return this.admin.listKeys(req, visible, viewerId);
+  /** One page of the keys the viewer owns or that are shared with it (every key when undefined), filtered and ordered by id. */
+  listKeys(req: ListKeysQuery, viewerId?: string): KeyPage {
+    return this.admin.listKeys(req, viewerId);
   }
   /** Adds (`share`) or removes a crypto user from a key's shares. */
   setShare(keyId: string, user: UserRef, share: boolean, viewerId?: string): Promise<Key> {

@@ -148,9 +148,11 @@ describe("KeyService on a fake device", () => {
     expect(keys.getKey({ keyId: k.id }, bob.userId).sharedWith).toEqual([]);
     expect(keys.ownedBy(alice.userId)).toBe(1);
     expect(keys.ownedBy(bob.userId)).toBe(0);
-    const visible = keys.listKeys({ pageSize: 0, pageToken: "", labelPrefix: "" }, (r) => r.owner?.userId === bob.userId || !!r.shares?.some((s) => s.userId === bob.userId));
+    const visible = keys.listKeys({ pageSize: 0, pageToken: "", labelPrefix: "" }, bob.userId);
     expect(visible.keys.map((x) => x.id)).toEqual([k.id]);
+    expect(visible.keys[0]!.sharedWith).toEqual([]);
     expect((await keys.setShare(k.id, bob, false, alice.userId)).sharedWith).toEqual([]);
+    expect(keys.listKeys({ pageSize: 0, pageToken: "", labelPrefix: "" }, bob.userId).keys).toEqual([]);
     expect(await codeOf(keys.setShare("0000-gone", bob, true))).toBe(`${Code.NotFound}: key 0000-gone not found`);
   });
 

@@ -40,6 +40,25 @@ function counting(s: StateStore): { txns: Array<{ compares: number; ops: number 
   };
 }
 
+/** The store, with the op count of every txn sent; the first one waits for `release()`: in flight for as long as the test says. */
+function gated(): { sent: number[]; release: () => void; held: Pick<StateStore, "txn"> } {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => {
+    release = r;
+  });
+  const sent: number[] = [];
+  const held: Pick<StateStore, "txn"> = {
+    txn: async (cs, os) => {
+      sent.push(os.length);
+      if (sent.length === 1) await gate;
+      return store.txn(cs, os);
+    },
+  };
+  return { sent, release, held };
+}
+
+const tick = () => new Promise((r) => setImmediate(r));
+
 const put = (key: string, v = key): Op => ({ type: "put", key, value: Buffer.from(v) });
 const absent = (key: string): Compare => ({ key, op: "absent" });
 
@@ -65,19 +84,25 @@ describe("TxnGroup", () => {
     expect(g.stats().txns).toBe(store.revision() - start);
   });
 
-  it("merges what arrives while a txn is in flight into the next one", async () => {
-    const c = counting(store);
-    const g = new TxnGroup(c.store);
+  it.each([
+    [1, [1, 20]],
+    [2, [1, 10, 10]],
+  ])("with %i txn(s) in flight at most, merges what arrives meanwhile into the next", async (maxInFlight, sizes) => {
+    const { sent, release, held } = gated();
+    const g = new TxnGroup(held, { maxInFlight });
     const first = g.submit([], [put("a")]);
-    // The first txn is sent on the next turn of the event loop; wait until it is, then submit more.
-    await new Promise((r) => setImmediate(r));
-    expect(c.txns).toHaveLength(1);
-    const more = Array.from({ length: 20 }, (_, i) => g.submit([absent(`m/${i}`)], [put(`m/${i}`)]));
-    await Promise.all([first, ...more]);
-    expect(c.txns).toEqual([
-      { compares: 0, ops: 1 },
-      { compares: 20, ops: 20 },
-    ]);
+    await tick();
+    expect(sent).toEqual([1]);
+    const wave1 = Array.from({ length: 10 }, (_, i) => g.submit([absent(`m/${i}`)], [put(`m/${i}`)]));
+    await tick();
+    const wave2 = Array.from({ length: 10 }, (_, i) => g.submit([absent(`n/${i}`)], [put(`n/${i}`)]));
+    await tick();
+    release();
+    const results = await Promise.all([first, ...wave1, ...wave2]);
+    expect(results.every((r) => r.succeeded)).toBe(true);
+    expect(sent).toEqual(sizes);
+    expect(await store.count("m/")).toBe(10);
+    expect(await store.count("n/")).toBe(10);
   });
 
   it("isolates a failing compare: only its submission fails, the others commit", async () => {
@@ -109,6 +134,23 @@ describe("TxnGroup", () => {
     expect((await store.get("rid"))?.value.toString()).toBe("first");
     // Merged: `shared`'s put with `rid`'s first; then the two that conflicted, together.
     expect(c.txns[0]).toEqual({ compares: 1, ops: 2 });
+  });
+
+  it("holds a submission back while a txn touching its keys is in flight, even with room for another", async () => {
+    const { sent, release, held } = gated();
+    const g = new TxnGroup(held, { maxInFlight: 4 });
+    const a = g.submit([], [put("k")]);
+    await tick();
+    const b = g.submit([absent("k")], [put("k2")]);
+    const other = g.submit([], [put("free")]);
+    await tick();
+    expect(sent).toEqual([1, 1]);
+    release();
+    expect(await a).toMatchObject({ succeeded: true });
+    expect(await b).toMatchObject({ succeeded: false });
+    expect(await other).toMatchObject({ succeeded: true });
+    expect(sent).toEqual([1, 1, 1]);
+    expect(await store.get("k2")).toBeUndefined();
   });
 
   it("keeps a merged txn within maxOps and maxBytes; a larger submission runs alone", async () => {

@@ -6,7 +6,7 @@ import type { Pipeline } from "../pipeline/pipeline";
 
 /** hsm.v1.KeyService: key lifecycle and sharing over the {@link KeyService}, proto ↔ domain through ../map/keys. */
 export function keyService(opts: GrpcServerOptions, p: Pipeline): KeyServiceServer {
-  const { keys: k, users, guard } = opts;
+  const { keys: k, users } = opts;
   const { rpc, withQuorum, owner } = p;
   return {
     generateKey: rpc("GenerateKey", async (r, c) => keyToProto(await k.generateKey(generateKeyFromProto(r), owner(c)))),
@@ -15,7 +15,7 @@ export function keyService(opts: GrpcServerOptions, p: Pipeline): KeyServiceServ
       const rec = opts.watermarks ? k.records.get(key.id) : undefined;
       return keyToProto(key, rec && opts.watermarks ? opts.watermarks.heldBy(rec, k.records.createRevision(rec.id)) : []);
     }),
-    listKeys: rpc("ListKeys", (r, c) => keyPageToProto(k.listKeys(listKeysFromProto(r), guard.visibleTo(c.principal!), c.principal!.userId))),
+    listKeys: rpc("ListKeys", (r, c) => keyPageToProto(k.listKeys(listKeysFromProto(r), c.principal!.userId))),
     deleteKey: rpc("DeleteKey", async (r, c) => {
       await withQuorum(c, "DeleteKey", { keyId: r.keyId }, r.quorumRequestId, () => k.deleteKey(r));
       return {};
