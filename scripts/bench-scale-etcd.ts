@@ -102,6 +102,25 @@ export async function recordBytes(endpoints: string[], cluster: string, byKind: 
   return out;
 }
 
+/**
+ * The highest commit revision of the given keys' records (pass the last few dozen made: with many in
+ * flight the last acknowledged is not always the last committed). A node whose watermark reached it
+ * has applied them all.
+ */
+export async function maxKeyRevision(endpoints: string[], cluster: string, ids: string[]): Promise<number> {
+  const c = client(endpoints);
+  let max = 0;
+  try {
+    for (const id of ids) {
+      const r = await c.get(`hsmd/${cluster}/keys/${id}`).exec();
+      for (const kv of r.kvs) max = Math.max(max, Number(kv.mod_revision));
+    }
+  } finally {
+    c.close();
+  }
+  return max;
+}
+
 /** The latest watermark revision of one node, undefined when it has no row. */
 export async function watermarkOf(endpoints: string[], cluster: string, node: string): Promise<number | undefined> {
   const c = client(endpoints);

@@ -33,6 +33,14 @@ export interface Progress {
   t0: number;
 }
 
+/** Names a phase without a count for the progress ticker. */
+export function phase(p: Progress, name: string): void {
+  p.phase = name;
+  p.done = 0;
+  p.total = 0;
+  p.t0 = performance.now();
+}
+
 /** A client bound to one node's endpoint, logged in as the bench's crypto user. */
 export async function nodeClient(n: Node, username: string, password: string): Promise<HsmClient> {
   const c = new HsmClient({ endpoint: n.grpc, defaultDeadlineMs: 60_000 });
@@ -163,8 +171,8 @@ export interface CatchUpContext {
   /** Index of the next key (kinds continue the fill's mix). */
   from: number;
   progress: Progress;
-  /** The store's current revision. */
-  storeRevision: () => Promise<number>;
+  /** The highest commit revision of these keys' records. */
+  lastRevision: (ids: string[]) => Promise<number>;
   /** The stopped node's applied revision (its watermark row; its /v1/status without one). */
   appliedRevision: (n: Node) => Promise<number | undefined>;
 }
@@ -172,7 +180,7 @@ export interface CatchUpContext {
 /**
  * Stops the last node (SIGTERM), creates `behind` keys through the others, starts it, and times
  * (from the start) its /readyz, a use through it alone of the last key created meanwhile, and its
- * applied revision reaching the store's revision after the creations.
+ * applied revision (watermark) reaching the last creation's commit revision.
  */
 export async function catchUp(ctx: CatchUpContext): Promise<{ figures: CatchUpFigures; made: Made[] }> {
   const down = ctx.nodes[ctx.nodes.length - 1]!;
@@ -181,9 +189,9 @@ export async function catchUp(ctx: CatchUpContext): Promise<{ figures: CatchUpFi
   ctx.progress.phase = `catch-up: creations while ${down.id} is down`;
   const { made } = await fill(writers, ctx.behind, ctx.inflight, ctx.from, ctx.progress);
   for (const w of writers) w.client.close();
-  const target = await ctx.storeRevision();
+  const target = await ctx.lastRevision(made.slice(-4 * ctx.inflight).map((m) => m.id));
   const last = made[made.length - 1]!;
-  ctx.progress.phase = `catch-up: ${down.id} starting`;
+  phase(ctx.progress, `catch-up: ${down.id} starting, until it serves`);
   const t0 = performance.now();
   const started = launch(down, "start");
   started.catch(() => undefined);

@@ -25,6 +25,8 @@ export interface KeySeen {
 export interface LagResult {
   lags: number[];
   missing: number;
+  /** Watermark changes seen (0: the daemons publish no watermark rows, the lag is unknown). */
+  marks: number;
 }
 
 /**
@@ -65,7 +67,7 @@ export function replicationLags(keys: KeySeen[], marks: WatermarkEvent[], nodes:
       else lags.push(Math.max(0, ats[lo]! - k.at));
     }
   }
-  return { lags, missing };
+  return { lags, missing, marks: marks.length };
 }
 
 /** The p-quantile (0..1) of a sample, nearest rank below; NaN when empty. */
@@ -120,7 +122,7 @@ export interface CatchUpFigures {
   readyMs: number;
   /** Until a sign through it alone of the last key created while it was down succeeded. */
   signMs: number;
-  /** Until its watermark reached the store revision after the creations (undefined: no watermark rows). */
+  /** Until its watermark (its /v1/status applied revision without one) reached the last creation's revision. */
   appliedMs?: number;
 }
 
@@ -199,9 +201,10 @@ export function resultRows(runs: ScaleRun[]): string[][] {
   return [
     row("raw etcd ceiling (txn puts/s)", (r) => `${fmt(r.ceiling, 0)} (${r.ceilingRecordBytes} B, ${r.inflight} in flight)`),
     row("fill (creations/s)", (r) => `${fmt(r.fillRate, 0)} (${fmt(r.fillRate / r.ceiling, 2)} of ceiling)${r.fillFailed ? `, ${r.fillFailed} failed` : ""}`),
-    row(
-      "replication lag p50 / p99 ms",
-      (r) => `${fmt(quantile(r.lag.lags, 0.5))} / ${fmt(quantile(r.lag.lags, 0.99))}${r.lag.missing ? ` (${r.lag.missing} never seen)` : ""} (n=${r.lag.lags.length})`,
+    row("replication lag p50 / p99 ms", (r) =>
+      r.lag.marks === 0
+        ? "n/a (no watermark rows)"
+        : `${fmt(quantile(r.lag.lags, 0.5))} / ${fmt(quantile(r.lag.lags, 0.99))} (n=${r.lag.lags.length}${r.lag.missing ? `, ${r.lag.missing} never reached` : ""})`,
     ),
     row("etcd DB size (in use)", (r) => `${fmtBytes(r.dbSize)} (${fmtBytes(r.dbSizeInUse)})`),
     row("daemon RSS", (r) =>

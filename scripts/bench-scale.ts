@@ -19,8 +19,8 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { installCleanup, killAll, MAIN, ROOT, removeDir, startCluster, status, stopNode, tempDir } from "./bench-cluster-kit";
 import { scaleSection, scaleTables, writeScaleSection } from "./bench-scale-doc";
-import { dbStatus, ReplicationWatch, rawCeiling, recordBytes, SCALE_ETCD_FLAGS, watermarkOf } from "./bench-scale-etcd";
-import { catchUp, fill, type Made, nodeClient, type Progress, rssOf, signPhase } from "./bench-scale-load";
+import { dbStatus, maxKeyRevision, ReplicationWatch, rawCeiling, recordBytes, SCALE_ETCD_FLAGS, watermarkOf } from "./bench-scale-etcd";
+import { catchUp, fill, type Made, nodeClient, type Progress, phase, rssOf, signPhase } from "./bench-scale-load";
 import { replicationLags, type ScaleRun } from "./bench-scale-stats";
 
 const args = process.argv.slice(2);
@@ -52,7 +52,8 @@ async function run(n: number): Promise<ScaleRun> {
   const progress: Progress = { phase: "starting", done: 0, total: 0, t0: performance.now() };
   const ticker = setInterval(() => {
     const s = (performance.now() - progress.t0) / 1000;
-    log(`[N=${n}] ${progress.phase}: ${progress.done}/${progress.total} (${(progress.done / Math.max(s, 0.001)).toFixed(0)}/s, ${s.toFixed(0)} s)`);
+    const count = progress.total > 0 ? ` ${progress.done}/${progress.total} (${(progress.done / Math.max(s, 0.001)).toFixed(0)}/s)` : "";
+    log(`[N=${n}] ${progress.phase}:${count} ${s.toFixed(0)} s`);
   }, 5000);
   ticker.unref();
   try {
@@ -62,26 +63,38 @@ async function run(n: number): Promise<ScaleRun> {
     const clients = await Promise.all(cl.nodes.map(async (x) => ({ node: x.id, client: await nodeClient(x, cl.username, cl.userPassword) })));
 
     // The record size of each kind, for the raw ceiling's puts.
-    progress.phase = "probe keys";
+    phase(progress, "probe keys");
     const probe = await fill(clients, 100, Math.min(INFLIGHT, 100), 0, progress);
     const sizes = await recordBytes(endpoints, cl.name, byKind(probe.made, 5));
     const mean = Math.round(0.495 * (sizes["AES-256"] ?? 0) + 0.495 * (sizes["P-256"] ?? 0) + 0.01 * (sizes["RSA-2048"] ?? 0));
-    progress.phase = "raw etcd ceiling";
+    phase(progress, "raw etcd ceiling");
     const ceiling = await rawCeiling(endpoints, mean, INFLIGHT, CEILING_SECONDS);
     log(`[N=${n}] raw etcd ceiling: ${ceiling.toFixed(0)} txn puts/s of ${mean} B, ${INFLIGHT} in flight`);
 
     const watch = new ReplicationWatch(endpoints, cl.name, SAMPLE);
     await watch.start();
-    progress.phase = "fill";
+    phase(progress, "fill");
     const filled = await fill(clients, Math.max(0, n - probe.made.length), INFLIGHT, probe.made.length, progress);
     const made = [...probe.made, ...filled.made];
     log(`[N=${n}] filled ${made.length} keys at ${filled.perSec.toFixed(0)}/s (${filled.failed} failed)`);
 
-    // Lag: wait (bounded) until every node's watermark passed the last sampled key.
-    progress.phase = "replication lag";
-    const lastRev = watch.keys.length ? watch.keys[watch.keys.length - 1]!.revision : 0;
-    const until = performance.now() + 60_000;
-    while (watch.marks.length > 0 && performance.now() < until && cl.nodes.some((x) => (watch.high().get(x.id) ?? 0) < lastRev)) await sleep(50);
+    // Lag, and a quiet cluster for the sign phases: wait (bounded) until every node applied the store's revision.
+    phase(progress, "replication: every node applying the fill");
+    const applied = async (x: (typeof cl.nodes)[number]) => (await watermarkOf(endpoints, cl.name, x.id)) ?? (await status(x)).applied;
+    const filledAt = await maxKeyRevision(
+      endpoints,
+      cl.name,
+      made.slice(-4 * INFLIGHT).map((m) => m.id),
+    );
+    const until = performance.now() + 300_000;
+    const behindNodes = async () => (await Promise.all(cl.nodes.map(async (x) => ((await applied(x)) < filledAt ? x.id : undefined)))).filter(Boolean);
+    for (let late = await behindNodes(); late.length > 0; late = await behindNodes()) {
+      if (performance.now() > until) {
+        log(`[N=${n}] ${late.join(", ")} had not applied revision ${filledAt} within 300 s: measuring anyway`);
+        break;
+      }
+      await sleep(100);
+    }
     await watch.stop();
     const creator = new Map(made.map((m) => [m.id, m.node]));
     const lag = replicationLags(
@@ -98,9 +111,9 @@ async function run(n: number): Promise<ScaleRun> {
     const usable = made.filter((m) => m.kind !== "RSA-2048");
     const hotSet = [...usable.filter((m) => m.kind === "AES-256").slice(0, HOT_KEYS / 2), ...usable.filter((m) => m.kind === "P-256").slice(0, HOT_KEYS / 2)];
     let turn = 0;
-    progress.phase = "hot sign";
+    phase(progress, "hot sign");
     const hot = await signPhase(cl.user, cl.nodes, () => hotSet[turn++ % hotSet.length]!, SIGN_SECONDS, SIGN_INFLIGHT);
-    progress.phase = "cold sign";
+    phase(progress, "cold sign");
     const cold = await signPhase(cl.user, cl.nodes, () => made[Math.floor(Math.random() * made.length)]!, SIGN_SECONDS, SIGN_INFLIGHT);
     const rss = Object.fromEntries(cl.nodes.map((x) => [x.id, rssOf(x)]));
     for (const c of clients) c.client.close();
@@ -116,8 +129,8 @@ async function run(n: number): Promise<ScaleRun> {
         behind,
         from: made.length,
         progress,
-        storeRevision: async () => (await dbStatus(endpoints)).revision,
-        appliedRevision: async (x) => (await watermarkOf(endpoints, cl.name, x.id)) ?? (await status(x)).applied,
+        lastRevision: (ids) => maxKeyRevision(endpoints, cl.name, ids),
+        appliedRevision: applied,
       });
       catchUpFigures = r.figures;
       log(`[N=${n}] catch-up of ${behind}: ready ${(r.figures.readyMs / 1000).toFixed(1)} s, sign ${(r.figures.signMs / 1000).toFixed(1)} s`);
