@@ -18,8 +18,7 @@
 #
 # etcd is sized for a million keys (README, "etcd at scale"): HSMD_ETCD_QUOTA_BYTES (backend quota,
 # default 8 GiB), HSMD_ETCD_RETENTION (revisions kept by the revision compaction, default 1000000: a
-# node that was down catches up from history while fewer were written), HSMD_ETCD_MAX_TXN_OPS
-# (operations per txn, default 1024: grouped creates put several records in one txn).
+# node that was down catches up from history while fewer were written).
 #
 # Secrets, all mode 600: .cluster/nN/pin (user PIN), .cluster/nN/so-pin (SO PIN: approving a join
 # needs the serving member's), .cluster/officer-password (the first officer's password once its
@@ -39,7 +38,6 @@ MODULE="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
 PIDS="$C/pids"
 ETCD_QUOTA="${HSMD_ETCD_QUOTA_BYTES:-8589934592}"
 ETCD_RETENTION="${HSMD_ETCD_RETENTION:-1000000}"
-ETCD_MAX_TXN_OPS="${HSMD_ETCD_MAX_TXN_OPS:-1024}"
 
 say() { printf '%s\n' "cluster: $*"; }
 die() {
@@ -183,7 +181,6 @@ for i in $(seq 1 $N); do
     --listen-peer-urls "http://127.0.0.1:$(peer_port "$i")" --initial-advertise-peer-urls "http://127.0.0.1:$(peer_port "$i")" \
     --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token "$(cat "$token_file")" \
     --quota-backend-bytes "$ETCD_QUOTA" --auto-compaction-mode revision --auto-compaction-retention "$ETCD_RETENTION" \
-    --max-txn-ops "$ETCD_MAX_TXN_OPS" \
     --logger zap --log-outputs stderr)
   record "etcd-e$i" "$pid" "$dir/data"
 done
