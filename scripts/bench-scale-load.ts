@@ -104,18 +104,35 @@ export function useKey(client: HsmClient, k: Made): Promise<unknown> {
   return client.sign({ keyId: k.id, algorithm, message: MESSAGE });
 }
 
-/** The key-use hit and miss counters summed over the nodes (undefined when a daemon does not export them). */
-export async function useCounters(nodes: Node[]): Promise<{ hits?: number; misses?: number }> {
-  let hits: number | undefined = 0;
-  let misses: number | undefined = 0;
+/** Key-use counters summed over the nodes; a field is undefined when a daemon exports none of it. */
+export interface UseCounters {
+  hits?: number;
+  misses?: number;
+  evictions?: number;
+}
+
+const add = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? undefined : a + b);
+
+/**
+ * The key-use counters of every node, from /metrics (`hsmd_key_use_hits_total`, `…_misses_total`,
+ * `hsmd_key_evictions_total`), else from /v1/status' `keyObjects` (the same counters).
+ */
+export async function useCounters(nodes: Node[]): Promise<UseCounters> {
+  let sum: UseCounters = { hits: 0, misses: 0, evictions: 0 };
   for (const n of nodes) {
     const text = await (await fetch(`${n.admin}/metrics`)).text();
-    const h = promSum(text, "hsmd_key_use_hits_total");
-    const m = promSum(text, "hsmd_key_use_misses_total");
-    hits = h === undefined || hits === undefined ? undefined : hits + h;
-    misses = m === undefined || misses === undefined ? undefined : misses + m;
+    let c: UseCounters = {
+      hits: promSum(text, "hsmd_key_use_hits_total"),
+      misses: promSum(text, "hsmd_key_use_misses_total"),
+      evictions: promSum(text, "hsmd_key_evictions_total"),
+    };
+    if (c.hits === undefined || c.misses === undefined) {
+      const s = (await (await fetch(`${n.admin}/v1/status`)).json()) as { keyObjects?: UseCounters };
+      c = { hits: s.keyObjects?.hits, misses: s.keyObjects?.misses, evictions: s.keyObjects?.evictions };
+    }
+    sum = { hits: add(sum.hits, c.hits), misses: add(sum.misses, c.misses), evictions: add(sum.evictions, c.evictions) };
   }
-  return { hits, misses };
+  return sum;
 }
 
 /** Uses keys from `pick` for `seconds`, `inflight` at a time, through `client`; latency and the hit ratio over the phase. */
@@ -132,7 +149,8 @@ export async function signPhase(client: HsmClient, nodes: Node[], pick: () => Ma
     ),
   );
   const after = await useCounters(nodes);
-  return { ops: r.ops, failed: r.failed, p50: r.p50, p99: r.p99, hitRatio: hitRatio(before, after) };
+  const evictions = before.evictions === undefined || after.evictions === undefined ? undefined : after.evictions - before.evictions;
+  return { ops: r.ops, failed: r.failed, p50: r.p50, p99: r.p99, hitRatio: hitRatio(before, after), evictions };
 }
 
 /** VmRSS of a daemon's process, bytes (NaN when it is not running). */

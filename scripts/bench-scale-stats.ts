@@ -113,6 +113,8 @@ export interface SignFigures {
   p50: number;
   p99: number;
   hitRatio?: number;
+  /** Device objects evicted over the phase, summed over the nodes. */
+  evictions?: number;
 }
 
 /** The catch-up of a node stopped while `behind` keys were created elsewhere (ms from its start). */
@@ -216,6 +218,7 @@ export function resultRows(runs: ScaleRun[]): string[][] {
     row("hot sign p50 / p99 ms", (r) => `${fmt(r.hot.p50, 2)} / ${fmt(r.hot.p99, 2)}${r.hot.failed ? ` (${r.hot.failed} failed)` : ""}`),
     row("cold sign p50 / p99 ms", (r) => `${fmt(r.cold.p50, 2)} / ${fmt(r.cold.p99, 2)}${r.cold.failed ? ` (${r.cold.failed} failed)` : ""}`),
     row("hit ratio hot / cold", (r) => `${fmt(r.hot.hitRatio, 3)} / ${fmt(r.cold.hitRatio, 3)}`),
+    row("evictions during hot / cold", (r) => `${fmt(r.hot.evictions, 0)} / ${fmt(r.cold.evictions, 0)}`),
     row("catch-up: behind, ready / sign / applied s", (r) =>
       r.catchUp
         ? `${r.catchUp.behind}: ${fmt(r.catchUp.readyMs / 1000)} / ${fmt(r.catchUp.signMs / 1000)} / ${fmt(r.catchUp.appliedMs === undefined ? undefined : r.catchUp.appliedMs / 1000)}`
