@@ -153,6 +153,17 @@ export async function signPhase(client: HsmClient, nodes: Node[], pick: () => Ma
   return { ops: r.ops, failed: r.failed, p50: r.p50, p99: r.p99, hitRatio: hitRatio(before, after), evictions };
 }
 
+/** Each node's device objects for keys: its budget and how many are resident (/v1/status' keyObjects; undefined before it existed). */
+export async function deviceObjects(nodes: Node[]): Promise<Record<string, { budget: number; resident: number }> | undefined> {
+  const out: Record<string, { budget: number; resident: number }> = {};
+  for (const n of nodes) {
+    const s = (await (await fetch(`${n.admin}/v1/status`)).json()) as { keyObjects?: { budget: number; resident: number } };
+    if (!s.keyObjects) return undefined;
+    out[n.id] = { budget: s.keyObjects.budget, resident: s.keyObjects.resident };
+  }
+  return out;
+}
+
 /** VmRSS of a daemon's process, bytes (NaN when it is not running). */
 export function rssOf(n: Node): number {
   try {

@@ -147,6 +147,8 @@ export interface ScaleRun {
   recordBytes: Record<string, number>;
   hot: SignFigures;
   cold: SignFigures;
+  /** Each node's device object budget and resident objects after the cold phase (undefined: not reported). */
+  objects?: Record<string, { budget: number; resident: number }>;
   catchUp?: CatchUpFigures;
 }
 
@@ -218,6 +220,13 @@ export function resultRows(runs: ScaleRun[]): string[][] {
     row("hot sign p50 / p99 ms", (r) => `${fmt(r.hot.p50, 2)} / ${fmt(r.hot.p99, 2)}${r.hot.failed ? ` (${r.hot.failed} failed)` : ""}`),
     row("cold sign p50 / p99 ms", (r) => `${fmt(r.cold.p50, 2)} / ${fmt(r.cold.p99, 2)}${r.cold.failed ? ` (${r.cold.failed} failed)` : ""}`),
     row("hit ratio hot / cold", (r) => `${fmt(r.hot.hitRatio, 3)} / ${fmt(r.cold.hitRatio, 3)}`),
+    row("device objects resident / budget", (r) =>
+      r.objects
+        ? Object.entries(r.objects)
+            .map(([k, v]) => `${k} ${v.resident} / ${v.budget}`)
+            .join(", ")
+        : "n/a",
+    ),
     row("evictions during hot / cold", (r) => `${fmt(r.hot.evictions, 0)} / ${fmt(r.cold.evictions, 0)}`),
     row("catch-up: behind, ready / sign / applied s", (r) =>
       r.catchUp

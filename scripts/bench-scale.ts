@@ -6,11 +6,12 @@
  * at `--compare` keys, and the issue's targets next to the results.
  *
  *   node dist/scripts/bench-scale.js [--keys N] [--compare N] [--behind N] [--inflight N]
- *                                    [--sign-seconds S] [--sign-inflight N] [--write]
+ *                                    [--sign-seconds S] [--sign-inflight N] [--budget N] [--write]
  *
  * --keys (default 1,000,000), --compare (default 10,000; 0 skips it), --behind (default 100,000,
  * capped at N/2), --inflight (default 32: creations and raw etcd txns in flight), --sign-seconds
- * (default 5), --sign-inflight (default 4), --write (replace the Scale section of docs/BENCHMARKS.md).
+ * (default 5), --sign-inflight (default 4), --budget (each daemon's device.objectBudget; default the
+ * profile's), --write (replace the Scale section of docs/BENCHMARKS.md).
  * Progress goes to stderr every 5 s; every process and temporary directory goes on exit or Ctrl-C.
  */
 import { existsSync, mkdtempSync } from "node:fs";
@@ -20,7 +21,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { installCleanup, killAll, MAIN, ROOT, removeDir, startCluster, status, stopNode, tempDir } from "./bench-cluster-kit";
 import { scaleSection, scaleTables, writeScaleSection } from "./bench-scale-doc";
 import { dbStatus, maxKeyRevision, ReplicationWatch, rawCeiling, recordBytes, SCALE_ETCD_FLAGS, watermarkOf } from "./bench-scale-etcd";
-import { catchUp, fill, type Made, nodeClient, type Progress, phase, rssOf, signPhase } from "./bench-scale-load";
+import { catchUp, deviceObjects, fill, type Made, nodeClient, type Progress, phase, rssOf, signPhase } from "./bench-scale-load";
 import { replicationLags, type ScaleRun } from "./bench-scale-stats";
 
 const args = process.argv.slice(2);
@@ -38,6 +39,7 @@ const BEHIND = intArg("--behind", 100_000);
 const INFLIGHT = Math.max(1, intArg("--inflight", 32));
 const SIGN_SECONDS = Math.max(1, intArg("--sign-seconds", 5));
 const SIGN_INFLIGHT = Math.max(1, intArg("--sign-inflight", 4));
+const BUDGET = intArg("--budget", 0);
 const WRITE = args.includes("--write");
 const CEILING_SECONDS = 5;
 const HOT_KEYS = 8;
@@ -58,7 +60,7 @@ async function run(n: number): Promise<ScaleRun> {
   ticker.unref();
   try {
     log(`[N=${n}] starting 3 etcd members and 3 daemons`);
-    const cl = await startCluster(dir, 3, SCALE_ETCD_FLAGS);
+    const cl = await startCluster(dir, 3, SCALE_ETCD_FLAGS, BUDGET > 0 ? { device: { objectBudget: BUDGET } } : {});
     const endpoints = cl.etcd.endpoints;
     const clients = await Promise.all(cl.nodes.map(async (x) => ({ node: x.id, client: await nodeClient(x, cl.username, cl.userPassword) })));
 
@@ -115,6 +117,7 @@ async function run(n: number): Promise<ScaleRun> {
     const hot = await signPhase(cl.user, cl.nodes, () => hotSet[turn++ % hotSet.length]!, SIGN_SECONDS, SIGN_INFLIGHT);
     phase(progress, "cold sign");
     const cold = await signPhase(cl.user, cl.nodes, () => made[Math.floor(Math.random() * made.length)]!, SIGN_SECONDS, SIGN_INFLIGHT);
+    const objects = await deviceObjects(cl.nodes);
     const rss = Object.fromEntries(cl.nodes.map((x) => [x.id, rssOf(x)]));
     for (const c of clients) c.client.close();
 
@@ -152,6 +155,7 @@ async function run(n: number): Promise<ScaleRun> {
       recordBytes: bytes,
       hot,
       cold,
+      objects,
       catchUp: catchUpFigures,
     };
   } finally {
