@@ -16,6 +16,10 @@
 # HSMD_CLUSTER_ADMIN_PORT (admin HTTP, 7481..7483). HSMD_CLUSTER_NAME (default "local"), ETCD_BIN
 # (default /usr/bin/etcd). HSMD_CLUSTER_SKIP_INSTALL=1 skips scripts/install-deps.sh (deps and build).
 #
+# etcd is sized for a million keys (README, "etcd at scale"): HSMD_ETCD_QUOTA_BYTES (backend quota,
+# default 8 GiB), HSMD_ETCD_RETENTION (revisions kept by the revision compaction, default 1000000: a
+# node that was down catches up from history while fewer were written).
+#
 # Secrets, all mode 600: .cluster/nN/pin (user PIN), .cluster/nN/so-pin (SO PIN: approving a join
 # needs the serving member's), .cluster/officer-password (the first officer's password once its
 # one-time password, .cluster/n1/data/first-officer-password, was changed).
@@ -32,6 +36,8 @@ ADMIN_PORT="${HSMD_CLUSTER_ADMIN_PORT:-7481}"
 ETCD_BIN="${ETCD_BIN:-/usr/bin/etcd}"
 MODULE="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
 PIDS="$C/pids"
+ETCD_QUOTA="${HSMD_ETCD_QUOTA_BYTES:-8589934592}"
+ETCD_RETENTION="${HSMD_ETCD_RETENTION:-1000000}"
 
 say() { printf '%s\n' "cluster: $*"; }
 die() {
@@ -174,6 +180,7 @@ for i in $(seq 1 $N); do
     --listen-client-urls "http://127.0.0.1:$(etcd_port "$i")" --advertise-client-urls "http://127.0.0.1:$(etcd_port "$i")" \
     --listen-peer-urls "http://127.0.0.1:$(peer_port "$i")" --initial-advertise-peer-urls "http://127.0.0.1:$(peer_port "$i")" \
     --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token "$(cat "$token_file")" \
+    --quota-backend-bytes "$ETCD_QUOTA" --auto-compaction-mode revision --auto-compaction-retention "$ETCD_RETENTION" \
     --logger zap --log-outputs stderr)
   record "etcd-e$i" "$pid" "$dir/data"
 done
