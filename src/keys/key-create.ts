@@ -98,7 +98,7 @@ export class KeyFactory {
         if (other) return toApiKey(other, base.owner?.userId);
         throw new HsmError(Code.Unavailable, "create conflicted with a concurrent write; retry", { transient: true });
       }
-      records.set(rec);
+      records.set(rec, { createRevision: res.revision, modRevision: res.revision }, true);
       await placement.awaitCoverage(id, res.revision);
       return toApiKey(rec, rec.owner?.userId);
     } catch (e) {

@@ -10,7 +10,6 @@ import { MaterialCache } from "./material-cache";
 import { DEFAULT_OBJECT_BUDGET, Materializer, type MaterializerStats } from "./materializer";
 import { OwnerIndex } from "./owner-index";
 import type { KeyPlacement } from "./placement";
-import { OwnerIndex } from "./owner-index";
 import { currentVersionOf, decodeRecord, recordKey, withoutMaterial, type KeyRecord } from "./record";
 import { algorithmOf, isSecret } from "./spec";
 import { ID_RE, checkKeyId } from "./validation";
@@ -51,7 +50,6 @@ export const residencyOf = (r: KeyRecord) => r.versions.find((v) => v.version ==
  * object budget (see Materializer).
  */
 export class KeyRecords {
-  readonly owners = new OwnerIndex();
   private readonly map = new Map<string, Slot>();
   private readonly cache: MaterialCache;
   private readonly materializer: Materializer;
@@ -75,17 +73,18 @@ export class KeyRecords {
 
   /**
    * Keeps a record (its material stripped: a record that carries it seeds the material cache) with
-   * the store revisions that created and last changed it. A record whose key this process holds a
-   * handle for (the create path calls this after sealing) counts as resident in the device.
+   * the store revisions that created and last changed it. `madeHere`: the create path, after sealing
+   * the key into the device, says so; the key then counts as resident if this process holds a handle
+   * for it (no device call otherwise: loads, watch events and fresh reads never touch the device).
    */
-  set(r: KeyRecord, revs?: { createRevision: number; modRevision: number }): void {
+  set(r: KeyRecord, revs?: { createRevision: number; modRevision: number }, madeHere = false): void {
     const v = currentVersionOf(r);
     if (v?.material) this.cache.put(r.id, v.version, v.material);
     const prev = this.map.get(r.id);
     if (prev) this.owners.remove(prev.record);
     this.owners.add(r);
     this.map.set(r.id, { record: withoutMaterial(r), createRevision: revs?.createRevision ?? prev?.createRevision, modRevision: revs?.modRevision ?? prev?.modRevision });
-    if (!this.materializer.holds(r.id) && this.opts.device.cached(r.id, mainPart(r))) this.materializer.noteResident(r);
+    if (madeHere && !this.materializer.holds(r.id) && this.opts.device.cached(r.id, mainPart(r))) this.materializer.noteResident(r);
   }
 
   /** Forgets a record (deleted): its cached material, and its count in the device (the caller destroys its objects). */

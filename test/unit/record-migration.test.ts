@@ -84,7 +84,7 @@ describe("key records written by the version that stored enum numbers", () => {
     }
   });
 
-  it("loads every record with its spec and origin as names", () => {
+  it("loads every record with its spec and origin as names", async () => {
     expect(keys.keyCount).toBe(Object.keys(EXPECTED).length);
     for (const [id, want] of Object.entries(EXPECTED)) {
       const r = keys.record(id);
@@ -92,7 +92,9 @@ describe("key records written by the version that stored enum numbers", () => {
       expect(r.label).toBe(want.label);
       expect(r.owner?.user).toBe(want.owner);
       expect(r.versions[0]!.residency).toBe(want.residency);
-      if (want.residency === "wrapped") expect(r.versions[0]!.material!.blob.length).toBeGreaterThan(0);
+      // The in-memory copy carries no wrapped material; it is read from the store when needed.
+      expect(r.versions[0]!.material).toBeUndefined();
+      if (want.residency === "wrapped") expect((await keys.records.material(r))!.blob.length).toBeGreaterThan(0);
     }
   });
 
