@@ -51,7 +51,13 @@ export async function startTestDaemon(opts: { limits?: Record<string, number>; t
   const token = opts.token ?? createTempToken();
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), "hsmd-data-"));
   const config = testConfig(token, dataDir, opts.limits, opts.config);
-  const daemon = await Daemon.start({ config, init: true, log: () => undefined });
+  const daemon = await Daemon.start({
+    config,
+    init: true,
+    log: (m: string) => {
+      if (m.includes("internal error")) process.stderr.write(`DAEMONLOG ${m}\n`);
+    },
+  });
   const td: TestDaemon = {
     daemon,
     token,
