@@ -221,7 +221,11 @@ describe("a token object the device cannot read back", () => {
     await dp.restart();
     await reconnect();
     expect(lastReconcile()).toMatchObject({ materialized: 0, quarantined: 0, lost: false });
-    expect(dp.stderr()).toContain("skipping an object whose attributes cannot be read");
+    // SoftHSM2 either returns the object (its attributes then fail and the inventory skips it, with
+    // "skipping an object whose attributes cannot be read" in the log) or drops it from its own index,
+    // depending on which thread first reads the file; either way the start and the key are fine. The
+    // skip itself is checked deterministically in test/unit/inventory-unreadable.test.ts.
+    expect(dp.stderr()).not.toMatch(/internal error|uncaught/i);
     await assertUsable(await c.getKey({ keyId: k.id }));
     rmSync(dst, { force: true });
     rmSync(dst.replace(/\.object$/, ".lock"), { force: true });
