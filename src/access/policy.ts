@@ -86,6 +86,24 @@ export const RULES: Readonly<Record<string, Rule>> = Object.freeze({
   ImportKey: { who: CU, change: true, createsKey: true },
   ShareKey: { who: CU, change: true, keys: key("keyId", "own"), target: "username" },
   UnshareKey: { who: CU, change: true, keys: key("keyId", "own"), target: "username" },
+  // Versions, states and metadata: the owner's (issue 13). Reading versions is a use.
+  RotateKey: { who: CU, change: true, keys: key("keyId", "own") },
+  ListKeyVersions: { who: CU, keys: key("keyId", "use") },
+  UpdateRotationPolicy: { who: CU, change: true, keys: key("keyId", "own") },
+  SetMinDecryptionVersion: { who: CU, change: true, keys: key("keyId", "own") },
+  TrimKeyVersions: { who: CU, change: true, keys: key("keyId", "own") },
+  EnableKey: { who: CU, change: true, keys: key("keyId", "own") },
+  DisableKey: { who: CU, change: true, keys: key("keyId", "own") },
+  ScheduleKeyDeletion: { who: CU, change: true, keys: key("keyId", "own") },
+  CancelKeyDeletion: { who: CU, change: true, keys: key("keyId", "own") },
+  UpdateKeyDescription: { who: CU, change: true, keys: key("keyId", "own") },
+  TagKey: { who: CU, change: true, keys: key("keyId", "own") },
+  UntagKey: { who: CU, change: true, keys: key("keyId", "own") },
+  // Aliases: made and re-pointed by the owner of the target key; the alias's owner is checked by the handler.
+  CreateAlias: { who: CU, change: true, keys: key("targetKeyId", "own"), target: "aliasName" },
+  UpdateAlias: { who: CU, change: true, keys: key("targetKeyId", "own"), target: "aliasName" },
+  DeleteAlias: { who: CU, change: true, target: "aliasName" },
+  ListAliases: { who: CU },
   // CryptoService
   Encrypt: { who: CU, keys: key("keyId", "use") },
   Decrypt: { who: CU, keys: key("keyId", "use") },
@@ -106,6 +124,10 @@ export const RULES: Readonly<Record<string, Rule>> = Object.freeze({
   // Opening the stream needs a crypto user's session; each message is then authorized by the rule
   // of its unary method (Sign, Encrypt, …), here, as if it came alone.
   CryptoStream: { who: CU },
+  // The source key is named by the ciphertext's header, the destination by the request: the handler
+  // checks use of both (and each item's, for the batch).
+  ReEncrypt: { who: CU },
+  BatchReEncrypt: { who: CU },
 });
 
 /** Role names as people read them. */

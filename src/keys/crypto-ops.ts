@@ -78,8 +78,8 @@ export class KeyCrypto {
     }
     const spec = c.name === "AES_GCM" ? { name: c.name, iv, aad, tagBytes: 16 } : c.name === "RSA_OAEP" ? { name: c.name, hash: c.hash!, k, label } : { name: c.name, iv };
     const part: Part = r.publicKeySpki ? "public" : "secret";
-    const ct = await records.withKey(r, () => device.encrypt(r.id, part, spec, pt, outLen));
-    return { keyId: r.id, ciphertext: ct, iv: c.name === "RSA_OAEP" ? Buffer.alloc(0) : iv };
+    const ct = await records.withKey(r, (id) => device.encrypt(id, part, spec, pt, outLen));
+    return { keyId: r.id, ciphertext: ct, iv: c.name === "RSA_OAEP" ? Buffer.alloc(0) : iv, keyVersion: r.currentVersion, ciphertextBlob: Buffer.alloc(0) };
   }
 
   async decrypt(req: DecryptInput): Promise<DecryptOutput> {
@@ -115,8 +115,8 @@ export class KeyCrypto {
       }
     }
     const part: Part = r.publicKeySpki ? "private" : "secret";
-    const pt = await records.withKey(r, () => device.decrypt(r.id, part, spec as never, ct, ct.length + 32));
-    return { keyId: r.id, plaintext: pt };
+    const pt = await records.withKey(r, (id) => device.decrypt(id, part, spec as never, ct, ct.length + 32));
+    return { keyId: r.id, plaintext: pt, keyVersion: r.currentVersion };
   }
 
   private signInput(req: SignInput, r: KeyRecord) {
@@ -138,11 +138,11 @@ export class KeyCrypto {
     const { spec, msg, macLength } = this.signInput(req, r);
     records.needUsage(r, "sign");
     if (r.publicOnly) throw precondition(`key ${r.id} is a public key: it cannot sign`);
-    let sig = await records.withKey(r, () => device.sign(r.id, spec, msg));
+    let sig = await records.withKey(r, (id) => device.sign(id, spec, msg));
     if (spec.name === "ECDSA" && req.signatureFormat === "DER") sig = rawToDer(sig);
     // A truncated HMAC tag is the leftmost bytes of the full one (RFC 2104 §5).
     if (macLength !== undefined) sig = sig.subarray(0, macLength);
-    return { keyId: r.id, signature: sig };
+    return { keyId: r.id, signature: sig, keyVersion: r.currentVersion };
   }
 
   async verify(req: VerifyInput): Promise<VerifyOutput> {
@@ -153,19 +153,19 @@ export class KeyCrypto {
     let sig: Buffer = Buffer.from(req.signature);
     if (sig.length === 0) throw invalid("signature is empty");
     if (sig.length > 2048) throw invalid("signature is longer than any supported key's signature");
-    if (macLength !== undefined) return { keyId: r.id, valid: await this.verifyTruncated(r, spec, msg, sig, macLength) };
+    if (macLength !== undefined) return { keyId: r.id, valid: await this.verifyTruncated(r, spec, msg, sig, macLength), keyVersion: r.currentVersion };
     if (spec.name === "ECDSA") {
       const size = CURVE_BYTES[(alg as { curve: keyof typeof CURVE_BYTES }).curve];
       if (req.signatureFormat === "DER") {
         const raw = derToRaw(sig, size);
-        if (!raw) return { keyId: r.id, valid: false };
+        if (!raw) return { keyId: r.id, valid: false, keyVersion: r.currentVersion };
         sig = raw;
       } else if (sig.length !== 2 * size) {
-        return { keyId: r.id, valid: false };
+        return { keyId: r.id, valid: false, keyVersion: r.currentVersion };
       }
     }
-    const valid = await records.withKey(r, () => device.verify(r.id, spec, msg, sig));
-    return { keyId: r.id, valid };
+    const valid = await records.withKey(r, (id) => device.verify(id, spec, msg, sig));
+    return { keyId: r.id, valid, keyVersion: r.currentVersion };
   }
 
   /**
@@ -180,7 +180,7 @@ export class KeyCrypto {
         `key ${r.id} cannot verify a truncated tag (mac_length): the device checks full-length tags only, so the MAC is computed in the HSM and compared on the host, which needs the key's sign usage (its usages: ${r.usages.join(", ")})`,
       );
     }
-    const full = await this.opts.records.withKey(r, () => this.opts.device.sign(r.id, spec, msg));
+    const full = await this.opts.records.withKey(r, (id) => this.opts.device.sign(id, spec, msg));
     try {
       return tag.length === macLength && timingSafeEqual(full.subarray(0, macLength), tag);
     } finally {
@@ -206,7 +206,7 @@ export class KeyCrypto {
     // Exported from the record's copy (read from the store), through a transient object (the key's kept objects cannot be wrapped).
     const material = await records.material(k);
     if (!material) throw notFound(`key ${k.id} not found`);
-    const blob = await records.withKey(w, () => device.exportWrapped(w.id, walg.type === "rsa" ? "public" : "secret", spec, kalg, material));
+    const blob = await records.withKey(w, (wid) => device.exportWrapped(wid, walg.type === "rsa" ? "public" : "secret", spec, kalg, material));
     return { wrappedKey: blob };
   }
 
@@ -229,8 +229,8 @@ export class KeyCrypto {
     if (spec.name === "AES_KW" && (blob.length % 8 !== 0 || blob.length < 24)) throw invalid("an AES_KW blob is a multiple of 8 bytes and at least 24");
     const spki = isSecret(alg) ? undefined : factory.checkPairSpki(alg, Buffer.from(req.publicKeySpki));
     const part: Part = walg.type === "rsa" ? "private" : "secret";
-    return factory.create({ label, spec: req.spec, usages, state: "enabled", origin: "UNWRAPPED", publicOnly: false, exportable: req.exportable, requestId, owner }, async (id) => {
-      await records.withKey(w, () => device.unwrap(w.id, part, spec, blob, id, alg, usages));
+    return factory.create({ label, spec: req.spec, usages, state: "ENABLED", origin: "UNWRAPPED", publicOnly: false, exportable: req.exportable, requestId, owner }, async (id) => {
+      await records.withKey(w, (wid) => device.unwrap(wid, part, spec, blob, id, alg, usages));
       if (spki) await factory.provePair(id, alg, usages, spki, (tmp) => device.unwrap(w.id, part, spec, blob, tmp, alg, ["sign"]));
       return spki;
     });
@@ -251,8 +251,8 @@ export class KeyCrypto {
     const requestId = checkRequestId(limits, req.requestId);
     const peer = partsFromSpki(this.payload("peer_public_key_spki", Buffer.from(req.peerPublicKeySpki)));
     if (peer.alg.type !== "ec" || peer.alg.curve !== palg.curve) throw invalid(`peer_public_key_spki must be an EC key on ${palg.curve}`);
-    return factory.create({ label, spec: req.spec, usages, state: "enabled", origin: "DERIVED", publicOnly: false, exportable: req.exportable, requestId, owner }, async (id) => {
-      await records.withKey(p, () => device.deriveEcdh(p.id, peer.point!, id, alg, usages));
+    return factory.create({ label, spec: req.spec, usages, state: "ENABLED", origin: "DERIVED", publicOnly: false, exportable: req.exportable, requestId, owner }, async (id) => {
+      await records.withKey(p, (pid) => device.deriveEcdh(pid, peer.point!, id, alg, usages));
       return undefined;
     });
   }

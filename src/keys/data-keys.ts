@@ -72,6 +72,8 @@ export class DataKeys {
         aad,
         tagLength: 16,
         oaepLabel: Buffer.alloc(0),
+        ciphertextBlob: Buffer.alloc(0),
+        keyVersion: 0,
       });
       return { keyId: r.id, keyVersion: r.currentVersion, plaintextDataKey: plaintext };
     } catch (e) {

@@ -1,5 +1,5 @@
 import { createPublicKey } from "node:crypto";
-import { Code, HsmError, invalid, notFound, precondition } from "../errors";
+import { invalid, notFound, precondition } from "../errors";
 import { KeyNotMaterializedError, partsFromSpki, type KeyDevice, type Usage } from "../pkcs11";
 import type { StateStore } from "../store";
 import type { ClusterImportKey } from "./import-key";
@@ -7,7 +7,8 @@ import type { KeyFactory } from "./key-create";
 import type { KeyRecords } from "./key-records";
 import type { KeyPlacement } from "./placement";
 import { parsePublicKey } from "./public-key";
-import { decodeRecord, encodeRecord, recordKey, toApiKey, type KeyRecord, type UserRef } from "./record";
+import { updateRecord } from "./record-update";
+import { recordKey, toApiKey, type KeyRecord, type UserRef } from "./record";
 import { algorithmOf, isSecret, resolveUsages, specOf } from "./spec";
 import type { GenerateKeyInput, ImportKeyInput, ImportParameters, ImportPublicKeyInput, Key, KeyPage, ListKeysQuery, PublicKeyView } from "./types";
 import { ID_RE, checkLabel, checkPayload, checkRequestId, type KeyLimits } from "./validation";
@@ -50,7 +51,7 @@ export class KeyAdmin {
     const usages = resolveUsages(alg, req.usages);
     const requestId = checkRequestId(limits, req.requestId);
     return this.opts.factory.create(
-      { label, spec: req.spec, usages, state: "enabled", origin: "GENERATED", publicOnly: false, exportable: req.exportable, requestId, owner },
+      { label, spec: req.spec, usages, state: "ENABLED", origin: "GENERATED", publicOnly: false, exportable: req.exportable, requestId, owner },
       async (id) => (await device.generate(id, alg, usages)).spki,
     );
   }
@@ -64,7 +65,7 @@ export class KeyAdmin {
     const { alg } = partsFromSpki(spki);
     const usages = resolveUsages(alg, req.usages, true);
     return this.opts.factory.create(
-      { label, spec: specOf(alg), usages, state: "enabled", origin: "PUBLIC", publicOnly: true, exportable: false, requestId, owner, publicKeySpki: spki },
+      { label, spec: specOf(alg), usages, state: "ENABLED", origin: "PUBLIC", publicOnly: true, exportable: false, requestId, owner, publicKeySpki: spki },
       async (id) => {
         await device.createPublic(id, spki, usages);
         return spki;
@@ -107,7 +108,7 @@ export class KeyAdmin {
         await device.importWrapped(again.id, blob, id, alg, u, again.oaepHash);
       }
     };
-    return factory.create({ label, spec: req.spec, usages, state: "enabled", origin: "IMPORTED", publicOnly: false, exportable: req.exportable, requestId, owner }, async (id) => {
+    return factory.create({ label, spec: req.spec, usages, state: "ENABLED", origin: "IMPORTED", publicOnly: false, exportable: req.exportable, requestId, owner }, async (id) => {
       await unwrap(id, usages);
       if (spki) await factory.provePair(id, alg, usages, spki, (tmp) => unwrap(tmp, ["sign"]));
       return spki;
@@ -175,23 +176,13 @@ export class KeyAdmin {
    * user the key is not shared with.
    */
   async setShare(keyId: string, user: UserRef, share: boolean, viewerId?: string): Promise<Key> {
-    const { store, records } = this.opts;
-    for (let attempt = 0; attempt < 20; attempt++) {
-      const e = await store.get(recordKey(keyId));
-      if (!e) throw notFound(`key ${keyId} not found`);
-      const r = decodeRecord(e.value);
+    const { record } = await updateRecord(this.opts, keyId, (r) => {
       const shares = (r.shares ?? []).filter((s) => s.user !== user.user);
       if (share && r.owner?.userId !== user.userId) shares.push(user);
       shares.sort((a, b) => (a.user < b.user ? -1 : a.user > b.user ? 1 : 0));
-      const next: KeyRecord = { ...r, shares };
-      if (JSON.stringify(next.shares) === JSON.stringify(r.shares ?? [])) return toApiKey(r, viewerId);
-      const res = await store.txn([{ key: recordKey(keyId), op: "modRevision", equals: e.modRevision }], [{ type: "put", key: recordKey(keyId), value: encodeRecord(next) }]);
-      if (res.succeeded) {
-        records.set(next);
-        return toApiKey(next, viewerId);
-      }
-    }
-    throw new HsmError(Code.Unavailable, `key ${keyId}: too many concurrent updates, retry`, { transient: true });
+      return JSON.stringify(shares) === JSON.stringify(r.shares ?? []) ? undefined : { ...r, shares };
+    });
+    return toApiKey(record, viewerId);
   }
 
   /** How many keys a user (by id) owns: a crypto user that owns keys is not deleted. */
@@ -218,6 +209,6 @@ export class KeyAdmin {
     if (!r.publicKeySpki) throw precondition(`key ${r.id} is a secret key: it has no public key`);
     const k = createPublicKey({ key: r.publicKeySpki, format: "der", type: "spki" });
     const jwk = { ...k.export({ format: "jwk" }), kid: r.id };
-    return { keyId: r.id, spkiDer: r.publicKeySpki, pem: k.export({ type: "spki", format: "pem" }).toString(), jwk: JSON.stringify(jwk) };
+    return { keyId: r.id, spkiDer: r.publicKeySpki, pem: k.export({ type: "spki", format: "pem" }).toString(), jwk: JSON.stringify(jwk), version: r.currentVersion };
   }
 }

@@ -3,6 +3,7 @@
  * materialization (src/keys/materializer.ts): the applier, the start-up reconcile and on-demand use
  * all go through it, so that they never race on one key.
  */
+import { deviceIdOf } from "./versions";
 import { notFound, precondition } from "../errors";
 import type { KeyDevice, Part, Usage, WrappedMaterial } from "../pkcs11";
 import type { StateStore } from "../store";
@@ -210,11 +211,13 @@ export class KeyRecords {
   }
 
   /**
-   * Runs a device operation on a key with the key materialized (on demand, within the budget) and
-   * pinned; materialized again once if the device lost it meanwhile.
+   * Runs a device operation on a version of a key (default: the primary) with it materialized (on
+   * demand, within the budget) and pinned; materialized again once if the device lost it meanwhile.
    */
-  async withKey<T>(r: KeyRecord, fn: () => Promise<T>): Promise<T> {
+  async withKey<T>(r: KeyRecord, fn: (deviceId: string) => Promise<T>, version = r.currentVersion): Promise<T> {
     await this.checkUsable(r);
-    return this.materializer.use(r, fn);
+    // CONTRACT (issue 13): `fn` gets the device object id of `version` (versions.ts deviceIdOf); the
+    // versions lane makes the materializer materialize that version (today: the current one only).
+    return this.materializer.use(r, () => fn(deviceIdOf(r.id, version)));
   }
 }

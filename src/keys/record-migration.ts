@@ -37,7 +37,8 @@ export function originFromStored(v: unknown): KeyOriginName {
   return (typeof v === "number" ? (ORIGIN_BY_NUMBER[v] ?? String(v)) : v) as KeyOriginName;
 }
 
-/** A decoded record (JSON) with its spec and origin as names. */
+/** A decoded record (JSON) with its spec and origin as names, and its state by name (records before issue 13 said "enabled"). */
 export function upgradeRecord<T extends { spec: unknown; origin: unknown }>(r: T): T & { spec: KeySpecName; origin: KeyOriginName } {
-  return { ...r, spec: specFromStored(r.spec), origin: originFromStored(r.origin) };
+  const state = (r as { state?: unknown }).state;
+  return { ...r, spec: specFromStored(r.spec), origin: originFromStored(r.origin), ...(state === "enabled" || state === undefined ? { state: "ENABLED" } : {}) };
 }

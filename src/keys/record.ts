@@ -1,7 +1,7 @@
 /** The key record: what the state store holds of a key (the source of truth), its encoding and its API view. */
 import type { Usage, WrappedMaterial } from "../pkcs11";
 import { upgradeRecord } from "./record-migration";
-import type { Key, KeyOriginName, KeySpecName } from "./types";
+import type { Key, KeyOriginName, KeySpecName, KeyStateName } from "./types";
 
 /**
  * One version of a key. `material` is the secret or private part wrapped under the domain key
@@ -13,6 +13,12 @@ export interface KeyVersion {
   createdAt: string;
   residency: "wrapped" | "device" | "public";
   material?: WrappedMaterial;
+  /**
+   * Asymmetric keys: this version's public key (SPKI DER). Records written before versions had
+   * their own keep it in KeyRecord.publicKeySpki only (valid while the key has one version: rotation
+   * copies it here before adding version 2). Read it with spkiOfVersion (versions.ts).
+   */
+  publicKeySpki?: Buffer;
 }
 
 /**
@@ -31,7 +37,20 @@ export interface KeyRecord {
   /** By name ("EC_P256"); records written before names held the API's enum number (see record-migration.ts). */
   spec: KeySpecName;
   usages: Usage[];
-  state: "enabled";
+  /** Records written before states held "enabled" (read as ENABLED by record-migration.ts). */
+  state: KeyStateName;
+  /** PENDING_DELETION: when the key is destroyed (RFC 3339). */
+  deletionDate?: string;
+  /** Imported keys: RFC 3339 time after which the key moves to PENDING_IMPORT. */
+  validTo?: string;
+  /** Versions below it cannot decrypt or verify (1 when absent). */
+  minDecryptionVersion?: number;
+  /** Automatic rotation: period in days, and when the next rotation is due (RFC 3339). */
+  rotation?: { periodDays: number; nextAt: string };
+  /** Request ids of rotations made (idempotence of RotateKey), newest last, at most 16. */
+  rotationRequests?: string[];
+  description?: string;
+  tags?: Record<string, string>;
   /** By name ("GENERATED"); formerly the enum number, as `spec`. */
   origin: KeyOriginName;
   createdAt: string;
@@ -48,6 +67,9 @@ export interface KeyRecord {
   /** The node that created it (cluster mode): where a key that lives only in its device is held. */
   createdOn?: string;
 }
+
+/** The record's own state (records written before states said "enabled"). */
+export const stateOf = (r: KeyRecord): KeyStateName => ((r.state as string) === "enabled" ? "ENABLED" : r.state);
 
 /** The current version of a record (every record has one). */
 export const currentVersionOf = (r: KeyRecord): KeyVersion | undefined => r.versions.find((v) => v.version === r.currentVersion);
@@ -83,7 +105,7 @@ export function toApiKey(r: KeyRecord, viewerId?: string): Key {
     label: r.label,
     spec: r.spec,
     usages: [...r.usages],
-    state: "enabled",
+    state: stateOf(r),
     origin: r.origin,
     createdAt: r.createdAt,
     publicKeySpki: r.publicKeySpki ?? Buffer.alloc(0),
@@ -92,5 +114,14 @@ export function toApiKey(r: KeyRecord, viewerId?: string): Key {
     version: r.currentVersion,
     owner: r.owner?.user ?? "",
     sharedWith: viewerId !== undefined && r.owner?.userId === viewerId ? (r.shares ?? []).map((s) => s.user) : [],
+    description: r.description ?? "",
+    tags: { ...(r.tags ?? {}) },
+    deletionDate: r.deletionDate ?? "",
+    minDecryptionVersion: r.minDecryptionVersion ?? 1,
+    rotationPeriodDays: r.rotation?.periodDays ?? 0,
+    nextRotationAt: r.rotation?.nextAt ?? "",
+    validTo: r.validTo ?? "",
+    aliases: [],
+    versionCount: r.versions.length,
   };
 }

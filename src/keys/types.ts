@@ -28,6 +28,10 @@ export const KEY_ORIGIN_NAMES = ["GENERATED", "IMPORTED", "PUBLIC", "UNWRAPPED",
 /** A key origin by name ("GENERATED"): what records store. */
 export type KeyOriginName = (typeof KEY_ORIGIN_NAMES)[number];
 
+/** Key states by their API names (KeyState without the KEY_STATE_ prefix). */
+export const KEY_STATE_NAMES = ["ENABLED", "DISABLED", "PENDING_DELETION", "PENDING_IMPORT"] as const;
+export type KeyStateName = (typeof KEY_STATE_NAMES)[number];
+
 /** Encryption algorithms (the API's EncryptionAlgorithm without its ENCRYPTION_ALGORITHM_ prefix). */
 export type EncryptionAlgorithmName = "AES_GCM" | "AES_CBC_PAD" | "AES_CTR" | "RSA_OAEP_SHA256" | "RSA_OAEP_SHA384" | "RSA_OAEP_SHA512" | "RSA_OAEP_SHA1";
 
@@ -64,10 +68,10 @@ export interface Key {
   label: string;
   spec: KeySpecName;
   usages: Usage[];
-  state: "enabled";
+  state: KeyStateName;
   origin: KeyOriginName;
   createdAt: string;
-  /** SPKI DER; empty for a secret key. */
+  /** SPKI DER of the primary version; empty for a secret key. */
   publicKeySpki: Buffer;
   publicOnly: boolean;
   exportable: boolean;
@@ -76,6 +80,20 @@ export interface Key {
   owner: string;
   /** Crypto users it is shared with (only for its owner; empty otherwise). */
   sharedWith: string[];
+  description: string;
+  tags: Record<string, string>;
+  /** PENDING_DELETION: when it is destroyed (RFC 3339); "" otherwise. */
+  deletionDate: string;
+  minDecryptionVersion: number;
+  /** 0: no automatic rotation. */
+  rotationPeriodDays: number;
+  /** "" when no rotation is scheduled. */
+  nextRotationAt: string;
+  /** "" when the key does not expire. */
+  validTo: string;
+  /** Aliases ("alias/NAME") pointing at it that the viewer may see (filled by the alias layer; [] otherwise). */
+  aliases: string[];
+  versionCount: number;
 }
 
 /** GenerateKey. `usages` empty: the spec's defaults. `requestId` "": no idempotency. */
@@ -141,6 +159,7 @@ export interface PublicKeyView {
   spkiDer: Buffer;
   pem: string;
   jwk: string;
+  version: number;
 }
 
 /** Encrypt. `iv` empty: the service picks one. */
@@ -158,11 +177,18 @@ export interface EncryptOutput {
   keyId: string;
   ciphertext: Buffer;
   iv: Buffer;
+  keyVersion: number;
+  /** The self-describing form (docs/CIPHERTEXT.md); empty for RSA. */
+  ciphertextBlob: Buffer;
 }
 
 /** Decrypt. `tagLength` 0: 16 bytes (AES-GCM only). */
 export interface DecryptInput {
   keyId: string;
+  /** A self-describing ciphertext (docs/CIPHERTEXT.md); empty for the raw form. */
+  ciphertextBlob: Uint8Array;
+  /** Raw form: the version to decrypt with (0: primary). */
+  keyVersion: number;
   algorithm: EncryptionAlgorithmName;
   ciphertext: Uint8Array;
   iv: Uint8Array;
@@ -175,6 +201,7 @@ export interface DecryptInput {
 export interface DecryptOutput {
   keyId: string;
   plaintext: Buffer;
+  keyVersion: number;
 }
 
 /** Sign. `macLength` 0: the full tag. */
@@ -191,17 +218,21 @@ export interface SignInput {
 export interface SignOutput {
   keyId: string;
   signature: Buffer;
+  keyVersion: number;
 }
 
 /** Verify: Sign's input and the signature to check. */
 export interface VerifyInput extends SignInput {
   signature: Uint8Array;
+  /** 0: the primary version. */
+  keyVersion: number;
 }
 
 /** Verify's answer. */
 export interface VerifyOutput {
   keyId: string;
   valid: boolean;
+  keyVersion: number;
 }
 
 /** WrapKey: exports an exportable key under a wrapping key. */

@@ -54,7 +54,7 @@ const keyService: KeyServiceServer = {
 const cryptoService: CryptoServiceServer = {
   encrypt: unimplemented,
   decrypt: unimplemented,
-  sign: (call, cb) => cb(null, { keyId: call.request.keyId, signature: Buffer.from(call.request.message).reverse() }),
+  sign: (call, cb) => cb(null, { keyId: call.request.keyId, signature: Buffer.from(call.request.message).reverse(), keyVersion: 1 }),
   verify: unimplemented,
   wrapKey: unimplemented,
   unwrapKey: unimplemented,
@@ -65,7 +65,7 @@ const cryptoService: CryptoServiceServer = {
       results: call.request.items.map((item: SignRequest) =>
         item.keyId === "missing"
           ? { result: { $case: "error" as const, value: { code: grpc.status.NOT_FOUND, message: "no such key" } } }
-          : { result: { $case: "ok" as const, value: { keyId: item.keyId, signature: Buffer.from([item.algorithm]) } } },
+          : { result: { $case: "ok" as const, value: { keyId: item.keyId, signature: Buffer.from([item.algorithm]), keyVersion: 1 } } },
       ),
     }),
   batchVerify: unimplemented,
@@ -115,7 +115,7 @@ describe("HsmClient calls", () => {
   it("round-trips a call, filling request defaults and sending metadata", async () => {
     const key = await client().generateKey({ spec: KeySpec.KEY_SPEC_EC_P256, label: "signer" }, { metadata: { "x-request-id": "r-1" } });
     expect(key).toMatchObject({ id: "k-new", label: "signer", spec: KeySpec.KEY_SPEC_EC_P256, usages: [KeyUsage.KEY_USAGE_SIGN], version: 1 });
-    expect(seen.generateKey).toEqual({ spec: KeySpec.KEY_SPEC_EC_P256, label: "signer", usages: [], exportable: false, requestId: "" });
+    expect(seen.generateKey).toEqual({ spec: KeySpec.KEY_SPEC_EC_P256, label: "signer", usages: [], exportable: false, requestId: "", description: "", tags: {}, rotationPeriodDays: 0 });
     expect(seen.metadata?.get("x-request-id")).toEqual(["r-1"]);
 
     const sig = await client().sign({ keyId: "k", algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ED25519, message: Buffer.from([1, 2, 3]) });
@@ -127,7 +127,7 @@ describe("HsmClient calls", () => {
     const res = await client().batchSign({
       items: [{ keyId: "a", algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256 }, { keyId: "missing" }],
     });
-    expect(res.results[0]?.result).toEqual({ $case: "ok", value: { keyId: "a", signature: Buffer.from([7]) } });
+    expect(res.results[0]?.result).toEqual({ $case: "ok", value: { keyId: "a", signature: Buffer.from([7]), keyVersion: 1 } });
     expect(res.results[1]?.result).toEqual({ $case: "error", value: { code: grpc.status.NOT_FOUND, message: "no such key" } });
   });
 

@@ -80,7 +80,17 @@ export function encryptFromProto(r: EncryptRequest): EncryptInput {
 
 /** DecryptRequest → domain. */
 export function decryptFromProto(r: DecryptRequest): DecryptInput {
-  return { keyId: r.keyId, algorithm: encryptionAlgorithmFromProto(r.algorithm), ciphertext: r.ciphertext, iv: r.iv, aad: r.aad, tagLength: r.tagLength, oaepLabel: r.oaepLabel };
+  return {
+    keyId: r.keyId,
+    algorithm: encryptionAlgorithmFromProto(r.algorithm),
+    ciphertext: r.ciphertext,
+    iv: r.iv,
+    aad: r.aad,
+    tagLength: r.tagLength,
+    oaepLabel: r.oaepLabel,
+    ciphertextBlob: r.ciphertextBlob,
+    keyVersion: r.keyVersion,
+  };
 }
 
 /** SignRequest → domain: message type, then algorithm, then signature format (each INVALID_ARGUMENT when unknown). */
@@ -101,7 +111,7 @@ export function signFromProto(r: SignRequest): SignInput {
 }
 
 /** VerifyRequest → domain. */
-export const verifyFromProto = (r: VerifyRequest): VerifyInput => ({ ...signFromProto(r), signature: r.signature });
+export const verifyFromProto = (r: VerifyRequest): VerifyInput => ({ ...signFromProto(r), signature: r.signature, keyVersion: r.keyVersion });
 
 /** WrapKeyRequest → domain. */
 export function wrapKeyFromProto(r: WrapKeyRequest): WrapKeyInput {

@@ -29,6 +29,7 @@ import {
   type KeyOriginName,
   type KeyPage,
   type KeySpecName,
+  type KeyStateName,
   type ListKeysQuery,
   type PublicKeyFormatName,
   type PublicKeyView,
@@ -88,7 +89,7 @@ export function keyToProto(k: Key, heldBy: string[] = []): ProtoKey {
     label: k.label,
     spec: specToProto(k.spec),
     usages: usagesToProto(k.usages),
-    state: KeyState.KEY_STATE_ENABLED,
+    state: stateToProto(k.state),
     origin: originToProto(k.origin),
     createdAt: k.createdAt,
     publicKeySpki: k.publicKeySpki,
@@ -98,8 +99,28 @@ export function keyToProto(k: Key, heldBy: string[] = []): ProtoKey {
     owner: k.owner,
     heldBy,
     sharedWith: k.sharedWith,
+    description: k.description,
+    tags: { ...k.tags },
+    deletionDate: k.deletionDate,
+    minDecryptionVersion: k.minDecryptionVersion,
+    rotationPeriodDays: k.rotationPeriodDays,
+    nextRotationAt: k.nextRotationAt,
+    validTo: k.validTo,
+    aliases: [...k.aliases],
+    versionCount: k.versionCount,
   };
 }
+
+const STATE_ENUM: Readonly<Record<KeyStateName, KeyState>> = {
+  ENABLED: KeyState.KEY_STATE_ENABLED,
+  DISABLED: KeyState.KEY_STATE_DISABLED,
+  PENDING_DELETION: KeyState.KEY_STATE_PENDING_DELETION,
+  PENDING_IMPORT: KeyState.KEY_STATE_PENDING_IMPORT,
+};
+/** A state name as KeyState. */
+export const stateToProto = (s: KeyStateName): KeyState => STATE_ENUM[s];
+/** A KeyState as its name (undefined for UNSPECIFIED or an unknown number). */
+export const stateFromProto = (s: KeyState): KeyStateName | undefined => Object.entries(STATE_ENUM).find(([, v]) => v === s)?.[0] as KeyStateName | undefined;
 
 /** GenerateKeyRequest → domain. */
 export function generateKeyFromProto(r: GenerateKeyRequest): GenerateKeyInput {
@@ -151,7 +172,7 @@ export function listKeysFromProto(r: ListKeysRequest): ListKeysQuery {
 export const keyPageToProto = (p: KeyPage): ListKeysResponse => ({ keys: p.keys.map((k) => keyToProto(k)), nextPageToken: p.nextPageToken });
 
 /** GetPublicKey's domain answer as the response (the same fields). */
-export const publicKeyToProto = (p: PublicKeyView): GetPublicKeyResponse => ({ keyId: p.keyId, spkiDer: p.spkiDer, pem: p.pem, jwk: p.jwk });
+export const publicKeyToProto = (p: PublicKeyView): GetPublicKeyResponse => ({ keyId: p.keyId, spkiDer: p.spkiDer, pem: p.pem, jwk: p.jwk, version: p.version });
 
 /** GetImportParameters' domain answer as the response (the same fields). */
 export const importParametersToProto = (p: ImportParameters): GetImportParametersResponse => ({ ...p });

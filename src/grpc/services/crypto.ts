@@ -16,6 +16,7 @@ import { keyToProto } from "../map/keys";
 import type { CallContext } from "../pipeline/context";
 import type { GrpcServerOptions } from "../options";
 import type { Pipeline } from "../pipeline/pipeline";
+import { reEncryptHandlers } from "./re-encrypt";
 
 /** hsm.v1.CryptoService: crypto operations (and batches, each item authorized) over the {@link KeyService}, proto ↔ domain through ../map/crypto. */
 export function cryptoService(opts: GrpcServerOptions, p: Pipeline): CryptoServiceServer {
@@ -64,5 +65,6 @@ export function cryptoService(opts: GrpcServerOptions, p: Pipeline): CryptoServi
       generateDataKeyWithoutPlaintext: { method: "GenerateDataKeyWithoutPlaintext", run: generateDataKeyWithoutPlaintext },
       decryptDataKey: { method: "DecryptDataKey", run: decryptDataKey },
     }),
+    ...reEncryptHandlers(opts, p),
   };
 }

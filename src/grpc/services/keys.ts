@@ -3,6 +3,9 @@ import { checkUsername } from "../../users";
 import { generateKeyFromProto, importKeyFromProto, importParametersToProto, importPublicKeyFromProto, keyPageToProto, keyToProto, listKeysFromProto, publicKeyToProto } from "../map/keys";
 import type { GrpcServerOptions } from "../options";
 import type { Pipeline } from "../pipeline/pipeline";
+import { aliasHandlers } from "./aliases";
+import { keyStateHandlers } from "./key-states";
+import { keyVersionHandlers } from "./key-versions";
 
 /** hsm.v1.KeyService: key lifecycle and sharing over the {@link KeyService}, proto ↔ domain through ../map/keys. */
 export function keyService(opts: GrpcServerOptions, p: Pipeline): KeyServiceServer {
@@ -32,5 +35,8 @@ export function keyService(opts: GrpcServerOptions, p: Pipeline): KeyServiceServ
       checkUsername(r.username);
       return keyToProto(await k.setShare(r.keyId, { user: r.username, userId: "" }, false, c.principal!.userId));
     }),
+    ...keyVersionHandlers(opts, p),
+    ...keyStateHandlers(opts, p),
+    ...aliasHandlers(opts, p),
   };
 }
