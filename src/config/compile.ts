@@ -24,10 +24,11 @@ import {
   MESSAGE_OVERHEAD_BYTES,
   OBJECT_BUDGET_DEFAULTS,
   messageBytesFor,
+  LIFECYCLE_DEFAULTS,
 } from "./schema";
 import { checkTransport, type RawTls } from "./tls";
 import { checkSchema } from "./validator";
-import { PROFILE_NAMES, type Config, type ConfigProblem, type DeviceQuirks, type LimitsConfig, type PinSource, type ProfileName } from "./types";
+import { PROFILE_NAMES, type Config, type ConfigProblem, type DeviceQuirks, type LifecycleConfig, type LimitsConfig, type PinSource, type ProfileName } from "./types";
 
 /** Options of {@link compileConfig} and {@link validateConfig}. */
 export interface CompileOptions {
@@ -59,6 +60,10 @@ interface RawDoc {
   listen?: { grpc?: string; admin?: string };
   device?: Record<string, unknown>;
   limits?: Partial<LimitsConfig>;
+  lifecycle?: Partial<Omit<LifecycleConfig, "deletionWindowDays" | "rotationPeriodDays">> & {
+    deletionWindowDays?: Partial<LifecycleConfig["deletionWindowDays"]>;
+    rotationPeriodDays?: Partial<LifecycleConfig["rotationPeriodDays"]>;
+  };
   auth?: {
     sessionTtlSeconds?: number;
     maxFailedLogins?: number;
@@ -244,6 +249,7 @@ function collect(raw: unknown, options: CompileOptions): { problems: ConfigProbl
       : null,
     connections: compileConnections(doc.connections),
     grpc: compileGrpc(doc.grpc),
+    lifecycle: compileLifecycle(doc.lifecycle, problems),
     audit: { file: doc.audit?.file ? resolve(baseDir, doc.audit.file) : join(dataDir, "audit", "audit.log"), fsync: doc.audit?.fsync ?? "changes" },
     sources: { file, profile: profileFile },
   };
@@ -279,4 +285,15 @@ function resolveLimits(given: Partial<LimitsConfig>, problems: ConfigProblem[]):
     return undefined;
   }
   return merged;
+}
+
+/** `lifecycle` with its defaults; a range whose min is above its max is a problem. */
+function compileLifecycle(raw: RawDoc["lifecycle"], problems: ConfigProblem[]): LifecycleConfig {
+  const d = LIFECYCLE_DEFAULTS;
+  const range = (name: "deletionWindowDays" | "rotationPeriodDays") => {
+    const r = { min: raw?.[name]?.min ?? d[name].min, max: raw?.[name]?.max ?? d[name].max };
+    if (r.min > r.max) addProblems(problems, [{ path: `/lifecycle/${name}`, message: `min (${r.min}) must not be above max (${r.max})` }]);
+    return r;
+  };
+  return { dayMs: raw?.dayMs ?? d.dayMs, checkIntervalMs: raw?.checkIntervalMs ?? d.checkIntervalMs, deletionWindowDays: range("deletionWindowDays"), rotationPeriodDays: range("rotationPeriodDays") };
 }

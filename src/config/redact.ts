@@ -14,7 +14,7 @@ export type RedactedConfig = Omit<Config, "device" | "cluster"> & {
  * `"[redacted]"`, its source (variable name or file path) stays visible.
  */
 export function describeConfig(config: Config): RedactedConfig {
-  const { node, listen, tls, devMode, device, limits, auth, audit, connections, grpc, cluster, sources } = config;
+  const { node, listen, tls, devMode, device, limits, auth, audit, connections, grpc, cluster, lifecycle, sources } = config;
   return {
     node: { ...node },
     listen: { grpc: { ...listen.grpc }, admin: { ...listen.admin } },
@@ -34,6 +34,7 @@ export function describeConfig(config: Config): RedactedConfig {
       disabledMechanisms: [...device.disabledMechanisms],
     },
     limits: { ...limits },
+    lifecycle: { ...lifecycle, deletionWindowDays: { ...lifecycle.deletionWindowDays }, rotationPeriodDays: { ...lifecycle.rotationPeriodDays } },
     auth: { ...auth, quorum: { ...auth.quorum } },
     audit: { ...audit },
     connections: { ...connections, admin: { ...connections.admin } },

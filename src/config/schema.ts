@@ -1,7 +1,7 @@
 import { availableParallelism } from "node:os";
 import { CONNECTIONS_SCHEMA } from "./connections";
 import { GRPC_SCHEMA } from "./grpc";
-import { PROFILE_NAMES, type LimitsConfig, type ProfileName } from "./types";
+import { PROFILE_NAMES, type LifecycleConfig, type LimitsConfig, type ProfileName } from "./types";
 
 /*
  * JSON Schema of the config file and of the device profiles, with each default written next to the
@@ -84,6 +84,23 @@ export const LIMITS: { readonly [K in keyof LimitsConfig]: { readonly default: n
   // The default follows from the others: see messageBytesFor.
   maxMessageBytes: { default: messageBytesFor(256, 65536), max: 256 * 1024 * 1024 },
 });
+
+/** Defaults of `lifecycle` (KMS's bounds: deletion windows 7 to 30 days, rotation periods 90 to 2560). */
+export const LIFECYCLE_DEFAULTS: LifecycleConfig = Object.freeze({
+  dayMs: 86_400_000,
+  checkIntervalMs: 60_000,
+  deletionWindowDays: Object.freeze({ min: 7, max: 30 }),
+  rotationPeriodDays: Object.freeze({ min: 90, max: 2560 }),
+});
+
+/** A {min, max} range of days, 1 to 3650. */
+function dayRange(def: { min: number; max: number }) {
+  return {
+    type: "object",
+    additionalProperties: false,
+    properties: { min: { type: "integer", minimum: 1, maximum: 3650, default: def.min }, max: { type: "integer", minimum: 1, maximum: 3650, default: def.max } },
+  };
+}
 
 /** Default limits, as a `LimitsConfig`. */
 export const LIMIT_DEFAULTS: LimitsConfig = Object.freeze(Object.fromEntries(Object.entries(LIMITS).map(([k, v]) => [k, v.default])) as unknown as LimitsConfig);
@@ -288,6 +305,28 @@ export const CONFIG_SCHEMA = {
     },
     connections: CONNECTIONS_SCHEMA,
     grpc: GRPC_SCHEMA,
+    lifecycle: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        dayMs: {
+          type: "integer",
+          minimum: 1,
+          maximum: 86400000,
+          default: LIFECYCLE_DEFAULTS.dayMs,
+          description: "length of a day of rotation periods and deletion windows (ms); shorter only for tests",
+        },
+        checkIntervalMs: {
+          type: "integer",
+          minimum: 10,
+          maximum: 86400000,
+          default: LIFECYCLE_DEFAULTS.checkIntervalMs,
+          description: "how often each node applies due rotations, deletions and expiries (ms)",
+        },
+        deletionWindowDays: dayRange(LIFECYCLE_DEFAULTS.deletionWindowDays),
+        rotationPeriodDays: dayRange(LIFECYCLE_DEFAULTS.rotationPeriodDays),
+      },
+    },
     limits: {
       type: "object",
       additionalProperties: false,

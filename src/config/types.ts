@@ -223,6 +223,21 @@ export interface ClusterConfig {
   readonly joinTtlMs: number;
 }
 
+/**
+ * Key lifecycle timing (issue 13): rotation periods, deletion windows and the passes that apply
+ * them. Periods and windows are counted in days of `dayMs` (one real day; tests shorten it).
+ */
+export interface LifecycleConfig {
+  /** Length of one "day" of rotation periods and deletion windows, in ms. @default 86400000 */
+  readonly dayMs: number;
+  /** How often each node looks for due rotations, deletions and expiries, in ms. @default 60000 */
+  readonly checkIntervalMs: number;
+  /** ScheduleKeyDeletion's window bounds, in days. @default { min: 7, max: 30 } (as KMS) */
+  readonly deletionWindowDays: { readonly min: number; readonly max: number };
+  /** Automatic rotation period bounds, in days. @default { min: 90, max: 2560 } (as KMS) */
+  readonly rotationPeriodDays: { readonly min: number; readonly max: number };
+}
+
 export interface Config {
   readonly node: {
     /** This node's id in the cluster (default: the host name). */
@@ -247,6 +262,7 @@ export interface Config {
   readonly connections: ConnectionsConfig;
   readonly grpc: GrpcConfig;
   readonly cluster: ClusterConfig | null;
+  readonly lifecycle: LifecycleConfig;
   /** Where the configuration came from, for status and error reports. */
   readonly sources: {
     /** Absolute path of the config file, or null when built from overrides alone. */
