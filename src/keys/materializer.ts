@@ -265,7 +265,7 @@ export class Materializer {
     if (e.forgotten) {
       e.pins--;
       await this.destroy(e);
-      const err = new HsmError(Code.NotFound, `key ${e.id} not found (deleted or trimmed while it was being used)`);
+      const err = new HsmError(Code.NotFound, `key ${e.id} not found (deleted while it was being used, or trimmed)`);
       settle.fail(err);
       throw err;
     }
