@@ -23,7 +23,8 @@ export interface RotationScheduleOptions {
  * the next pass. Answers the rotations this node made.
  */
 export async function rotationPass(o: RotationScheduleOptions, now: number): Promise<Array<{ keyId: string; version: number }>> {
-  const due = [...o.records.values()].filter((r) => rotationDue(r, now)).map((r) => r.id);
+  const due: string[] = [];
+  for (const r of o.records.values()) if (rotationDue(r, now)) due.push(r.id);
   const made: Array<{ keyId: string; version: number }> = [];
   for (const keyId of due) {
     try {
