@@ -275,15 +275,22 @@ describe("min decryption version, trim, restart", () => {
     await expectError(alice.trimKeyVersions({ keyId }), "FAILED_PRECONDITION", "nothing to trim");
   });
 
-  it("after a restart the versions are there (reconcile quarantines no K.vN) and verify as before", async () => {
+  it("after a restart the versions are there (reconcile keeps K.vN, quarantines versions no record has) and verify as before", async () => {
     alice.close();
     bob.close();
+    await td.stop();
+    // Leftovers of a trim or rotation a crash cut short: objects of versions the record does not have
+    // (version 1, trimmed; version 9, never committed), made in the token with pkcs11-tool.
+    const hex = (s: string) => Buffer.from(s).toString("hex");
+    for (const orphan of [keyId, `${keyId}.v9`]) pkcs11Tool(td.token, ["--keypairgen", "--key-type", "EC:prime256v1", "--label", `hsmd:${orphan}`, "--id", hex(orphan)]);
     td = await td.restart();
     alice = await userClient(td, "alice");
     bob = await userClient(td, "bob");
     const l = labels();
-    expect(l.some((x) => x.startsWith("hsmd-quarantine"))).toBe(false);
+    expect(l.filter((x) => x.startsWith("hsmd-quarantine")).sort()).toEqual([`hsmd-quarantine:${keyId}`, `hsmd-quarantine:${keyId}`, `hsmd-quarantine:${keyId}.v9`, `hsmd-quarantine:${keyId}.v9`]);
+    expect(count(l, `hsmd:${keyId}`)).toBe(0);
     expect(count(l, `hsmd:${keyId}.v2`)).toBe(2);
+    expect(count(l, `hsmd:${keyId}.v3`)).toBe(2);
     const v = await alice.listKeyVersions({ keyId });
     expect(v.versions.map((x) => x.version)).toEqual([2, 3]);
     expect((await alice.verify({ keyId, algorithm: ECDSA, message: msg, signature: s2, keyVersion: 2 })).valid).toBe(true);
