@@ -184,6 +184,11 @@ describe("ListKeyVersions, request ids and refusals", () => {
     await expectError(alice.rotateKey({ keyId: pub.id }), "FAILED_PRECONDITION", "PUBLIC");
     await expectError(alice.rotateKey({ keyId: "00000000-0000-4000-8000-000000000000" }), "NOT_FOUND");
     await expectError(alice.rotateKey({ keyId: "not a key" }), "INVALID_ARGUMENT", "key_id");
+    const mine = await alice.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label: "rot-bad" });
+    await expectError(alice.rotateKey({ keyId: mine.id, requestId: "r".repeat(129) }), "INVALID_ARGUMENT", "request_id is longer than 128");
+    await expectError(alice.listKeyVersions({ keyId: "not a key" }), "INVALID_ARGUMENT", "key_id");
+    await expectError(alice.updateRotationPolicy({ keyId: "00000000-0000-4000-8000-000000000000", rotationPeriodDays: 90 }), "NOT_FOUND");
+    expect((await alice.getKey({ keyId: mine.id })).version).toBe(1);
   });
 
   it("only the owner rotates or changes versions; a user the key is shared with may list them; an officer may not", async () => {
