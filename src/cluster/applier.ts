@@ -1,4 +1,4 @@
-import { decodeRecord, mainPart, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
+import { decodeRecord, deviceIdOf, lacksMaterial, mainPart, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
 import type { KeyDevice } from "../pkcs11";
 import type { StateStore, WatchEvent } from "../store";
 import { APPLY_CONCURRENCY, Slots } from "./slots";
@@ -59,7 +59,9 @@ export class Applier {
         // A record this node made itself is known (without revisions) before its event comes back.
         const created = isNew ? ev.revision : (records.createRevision(id) ?? ev.revision);
         records.set(r, { createRevision: created, modRevision: ev.revision });
-        this.apply(ev.revision, isNew ? () => this.applyRecord(r) : undefined, id);
+        // Issue 13 lane S: a key whose material expired (PENDING_IMPORT) has its objects destroyed on every node.
+        if (lacksMaterial(r)) this.apply(ev.revision, () => this.destroyExpired(r), id);
+        else this.apply(ev.revision, isNew ? () => this.applyRecord(r) : undefined, id);
       }
     });
   }
@@ -126,6 +128,13 @@ export class Applier {
   /** Destroys every key object this node's records name (a node removed from its cluster). */
   async destroyAll(): Promise<void> {
     for (const id of this.opts.records.ids()) await this.opts.device.destroy(id).catch(() => undefined);
+  }
+
+  /** Destroys every version's objects of a PENDING_IMPORT key (idempotent: each of its record's events does it again). */
+  private async destroyExpired(r: KeyRecord): Promise<void> {
+    this.opts.records.dropObjects(r.id);
+    for (const v of r.versions) await this.opts.device.destroy(deviceIdOf(r.id, v.version)).catch(() => undefined);
+    this.applyFailures.delete(r.id);
   }
 
   /**

@@ -1,4 +1,4 @@
-import { partsOf, recordKey, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
+import { lacksMaterial, partsOf, recordKey, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
 import type { KeyDevice, Part } from "../pkcs11";
 import type { StateStore } from "../store";
 import { APPLY_CONCURRENCY } from "./slots";
@@ -63,13 +63,20 @@ export async function reconcile(ctx: ReconcileContext, opts: { purgeOrphans?: bo
     res.restored++;
     ctx.log?.(`reconcile: key ${r.id} restored from quarantine (its record is back)`);
   }
+  // A PENDING_IMPORT key's objects (a crash after its record changed, before they were destroyed) go now (issue 13).
+  for (const r of records.values()) {
+    if (!lacksMaterial(r) || !present.has(r.id)) continue;
+    await device.destroy(r.id);
+    present.delete(r.id);
+  }
   // The keys the token holds count as resident in the device (the materializer's budget and LRU).
   for (const r of records.values()) if (has(r)) records.noteResident(r.id);
   const missing = [...records.values()].filter((r) => {
     // In a cluster keys are session objects, materialized on demand and proven by the catch-up
     // (./catch-up.ts); a key that lives only in the HSM that generated it is not missing elsewhere.
     if (ctx.nodeId) return false;
-    return !has(r);
+    // A PENDING_IMPORT key has no material to materialize (issue 13).
+    return !has(r) && !lacksMaterial(r);
   });
   const weak = [...records.values()].filter((r) => inv.weak.has(r.id) && has(r));
   for (const r of weak.filter((x) => residencyOf(x) === "device")) {

@@ -15,6 +15,7 @@ import { Applier, Membership, TRANSPORT_KEY_ID, Watermarks, reconcile } from "..
 import { checkListenAddresses, listenError } from "../listen-check";
 import { HashLane, QuorumService, UserService } from "../users";
 import { startReplication } from "./catch-up";
+import { startKeyStateTimer } from "./key-state-timer";
 import { ensureDomain } from "./domain";
 import { ensureUsers } from "./first-officer";
 import { openDevice, openStore } from "./open";
@@ -57,6 +58,8 @@ export class Daemon {
   /** In a cluster: the nodes' applied-revision watermarks (src/cluster/watermark.ts). */
   watermarks: Watermarks | undefined;
   private grpcListener: GrpcListener | undefined;
+  /** Issue 13 lane S: scheduled deletions and expiries (./key-state-timer.ts). */
+  private keyStateTimer: { stop(): Promise<void> } | undefined;
 
   private constructor(
     readonly config: Config,
@@ -107,7 +110,7 @@ export class Daemon {
       const nodeId = cluster ? config.node.id : undefined;
       const watermarks = nodeId ? new Watermarks({ store, nodeId, minNodes: cluster?.minNodes, log }) : undefined;
       const placement: KeyPlacement = watermarks ?? SINGLE_NODE;
-      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement, objectBudget: config.device.objectBudget });
+      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement, objectBudget: config.device.objectBudget, lifecycle: config.lifecycle });
       const applier = new Applier({ store, device, records: keys.records, watermarks, nodeId, log });
       await startReplication({ store, keys, applier, watermarks, dataDir: config.node.dataDir, fullCheck: opts.fullCheck, log });
       const t0 = Date.now();
@@ -210,6 +213,7 @@ export class Daemon {
       });
       d.adminPort = (admin.server.address() as { port: number }).port;
       setServing(health, true);
+      d.keyStateTimer = startKeyStateTimer(keys, audit, config, log, () => d.removed || d.stopped);
       return d;
     } catch (e) {
       if (grpcBound) {
@@ -314,6 +318,7 @@ export class Daemon {
     this.grpcListener?.destroyAll();
     await listenerClosed;
     await this.admin.close();
+    await this.keyStateTimer?.stop();
     this.applier.stop();
     await this.watermarks?.flushed();
     this.watermarks?.stop();

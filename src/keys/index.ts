@@ -12,4 +12,12 @@ export { originFromStored, specFromStored } from "./record-migration";
 export { algorithmOf, isSecret } from "./spec";
 export { rawToDer, derToRaw } from "./signature";
 export { KEY_ORIGIN_NAMES, KEY_SPEC_NAMES } from "./types";
+// Issue 13 lane S: states, deletion schedule, tags.
+export { checkTagKey, MAX_DESCRIPTION_LENGTH, MAX_TAGS } from "./key-tags";
+export { lacksMaterial, needEnabled } from "./key-states";
+export { deletionDue, expiryDue, type DueAuditEntry, type DuePassResult } from "./deletion-schedule";
+export { stateOf } from "./record";
+// (lane V may export these too: keep one copy when merging)
+export { DueTimer } from "./due-timer";
+export { deviceIdOf } from "./versions";
 export type * from "./types";

@@ -41,6 +41,8 @@ export interface KeyRecord {
   state: KeyStateName;
   /** PENDING_DELETION: when the key is destroyed (RFC 3339). */
   deletionDate?: string;
+  /** PENDING_DELETION: the state CancelKeyDeletion restores (issue 13 lane S; absent: DISABLED). */
+  stateBeforeDeletion?: KeyStateName;
   /** Imported keys: RFC 3339 time after which the key moves to PENDING_IMPORT. */
   validTo?: string;
   /** Versions below it cannot decrypt or verify (1 when absent). */

@@ -6,6 +6,9 @@ import { DataKeys } from "./data-keys";
 import { ClusterImportKey } from "./import-key";
 import { KeyAdmin } from "./key-admin";
 import { KeyFactory } from "./key-create";
+import { KeyLifecycle } from "./key-lifecycle";
+import type { DueAuditEntry, DuePassResult } from "./deletion-schedule";
+import type { DeletionWindow } from "./key-states";
 import { KeyRecords } from "./key-records";
 import { SINGLE_NODE, type KeyPlacement } from "./placement";
 import type { KeyRecord, UserRef } from "./record";
@@ -57,6 +60,8 @@ export interface KeyServiceOptions {
   objectBudget?: number;
   /** Index entries one ListKeys call examines at most (see KeyAdmin.listKeys). @default 10,000 */
   listScanLimit?: number;
+  /** config.lifecycle's day length and deletion window bounds (issue 13). @default KMS's: 7 to 30 days of 24 h */
+  lifecycle?: DeletionWindow;
 }
 
 /**
@@ -71,6 +76,7 @@ export class KeyService {
   private readonly admin: KeyAdmin;
   private readonly crypto: KeyCrypto;
   private readonly dataKeys: DataKeys;
+  private readonly lifecycle: KeyLifecycle;
   private readonly limits: KeyLimits;
 
   constructor(opts: KeyServiceOptions) {
@@ -84,6 +90,7 @@ export class KeyService {
     this.admin = new KeyAdmin({ device, store, limits, records: this.records, factory, placement, importKeys, listScanLimit: opts.listScanLimit });
     this.crypto = new KeyCrypto({ device, limits, records: this.records, factory });
     this.dataKeys = new DataKeys({ device, records: this.records, crypto: this.crypto });
+    this.lifecycle = new KeyLifecycle({ store, records: this.records, window: opts.lifecycle, log: opts.log });
   }
 
   /** Loads every record; answers the store revision they were read at (the applier follows from there). */
@@ -156,6 +163,35 @@ export class KeyService {
   /** A key's public half (SPKI DER, PEM, JWK). */
   getPublicKey(req: { keyId: string }): PublicKeyView {
     return this.admin.getPublicKey(req.keyId);
+  }
+
+  // ---- states and metadata (key-lifecycle.ts; issue 13) -----------------------------------------
+
+  enableKey(keyId: string, viewerId?: string): Promise<Key> {
+    return this.lifecycle.enableKey(keyId, viewerId);
+  }
+  disableKey(keyId: string, viewerId?: string): Promise<Key> {
+    return this.lifecycle.disableKey(keyId, viewerId);
+  }
+  /** `days` 0: the longest window (config lifecycle.deletionWindowDays.max). */
+  scheduleKeyDeletion(keyId: string, days: number, viewerId?: string): Promise<Key> {
+    return this.lifecycle.scheduleKeyDeletion(keyId, days, viewerId);
+  }
+  cancelKeyDeletion(keyId: string, viewerId?: string): Promise<Key> {
+    return this.lifecycle.cancelKeyDeletion(keyId, viewerId);
+  }
+  updateKeyDescription(keyId: string, description: string, viewerId?: string): Promise<Key> {
+    return this.lifecycle.updateKeyDescription(keyId, description, viewerId);
+  }
+  tagKey(keyId: string, tags: Record<string, string>, viewerId?: string): Promise<Key> {
+    return this.lifecycle.tagKey(keyId, tags, viewerId);
+  }
+  untagKey(keyId: string, tagKeys: string[], viewerId?: string): Promise<Key> {
+    return this.lifecycle.untagKey(keyId, tagKeys, viewerId);
+  }
+  /** Destroys the keys whose deletion date passed and expires those whose valid_to did (every node runs it; one write lands). */
+  duePass(now: number, audit?: (e: DueAuditEntry) => Promise<unknown>): Promise<DuePassResult> {
+    return this.lifecycle.duePass(now, audit);
   }
 
   // ---- crypto (crypto-ops.ts, data-keys.ts) -----------------------------------------------------
