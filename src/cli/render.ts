@@ -44,6 +44,11 @@ export function keyView(k: Key): Record<string, unknown> {
     version: k.version,
     createdAt: k.createdAt,
     ...(k.heldBy.length ? { heldBy: k.heldBy } : {}),
+    // issue 13 lane S
+    ...(k.description ? { description: k.description } : {}),
+    ...(Object.keys(k.tags).length ? { tags: { ...k.tags } } : {}),
+    ...(k.deletionDate ? { deletionDate: k.deletionDate } : {}),
+    ...(k.validTo ? { validTo: k.validTo } : {}),
     ...(k.publicKeySpki.length ? { publicKeySpki: Buffer.from(k.publicKeySpki).toString("base64") } : {}),
   };
 }
@@ -63,6 +68,16 @@ export function keyText(k: Key): string {
     ["version", k.version],
     ["created", k.createdAt],
     ["held by", k.heldBy.join(", ")],
+    // issue 13 lane S
+    ["description", k.description || undefined],
+    [
+      "tags",
+      Object.entries(k.tags)
+        .map(([t, v]) => `${t}=${v}`)
+        .join(", "),
+    ],
+    ["deletion date", k.deletionDate || undefined],
+    ["valid to", k.validTo || undefined],
   ]);
 }
 

@@ -3,7 +3,7 @@ import { createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
 import { KeySpec, PublicKeyFormat, wrapForImport, type Key } from "../../sdk";
 import { UsageError } from "../errors";
 import { deliverBytes, readInput, writeOutputFile, writeStdout } from "../io";
-import { isSymmetric, keySpecs, keyUsages, parseUsages, SYMMETRIC_SPECS } from "../names";
+import { isSymmetric, keySpecs, keyStates, keyUsages, parseUsages, SYMMETRIC_SPECS } from "../names";
 import { keysText, keyText, keyView } from "../render";
 import { choiceValue, requireString, stringValue, type CommandContext, type CommandSpec, type OptionSpec, type Values } from "../spec";
 
@@ -152,14 +152,21 @@ export const keyCommands: CommandSpec[] = [
       "label-prefix": { type: "string", arg: "PREFIX", description: "only keys whose label starts with this" },
       spec: { type: "string", arg: "SPEC", description: "only keys of this spec" },
       usage: { type: "string", arg: "USAGE", description: "only keys with this usage" },
+      state: { type: "string", arg: "STATE", description: "only keys in this state: enabled, disabled, pending-deletion, pending-import" },
+      tag: { type: "string", arg: "KEY[=VALUE]", description: "only keys with this tag (and value)" },
     },
     async run(ctx, values) {
       const specText = stringValue(values, "spec");
       const usageText = stringValue(values, "usage");
+      const stateText = stringValue(values, "state");
+      const tagText = stringValue(values, "tag");
+      const eq = tagText?.indexOf("=") ?? -1;
       const filter = {
         labelPrefix: stringValue(values, "label-prefix") ?? "",
         ...(specText !== undefined ? { spec: keySpecs.parse(specText, "--spec") } : {}),
         ...(usageText !== undefined ? { usage: keyUsages.parse(usageText, "--usage") } : {}),
+        ...(stateText !== undefined ? { state: keyStates.parse(stateText, "--state") } : {}),
+        ...(tagText !== undefined ? (eq >= 0 ? { tagKey: tagText.slice(0, eq), tagValue: tagText.slice(eq + 1) } : { tagKey: tagText }) : {}),
       };
       const keys: Key[] = [];
       for await (const k of ctx.client().listAllKeys(filter)) keys.push(k);
