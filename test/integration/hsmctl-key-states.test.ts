@@ -48,4 +48,28 @@ describe("key states and metadata", () => {
     expect(bob.code).not.toBe(0);
     expect(bob.stderr).toMatch(/not found/i);
   });
+
+  it("generate takes --description and --tag; import takes --valid-to (refused in the past)", async () => {
+    const k = await json<{ id: string; description: string; tags: Record<string, string> }>([
+      "key",
+      "generate-symmetric",
+      "--spec",
+      "aes-128",
+      "--label",
+      "cli-meta",
+      "--description",
+      "made with tags",
+      "--tag",
+      "a=1",
+      "--tag",
+      "b=",
+    ]);
+    expect(k).toMatchObject({ description: "made with tags", tags: { a: "1", b: "" } });
+    const past = await hsmctl(["key", "import", "--spec", "aes-128", "--in", "-", "--label", "cli-exp", "--valid-to", "2001-01-01T00:00:00Z"], { input: Buffer.alloc(16, 7) });
+    expect(past.code).not.toBe(0);
+    expect(past.stderr).toContain("not in the future");
+    const later = new Date(Date.now() + 3_600_000).toISOString();
+    const imp = await json<{ validTo: string }>(["key", "import", "--spec", "aes-128", "--in", "-", "--label", "cli-exp", "--valid-to", later], { input: Buffer.alloc(16, 7) });
+    expect(imp.validTo).toBe(later);
+  });
 });
