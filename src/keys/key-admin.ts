@@ -6,6 +6,7 @@ import type { ClusterImportKey } from "./import-key";
 import type { KeyFactory } from "./key-create";
 import type { KeyRecords } from "./key-records";
 import type { KeyPlacement } from "./placement";
+import { secretCheckValue } from "./check-value";
 import { checkValidTo } from "./key-states";
 import { hasTag, newKeyMetadata } from "./key-tags";
 import { reimportKey } from "./reimport";
@@ -117,6 +118,9 @@ export class KeyAdmin {
       }
     };
     if (req.keyId) return reimportKey({ ...this.opts, domainKeyId: factory.domainKeyId }, { keyId: req.keyId, alg, spec: req.spec, usages, spki, validTo, unwrap }, owner);
+    // An expiring secret key keeps a check value, so that the same material can be imported again (reimport.ts).
+    // Bad material fails here too: then the create below answers why (its checks name the problem).
+    const checkValue = validTo && !spki ? await secretCheckValue(device, alg, unwrap).catch(() => undefined) : undefined;
     const base = {
       label,
       spec: req.spec,
@@ -129,6 +133,7 @@ export class KeyAdmin {
       owner,
       ...meta,
       ...(validTo ? { validTo } : {}),
+      ...(checkValue ? { checkValue } : {}),
     };
     return factory.create(base, async (id) => {
       await unwrap(id, usages);

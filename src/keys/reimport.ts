@@ -1,13 +1,14 @@
 /**
  * Re-import (issue 13, KMS's ImportKeyMaterial into a PendingImport key): ImportKey with key_id set
- * brings the same material back to a key whose valid_to passed. The same material is proven for
- * asymmetric keys (the public key must be the record's, and the private key is proven to match it
- * by a signature made and verified in the HSM). Secret keys are refused: proving that a secret key
- * is the same one needs a check value kept from the first import, which hsmd does not keep yet.
+ * brings the same material back to a key whose valid_to passed. The same material is proven: for
+ * asymmetric keys the public key must be the record's, and the private key is proven to match it by
+ * a signature made and verified in the HSM; for secret keys the check value computed in the HSM
+ * must equal the one kept at the first import (check-value.ts). A secret key without one is refused.
  */
 import { Code, HsmError, invalid, notFound, precondition } from "../errors";
 import type { KeyAlgorithm, KeyDevice, Usage } from "../pkcs11";
 import type { StateStore } from "../store";
+import { sameCheckValue, secretCheckValue } from "./check-value";
 import type { KeyFactory } from "./key-create";
 import type { KeyRecords } from "./key-records";
 import { stateOf, toApiKey, type KeyRecord, type UserRef } from "./record";
@@ -43,13 +44,13 @@ function refuse(r: KeyRecord, req: ReimportRequest): void {
   if (s !== "PENDING_IMPORT") throw precondition(`key ${r.id} is ${s}, not PENDING_IMPORT: only a key whose material expired takes its material again`);
   if (r.spec !== req.spec) throw invalid(`spec must be the key's own (${r.spec}) to import its material again`);
   if (!sameSet(r.usages, req.usages)) throw invalid(`usages must be the key's own (${r.usages.join(", ")}) to import its material again`);
-  if (!req.spki || !r.publicKeySpki) {
+  if (!req.spki && !r.checkValue) {
     throw precondition(
-      `key ${r.id} is a secret key: hsmd cannot prove that new secret material is the same key (it keeps no check value), so it does not re-import secret keys; import a new key instead`,
+      `key ${r.id} is a secret key with no check value (imported before hsmd kept one): hsmd cannot prove that new material is the same key, so it does not import it again; import a new key instead`,
     );
   }
   if (r.versions.length !== 1) throw precondition(`key ${r.id} has ${r.versions.length} versions: only single-version keys can be imported again`);
-  if (!req.spki.equals(r.publicKeySpki)) throw invalid(`public_key_spki is not key ${r.id}'s public key: re-import takes the same material the key had`);
+  if (req.spki && (!r.publicKeySpki || !req.spki.equals(r.publicKeySpki))) throw invalid(`public_key_spki is not key ${r.id}'s public key: re-import takes the same material the key had`);
 }
 
 /**
@@ -71,8 +72,14 @@ export async function reimportKey(deps: ReimportDeps, req: ReimportRequest, owne
   const id = known.id;
   await device.destroy(id).catch(() => undefined);
   try {
-    await req.unwrap(id, req.usages);
-    await factory.provePair(id, req.alg, req.usages, req.spki!, (tmp) => req.unwrap(tmp, ["sign"]));
+    if (req.spki) {
+      await req.unwrap(id, req.usages);
+      await factory.provePair(id, req.alg, req.usages, req.spki, (tmp) => req.unwrap(tmp, ["sign"]));
+    } else {
+      const cv = await secretCheckValue(device, req.alg, req.unwrap);
+      if (!sameCheckValue(cv, known.checkValue)) throw invalid(`wrapped_key_material is not key ${id}'s material (its check value differs): re-import takes the same material the key had`);
+      await req.unwrap(id, req.usages);
+    }
     const material = await device.sealForRecord(id, req.alg, req.usages, deps.domainKeyId);
     if (!material) throw precondition(`the device cannot wrap ${req.alg.type} keys under the domain key: key ${id} cannot be imported again`);
     const { record } = await updateRecord(deps, id, (r) => {

@@ -109,18 +109,30 @@ describe("an imported key with valid_to", () => {
     await expectError(owner.importKey(await importRequest(kp, { keyId: k.id })), "FAILED_PRECONDITION", "not PENDING_IMPORT");
   });
 
-  it("does not re-import secret keys (no sound check of the same material) and survives a restart in PENDING_IMPORT", async () => {
+  it("re-imports a secret key by its check value (computed in the HSM, kept in the record) and survives a restart in PENDING_IMPORT", async () => {
     const p = await owner.getImportParameters();
     const material = randomBytes(32);
-    const req = () => ({
+    const req = (m: Buffer) => ({
       spec: KeySpec.KEY_SPEC_AES_256,
       label: "aes-exp",
       importKeyId: p.importKeyId,
-      wrappedKeyMaterial: wrapForImport(Buffer.from(p.publicKeySpki), material, p.wrappingAlgorithm),
+      wrappedKeyMaterial: wrapForImport(Buffer.from(p.publicKeySpki), m, p.wrappingAlgorithm),
     });
-    const k = await owner.importKey({ ...req(), validTo: new Date(Date.now() + 1000).toISOString() });
+    const k = await owner.importKey({ ...req(material), validTo: new Date(Date.now() + 1000).toISOString() });
+    const ct = await owner.encrypt({ keyId: k.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: Buffer.from("before expiry") });
+    const stored = decodeRecord((await td.daemon.store.get(recordKey(k.id)))!.value);
+    // The check value is not the key (8 bytes of a block encrypted under it).
+    expect(stored.checkValue?.length).toBe(8);
+    expect(material.includes(stored.checkValue!)).toBe(false);
     await until(async () => (await owner.getKey({ keyId: k.id })).state === KeyState.KEY_STATE_PENDING_IMPORT, "the expiry");
-    await expectError(owner.importKey({ ...req(), keyId: k.id }), "FAILED_PRECONDITION", "secret key");
+    await expectError(owner.importKey({ ...req(randomBytes(32)), keyId: k.id }), "INVALID_ARGUMENT", "check value differs");
+    expect((await owner.getKey({ keyId: k.id })).state).toBe(KeyState.KEY_STATE_PENDING_IMPORT);
+    const back = await owner.importKey({ ...req(material), keyId: k.id, validTo: new Date(Date.now() + 1500).toISOString() });
+    expect(back.state).toBe(KeyState.KEY_STATE_ENABLED);
+    const pt = await owner.decrypt({ keyId: k.id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, ciphertext: ct.ciphertext, iv: ct.iv });
+    expect(Buffer.from(pt.plaintext).toString()).toBe("before expiry");
+    // Its new valid_to passes too.
+    await until(async () => (await owner.getKey({ keyId: k.id })).state === KeyState.KEY_STATE_PENDING_IMPORT, "the second expiry");
     // A restart neither loses the key nor reports it lost (it has no material to materialize).
     const logs: string[] = [];
     await td.daemon.stop();
