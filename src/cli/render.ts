@@ -83,8 +83,8 @@ export function keyText(k: Key): string {
 
 export function keysText(keys: Key[]): string {
   return columns(
-    ["ID", "LABEL", "SPEC", "USAGES", "ORIGIN", "OWNER", "CREATED"],
-    keys.map((k) => [k.id, k.label, keySpecs.name(k.spec), k.usages.map((u) => keyUsages.name(u)).join(","), keyOrigins.name(k.origin), k.owner, k.createdAt]),
+    ["ID", "LABEL", "SPEC", "USAGES", "STATE", "ORIGIN", "OWNER", "CREATED"],
+    keys.map((k) => [k.id, k.label, keySpecs.name(k.spec), k.usages.map((u) => keyUsages.name(u)).join(","), keyStates.name(k.state), keyOrigins.name(k.origin), k.owner, k.createdAt]),
   );
 }
 

@@ -16,6 +16,7 @@ describe("key states and metadata", () => {
     expect(refused.code).not.toBe(0);
     expect(refused.stderr).toContain("is DISABLED: EnableKey to use it");
     expect((await json<{ keys: { id: string }[] }>(["key", "list", "--state", "disabled"])).keys.map((k) => k.id)).toEqual([id]);
+    expect((await ok(["key", "list", "--state", "disabled"])).stdout).toMatch(new RegExp(`^ID\\s+LABEL\\s+SPEC\\s+USAGES\\s+STATE[^\\n]*\\n${id}\\s+cli-states\\s+aes-256\\s+\\S+\\s+disabled\\s`));
     expect(await json(["key", "enable", "--key-id", id])).toMatchObject({ id, state: "enabled" });
 
     const badDays = await hsmctl(["key", "schedule-deletion", "--key-id", id, "--days", "seven"]);
