@@ -3,12 +3,13 @@
  * through n1 is refused on n3, enabled through n3 works on n1; tags replicate; a scheduled deletion
  * with a short window (lifecycle.dayMs 200 ms) fires exactly once while all three nodes race their
  * passes: the key is gone on every node (record, key count, resident device objects) and there is
- * exactly one audit entry across the three nodes' own audit logs. In a cluster keys are session
- * objects of each daemon, which no other process can list: a node's /v1/status (key count,
- * materializer's resident objects) is the view of its HSM.
+ * exactly one audit entry across the three nodes' own audit logs; an expiry (valid_to) likewise.
+ * In a cluster keys are session objects of each daemon, which no other process can list: a node's
+ * /v1/status (key count, the materializer's resident objects) is the view of its HSM.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { HsmClient, HsmClientError, KeySpec, SigningAlgorithm } from "../../src/sdk";
+import { generateKeyPairSync } from "node:crypto";
+import { HsmClient, HsmClientError, KeySpec, KeyState, SigningAlgorithm, wrapForImport } from "../../src/sdk";
 import { eventually, initNode, joinNode, nodeStatus, teardownCluster } from "../helpers/cluster";
 import { buildDist, type DaemonProcess } from "../helpers/daemon-process";
 import { startEtcdCluster, type EtcdCluster } from "../helpers/etcd";
@@ -107,5 +108,36 @@ describe("key states in a cluster", () => {
       entries.push(...(await o.queryAuditLog({ operation: "ScheduledKeyDeletion", limit: 1000 })).entries.filter((e) => ids.includes(e.keyId)));
     }
     expect(entries.map((e) => e.keyId).sort()).toEqual([...ids].sort());
+  });
+
+  it("an expiry fires once with three nodes racing: PENDING_IMPORT everywhere, objects destroyed on every node, one audit entry", async () => {
+    const cs = await Promise.all(nodes.map((n) => alice(n)));
+    const p = await cs[0]!.getImportParameters();
+    const kp = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const k = await cs[0]!.importKey({
+      spec: KeySpec.KEY_SPEC_EC_P256,
+      label: "expiring",
+      importKeyId: p.importKeyId,
+      wrappedKeyMaterial: wrapForImport(Buffer.from(p.publicKeySpki), kp.privateKey.export({ type: "pkcs8", format: "der" }), p.wrappingAlgorithm),
+      publicKeySpki: kp.publicKey.export({ type: "spki", format: "der" }),
+      validTo: new Date(Date.now() + 2000).toISOString(),
+    });
+    const before: number[] = [];
+    for (const [i, c] of cs.entries()) {
+      await eventually(async () => (await code(c.sign({ keyId: k.id, algorithm: ES256, message }))) === "OK", `n${i + 1} signs`);
+      before.push(await resident(nodes[i]!));
+    }
+    for (const [i, c] of cs.entries()) {
+      await eventually(async () => (await c.getKey({ keyId: k.id })).state === KeyState.KEY_STATE_PENDING_IMPORT, `n${i + 1} sees PENDING_IMPORT`);
+      expect(await code(c.sign({ keyId: k.id, algorithm: ES256, message }))).toBe("FAILED_PRECONDITION");
+      await eventually(async () => (await resident(nodes[i]!)) === before[i]! - 2, `n${i + 1} destroyed its objects`);
+    }
+    let entries = 0;
+    for (const n of nodes) {
+      const o = await officerClient({ grpc: n.grpc, dataDir: nodes[0]!.dataDir });
+      clients.push(o);
+      entries += (await o.queryAuditLog({ operation: "KeyMaterialExpired", limit: 1000 })).entries.filter((e) => e.keyId === k.id).length;
+    }
+    expect(entries).toBe(1);
   });
 });
