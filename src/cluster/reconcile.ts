@@ -1,4 +1,4 @@
-import { lacksMaterial, partsOf, recordKey, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
+import { deviceIdOf, lacksMaterial, partsOf, recordKey, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
 import type { KeyDevice, Part } from "../pkcs11";
 import type { StateStore } from "../store";
 import { APPLY_CONCURRENCY } from "./slots";
@@ -66,7 +66,7 @@ export async function reconcile(ctx: ReconcileContext, opts: { purgeOrphans?: bo
   // A PENDING_IMPORT key's objects (a crash after its record changed, before they were destroyed) go now (issue 13).
   for (const r of records.values()) {
     if (!lacksMaterial(r) || !present.has(r.id)) continue;
-    await device.destroy(r.id);
+    for (const v of r.versions) await device.destroy(deviceIdOf(r.id, v.version)).catch(() => undefined);
     present.delete(r.id);
   }
   // The keys the token holds count as resident in the device (the materializer's budget and LRU).
