@@ -44,6 +44,11 @@ export function keyView(k: Key): Record<string, unknown> {
     version: k.version,
     createdAt: k.createdAt,
     ...(k.heldBy.length ? { heldBy: k.heldBy } : {}),
+    // issue 13 lane S
+    ...(k.description ? { description: k.description } : {}),
+    ...(Object.keys(k.tags).length ? { tags: { ...k.tags } } : {}),
+    ...(k.deletionDate ? { deletionDate: k.deletionDate } : {}),
+    ...(k.validTo ? { validTo: k.validTo } : {}),
     ...(k.publicKeySpki.length ? { publicKeySpki: Buffer.from(k.publicKeySpki).toString("base64") } : {}),
   };
 }
@@ -63,13 +68,23 @@ export function keyText(k: Key): string {
     ["version", k.version],
     ["created", k.createdAt],
     ["held by", k.heldBy.join(", ")],
+    // issue 13 lane S
+    ["description", k.description || undefined],
+    [
+      "tags",
+      Object.entries(k.tags)
+        .map(([t, v]) => `${t}=${v}`)
+        .join(", "),
+    ],
+    ["deletion date", k.deletionDate || undefined],
+    ["valid to", k.validTo || undefined],
   ]);
 }
 
 export function keysText(keys: Key[]): string {
   return columns(
-    ["ID", "LABEL", "SPEC", "USAGES", "ORIGIN", "OWNER", "CREATED"],
-    keys.map((k) => [k.id, k.label, keySpecs.name(k.spec), k.usages.map((u) => keyUsages.name(u)).join(","), keyOrigins.name(k.origin), k.owner, k.createdAt]),
+    ["ID", "LABEL", "SPEC", "USAGES", "STATE", "ORIGIN", "OWNER", "CREATED"],
+    keys.map((k) => [k.id, k.label, keySpecs.name(k.spec), k.usages.map((u) => keyUsages.name(u)).join(","), keyStates.name(k.state), keyOrigins.name(k.origin), k.owner, k.createdAt]),
   );
 }
 

@@ -15,6 +15,7 @@ import { auditCommands } from "./commands/audit";
 import { clusterCommands } from "./commands/cluster";
 import { cryptoCommands } from "./commands/crypto";
 import { keyCommands } from "./commands/key";
+import { keyStateCommands } from "./commands/key-states";
 import { keyVersionCommands } from "./commands/key-versions";
 import { quorumCommands } from "./commands/quorum";
 import { sessionCommands } from "./commands/session";
@@ -26,6 +27,7 @@ export const COMMANDS: readonly CommandSpec[] = [
   ...userCommands,
   ...keyCommands,
   ...keyVersionCommands,
+  ...keyStateCommands,
   ...cryptoCommands,
   ...quorumCommands,
   ...clusterCommands,

@@ -1,4 +1,4 @@
-import { addedVersions, decodeRecord, deviceIdOf, mainPart, removedVersions, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
+import { addedVersions, decodeRecord, deviceIdOf, lacksMaterial, mainPart, removedVersions, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
 import type { KeyDevice } from "../pkcs11";
 import type { StateStore, WatchEvent } from "../store";
 import { APPLY_CONCURRENCY, Slots } from "./slots";
@@ -64,7 +64,8 @@ export class Applier {
         const added = prev ? addedVersions(prev, r) : [];
         const removed = prev ? removedVersions(prev, r) : [];
         records.set(r, { createRevision: created, modRevision: ev.revision });
-        const work = !prev ? () => this.applyRecord(r) : added.length || removed.length ? () => this.applyVersions(r, added, removed) : undefined;
+        // Issue 13 lane S: a key whose material expired (PENDING_IMPORT) has its objects destroyed on every node.
+        const work = lacksMaterial(r) ? () => this.destroyExpired(r) : !prev ? () => this.applyRecord(r) : added.length || removed.length ? () => this.applyVersions(r, added, removed) : undefined;
         this.apply(ev.revision, work, id);
       }
     });
@@ -139,6 +140,13 @@ export class Applier {
     const { records } = this.opts;
     await records.destroyVersions(r.id, removed);
     for (const n of added) await this.applyRecord(r, n);
+  }
+
+  /** Destroys every version's objects of a PENDING_IMPORT key (idempotent: each of its record's events does it again). */
+  private async destroyExpired(r: KeyRecord): Promise<void> {
+    this.opts.records.dropObjects(r.id);
+    for (const v of r.versions) await this.opts.device.destroy(deviceIdOf(r.id, v.version)).catch(() => undefined);
+    this.applyFailures.delete(r.id);
   }
 
   /**

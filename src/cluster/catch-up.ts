@@ -6,7 +6,7 @@
  * record proven. Proving a record unwraps it once into the device (KeyRecords.prove), so a bad record
  * is found at start, not at first use. Work is bounded (APPLY_CONCURRENCY).
  */
-import { type KeyRecord, decodeRecord, recordKey, residencyOf } from "../keys";
+import { type KeyRecord, decodeRecord, lacksMaterial, recordKey, residencyOf } from "../keys";
 import type { StateStore } from "../store";
 import { APPLY_CONCURRENCY } from "./slots";
 
@@ -83,7 +83,7 @@ export async function catchUp(o: CatchUpOptions): Promise<CatchUpResult> {
   let proven = 0;
   let seen = 0;
   const one = async (r: KeyRecord) => {
-    if (!o.records.has(r.id) || residencyOf(r) === "device") return; // deleted meanwhile (the applier follows), or not provable here
+    if (!o.records.has(r.id) || residencyOf(r) === "device" || lacksMaterial(r)) return; // deleted meanwhile (the applier follows), or not provable here
     const id = r.id;
     try {
       await o.records.prove(r);

@@ -1,4 +1,4 @@
-import { decodeRecord, deviceIdOf, parseDeviceId, partsOf, recordKey, residencyOf, versionOf, type KeyRecord, type KeyRecords } from "../keys";
+import { decodeRecord, deviceIdOf, lacksMaterial, parseDeviceId, partsOf, recordKey, residencyOf, versionOf, type KeyRecord, type KeyRecords } from "../keys";
 import type { KeyDevice, Part } from "../pkcs11";
 import type { StateStore } from "../store";
 import { APPLY_CONCURRENCY } from "./slots";
@@ -68,13 +68,20 @@ export async function reconcile(ctx: ReconcileContext, opts: { purgeOrphans?: bo
     res.restored++;
     ctx.log?.(`reconcile: key ${s.dev} restored from quarantine (its record is back)`);
   }
+  // A PENDING_IMPORT key's objects (a crash after its record changed, before they were destroyed) go now (issue 13).
+  for (const r of records.values()) {
+    if (!lacksMaterial(r) || !present.has(r.id)) continue;
+    for (const v of r.versions) await device.destroy(deviceIdOf(r.id, v.version)).catch(() => undefined);
+    present.delete(r.id);
+  }
   // The keys the token holds count as resident in the device (the materializer's budget and LRU).
   for (const s of slots) if (has(s)) records.noteResident(s.r.id, s.version);
   const missing = slots.filter((s) => {
     // In a cluster keys are session objects, materialized on demand and proven by the catch-up
     // (./catch-up.ts); a key that lives only in the HSM that generated it is not missing elsewhere.
     if (ctx.nodeId) return false;
-    return !has(s);
+    // A PENDING_IMPORT key has no material to materialize (issue 13).
+    return !has(s) && !lacksMaterial(s.r);
   });
   const weak = slots.filter((s) => inv.weak.has(s.dev) && has(s));
   for (const s of weak.filter((x) => residencyOf(x.r, x.version) === "device")) {

@@ -15,6 +15,7 @@ import { Applier, Membership, TRANSPORT_KEY_ID, Watermarks, reconcile } from "..
 import { checkListenAddresses, listenError } from "../listen-check";
 import { HashLane, QuorumService, UserService } from "../users";
 import { startReplication } from "./catch-up";
+import { startKeyStateTimer } from "./key-state-timer";
 import { ensureDomain } from "./domain";
 import { ensureUsers } from "./first-officer";
 import { openDevice, openStore } from "./open";
@@ -60,6 +61,8 @@ export class Daemon {
   private grpcListener: GrpcListener | undefined;
   /** Periodic lifecycle passes (scheduled rotation, …: ./timers.ts), started last, stopped first. */
   private readonly timers: DueTimer[] = [];
+  /** Issue 13 lane S: scheduled deletions and expiries (./key-state-timer.ts). */
+  private keyStateTimer: { stop(): Promise<void> } | undefined;
 
   private constructor(
     readonly config: Config,
@@ -216,6 +219,7 @@ export class Daemon {
       // Lifecycle passes, one line each (every node runs them; updateRecord's compare-and-put makes each change once).
       d.timers.push(rotationTimer(d, log));
       for (const t of d.timers) t.start();
+      d.keyStateTimer = startKeyStateTimer(keys, audit, config, log, () => d.removed || d.stopped);
       return d;
     } catch (e) {
       if (grpcBound) {
@@ -321,6 +325,7 @@ export class Daemon {
     this.grpcListener?.destroyAll();
     await listenerClosed;
     await this.admin.close();
+    await this.keyStateTimer?.stop();
     this.applier.stop();
     await this.watermarks?.flushed();
     this.watermarks?.stop();

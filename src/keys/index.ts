@@ -9,11 +9,16 @@ export { encryptionContextAad } from "./data-keys";
 export { SINGLE_NODE, type KeyPlacement } from "./placement";
 export type { KeyVersionList, KeyVersionView } from "./version-admin";
 export { DEFAULT_ROTATION_TIMING, type RotationTiming } from "./rotation-policy";
-export type { DueTimer } from "./due-timer";
 export type { KeyLimits } from "./validation";
 export { currentVersionOf, decodeRecord, recordKey, withoutMaterial, type KeyRecord, type KeyVersion, type UserRef } from "./record";
 export { originFromStored, specFromStored } from "./record-migration";
 export { algorithmOf, isSecret } from "./spec";
 export { rawToDer, derToRaw } from "./signature";
 export { KEY_ORIGIN_NAMES, KEY_SPEC_NAMES } from "./types";
+// Issue 13 lane S: states, deletion schedule, tags.
+export { checkTagKey, MAX_DESCRIPTION_LENGTH, MAX_TAGS } from "./key-tags";
+export { lacksMaterial, needEnabled } from "./key-states";
+export { deletionDue, expiryDue, type DueAuditEntry, type DuePassResult } from "./deletion-schedule";
+export { stateOf } from "./record";
+export { DueTimer } from "./due-timer";
 export type * from "./types";

@@ -6,12 +6,16 @@ import type { ClusterImportKey } from "./import-key";
 import type { KeyFactory } from "./key-create";
 import type { KeyRecords } from "./key-records";
 import type { KeyPlacement } from "./placement";
+import { secretCheckValue } from "./check-value";
+import { checkValidTo } from "./key-states";
+import { hasTag, newKeyMetadata } from "./key-tags";
+import { reimportKey } from "./reimport";
 import { parsePublicKey } from "./public-key";
 import { updateRecord } from "./record-update";
-import { recordKey, toApiKey, type KeyRecord, type UserRef } from "./record";
+import { recordKey, stateOf, toApiKey, type KeyRecord, type UserRef } from "./record";
 import { algorithmOf, isSecret, resolveUsages, specOf } from "./spec";
 import type { GenerateKeyInput, ImportKeyInput, ImportParameters, ImportPublicKeyInput, Key, KeyPage, ListKeysQuery, PublicKeyView } from "./types";
-import { ID_RE, checkLabel, checkPayload, checkRequestId, type KeyLimits } from "./validation";
+import { ID_RE, checkKeyId, checkLabel, checkPayload, checkRequestId, type KeyLimits } from "./validation";
 import { versionForUse } from "./version-use";
 import { spkiOfVersion, versionOf } from "./versions";
 
@@ -55,8 +59,9 @@ export class KeyAdmin {
     const usages = resolveUsages(alg, req.usages);
     const requestId = checkRequestId(limits, req.requestId);
     const rotation = this.opts.rotationFor?.(req.rotationPeriodDays ?? 0);
+    const meta = newKeyMetadata(req);
     return this.opts.factory.create(
-      { label, spec: req.spec, usages, state: "ENABLED", origin: "GENERATED", publicOnly: false, exportable: req.exportable, requestId, owner, ...(rotation ? { rotation } : {}) },
+      { label, spec: req.spec, usages, state: "ENABLED", origin: "GENERATED", publicOnly: false, exportable: req.exportable, requestId, owner, ...meta, ...(rotation ? { rotation } : {}) },
       async (id) => (await device.generate(id, alg, usages)).spki,
     );
   }
@@ -96,9 +101,13 @@ export class KeyAdmin {
   async importKey(req: ImportKeyInput, owner?: UserRef): Promise<Key> {
     const { limits, device, importKeys, factory } = this.opts;
     const alg = algorithmOf(req.spec);
-    const label = checkLabel(limits, req.label);
+    // Re-import into a PENDING_IMPORT key ignores the label (issue 13).
+    const label = req.keyId ? "" : checkLabel(limits, req.label);
     const usages = resolveUsages(alg, req.usages);
     const requestId = checkRequestId(limits, req.requestId);
+    const validTo = checkValidTo(req.validTo);
+    const meta = newKeyMetadata(req);
+    if (req.keyId) checkKeyId(req.keyId);
     const blob = checkPayload(limits, "wrapped_key_material", Buffer.from(req.wrappedKeyMaterial));
     const ik = await importKeys.forImport(req.importKeyId);
     const spki = isSecret(alg) ? undefined : factory.checkPairSpki(alg, Buffer.from(req.publicKeySpki));
@@ -113,7 +122,25 @@ export class KeyAdmin {
         await device.importWrapped(again.id, blob, id, alg, u, again.oaepHash);
       }
     };
-    return factory.create({ label, spec: req.spec, usages, state: "ENABLED", origin: "IMPORTED", publicOnly: false, exportable: req.exportable, requestId, owner }, async (id) => {
+    if (req.keyId) return reimportKey({ ...this.opts, domainKeyId: factory.domainKeyId }, { keyId: req.keyId, alg, spec: req.spec, usages, spki, validTo, unwrap }, owner);
+    // An expiring secret key keeps a check value, so that the same material can be imported again (reimport.ts).
+    // Bad material fails here too: then the create below answers why (its checks name the problem).
+    const checkValue = validTo && !spki ? await secretCheckValue(device, alg, unwrap).catch(() => undefined) : undefined;
+    const base = {
+      label,
+      spec: req.spec,
+      usages,
+      state: "ENABLED" as const,
+      origin: "IMPORTED" as const,
+      publicOnly: false,
+      exportable: req.exportable,
+      requestId,
+      owner,
+      ...meta,
+      ...(validTo ? { validTo } : {}),
+      ...(checkValue ? { checkValue } : {}),
+    };
+    return factory.create(base, async (id) => {
       await unwrap(id, usages);
       if (spki) await factory.provePair(id, alg, usages, spki, (tmp) => unwrap(tmp, ["sign"]));
       return spki;
@@ -151,10 +178,15 @@ export class KeyAdmin {
     if (req.spec === null) return { keys: [], nextPageToken: "" };
     const index = records.owners;
     const next = viewerId === undefined ? (after: string, n: number) => index.pageAll(after, n) : (after: string, n: number) => index.page(viewerId, after, n);
-    const matches = (r: KeyRecord) => (!req.labelPrefix || r.label.startsWith(req.labelPrefix)) && (req.spec === undefined || r.spec === req.spec) && (!req.usage || r.usages.includes(req.usage));
+    const matches = (r: KeyRecord) =>
+      (!req.labelPrefix || r.label.startsWith(req.labelPrefix)) &&
+      (req.spec === undefined || r.spec === req.spec) &&
+      (!req.usage || r.usages.includes(req.usage)) &&
+      (!req.state || stateOf(r) === req.state) &&
+      (!req.tagKey || hasTag(r, req.tagKey, req.tagValue));
     const view = (rs: KeyRecord[]) => rs.map((r) => toApiKey(r, viewerId));
     const token = (id: string) => Buffer.from(`k:${id}`).toString("base64url");
-    const filtered = !!req.labelPrefix || req.spec !== undefined || !!req.usage;
+    const filtered = !!req.labelPrefix || req.spec !== undefined || !!req.usage || !!req.state || !!req.tagKey;
     const out: KeyRecord[] = [];
     // Never fewer than a full page and the one after it, so that a listing without filters is never cut short.
     let budget = Math.max(this.listScanLimit, size + 1);
@@ -215,6 +247,8 @@ export class KeyAdmin {
   getPublicKey(keyId: string, version = 0): PublicKeyView {
     const r = this.opts.records.record(keyId);
     if (!r.publicKeySpki) throw precondition(`key ${r.id} is a secret key: it has no public key`);
+    // As KMS: a key that is not ENABLED does not give its public key either.
+    this.opts.records.needEnabled(r);
     const n = versionForUse(r, version, "public key");
     const spki = spkiOfVersion(r, versionOf(r, n)!);
     if (!spki) throw notFound(`key ${r.id} version ${n} has no public key on record`);

@@ -120,6 +120,11 @@ export class KeyFactory {
     return { version: material ? { version: n, createdAt, residency: "wrapped", material } : { version: n, createdAt, residency: "device" }, spki };
   }
 
+  /** CKA_ID of the domain key (re-import seals under it: reimport.ts). */
+  get domainKeyId(): string {
+    return this.opts.domainKeyId;
+  }
+
   /** The public key given for an imported or unwrapped private key must match its spec. */
   checkPairSpki(alg: KeyAlgorithm, spki: Buffer): Buffer {
     if (spki.length === 0) throw invalid("public_key_spki is required for an asymmetric key: the service stores and checks it");

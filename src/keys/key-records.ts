@@ -6,6 +6,7 @@
 import { notFound, precondition } from "../errors";
 import type { KeyDevice, Part, Usage, WrappedMaterial } from "../pkcs11";
 import type { StateStore } from "../store";
+import { needEnabled } from "./key-states";
 import { MaterialCache } from "./material-cache";
 import { DEFAULT_OBJECT_BUDGET, Materializer, type MaterializerStats } from "./materializer";
 import { OwnerIndex } from "./owner-index";
@@ -196,6 +197,17 @@ export class KeyRecords {
     if (!r.usages.includes(u)) throw precondition(`key ${r.id} does not allow ${u} (its usages: ${r.usages.join(", ")})`);
   }
 
+  /** FAILED_PRECONDITION naming the key's state unless it is ENABLED (issue 13 lane S: key-states.ts). */
+  needEnabled(r: KeyRecord): void {
+    needEnabled(r);
+  }
+
+  /** Forgets a key's materialization (its cached material, its count in the device) but not its record: its objects are being destroyed (PENDING_IMPORT). */
+  dropObjects(id: string): void {
+    this.cache.delete(id);
+    this.materializer.forget(id);
+  }
+
   /**
    * Materializes a key from its record (counted in the budget, unpinned); concurrent calls for one
    * key share one run. `clean` first destroys whatever parts of it the device holds (a half-made
@@ -242,6 +254,7 @@ export class KeyRecords {
    * demand, within the budget) and pinned; materialized again once if the device lost it meanwhile.
    */
   async withKey<T>(r: KeyRecord, fn: (deviceId: string) => Promise<T>, version = r.currentVersion): Promise<T> {
+    this.needEnabled(r);
     await this.checkUsable(r);
     if (!versionOf(r, version)) throw notFound(`key ${r.id} has no version ${version} (trimmed, or never made)`);
     const id = deviceIdOf(r.id, version);

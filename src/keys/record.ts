@@ -41,8 +41,12 @@ export interface KeyRecord {
   state: KeyStateName;
   /** PENDING_DELETION: when the key is destroyed (RFC 3339). */
   deletionDate?: string;
+  /** PENDING_DELETION: the state CancelKeyDeletion restores (issue 13 lane S; absent: DISABLED). */
+  stateBeforeDeletion?: KeyStateName;
   /** Imported keys: RFC 3339 time after which the key moves to PENDING_IMPORT. */
   validTo?: string;
+  /** Imported secret keys with a validTo: the key check value computed in the HSM (check-value.ts), for re-import (issue 13 lane S). */
+  checkValue?: Buffer;
   /** Versions below it cannot decrypt or verify (1 when absent). */
   minDecryptionVersion?: number;
   /** Automatic rotation: period in days, and when the next rotation is due (RFC 3339). */

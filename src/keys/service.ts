@@ -6,6 +6,9 @@ import { DataKeys } from "./data-keys";
 import { ClusterImportKey } from "./import-key";
 import { KeyAdmin } from "./key-admin";
 import { KeyFactory } from "./key-create";
+import { KeyLifecycle } from "./key-lifecycle";
+import type { DueAuditEntry, DuePassResult } from "./deletion-schedule";
+import type { DeletionWindow } from "./key-states";
 import { KeyRecords } from "./key-records";
 import { KeyRotation } from "./key-rotation";
 import type { RotationTiming } from "./rotation-policy";
@@ -62,8 +65,8 @@ export interface KeyServiceOptions {
   objectBudget?: number;
   /** Index entries one ListKeys call examines at most (see KeyAdmin.listKeys). @default 10,000 */
   listScanLimit?: number;
-  /** config.lifecycle (rotation's day length and period bounds). @default DEFAULT_ROTATION_TIMING */
-  lifecycle?: RotationTiming;
+  /** config.lifecycle: rotation's day length and period bounds, the deletion window bounds. @default KMS's */
+  lifecycle?: RotationTiming & DeletionWindow;
 }
 
 /**
@@ -78,6 +81,7 @@ export class KeyService {
   private readonly admin: KeyAdmin;
   private readonly crypto: KeyCrypto;
   private readonly dataKeys: DataKeys;
+  private readonly lifecycle: KeyLifecycle;
   private readonly limits: KeyLimits;
   /** Rotation on demand, on schedule, and its policy (key-rotation.ts). */
   readonly rotation: KeyRotation;
@@ -96,6 +100,7 @@ export class KeyService {
     this.admin = new KeyAdmin({ device, store, limits, records: this.records, factory, placement, importKeys, listScanLimit: opts.listScanLimit, rotationFor: (d) => this.rotation.rotationFor(d) });
     this.crypto = new KeyCrypto({ device, limits, records: this.records, factory });
     this.dataKeys = new DataKeys({ device, records: this.records, crypto: this.crypto });
+    this.lifecycle = new KeyLifecycle({ store, records: this.records, window: opts.lifecycle, log: opts.log });
   }
 
   /** Loads every record; answers the store revision they were read at (the applier follows from there). */
@@ -195,6 +200,35 @@ export class KeyService {
   /** The scheduled rotation pass on a timer (the daemon starts and stops it). */
   rotationTimer(o: Omit<RotationScheduleOptions, "records" | "rotation"> & { intervalMs: number; now?: () => number }): DueTimer {
     return rotationTimer({ ...o, records: this.records, rotation: this.rotation });
+  }
+
+  // ---- states and metadata (key-lifecycle.ts; issue 13) -----------------------------------------
+
+  enableKey(keyId: string, viewerId?: string): Promise<Key> {
+    return this.lifecycle.enableKey(keyId, viewerId);
+  }
+  disableKey(keyId: string, viewerId?: string): Promise<Key> {
+    return this.lifecycle.disableKey(keyId, viewerId);
+  }
+  /** `days` 0: the longest window (config lifecycle.deletionWindowDays.max). */
+  scheduleKeyDeletion(keyId: string, days: number, viewerId?: string): Promise<Key> {
+    return this.lifecycle.scheduleKeyDeletion(keyId, days, viewerId);
+  }
+  cancelKeyDeletion(keyId: string, viewerId?: string): Promise<Key> {
+    return this.lifecycle.cancelKeyDeletion(keyId, viewerId);
+  }
+  updateKeyDescription(keyId: string, description: string, viewerId?: string): Promise<Key> {
+    return this.lifecycle.updateKeyDescription(keyId, description, viewerId);
+  }
+  tagKey(keyId: string, tags: Record<string, string>, viewerId?: string): Promise<Key> {
+    return this.lifecycle.tagKey(keyId, tags, viewerId);
+  }
+  untagKey(keyId: string, tagKeys: string[], viewerId?: string): Promise<Key> {
+    return this.lifecycle.untagKey(keyId, tagKeys, viewerId);
+  }
+  /** Destroys the keys whose deletion date passed and expires those whose valid_to did (every node runs it; one write lands). */
+  duePass(now: number, audit?: (e: DueAuditEntry) => Promise<unknown>): Promise<DuePassResult> {
+    return this.lifecycle.duePass(now, audit);
   }
 
   // ---- crypto (crypto-ops.ts, data-keys.ts) -----------------------------------------------------

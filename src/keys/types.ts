@@ -105,6 +105,9 @@ export interface GenerateKeyInput {
   requestId: string;
   /** Automatic rotation period in days (0 or absent: off; else lifecycle.rotationPeriodDays' bounds). */
   rotationPeriodDays?: number;
+  /** Issue 13 (lane S): "" or absent for none. */
+  description?: string;
+  tags?: Record<string, string>;
 }
 
 /** ImportPublicKey: a public key in one of the accepted formats. */
@@ -127,6 +130,11 @@ export interface ImportKeyInput {
   usages: Usage[];
   exportable: boolean;
   requestId: string;
+  /** Issue 13 (lane S): RFC 3339 expiry ("" or absent: never), re-import target ("" or absent: a new key), metadata. */
+  validTo?: string;
+  keyId?: string;
+  description?: string;
+  tags?: Record<string, string>;
 }
 
 /** GetImportParameters' answer: the cluster's import key and how to wrap under it. */
@@ -147,6 +155,10 @@ export interface ListKeysQuery {
   labelPrefix: string;
   spec?: KeySpecName | null;
   usage?: Usage;
+  /** Issue 13 (lane S): only keys in this state; only keys with this tag (and value, when not empty). */
+  state?: KeyStateName;
+  tagKey?: string;
+  tagValue?: string;
 }
 
 /** One page of keys; `nextPageToken` "" on the last. */

@@ -23,6 +23,14 @@ import {
   type ListKeysResponse,
   ShareKeyRequest,
   UnshareKeyRequest,
+  // issue 13 lane S
+  CancelKeyDeletionRequest,
+  DisableKeyRequest,
+  EnableKeyRequest,
+  ScheduleKeyDeletionRequest,
+  TagKeyRequest,
+  UntagKeyRequest,
+  UpdateKeyDescriptionRequest,
 } from "../gen/hsm/v1/keys";
 import { HsmClientError } from "./client-error";
 import { HsmClientStreams } from "./client-stream";
@@ -121,5 +129,42 @@ export abstract class HsmKeyCalls extends HsmClientStreams {
   /** Imports key material wrapped with {@link wrapForImport} (`ImportKey`, BYOK). Retried after a transient error only when it carries a `requestId`. */
   importKey(request: Partial<ImportKeyRequest>, options?: CallOptions): Promise<Key> {
     return this.call(KeyServiceService.importKey, () => ImportKeyRequest.fromPartial(request), options);
+  }
+
+  // ---- issue 13 lane S: states and metadata (owner only) ----
+
+  /** Makes a DISABLED key usable again (`EnableKey`); enabling an enabled key is a no-op. */
+  enableKey(request: Partial<EnableKeyRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(KeyServiceService.enableKey, () => EnableKeyRequest.fromPartial(request), options);
+  }
+
+  /** Refuses every use of a key until {@link enableKey} (`DisableKey`); management still works. */
+  disableKey(request: Partial<DisableKeyRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(KeyServiceService.disableKey, () => DisableKeyRequest.fromPartial(request), options);
+  }
+
+  /** Destroys the key everywhere once `pendingWindowDays` (0: the longest window) have passed, unless cancelled (`ScheduleKeyDeletion`). */
+  scheduleKeyDeletion(request: Partial<ScheduleKeyDeletionRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(KeyServiceService.scheduleKeyDeletion, () => ScheduleKeyDeletionRequest.fromPartial(request), options);
+  }
+
+  /** Cancels a scheduled deletion: the key returns to the state it had (`CancelKeyDeletion`). */
+  cancelKeyDeletion(request: Partial<CancelKeyDeletionRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(KeyServiceService.cancelKeyDeletion, () => CancelKeyDeletionRequest.fromPartial(request), options);
+  }
+
+  /** Sets a key's description ("" removes it) (`UpdateKeyDescription`). */
+  updateKeyDescription(request: Partial<UpdateKeyDescriptionRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(KeyServiceService.updateKeyDescription, () => UpdateKeyDescriptionRequest.fromPartial(request), options);
+  }
+
+  /** Adds or replaces tags on a key (`TagKey`). */
+  tagKey(request: Partial<TagKeyRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(KeyServiceService.tagKey, () => TagKeyRequest.fromPartial(request), options);
+  }
+
+  /** Removes tags from a key by their keys; unknown ones are ignored (`UntagKey`). */
+  untagKey(request: Partial<UntagKeyRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(KeyServiceService.untagKey, () => UntagKeyRequest.fromPartial(request), options);
   }
 }

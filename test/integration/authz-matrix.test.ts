@@ -157,6 +157,23 @@ const ROWS: Array<{ rpc: string; kind: Kind; call: (c: HsmClient, col: Col) => P
   { rpc: "SetMinDecryptionVersion", kind: "own", call: async (c) => c.setMinDecryptionVersion({ keyId: await ownersKey(), minDecryptionVersion: 1 }) },
   { rpc: "TrimKeyVersions", kind: "own", call: async (c) => c.trimKeyVersions({ keyId: await trimmableKey() }) },
   // end issue 13 lane V
+  // issue 13 lane S
+  { rpc: "EnableKey", kind: "own", call: async (c) => c.enableKey({ keyId: await ownersKey() }) },
+  { rpc: "DisableKey", kind: "own", call: async (c) => c.disableKey({ keyId: await ownersKey() }) },
+  { rpc: "ScheduleKeyDeletion", kind: "own", call: async (c) => c.scheduleKeyDeletion({ keyId: await ownersKey(), pendingWindowDays: 0 }) },
+  {
+    rpc: "CancelKeyDeletion",
+    kind: "own",
+    call: async (c) => {
+      const keyId = await ownersKey();
+      await clients["CU owner"].scheduleKeyDeletion({ keyId, pendingWindowDays: 30 });
+      return c.cancelKeyDeletion({ keyId });
+    },
+  },
+  { rpc: "UpdateKeyDescription", kind: "own", call: (c) => c.updateKeyDescription({ keyId: k.aes, description: fresh("matrix description") }) },
+  { rpc: "TagKey", kind: "own", call: (c) => c.tagKey({ keyId: k.aes, tags: { matrix: fresh("v") } }) },
+  { rpc: "UntagKey", kind: "own", call: (c) => c.untagKey({ keyId: k.aes, tagKeys: ["matrix"] }) },
+  // end issue 13 lane S
   // CryptoService
   { rpc: "Encrypt", kind: "use", call: (c) => c.encrypt({ keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: message }) },
   { rpc: "Decrypt", kind: "use", call: (c) => c.decrypt({ keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, ...ciphertext }) },

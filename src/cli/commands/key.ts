@@ -3,8 +3,9 @@ import { createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
 import { KeySpec, PublicKeyFormat, wrapForImport, type Key } from "../../sdk";
 import { UsageError } from "../errors";
 import { deliverBytes, readInput, writeOutputFile, writeStdout } from "../io";
-import { isSymmetric, keySpecs, keyUsages, parseUsages, SYMMETRIC_SPECS } from "../names";
+import { isSymmetric, keySpecs, keyStates, keyUsages, parseUsages, SYMMETRIC_SPECS } from "../names";
 import { keysText, keyText, keyView } from "../render";
+import { parseTags } from "./key-states";
 import { choiceValue, intValue, requireString, stringValue, type CommandContext, type CommandSpec, type OptionSpec, type Values } from "../spec";
 
 const KEY_ID: OptionSpec = { type: "string", arg: "ID", required: true, description: "the key's id" };
@@ -17,6 +18,10 @@ const USAGE: OptionSpec = {
 };
 const EXPORTABLE: OptionSpec = { type: "boolean", description: "let the owner wrap the key out under another key (crypto wrap)" };
 const REQUEST_ID: OptionSpec = { type: "string", arg: "ID", description: "idempotency token: running again with the same id returns the same key" };
+// issue 13 lane S: metadata at create, expiry at import.
+const DESCRIPTION: OptionSpec = { type: "string", arg: "TEXT", description: "a description of the key (at most 8192 characters)" };
+const TAG: OptionSpec = { type: "string", arg: "KEY=VALUE", multiple: true, description: "a tag; repeat for more (at most 50)" };
+const metadata = (values: Values) => ({ description: stringValue(values, "description") ?? "", tags: parseTags(values.tag as string[] | undefined) });
 const QUORUM: OptionSpec = { type: "string", arg: "ID", description: "an approved quorum request for this very operation (when the daemon requires one)" };
 
 const ASYMMETRIC_SPECS = keySpecs.names.filter((n) => !isSymmetric(keySpecs.parse(n, "")));
@@ -32,6 +37,7 @@ async function generate(ctx: CommandContext, values: Values, symmetric: boolean)
     usages: parseUsages(values.usage as string[] | undefined),
     exportable: values.exportable === true,
     requestId: stringValue(values, "request-id") ?? "",
+    ...metadata(values),
   });
   ctx.emit(keyView(key), keyText(key));
 }
@@ -128,6 +134,8 @@ export const keyCommands: CommandSpec[] = [
       usage: USAGE,
       exportable: EXPORTABLE,
       "request-id": REQUEST_ID,
+      description: DESCRIPTION,
+      tag: TAG,
     },
     examples: ["hsmctl key generate-symmetric --spec aes-256 --label records", "hsmctl key generate-symmetric --spec hmac-sha256 --label webhooks --request-id create-webhooks-1 -o json"],
     run: (ctx, values) => generate(ctx, values, true),
@@ -141,6 +149,8 @@ export const keyCommands: CommandSpec[] = [
       usage: USAGE,
       exportable: EXPORTABLE,
       "request-id": REQUEST_ID,
+      description: DESCRIPTION,
+      tag: TAG,
     },
     examples: ["hsmctl key generate-asymmetric-pair --spec ec-p256 --label payments-signing"],
     run: (ctx, values) => generate(ctx, values, false),
@@ -152,14 +162,21 @@ export const keyCommands: CommandSpec[] = [
       "label-prefix": { type: "string", arg: "PREFIX", description: "only keys whose label starts with this" },
       spec: { type: "string", arg: "SPEC", description: "only keys of this spec" },
       usage: { type: "string", arg: "USAGE", description: "only keys with this usage" },
+      state: { type: "string", arg: "STATE", description: "only keys in this state: enabled, disabled, pending-deletion, pending-import" },
+      tag: { type: "string", arg: "KEY[=VALUE]", description: "only keys with this tag (and value)" },
     },
     async run(ctx, values) {
       const specText = stringValue(values, "spec");
       const usageText = stringValue(values, "usage");
+      const stateText = stringValue(values, "state");
+      const tagText = stringValue(values, "tag");
+      const eq = tagText?.indexOf("=") ?? -1;
       const filter = {
         labelPrefix: stringValue(values, "label-prefix") ?? "",
         ...(specText !== undefined ? { spec: keySpecs.parse(specText, "--spec") } : {}),
         ...(usageText !== undefined ? { usage: keyUsages.parse(usageText, "--usage") } : {}),
+        ...(stateText !== undefined ? { state: keyStates.parse(stateText, "--state") } : {}),
+        ...(tagText !== undefined ? (eq >= 0 ? { tagKey: tagText.slice(0, eq), tagValue: tagText.slice(eq + 1) } : { tagKey: tagText }) : {}),
       };
       const keys: Key[] = [];
       for await (const k of ctx.client().listAllKeys(filter)) keys.push(k);
@@ -286,6 +303,9 @@ key never crosses the network in the clear. The daemon unwraps it inside the HSM
       usage: USAGE,
       exportable: EXPORTABLE,
       "request-id": REQUEST_ID,
+      description: DESCRIPTION,
+      tag: TAG,
+      "valid-to": { type: "string", arg: "TIME", description: "RFC 3339 expiry (e.g. 2030-01-31T12:00:00Z): the key then becomes pending-import" },
     },
     examples: [
       "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ec.pem && hsmctl key import --spec ec-p256 --in ec.pem --label imported-signer",
@@ -334,6 +354,8 @@ key never crosses the network in the clear. The daemon unwraps it inside the HSM
           wrappedKeyMaterial: wrapped,
           publicKeySpki,
           requestId: stringValue(values, "request-id") ?? "",
+          validTo: stringValue(values, "valid-to") ?? "",
+          ...metadata(values),
         });
         ctx.emit(keyView(key), keyText(key));
       } finally {

@@ -33,6 +33,7 @@ import {
   type ListKeysQuery,
   type PublicKeyFormatName,
   type PublicKeyView,
+  checkTagKey,
 } from "../../keys";
 import type { Usage } from "../../pkcs11";
 
@@ -124,7 +125,15 @@ export const stateFromProto = (s: KeyState): KeyStateName | undefined => Object.
 
 /** GenerateKeyRequest → domain. */
 export function generateKeyFromProto(r: GenerateKeyRequest): GenerateKeyInput {
-  return { spec: specFromProto(r.spec), label: r.label, usages: usagesFromProto(r.usages), exportable: r.exportable, requestId: r.requestId, rotationPeriodDays: r.rotationPeriodDays };
+  return {
+    spec: specFromProto(r.spec),
+    label: r.label,
+    usages: usagesFromProto(r.usages),
+    exportable: r.exportable,
+    requestId: r.requestId,
+    description: r.description,
+    tags: { ...r.tags },
+  };
 }
 
 const FORMAT_NAME: Partial<Record<PublicKeyFormat, PublicKeyFormatName>> = {
@@ -151,6 +160,10 @@ export function importKeyFromProto(r: ImportKeyRequest): ImportKeyInput {
     wrappedKeyMaterial: r.wrappedKeyMaterial,
     publicKeySpki: r.publicKeySpki,
     requestId: r.requestId,
+    validTo: r.validTo,
+    keyId: r.keyId,
+    description: r.description,
+    tags: { ...r.tags },
   };
 }
 
@@ -165,7 +178,12 @@ export function listKeysFromProto(r: ListKeysRequest): ListKeysQuery {
     if (!usage) throw invalid(`usage filter ${r.usage} is not a KeyUsage`);
   }
   const spec = r.spec ? (SPEC_FROM_PROTO.get(r.spec) ?? null) : undefined;
-  return { pageSize: r.pageSize, pageToken: r.pageToken, labelPrefix: r.labelPrefix, spec, usage };
+  // Issue 13 (lane S): state (UNSPECIFIED: any) and tag filters.
+  const state = r.state ? stateFromProto(r.state) : undefined;
+  if (r.state && !state) throw invalid(`state filter ${r.state} is not a KeyState`);
+  if (r.tagValue && !r.tagKey) throw invalid("tag_value needs tag_key: name the tag whose value to match");
+  if (r.tagKey) checkTagKey(r.tagKey, "tag_key");
+  return { pageSize: r.pageSize, pageToken: r.pageToken, labelPrefix: r.labelPrefix, spec, usage, state, tagKey: r.tagKey, tagValue: r.tagValue };
 }
 
 /** A page of domain keys as ListKeysResponse. */

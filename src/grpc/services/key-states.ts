@@ -1,35 +1,26 @@
 import type { KeyServiceServer } from "../../gen/hsm/v1/keys";
-import { precondition } from "../../errors";
+import { keyToProto } from "../map/keys";
 import type { GrpcServerOptions } from "../options";
 import type { Pipeline } from "../pipeline/pipeline";
 
-/** CONTRACT PLACEHOLDER (issue 13): the lane that owns this file replaces every handler. */
+/**
+ * Key states and metadata (issue 13, lane S): EnableKey, DisableKey, ScheduleKeyDeletion,
+ * CancelKeyDeletion, UpdateKeyDescription, TagKey, UntagKey. The access layer has checked that the
+ * caller owns the key (src/access/policy.ts); the rules of each change live in src/keys/key-lifecycle.ts.
+ */
 export function keyStateHandlers(
-  _opts: GrpcServerOptions,
+  opts: GrpcServerOptions,
   p: Pipeline,
 ): Pick<KeyServiceServer, "enableKey" | "disableKey" | "scheduleKeyDeletion" | "cancelKeyDeletion" | "updateKeyDescription" | "tagKey" | "untagKey"> {
   const { rpc } = p;
+  const k = opts.keys;
   return {
-    enableKey: rpc("EnableKey", async () => {
-      throw precondition("EnableKey is not built yet");
-    }),
-    disableKey: rpc("DisableKey", async () => {
-      throw precondition("DisableKey is not built yet");
-    }),
-    scheduleKeyDeletion: rpc("ScheduleKeyDeletion", async () => {
-      throw precondition("ScheduleKeyDeletion is not built yet");
-    }),
-    cancelKeyDeletion: rpc("CancelKeyDeletion", async () => {
-      throw precondition("CancelKeyDeletion is not built yet");
-    }),
-    updateKeyDescription: rpc("UpdateKeyDescription", async () => {
-      throw precondition("UpdateKeyDescription is not built yet");
-    }),
-    tagKey: rpc("TagKey", async () => {
-      throw precondition("TagKey is not built yet");
-    }),
-    untagKey: rpc("UntagKey", async () => {
-      throw precondition("UntagKey is not built yet");
-    }),
+    enableKey: rpc("EnableKey", async (r, c) => keyToProto(await k.enableKey(r.keyId, c.principal!.userId))),
+    disableKey: rpc("DisableKey", async (r, c) => keyToProto(await k.disableKey(r.keyId, c.principal!.userId))),
+    scheduleKeyDeletion: rpc("ScheduleKeyDeletion", async (r, c) => keyToProto(await k.scheduleKeyDeletion(r.keyId, r.pendingWindowDays, c.principal!.userId))),
+    cancelKeyDeletion: rpc("CancelKeyDeletion", async (r, c) => keyToProto(await k.cancelKeyDeletion(r.keyId, c.principal!.userId))),
+    updateKeyDescription: rpc("UpdateKeyDescription", async (r, c) => keyToProto(await k.updateKeyDescription(r.keyId, r.description, c.principal!.userId))),
+    tagKey: rpc("TagKey", async (r, c) => keyToProto(await k.tagKey(r.keyId, { ...r.tags }, c.principal!.userId))),
+    untagKey: rpc("UntagKey", async (r, c) => keyToProto(await k.untagKey(r.keyId, [...r.tagKeys], c.principal!.userId))),
   };
 }
