@@ -315,6 +315,7 @@ export class Daemon {
     await listenerClosed;
     await this.admin.close();
     this.applier.stop();
+    this.keys.stop();
     await this.watermarks?.flushed();
     this.watermarks?.stop();
     await this.refusals?.flush();

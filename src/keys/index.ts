@@ -13,3 +13,5 @@ export { algorithmOf, isSecret } from "./spec";
 export { rawToDer, derToRaw } from "./signature";
 export { KEY_ORIGIN_NAMES, KEY_SPEC_NAMES } from "./types";
 export type * from "./types";
+export { KeyAliases, ALIAS_SCAN_LIMIT, type AliasPage } from "./aliases";
+export { ALIAS_PREFIX, RESERVED_ALIAS_PREFIX, MAX_ALIAS_NAME_LENGTH, aliasVisible, checkAliasName, isAliasName, repointRefusal, type AliasRecord } from "./alias-rules";

@@ -145,6 +145,8 @@ export interface ListKeysQuery {
   labelPrefix: string;
   spec?: KeySpecName | null;
   usage?: Usage;
+  /** Only this key (ListKeys' alias filter, resolved by the caller): one page, never a next one. */
+  keyId?: string;
 }
 
 /** One page of keys; `nextPageToken` "" on the last. */

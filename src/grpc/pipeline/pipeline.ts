@@ -9,7 +9,7 @@ import type { GrpcServerOptions } from "../options";
 import { RefusedRequest } from "../refusal";
 import { grpcStatusOf } from "../status";
 import { QUORUM_REQUEST_HEADER, REQUEST_ID_HEADER, auditable, describeCause, headerValue, type CallContext, type Handler } from "./context";
-import { authorizeRequest } from "./authorize";
+import { authorizeRequest, resolveBatchItems } from "./authorize";
 import { recordCall } from "./record";
 import { CryptoStreams, type StreamOps } from "./stream";
 import { answerRefused } from "./refused";
@@ -76,8 +76,13 @@ export function createPipeline(opts: GrpcServerOptions, refusals: AuditThrottle)
           c.principal = principal;
           c.token = token;
         }
-        await authorizeRequest(guard, method, c.principal, keyRefs);
-        if (rule.batch) c.checkItem = async (id) => void (await guard.key(c.principal!, id, "use"));
+        await authorizeRequest(guard, method, c.principal, keyRefs, req);
+        // An alias named the key: the audit names the key it resolved to.
+        if (keyRefs.length > 0) c.audit.keyId = auditable(keyRefs.find((r) => r.need === "own")?.id ?? keyRefs[0]?.id);
+        if (rule.batch) {
+          await resolveBatchItems(guard, c.principal!, req["items"]);
+          c.checkItem = async (id) => void (await guard.key(c.principal!, id, "use"));
+        }
         return fn(call.request, c);
       };
       run().then(
