@@ -44,6 +44,7 @@ export function keyView(k: Key): Record<string, unknown> {
     version: k.version,
     createdAt: k.createdAt,
     ...(k.heldBy.length ? { heldBy: k.heldBy } : {}),
+    ...(k.aliases.length ? { aliases: k.aliases } : {}),
     ...(k.publicKeySpki.length ? { publicKeySpki: Buffer.from(k.publicKeySpki).toString("base64") } : {}),
   };
 }
@@ -63,6 +64,7 @@ export function keyText(k: Key): string {
     ["version", k.version],
     ["created", k.createdAt],
     ["held by", k.heldBy.join(", ")],
+    ["aliases", k.aliases.join(", ")],
   ]);
 }
 

@@ -11,6 +11,7 @@ import { CliFailure, EXIT, UsageError } from "./errors";
 import { redact, registerSecret } from "./secrets";
 import { requireSession, type SavedSession } from "./session";
 import { commandHelp, commandName, globalHelp, nounHelp, parseValues, splitWords, usageLine, type CliIo, type CommandContext, type CommandSpec, type OutputMode, type Values } from "./spec";
+import { aliasCommands } from "./commands/alias";
 import { auditCommands } from "./commands/audit";
 import { clusterCommands } from "./commands/cluster";
 import { cryptoCommands } from "./commands/crypto";
@@ -20,7 +21,7 @@ import { sessionCommands } from "./commands/session";
 import { userCommands } from "./commands/user";
 
 /** Every command, in the order `hsmctl --help` lists them. */
-export const COMMANDS: readonly CommandSpec[] = [...sessionCommands, ...userCommands, ...keyCommands, ...cryptoCommands, ...quorumCommands, ...clusterCommands, ...auditCommands];
+export const COMMANDS: readonly CommandSpec[] = [...sessionCommands, ...userCommands, ...keyCommands, ...aliasCommands, ...cryptoCommands, ...quorumCommands, ...clusterCommands, ...auditCommands];
 
 const NOUNS = new Set(COMMANDS.filter((c) => c.words.length === 2).map((c) => c.words[0]));
 

@@ -7,7 +7,7 @@ import { isSymmetric, keySpecs, keyUsages, parseUsages, SYMMETRIC_SPECS } from "
 import { keysText, keyText, keyView } from "../render";
 import { choiceValue, requireString, stringValue, type CommandContext, type CommandSpec, type OptionSpec, type Values } from "../spec";
 
-const KEY_ID: OptionSpec = { type: "string", arg: "ID", required: true, description: "the key's id" };
+const KEY_ID: OptionSpec = { type: "string", arg: "ID", required: true, description: "the key's id, or alias/NAME" };
 const LABEL: OptionSpec = { type: "string", arg: "LABEL", required: true, description: "a name for the key (not unique)" };
 const USAGE: OptionSpec = {
   type: "string",
@@ -152,6 +152,7 @@ export const keyCommands: CommandSpec[] = [
       "label-prefix": { type: "string", arg: "PREFIX", description: "only keys whose label starts with this" },
       spec: { type: "string", arg: "SPEC", description: "only keys of this spec" },
       usage: { type: "string", arg: "USAGE", description: "only keys with this usage" },
+      alias: { type: "string", arg: "NAME", description: "only the key this alias (alias/NAME) points at" },
     },
     async run(ctx, values) {
       const specText = stringValue(values, "spec");
@@ -160,6 +161,7 @@ export const keyCommands: CommandSpec[] = [
         labelPrefix: stringValue(values, "label-prefix") ?? "",
         ...(specText !== undefined ? { spec: keySpecs.parse(specText, "--spec") } : {}),
         ...(usageText !== undefined ? { usage: keyUsages.parse(usageText, "--usage") } : {}),
+        alias: stringValue(values, "alias") ?? "",
       };
       const keys: Key[] = [];
       for await (const k of ctx.client().listAllKeys(filter)) keys.push(k);
