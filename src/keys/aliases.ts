@@ -99,7 +99,10 @@ export class KeyAliases {
     let target = a ? this.opts.records.get(a.targetKeyId) : undefined;
     if (!a || !target || !aliasVisible(a, target, userId)) {
       a = await this.fresh(name);
-      target = a ? await this.opts.records.fresh(a.targetKeyId) : undefined;
+      // An unknown alias costs the same two fresh reads as one the caller may not see (its row,
+      // then its key's record): the answer's timing does not tell which names exist. "aliases/"
+      // itself is never a row.
+      target = a ? await this.opts.records.fresh(a.targetKeyId) : void (await this.opts.store.getFresh?.(ALIASES_PREFIX));
     }
     if (!a || !aliasVisible(a, target, userId)) throw notFound(`${name} not found`);
     if (!target) throw notFound(`${name} points at key ${a.targetKeyId}, which no longer exists: re-point it (UpdateAlias) or delete it`);

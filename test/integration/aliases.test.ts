@@ -12,7 +12,7 @@ import type { CryptoServiceClient } from "../../src/gen/hsm/v1/crypto";
 import { TestStream, cryptoClient, outcome } from "../helpers/crypto-stream";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { expectError } from "../helpers/expect-error";
-import { userClient } from "../helpers/users";
+import { officerClient, userClient } from "../helpers/users";
 
 let td: TestDaemon;
 let alice: HsmClient;
@@ -162,6 +162,23 @@ describe("alias/NAME in place of a key id", () => {
     expect(Buffer.from(d.plaintext)).toEqual(msg);
     const e2 = await alice.encrypt({ keyId: k.aes, algorithm: GCM, plaintext: msg });
     expect(Buffer.from((await alice.decrypt({ keyId: aes, algorithm: GCM, ciphertext: e2.ciphertext, iv: e2.iv, ciphertextBlob: e2.ciphertextBlob })).plaintext)).toEqual(msg);
+  });
+
+  it("the audit entry names the key the alias resolved to, and the alias (unary calls; the stream's counts name the key)", async () => {
+    expect((await alice.getKey({ keyId: aes })).id).toBe(k.aes);
+    await alice.batchEncrypt({ items: [{ keyId: aes, algorithm: GCM, plaintext: msg }] });
+    await expectError(alice.getKey({ keyId: "alias/audit-missing" }), "NOT_FOUND");
+    const co = await officerClient(td);
+    try {
+      const got = (await co.queryAuditLog({ operation: "GetKey", keyId: k.aes, limit: 1000 })).entries;
+      expect(got.some((x) => x.user === "alice" && x.status === "OK" && x.detail === `key named by ${aes}`)).toBe(true);
+      const batch = (await co.queryAuditLog({ operation: "BatchEncrypt", keyId: k.aes, limit: 1000 })).entries;
+      expect(batch.map((x) => x.status)).toContain("OK");
+      const refused = (await co.queryAuditLog({ operation: "GetKey", keyId: "alias/audit-missing", limit: 10 })).entries;
+      expect(refused.map((x) => x.status)).toEqual(["NOT_FOUND"]);
+    } finally {
+      co.close();
+    }
   });
 
   it("sign, verify and GetPublicKey through the alias, checked with Node", async () => {
