@@ -178,20 +178,7 @@ const ROWS: Array<{ rpc: string; kind: Kind; call: (c: HsmClient, col: Col) => P
   },
 ];
 
-// issue 13 lane A: aliases. Rows of the alias RPCs, and key-taking calls made with "alias/NAME" in
-// place of the key id, which must answer as the same call with the id (owner: OK; shared: the
-// key's rule; other: NOT_FOUND, the alias hidden as the key is). The aliases are the owner's,
-// made on first use (after the fixtures of beforeAll).
-const aliasesMade = new Map<string, Promise<string>>();
-/** An alias of the owner's (made once per name) pointing at `keyId`. */
-function ownersAlias(name: string, keyId: () => string): Promise<string> {
-  let p = aliasesMade.get(name);
-  if (!p) {
-    p = clients["CU owner"].createAlias({ aliasName: `alias/matrix-${name}`, targetKeyId: keyId() }).then((a) => a.name);
-    aliasesMade.set(name, p);
-  }
-  return p;
-}
+// issue 13 lane A: the alias RPCs (key-taking calls made with alias/NAME: authz-matrix-aliases.test.ts).
 /** A fresh alias of a fresh owner's key (shared with "shared"), for the rows that change or delete it. */
 async function freshAlias(): Promise<string> {
   return (await clients["CU owner"].createAlias({ aliasName: `alias/${fresh("matrix")}`, targetKeyId: await ownersKey() })).name;
@@ -204,87 +191,6 @@ ROWS.push(
   { rpc: "DeleteAlias", kind: "own", call: async (c) => c.deleteAlias({ aliasName: await freshAlias() }) },
   { rpc: "ListAliases", kind: "cu", call: (c) => c.listAliases({}) },
 );
-const VIA_ALIAS_ROWS: Array<{ rpc: string; kind: Kind; call: (c: HsmClient, col: Col) => Promise<unknown> }> = [
-  { rpc: "GetKey", kind: "use", call: async (c) => c.getKey({ keyId: await ownersAlias("aes", () => k.aes) }) },
-  { rpc: "ListAliases (key_id)", kind: "use", call: async (c) => c.listAliases({ keyId: await ownersAlias("aes", () => k.aes) }) },
-  { rpc: "GetPublicKey", kind: "use", call: async (c) => c.getPublicKey({ keyId: await ownersAlias("p256", () => k.p256) }) },
-  { rpc: "DeleteKey", kind: "own", call: async (c) => c.deleteKey({ keyId: await freshAlias() }) },
-  { rpc: "ShareKey", kind: "own", call: async (c) => c.shareKey({ keyId: await freshAlias(), username: "fourth" }) },
-  { rpc: "Encrypt", kind: "use", call: async (c) => c.encrypt({ keyId: await ownersAlias("aes", () => k.aes), algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: message }) },
-  { rpc: "Decrypt", kind: "use", call: async (c) => c.decrypt({ keyId: await ownersAlias("aes", () => k.aes), algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, ...ciphertext }) },
-  { rpc: "Sign", kind: "use", call: async (c) => c.sign({ keyId: await ownersAlias("p256", () => k.p256), algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message }) },
-  {
-    rpc: "Verify",
-    kind: "use",
-    call: async (c) => c.verify({ keyId: await ownersAlias("p256", () => k.p256), algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message, signature }),
-  },
-  {
-    rpc: "WrapKey",
-    kind: "own",
-    call: async (c) =>
-      c.wrapKey({ wrappingKeyId: await ownersAlias("wrap", () => k.wrap), keyId: await ownersAlias("exportable", () => k.exportable), algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP }),
-  },
-  {
-    rpc: "UnwrapKey",
-    kind: "use",
-    call: async (c) =>
-      c.unwrapKey({
-        unwrappingKeyId: await ownersAlias("wrap", () => k.wrap),
-        algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP,
-        wrappedKey: wrappedBlob,
-        spec: KeySpec.KEY_SPEC_AES_256,
-        label: fresh("unw"),
-      }),
-  },
-  {
-    rpc: "DeriveKey",
-    kind: "use",
-    call: async (c) => c.deriveKey({ privateKeyId: await ownersAlias("ecdh", () => k.ecdh), peerPublicKeySpki: spki(), spec: KeySpec.KEY_SPEC_AES_256, label: fresh("drv") }),
-  },
-  { rpc: "GenerateDataKey", kind: "use", call: async (c) => c.generateDataKey({ keyId: await ownersAlias("aes", () => k.aes), encryptionContext: { purpose: "matrix" } }) },
-  {
-    rpc: "DecryptDataKey",
-    kind: "use",
-    call: async (c) => c.decryptDataKey({ keyId: await ownersAlias("aes", () => k.aes), wrappedDataKey: wrappedDataKey, encryptionContext: { purpose: "matrix" } }),
-  },
-  {
-    rpc: "BatchSign",
-    kind: "batch",
-    call: async (c) => itemOutcome(await c.batchSign({ items: [{ keyId: await ownersAlias("p256", () => k.p256), algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message }] })),
-  },
-  {
-    rpc: "BatchEncrypt",
-    kind: "batch",
-    call: async (c) =>
-      itemOutcome(await c.batchEncrypt({ items: [{ keyId: await ownersAlias("aes", () => k.aes), algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: message }] })),
-  },
-  { rpc: "CryptoStream", kind: "use", call: async (c) => streamSignWith(c, await ownersAlias("p256", () => k.p256)) },
-];
-describe("authorization matrix: alias/NAME in place of the key id (issue 13)", () => {
-  for (const row of VIA_ALIAS_ROWS) {
-    for (const col of COLS) {
-      const want = EXPECT[row.kind][col];
-      it(`${row.rpc} via alias × ${col} → ${want}`, async () => {
-        expect(await outcome(() => row.call(clients[col], col))).toBe(want);
-      });
-    }
-  }
-});
-/** One Sign over a crypto stream opened with `c`'s session, naming the key `keyId` (an id or an alias). */
-async function streamSignWith(c: HsmClient, keyId: string): Promise<void> {
-  const client = cryptoClient(td.grpc);
-  try {
-    const s = new TestStream(client, c.exportSession()?.token);
-    s.send(1, { $case: "sign", value: { keyId, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message, messageType: 0, signatureFormat: 0, macLength: 0 } });
-    const r = await Promise.race([s.answer(1), s.ended]);
-    if ("codeName" in r) throw HsmClientError.from({ code: r.code, details: r.details });
-    if (r.result?.$case === "error") throw HsmClientError.from({ code: r.result.value.code, details: r.result.value.message });
-    s.close();
-    await s.ended;
-  } finally {
-    client.close();
-  }
-}
 // end of issue 13 lane A
 
 beforeAll(async () => {
