@@ -1,5 +1,5 @@
 import { Code, HsmError, notFound } from "../errors";
-import type { KeyRecord, KeyService } from "../keys";
+import { isAliasName, type KeyRecord, type KeyService } from "../keys";
 import type { Principal, UserService } from "../users";
 import { requirePasswordChanged } from "../users";
 import { keyAccess } from "./key-access";
@@ -68,6 +68,7 @@ export class AccessGuard {
    * same store read, and the answer's timing does not tell whether the key exists.
    */
   async key(principal: Principal, id: string, need: KeyNeed, field = "key_id"): Promise<KeyRecord> {
+    if (isAliasName(id)) id = await this.resolveKeyId(principal, id, field);
     this.keys.checkKeyId(id, field);
     let r = this.keys.known(id);
     let access = keyAccess(r, principal.userId);
@@ -79,6 +80,15 @@ export class AccessGuard {
     if (access === "shared" && need === "own")
       throw denied(`key ${id} is shared with ${principal.user}, who may use it for crypto; only its owner ${r.owner?.user ?? ""} may delete, share, unshare or wrap it out`);
     return r;
+  }
+
+  /**
+   * The key id a request field names: itself, or, for "alias/NAME", the key the alias points at as
+   * the caller sees it (NOT_FOUND, as for an unknown key id, when the caller may not see the alias).
+   * Requests carry aliases only up to here: the pipeline writes the key id back into the request.
+   */
+  async resolveKeyId(principal: Principal, id: string, field = "key_id"): Promise<string> {
+    return isAliasName(id) ? this.keys.aliases.resolve(principal.userId, id, field) : id;
   }
 
   /** Checks that `principal` may read quorum request data made by `requestedBy` (COs, or the requester). */

@@ -49,6 +49,7 @@ export function keyView(k: Key): Record<string, unknown> {
     ...(Object.keys(k.tags).length ? { tags: { ...k.tags } } : {}),
     ...(k.deletionDate ? { deletionDate: k.deletionDate } : {}),
     ...(k.validTo ? { validTo: k.validTo } : {}),
+    ...(k.aliases.length ? { aliases: k.aliases } : {}),
     ...(k.publicKeySpki.length ? { publicKeySpki: Buffer.from(k.publicKeySpki).toString("base64") } : {}),
   };
 }
@@ -78,6 +79,7 @@ export function keyText(k: Key): string {
     ],
     ["deletion date", k.deletionDate || undefined],
     ["valid to", k.validTo || undefined],
+    ["aliases", k.aliases.join(", ")],
   ]);
 }
 

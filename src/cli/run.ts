@@ -11,6 +11,7 @@ import { CliFailure, EXIT, UsageError } from "./errors";
 import { redact, registerSecret } from "./secrets";
 import { requireSession, type SavedSession } from "./session";
 import { commandHelp, commandName, globalHelp, nounHelp, parseValues, splitWords, usageLine, type CliIo, type CommandContext, type CommandSpec, type OutputMode, type Values } from "./spec";
+import { aliasCommands } from "./commands/alias";
 import { auditCommands } from "./commands/audit";
 import { clusterCommands } from "./commands/cluster";
 import { cryptoCommands } from "./commands/crypto";
@@ -28,6 +29,7 @@ export const COMMANDS: readonly CommandSpec[] = [
   ...keyCommands,
   ...keyVersionCommands,
   ...keyStateCommands,
+  ...aliasCommands,
   ...cryptoCommands,
   ...quorumCommands,
   ...clusterCommands,

@@ -327,6 +327,7 @@ export class Daemon {
     await this.admin.close();
     await this.keyStateTimer?.stop();
     this.applier.stop();
+    this.keys.stop();
     await this.watermarks?.flushed();
     this.watermarks?.stop();
     await this.refusals?.flush();

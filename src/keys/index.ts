@@ -22,3 +22,5 @@ export { deletionDue, expiryDue, type DueAuditEntry, type DuePassResult } from "
 export { stateOf } from "./record";
 export { DueTimer } from "./due-timer";
 export type * from "./types";
+export { KeyAliases, ALIAS_SCAN_LIMIT, type AliasPage } from "./aliases";
+export { ALIAS_PREFIX, RESERVED_ALIAS_PREFIX, MAX_ALIAS_NAME_LENGTH, aliasVisible, checkAliasName, isAliasName, repointRefusal, type AliasRecord } from "./alias-rules";

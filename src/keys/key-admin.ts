@@ -2,6 +2,7 @@ import { createPublicKey } from "node:crypto";
 import { invalid, notFound, precondition } from "../errors";
 import { KeyNotMaterializedError, partsFromSpki, type KeyDevice, type Usage } from "../pkcs11";
 import type { StateStore } from "../store";
+import type { KeyAliases } from "./aliases";
 import type { ClusterImportKey } from "./import-key";
 import type { KeyFactory } from "./key-create";
 import type { KeyRecords } from "./key-records";
@@ -32,6 +33,8 @@ export interface KeyAdminOptions {
   listScanLimit?: number;
   /** A new key's automatic rotation for GenerateKey's rotation_period_days (KeyRotation.rotationFor). */
   rotationFor?: (days: number) => KeyRecord["rotation"];
+  /** The aliases: a deleted key's go in the txn that deletes it. */
+  aliases?: KeyAliases;
 }
 
 /** Index entries one ListKeys call examines at most by default: about a millisecond of filtering. */
@@ -187,6 +190,11 @@ export class KeyAdmin {
     const view = (rs: KeyRecord[]) => rs.map((r) => toApiKey(r, viewerId));
     const token = (id: string) => Buffer.from(`k:${id}`).toString("base64url");
     const filtered = !!req.labelPrefix || req.spec !== undefined || !!req.usage || !!req.state || !!req.tagKey;
+    if (req.keyId !== undefined) {
+      // The alias filter: that one key, if the viewer may see it and it matches the other filters.
+      const r = records.get(req.keyId);
+      return { keys: r && (viewerId === undefined || canSee(r, viewerId)) && matches(r) ? view([r]) : [], nextPageToken: "" };
+    }
     const out: KeyRecord[] = [];
     // Never fewer than a full page and the one after it, so that a listing without filters is never cut short.
     let budget = Math.max(this.listScanLimit, size + 1);
@@ -231,10 +239,13 @@ export class KeyAdmin {
   async deleteKey(keyId: string): Promise<void> {
     const { store, records } = this.opts;
     const r = records.record(keyId);
-    const ops = [{ type: "delete" as const, key: recordKey(r.id) }];
+    // Its aliases go with it, in the same txn (issue 13: no alias outlives its key here).
+    const aliasNames = this.opts.aliases?.namesOf(r.id) ?? [];
+    const ops = [{ type: "delete" as const, key: recordKey(r.id) }, ...(this.opts.aliases?.deleteOpsFor(r.id) ?? [])];
     const res = await store.txn([{ key: recordKey(r.id), op: "present" }], ops);
     if (!res.succeeded) throw notFound(`key ${r.id} not found`);
     records.delete(r.id);
+    this.opts.aliases?.deletedWithKey(aliasNames, res.revision);
     // The record is gone (durably); the objects of every version follow. A crash here leaves
     // objects no record explains: the next start quarantines them (see reconcile).
     await records.destroyAll(r);

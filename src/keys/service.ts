@@ -1,6 +1,7 @@
 /** KeyService: the key domain's one entry point (administration, crypto, data keys), transport-free. */
 import type { KeyDevice } from "../pkcs11";
 import type { StateStore } from "../store";
+import { KeyAliases } from "./aliases";
 import { KeyCrypto } from "./crypto-ops";
 import { DataKeys } from "./data-keys";
 import { ClusterImportKey } from "./import-key";
@@ -78,6 +79,8 @@ export interface KeyServiceOptions {
 export class KeyService {
   /** This node's copy of the records and their materialization (the applier and reconcile use it too). */
   readonly records: KeyRecords;
+  /** The aliases (issue 13): rows in the store, followed by a watch on every node. */
+  readonly aliases: KeyAliases;
   private readonly admin: KeyAdmin;
   private readonly crypto: KeyCrypto;
   private readonly dataKeys: DataKeys;
@@ -92,20 +95,39 @@ export class KeyService {
     const placement = opts.placement ?? SINGLE_NODE;
     this.limits = limits;
     this.records = new KeyRecords({ device, store, placement, objectBudget: opts.objectBudget, log: opts.log });
+    this.aliases = new KeyAliases({ store, records: this.records, maxPageSize: limits.maxPageSize });
     const factory = new KeyFactory({ device, store, records: this.records, placement, domainKeyId });
     // The BYOK import key, one for the whole cluster (a record, materialized on first use).
     const importKeys = new ClusterImportKey({ device, store, domainKeyId, nodeId: opts.nodeId, log: opts.log });
     this.rotation = new KeyRotation({ device, store, records: this.records, factory, placement, limits, timing: opts.lifecycle });
     this.versions = new VersionAdmin({ store, records: this.records });
-    this.admin = new KeyAdmin({ device, store, limits, records: this.records, factory, placement, importKeys, listScanLimit: opts.listScanLimit, rotationFor: (d) => this.rotation.rotationFor(d) });
+    this.admin = new KeyAdmin({
+      device,
+      store,
+      limits,
+      records: this.records,
+      factory,
+      placement,
+      importKeys,
+      listScanLimit: opts.listScanLimit,
+      rotationFor: (d) => this.rotation.rotationFor(d),
+      aliases: this.aliases,
+    });
     this.crypto = new KeyCrypto({ device, limits, records: this.records, factory });
     this.dataKeys = new DataKeys({ device, records: this.records, crypto: this.crypto });
     this.lifecycle = new KeyLifecycle({ store, records: this.records, window: opts.lifecycle, log: opts.log });
   }
 
   /** Loads every record; answers the store revision they were read at (the applier follows from there). */
-  start(): Promise<number> {
-    return this.records.load();
+  async start(): Promise<number> {
+    const rev = await this.records.load();
+    await this.aliases.start();
+    return rev;
+  }
+
+  /** Stops following the aliases (daemon stop). */
+  stop(): void {
+    this.aliases.stop();
   }
 
   get keyCount(): number {

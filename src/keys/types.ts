@@ -159,6 +159,8 @@ export interface ListKeysQuery {
   state?: KeyStateName;
   tagKey?: string;
   tagValue?: string;
+  /** Only this key (ListKeys' alias filter, resolved by the caller): one page, never a next one. */
+  keyId?: string;
 }
 
 /** One page of keys; `nextPageToken` "" on the last. */

@@ -31,6 +31,14 @@ import {
   TagKeyRequest,
   UntagKeyRequest,
   UpdateKeyDescriptionRequest,
+  // issue 13 lane A
+  CreateAliasRequest,
+  DeleteAliasRequest,
+  ListAliasesRequest,
+  UpdateAliasRequest,
+  type Alias,
+  type DeleteAliasResponse,
+  type ListAliasesResponse,
 } from "../gen/hsm/v1/keys";
 import { HsmClientError } from "./client-error";
 import { HsmClientStreams } from "./client-stream";
@@ -166,5 +174,40 @@ export abstract class HsmKeyCalls extends HsmClientStreams {
   /** Removes tags from a key by their keys; unknown ones are ignored (`UntagKey`). */
   untagKey(request: Partial<UntagKeyRequest>, options?: CallOptions): Promise<Key> {
     return this.call(KeyServiceService.untagKey, () => UntagKeyRequest.fromPartial(request), options);
+  }
+
+  // issue 13 lane A: aliases. Every call that takes a key id also takes "alias/NAME".
+
+  /** Names a key you own (`CreateAlias`): "alias/" then 1 to 250 of [A-Za-z0-9/_-]; FAILED_PRECONDITION if the name is taken. */
+  createAlias(request: Partial<CreateAliasRequest>, options?: CallOptions): Promise<Alias> {
+    return this.call(KeyServiceService.createAlias, () => CreateAliasRequest.fromPartial(request), options);
+  }
+
+  /** Re-points an alias you own to another key you own of the same type and usages (`UpdateAlias`). */
+  updateAlias(request: Partial<UpdateAliasRequest>, options?: CallOptions): Promise<Alias> {
+    return this.call(KeyServiceService.updateAlias, () => UpdateAliasRequest.fromPartial(request), options);
+  }
+
+  /** Deletes an alias you own; its key stays (`DeleteAlias`). */
+  deleteAlias(request: Partial<DeleteAliasRequest>, options?: CallOptions): Promise<DeleteAliasResponse> {
+    return this.call(KeyServiceService.deleteAlias, () => DeleteAliasRequest.fromPartial(request), options);
+  }
+
+  /** One page of the aliases you may see (`ListAliases`); `keyId` (an id or an alias) keeps one key's. */
+  listAliases(request: Partial<ListAliasesRequest> = {}, options?: CallOptions): Promise<ListAliasesResponse> {
+    return this.call(KeyServiceService.listAliases, () => ListAliasesRequest.fromPartial(request), options);
+  }
+
+  /** Every alias you may see (optionally of one key), fetching `ListAliases` pages lazily. */
+  async *listAllAliases(filter: Omit<Partial<ListAliasesRequest>, "pageToken"> = {}, options?: CallOptions): AsyncGenerator<Alias, void, undefined> {
+    let pageToken = "";
+    do {
+      const page = await this.listAliases({ ...filter, pageToken }, options);
+      for (const a of page.aliases) yield a;
+      if (page.nextPageToken !== "" && page.nextPageToken === pageToken) {
+        throw new HsmClientError(grpc.status.INTERNAL, "ListAliases returned the page token it was given: paging would never end");
+      }
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
   }
 }

@@ -72,6 +72,8 @@ export type {
   TrimKeyVersionsRequest,
   UpdateRotationPolicyRequest,
 } from "../gen/hsm/v1/keys";
+/** KeyService alias messages (issue 13). */
+export type { Alias, CreateAliasRequest, DeleteAliasRequest, DeleteAliasResponse, ListAliasesRequest, ListAliasesResponse, UpdateAliasRequest } from "../gen/hsm/v1/keys";
 /** UserService and QuorumService messages. */
 export type {
   ApproveQuorumRequestResponse,

@@ -210,6 +210,21 @@ const ROWS: Array<{ rpc: string; kind: Kind; call: (c: HsmClient, col: Col) => P
   },
 ];
 
+// issue 13 lane A: the alias RPCs (key-taking calls made with alias/NAME: authz-matrix-aliases.test.ts).
+/** A fresh alias of a fresh owner's key (shared with "shared"), for the rows that change or delete it. */
+async function freshAlias(): Promise<string> {
+  return (await clients["CU owner"].createAlias({ aliasName: `alias/${fresh("matrix")}`, targetKeyId: await ownersKey() })).name;
+}
+ROWS.push(
+  { rpc: "CreateAlias", kind: "own", call: async (c) => c.createAlias({ aliasName: `alias/${fresh("made")}`, targetKeyId: await ownersKey() }) },
+  // The new target must be the caller's: a shared user is refused by the key check, another by NOT_FOUND.
+  { rpc: "UpdateAlias", kind: "own", call: async (c) => c.updateAlias({ aliasName: await freshAlias(), targetKeyId: await ownersKey() }) },
+  // The alias's owner only: a user its key is shared with sees it (PERMISSION_DENIED), another does not (NOT_FOUND).
+  { rpc: "DeleteAlias", kind: "own", call: async (c) => c.deleteAlias({ aliasName: await freshAlias() }) },
+  { rpc: "ListAliases", kind: "cu", call: (c) => c.listAliases({}) },
+);
+// end of issue 13 lane A
+
 beforeAll(async () => {
   td = await startTestDaemon();
   quorumStore = new QuorumService({ store: td.daemon.store, policy: { MatrixOperation: 2 } });

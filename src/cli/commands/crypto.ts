@@ -9,7 +9,7 @@ import { choiceValue, intValue, requireString, stringValue, type CommandContext,
 import { checkPublicKey } from "./key";
 import { envelopeCommands } from "./envelope";
 
-const KEY_ID: OptionSpec = { type: "string", arg: "ID", required: true, description: "the key's id" };
+const KEY_ID: OptionSpec = { type: "string", arg: "ID", required: true, description: "the key's id, or alias/NAME" };
 const IN: OptionSpec = { type: "string", arg: "FILE", required: true, description: "the input (- for stdin)" };
 
 /** Magic of hsmctl's ciphertext file (see `crypto encrypt --help`). */

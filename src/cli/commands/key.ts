@@ -8,7 +8,7 @@ import { keysText, keyText, keyView } from "../render";
 import { parseTags } from "./key-states";
 import { choiceValue, intValue, requireString, stringValue, type CommandContext, type CommandSpec, type OptionSpec, type Values } from "../spec";
 
-const KEY_ID: OptionSpec = { type: "string", arg: "ID", required: true, description: "the key's id" };
+const KEY_ID: OptionSpec = { type: "string", arg: "ID", required: true, description: "the key's id, or alias/NAME" };
 const LABEL: OptionSpec = { type: "string", arg: "LABEL", required: true, description: "a name for the key (not unique)" };
 const USAGE: OptionSpec = {
   type: "string",
@@ -164,6 +164,7 @@ export const keyCommands: CommandSpec[] = [
       usage: { type: "string", arg: "USAGE", description: "only keys with this usage" },
       state: { type: "string", arg: "STATE", description: "only keys in this state: enabled, disabled, pending-deletion, pending-import" },
       tag: { type: "string", arg: "KEY[=VALUE]", description: "only keys with this tag (and value)" },
+      alias: { type: "string", arg: "NAME", description: "only the key this alias (alias/NAME) points at" },
     },
     async run(ctx, values) {
       const specText = stringValue(values, "spec");
@@ -177,6 +178,7 @@ export const keyCommands: CommandSpec[] = [
         ...(usageText !== undefined ? { usage: keyUsages.parse(usageText, "--usage") } : {}),
         ...(stateText !== undefined ? { state: keyStates.parse(stateText, "--state") } : {}),
         ...(tagText !== undefined ? (eq >= 0 ? { tagKey: tagText.slice(0, eq), tagValue: tagText.slice(eq + 1) } : { tagKey: tagText }) : {}),
+        alias: stringValue(values, "alias") ?? "",
       };
       const keys: Key[] = [];
       for await (const k of ctx.client().listAllKeys(filter)) keys.push(k);

@@ -3,13 +3,13 @@ import { randomUUID } from "node:crypto";
 import type { AuditThrottle } from "../../audit";
 import { Code, HsmError } from "../../errors";
 import type { CryptoStreamRequest, CryptoStreamResponse } from "../../gen/hsm/v1/crypto";
-import type { UserRef } from "../../keys";
+import { isAliasName, type UserRef } from "../../keys";
 import { QuorumPendingError, passQuorum } from "../../users";
 import type { GrpcServerOptions } from "../options";
 import { RefusedRequest } from "../refusal";
 import { grpcStatusOf } from "../status";
 import { QUORUM_REQUEST_HEADER, REQUEST_ID_HEADER, auditable, describeCause, headerValue, type CallContext, type Handler } from "./context";
-import { authorizeRequest } from "./authorize";
+import { authorizeRequest, resolveBatchItems } from "./authorize";
 import { recordCall } from "./record";
 import { CryptoStreams, type StreamOps } from "./stream";
 import { answerRefused } from "./refused";
@@ -76,8 +76,17 @@ export function createPipeline(opts: GrpcServerOptions, refusals: AuditThrottle)
           c.principal = principal;
           c.token = token;
         }
-        await authorizeRequest(guard, method, c.principal, keyRefs);
-        if (rule.batch) c.checkItem = async (id) => void (await guard.key(c.principal!, id, "use"));
+        const named = keyRefs.filter((r) => isAliasName(r.id)).map((r) => r.id);
+        await authorizeRequest(guard, method, c.principal, keyRefs, req);
+        if (named.length > 0) c.audit.detail ??= auditable(`key named by ${named.join(", ")}`.slice(0, 200), 200);
+        // An alias named the key: the audit names the key it resolved to.
+        if (keyRefs.length > 0) c.audit.keyId = auditable(keyRefs.find((r) => r.need === "own")?.id ?? keyRefs[0]?.id);
+        if (rule.batch) {
+          await resolveBatchItems(guard, c.principal!, req["items"]);
+          const ids = new Set((Array.isArray(req["items"]) ? (req["items"] as Array<{ keyId?: unknown }>) : []).map((i) => i.keyId));
+          if (ids.size === 1) c.audit.keyId = auditable([...ids][0]);
+          c.checkItem = async (id) => void (await guard.key(c.principal!, id, "use"));
+        }
         return fn(call.request, c);
       };
       run().then(

@@ -1,6 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import { constants as h2 } from "node:http2";
-import type { KeyRef, Rule } from "../../access";
+import type { Rule } from "../../access";
 import type { AuditThrottle } from "../../audit";
 import { MAX_DETAIL_LENGTH } from "../../audit";
 import { Code, HsmError, invalid } from "../../errors";
@@ -43,7 +43,6 @@ export interface StreamIdentity {
   t0: bigint;
 }
 
-const NO_KEYS: readonly KeyRef[] = Object.freeze([]);
 /**
  * How long an ended stream's status may wait behind answers its client does not read (HTTP/2 sends
  * trailers after the data before them) before the stream is reset instead (RST_STREAM CANCEL): so a
@@ -140,10 +139,11 @@ export class StreamCall {
   /** The operation, authorized exactly as its unary call is, audited (or counted) and answered. */
   private async run(id: number, $case: string, value: unknown, entry: StreamOpTable[string]): Promise<CryptoStreamResponse> {
     const t0 = process.hrtime.bigint();
-    const keyRefs = entry.rule.keys?.(value as Record<string, unknown>) ?? NO_KEYS;
-    const keyId = keyRefs[0]?.id;
+    const keyRefs = entry.rule.keys?.(value as Record<string, unknown>) ?? [];
+    let keyId = keyRefs[0]?.id;
     try {
-      await authorizeRequest(this.env.opts.guard, entry.method, this.who.principal, keyRefs);
+      await authorizeRequest(this.env.opts.guard, entry.method, this.who.principal, keyRefs, value as Record<string, unknown>);
+      keyId = keyRefs[0]?.id;
       const result = await entry.run(value);
       const { tally, opts } = this.env;
       if (tally) {

@@ -1,4 +1,6 @@
 import type { KeyServiceServer } from "../../gen/hsm/v1/keys";
+import { Code, HsmError } from "../../errors";
+import type { Key } from "../../keys";
 import { checkUsername } from "../../users";
 import { generateKeyFromProto, importKeyFromProto, importParametersToProto, importPublicKeyFromProto, keyPageToProto, keyToProto, listKeysFromProto, publicKeyToProto } from "../map/keys";
 import type { GrpcServerOptions } from "../options";
@@ -11,14 +13,27 @@ import { keyVersionHandlers } from "./key-versions";
 export function keyService(opts: GrpcServerOptions, p: Pipeline): KeyServiceServer {
   const { keys: k, users } = opts;
   const { rpc, withQuorum, owner } = p;
+  // Key.aliases: every alias of a key its viewer may see (aliases are visible to whoever may use their key).
+  const withAliases = (key: Key): Key => ({ ...key, aliases: k.aliases.namesOf(key.id) });
+  // An alias filter that resolves to nothing: a key id no key has ("" is not a key id), so the page is empty.
+  const noKey = (e: unknown) => {
+    if (e instanceof HsmError && e.code === Code.NotFound) return "";
+    throw e;
+  };
   return {
     generateKey: rpc("GenerateKey", async (r, c) => keyToProto(await k.generateKey(generateKeyFromProto(r), owner(c)))),
     getKey: rpc("GetKey", async (r, c) => {
-      const key = k.getKey(r, c.principal!.userId);
+      const key = withAliases(k.getKey(r, c.principal!.userId));
       const rec = opts.watermarks ? k.records.get(key.id) : undefined;
       return keyToProto(key, rec && opts.watermarks ? opts.watermarks.heldBy(rec, k.records.createRevision(rec.id)) : []);
     }),
-    listKeys: rpc("ListKeys", (r, c) => keyPageToProto(k.listKeys(listKeysFromProto(r), c.principal!.userId))),
+    listKeys: rpc("ListKeys", async (r, c) => {
+      const q = listKeysFromProto(r);
+      // The alias filter: the key it points at for the caller; an alias the caller cannot see lists nothing.
+      if (r.alias) q.keyId = await k.aliases.resolve(c.principal!.userId, r.alias, "alias").catch(noKey);
+      const page = k.listKeys(q, c.principal!.userId);
+      return keyPageToProto({ ...page, keys: page.keys.map(withAliases) });
+    }),
     deleteKey: rpc("DeleteKey", async (r, c) => {
       await withQuorum(c, "DeleteKey", { keyId: r.keyId }, r.quorumRequestId, () => k.deleteKey(r));
       return {};
