@@ -13,3 +13,5 @@ export { algorithmOf, isSecret } from "./spec";
 export { rawToDer, derToRaw } from "./signature";
 export { KEY_ORIGIN_NAMES, KEY_SPEC_NAMES } from "./types";
 export type * from "./types";
+export { blobKeyOf, isCiphertextBlob } from "./ciphertext-header";
+export type { ReEncryptInput, ReEncryptOutput } from "./re-encrypt";

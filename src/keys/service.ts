@@ -7,6 +7,7 @@ import { ClusterImportKey } from "./import-key";
 import { KeyAdmin } from "./key-admin";
 import { KeyFactory } from "./key-create";
 import { KeyRecords } from "./key-records";
+import { ReEncrypter, type ReEncryptInput, type ReEncryptOutput } from "./re-encrypt";
 import { SINGLE_NODE, type KeyPlacement } from "./placement";
 import type { KeyRecord, UserRef } from "./record";
 import type {
@@ -71,6 +72,7 @@ export class KeyService {
   private readonly admin: KeyAdmin;
   private readonly crypto: KeyCrypto;
   private readonly dataKeys: DataKeys;
+  private readonly reEncrypter: ReEncrypter;
   private readonly limits: KeyLimits;
 
   constructor(opts: KeyServiceOptions) {
@@ -84,6 +86,7 @@ export class KeyService {
     this.admin = new KeyAdmin({ device, store, limits, records: this.records, factory, placement, importKeys, listScanLimit: opts.listScanLimit });
     this.crypto = new KeyCrypto({ device, limits, records: this.records, factory });
     this.dataKeys = new DataKeys({ device, records: this.records, crypto: this.crypto });
+    this.reEncrypter = new ReEncrypter({ records: this.records, crypto: this.crypto, dataKeys: this.dataKeys, limits });
   }
 
   /** Loads every record; answers the store revision they were read at (the applier follows from there). */
@@ -192,6 +195,10 @@ export class KeyService {
   }
   decryptDataKey(req: DecryptDataKeyInput): Promise<DecryptDataKeyOutput> {
     return this.dataKeys.decryptDataKey(req);
+  }
+  /** A self-describing ciphertext re-encrypted under another key or the primary version (re-encrypt.ts). */
+  reEncrypt(req: ReEncryptInput): Promise<ReEncryptOutput> {
+    return this.reEncrypter.reEncrypt(req);
   }
 
   /** Runs every item concurrently (the session pool bounds the device work); one result or error each. */
