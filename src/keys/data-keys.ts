@@ -72,9 +72,9 @@ export class DataKeys {
   }
 
   /** A failed unwrap as people read it: the device's INVALID_ARGUMENT (the tag did not verify) says why it can fail. */
-  openError(e: unknown, keyId: string): unknown {
+  openError(e: unknown, keyId: string, field = "wrapped_data_key"): unknown {
     if (e instanceof HsmError && e.code === Code.InvalidArgument) {
-      return invalid(`wrapped data key does not open under key ${keyId} with this encryption context: a different key, a different context, or a damaged blob`);
+      return invalid(`${field} does not open under key ${keyId} with this encryption context: a different key, a different context, or a damaged blob`);
     }
     return e;
   }

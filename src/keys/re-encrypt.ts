@@ -72,7 +72,7 @@ export class ReEncrypter {
       outAad = destinationAad.length ? destinationAad : sourceAad;
     }
     const pt = await crypto.decryptParsed(src, h, inAad).catch((e) => {
-      throw h.kind === "DATA_KEY" ? dataKeys.openError(e, src.id) : e;
+      throw h.kind === "DATA_KEY" ? dataKeys.openError(e, src.id, "ciphertext_blob") : e;
     });
     try {
       const { blob: out, keyVersion } = await crypto.encryptBlob(dst, h.kind, pt, outAad);

@@ -1,10 +1,10 @@
 /** CryptoService.ReEncrypt and BatchReEncrypt (issue 13): proto ↔ domain over KeyService.reEncrypt. */
 import { reEncryptKeys } from "../../access";
-import { invalid } from "../../errors";
 import type { CryptoServiceServer, ReEncryptRequest, ReEncryptResponse } from "../../gen/hsm/v1/crypto";
 import type { ReEncryptInput } from "../../keys";
 import { batchResultToProto } from "../map/crypto";
 import type { GrpcServerOptions } from "../options";
+import { authorizeRequest } from "../pipeline/authorize";
 import type { Pipeline } from "../pipeline/pipeline";
 
 /** ReEncryptRequest → domain (the same fields). */
@@ -19,8 +19,8 @@ export const reEncryptFromProto = (r: ReEncryptRequest): ReEncryptInput => ({
 
 /**
  * ReEncrypt: authorized by its rule (use of the source key its header names and of the
- * destination). BatchReEncrypt: each item authorized the same way on its own (c.checkItem per key
- * the item names), so a denied or malformed item fails alone; at most limits.maxBatchItems items.
+ * destination). BatchReEncrypt: each item authorized on its own by ReEncrypt's rule (as a crypto
+ * stream message is), so a denied or malformed item fails alone; at most limits.maxBatchItems items.
  */
 export function reEncryptHandlers(opts: GrpcServerOptions, p: Pipeline): Pick<CryptoServiceServer, "reEncrypt" | "batchReEncrypt"> {
   const { keys: k } = opts;
@@ -31,10 +31,8 @@ export function reEncryptHandlers(opts: GrpcServerOptions, p: Pipeline): Pick<Cr
     batchReEncrypt: rpc("BatchReEncrypt", async (r, c) => ({
       results: (
         await k.runBatch(r.items, async (i) => {
-          for (const ref of reEncryptKeys(i as unknown as Record<string, unknown>)) {
-            if (ref.invalid !== undefined) throw invalid(ref.invalid);
-            await c.checkItem(ref.id);
-          }
+          // Each item is authorized as a ReEncrypt of its own (the rule's key refs: source and destination).
+          await authorizeRequest(opts.guard, "ReEncrypt", c.principal, reEncryptKeys(i as unknown as Record<string, unknown>));
           return one(i);
         })
       ).map((res) => ({ result: batchResultToProto(res) })),
