@@ -6,7 +6,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { AccessGuard } from "../../src/access";
 import type { AuditLog } from "../../src/audit";
-import { CryptoServiceClient, type CryptoStreamRequest, type CryptoStreamResponse } from "../../src/gen/hsm/v1/crypto";
+import { CryptoServiceClient, CryptoStreamRequest, type CryptoStreamResponse } from "../../src/gen/hsm/v1/crypto";
 import { type BuiltGrpcServer, type GrpcListener, type StreamTally, buildGrpcServer, listenGrpc } from "../../src/grpc";
 import type { TestDaemon } from "./daemon";
 
@@ -84,7 +84,9 @@ export class TestStream {
 
   /** Sends one operation under `id`. */
   send(id: number, op: StreamOp | undefined): void {
-    this.call.write({ id, op });
+    // fromPartial: the generated encoder needs every field (a field added to the proto later would
+    // be undefined in the tests' literals and make the write throw).
+    this.call.write(CryptoStreamRequest.fromPartial({ id, op }));
   }
 
   /** The next answer carrying `id`. */

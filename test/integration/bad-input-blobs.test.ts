@@ -144,7 +144,7 @@ describe("verify with a malformed signature answers valid: false", () => {
     const good = await c.sign({ keyId: k.id, algorithm, message: msg, signatureFormat });
     expect((await c.verify({ keyId: k.id, algorithm, message: msg, signatureFormat, signature: good.signature })).valid).toBe(true);
     const r = await c.verify({ keyId: k.id, algorithm, message: msg, signatureFormat, signature: sig() });
-    expect(r).toEqual({ keyId: k.id, valid: false });
+    expect(r).toEqual({ keyId: k.id, valid: false, keyVersion: 1 });
   });
 });
 
