@@ -94,7 +94,7 @@ describe("round trips, checked with Node's crypto", () => {
   it("verify answers true for a good signature and false for a bad one", async () => {
     const node = crypto.createPrivateKey(crypto.generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ type: "pkcs8", format: "pem" }));
     const ec: { signature: Buffer } = resultOf(await s.request(4, sign(k.p256, SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256)), "sign");
-    const verify = (signature: Buffer): StreamOp => ({ $case: "verify", value: { ...sign(k.p256, SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256).value, signature, keyVersion: 0 } as never });
+    const verify = (signature: Buffer): StreamOp => ({ $case: "verify", value: { ...sign(k.p256, SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256).value, signature } as never });
     expect(resultOf<"verify">(await s.request(5, verify(ec.signature)), "verify")).toMatchObject({ valid: true });
     expect(resultOf<"verify">(await s.request(6, verify(crypto.sign("sha256", msg, node))), "verify")).toMatchObject({ valid: false });
   });
@@ -118,7 +118,7 @@ describe("round trips, checked with Node's crypto", () => {
     const back: { plaintext: Buffer } = resultOf(
       await s.request(8, {
         $case: "decrypt",
-        value: { keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, ciphertext: nodeCt, aad, iv, tagLength: 0, oaepLabel: Buffer.alloc(0), ciphertextBlob: Buffer.alloc(0), keyVersion: 0 },
+        value: { keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, ciphertext: nodeCt, aad, iv, tagLength: 0, oaepLabel: Buffer.alloc(0) },
       }),
       "decrypt",
     );
