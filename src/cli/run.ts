@@ -15,12 +15,22 @@ import { auditCommands } from "./commands/audit";
 import { clusterCommands } from "./commands/cluster";
 import { cryptoCommands } from "./commands/crypto";
 import { keyCommands } from "./commands/key";
+import { keyVersionCommands } from "./commands/key-versions";
 import { quorumCommands } from "./commands/quorum";
 import { sessionCommands } from "./commands/session";
 import { userCommands } from "./commands/user";
 
 /** Every command, in the order `hsmctl --help` lists them. */
-export const COMMANDS: readonly CommandSpec[] = [...sessionCommands, ...userCommands, ...keyCommands, ...cryptoCommands, ...quorumCommands, ...clusterCommands, ...auditCommands];
+export const COMMANDS: readonly CommandSpec[] = [
+  ...sessionCommands,
+  ...userCommands,
+  ...keyCommands,
+  ...keyVersionCommands,
+  ...cryptoCommands,
+  ...quorumCommands,
+  ...clusterCommands,
+  ...auditCommands,
+];
 
 const NOUNS = new Set(COMMANDS.filter((c) => c.words.length === 2).map((c) => c.words[0]));
 

@@ -1,4 +1,4 @@
-import { decodeRecord, mainPart, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
+import { addedVersions, decodeRecord, deviceIdOf, mainPart, removedVersions, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
 import type { KeyDevice } from "../pkcs11";
 import type { StateStore, WatchEvent } from "../store";
 import { APPLY_CONCURRENCY, Slots } from "./slots";
@@ -43,23 +43,29 @@ export class Applier {
     this.unwatch = store.watch("keys/", rev, (ev: WatchEvent) => {
       const id = ev.key.slice("keys/".length);
       if (ev.type === "delete") {
+        const prev = records.get(id);
         records.delete(id);
         this.apply(
           ev.revision,
           async () => {
-            // Deleted on another node (or here, already done): the objects follow the record.
-            await device.destroy(id).catch(() => undefined);
+            // Deleted on another node (or here, already done): the objects of every version follow the record.
+            if (prev) await records.destroyAll(prev).catch(() => undefined);
+            else await device.destroy(id).catch(() => undefined);
             this.applyFailures.delete(id);
           },
           id,
         );
       } else if (ev.value) {
         const r = decodeRecord(ev.value);
-        const isNew = !records.has(id);
+        const prev = records.get(id);
         // A record this node made itself is known (without revisions) before its event comes back.
-        const created = isNew ? ev.revision : (records.createRevision(id) ?? ev.revision);
+        const created = prev ? (records.createRevision(id) ?? ev.revision) : ev.revision;
+        // A rotation elsewhere adds versions (proven like a new record); a trim removes some (their objects go).
+        const added = prev ? addedVersions(prev, r) : [];
+        const removed = prev ? removedVersions(prev, r) : [];
         records.set(r, { createRevision: created, modRevision: ev.revision });
-        this.apply(ev.revision, isNew ? () => this.applyRecord(r) : undefined, id);
+        const work = !prev ? () => this.applyRecord(r) : added.length || removed.length ? () => this.applyVersions(r, added, removed) : undefined;
+        this.apply(ev.revision, work, id);
       }
     });
   }
@@ -125,7 +131,14 @@ export class Applier {
 
   /** Destroys every key object this node's records name (a node removed from its cluster). */
   async destroyAll(): Promise<void> {
-    for (const id of this.opts.records.ids()) await this.opts.device.destroy(id).catch(() => undefined);
+    for (const r of this.opts.records.values()) await this.opts.records.destroyAll(r).catch(() => undefined);
+  }
+
+  /** A changed record's versions: the trimmed ones' objects destroyed, the added ones proven (see {@link applyRecord}). */
+  private async applyVersions(r: KeyRecord, added: number[], removed: number[]): Promise<void> {
+    const { records } = this.opts;
+    await records.destroyVersions(r.id, removed);
+    for (const n of added) await this.applyRecord(r, n);
   }
 
   /**
@@ -135,23 +148,24 @@ export class Applier {
    * (status) and logged; the applied revision, and with it the watermark, still advances past it: the
    * node holds every other key, and the key answers its error wherever this node is asked to use it.
    */
-  private async applyRecord(r: KeyRecord): Promise<void> {
+  private async applyRecord(r: KeyRecord, version = r.currentVersion): Promise<void> {
     const { records, device } = this.opts;
     if (!records.has(r.id)) return; // deleted again meanwhile
     const part = mainPart(r);
+    const dev = deviceIdOf(r.id, version);
     // In a cluster, keys are session objects of this process: one it has no handle for is not in
     // the device, and no search (linear in SoftHSM2) is needed to know it.
     const clustered = !!this.opts.nodeId;
-    const present = clustered ? device.cached(r.id, part) : await device.has(r.id, part);
+    const present = clustered ? device.cached(dev, part) : await device.has(dev, part);
     if (!present) {
-      if (residencyOf(r) === "device") return; // lives only in the HSM that generated it
+      if (residencyOf(r, version) === "device") return; // lives only in the HSM that generated it
       try {
-        await records.prove(r);
+        await records.prove(r, version);
         this.applyFailures.delete(r.id);
       } catch (e) {
         const msg = e instanceof Error ? e.message : String(e);
         this.applyFailures.set(r.id, msg);
-        throw new Error(`key ${r.id} cannot be materialized on this node (the watermark moves past it; status counts it in applyFailures): ${msg}`);
+        throw new Error(`key ${dev} cannot be materialized on this node (the watermark moves past it; status counts it in applyFailures): ${msg}`);
       }
     }
   }

@@ -1,4 +1,4 @@
-import { partsOf, recordKey, residencyOf, type KeyRecord, type KeyRecords } from "../keys";
+import { decodeRecord, deviceIdOf, parseDeviceId, partsOf, recordKey, residencyOf, versionOf, type KeyRecord, type KeyRecords } from "../keys";
 import type { KeyDevice, Part } from "../pkcs11";
 import type { StateStore } from "../store";
 import { APPLY_CONCURRENCY } from "./slots";
@@ -52,57 +52,67 @@ export async function reconcile(ctx: ReconcileContext, opts: { purgeOrphans?: bo
   const inv = await device.inventory();
   const present = inv.keys;
   const res: ReconcileResult = { materialized: 0, upgraded: 0, restored: 0, quarantined: 0, purged: 0, inQuarantine: 0, lost: [] };
-  const has = (r: KeyRecord) => partsOf(r).every((p) => present.get(r.id)?.has(p));
-  for (const r of records.values()) {
-    if (has(r) || !inv.quarantined.has(r.id)) continue;
-    await device.restoreQuarantined(r.id);
-    const parts = present.get(r.id) ?? new Set<Part>();
-    for (const p of inv.quarantined.get(r.id)!) parts.add(p);
-    present.set(r.id, parts);
-    inv.quarantined.delete(r.id);
+  // Every version of every record is checked on its own: its objects carry the version's device id
+  // (versions.ts: the key id for version 1, `K.vN` past it).
+  type Slot = { r: KeyRecord; version: number; dev: string };
+  const slots: Slot[] = [];
+  for (const r of records.values()) for (const v of r.versions) slots.push({ r, version: v.version, dev: deviceIdOf(r.id, v.version) });
+  const has = (s: Slot) => partsOf(s.r).every((p) => present.get(s.dev)?.has(p));
+  for (const s of slots) {
+    if (has(s) || !inv.quarantined.has(s.dev)) continue;
+    await device.restoreQuarantined(s.dev);
+    const parts = present.get(s.dev) ?? new Set<Part>();
+    for (const p of inv.quarantined.get(s.dev)!) parts.add(p);
+    present.set(s.dev, parts);
+    inv.quarantined.delete(s.dev);
     res.restored++;
-    ctx.log?.(`reconcile: key ${r.id} restored from quarantine (its record is back)`);
+    ctx.log?.(`reconcile: key ${s.dev} restored from quarantine (its record is back)`);
   }
   // The keys the token holds count as resident in the device (the materializer's budget and LRU).
-  for (const r of records.values()) if (has(r)) records.noteResident(r.id);
-  const missing = [...records.values()].filter((r) => {
+  for (const s of slots) if (has(s)) records.noteResident(s.r.id, s.version);
+  const missing = slots.filter((s) => {
     // In a cluster keys are session objects, materialized on demand and proven by the catch-up
     // (./catch-up.ts); a key that lives only in the HSM that generated it is not missing elsewhere.
     if (ctx.nodeId) return false;
-    return !has(r);
+    return !has(s);
   });
-  const weak = [...records.values()].filter((r) => inv.weak.has(r.id) && has(r));
-  for (const r of weak.filter((x) => residencyOf(x) === "device")) {
-    await device.makeUnextractable(r.id);
+  const weak = slots.filter((s) => inv.weak.has(s.dev) && has(s));
+  for (const s of weak.filter((x) => residencyOf(x.r, x.version) === "device")) {
+    await device.makeUnextractable(s.dev);
     res.upgraded++;
   }
   // Several at a time: the device's session pool bounds the real concurrency.
-  const work = [...missing.map((r) => ({ r, upgrade: false })), ...weak.filter((r) => residencyOf(r) !== "device").map((r) => ({ r, upgrade: true }))];
+  const work = [...missing.map((s) => ({ s, upgrade: false })), ...weak.filter((x) => residencyOf(x.r, x.version) !== "device").map((s) => ({ s, upgrade: true }))];
   let next = 0;
   await Promise.all(
     Array.from({ length: Math.min(APPLY_CONCURRENCY, work.length) }, async () => {
       while (next < work.length) {
-        const { r, upgrade } = work[next++]!;
+        const { s, upgrade } = work[next++]!;
         try {
           // Nothing of it in the listing: nothing to clean up first (and no per-key search).
-          await records.materialize(r, upgrade || present.has(r.id));
+          await records.materialize(s.r, upgrade || present.has(s.dev), s.version);
           if (upgrade) {
             res.upgraded++;
             continue;
           }
           res.materialized++;
         } catch (e) {
-          res.lost.push(r.id);
-          ctx.log?.(`reconcile: key ${r.id} cannot be ${upgrade ? "re-materialized with unextractable objects" : "materialized"}: ${(e as Error).message}`);
+          res.lost.push(s.dev);
+          ctx.log?.(`reconcile: key ${s.dev} cannot be ${upgrade ? "re-materialized with unextractable objects" : "materialized"}: ${(e as Error).message}`);
         }
       }
     }),
   );
+  // An object is explained when its record has the version its device id names.
+  const explained = (r: KeyRecord | undefined, version: number) => r !== undefined && versionOf(r, version) !== undefined;
   for (const id of present.keys()) {
     // hsmd's own objects (domain, import, transport keys) are named hsmd-…; records are UUIDs.
-    if (id.startsWith("hsmd-") || id === ctx.domainKeyId || records.has(id)) continue;
+    if (id.startsWith("hsmd-") || id === ctx.domainKeyId) continue;
+    const { keyId, version } = parseDeviceId(id);
+    if (explained(records.get(keyId), version)) continue;
     // A record may have landed since the listing: check the store, not just the cache.
-    if (await store.get(recordKey(id))) continue;
+    const e = await store.get(recordKey(keyId));
+    if (e && explained(decodeRecord(e.value), version)) continue;
     if (opts.purgeOrphans) {
       await device.destroy(id);
       res.purged++;

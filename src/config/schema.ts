@@ -11,7 +11,7 @@ import { PROFILE_NAMES, type LifecycleConfig, type LimitsConfig, type ProfileNam
  */
 
 /** Operations that can be configured to need M-of-N crypto-officer approval. */
-export const QUORUM_OPERATIONS = ["DeleteUser", "ResetPassword", "ShareKey", "DeleteKey", "ApproveJoin"] as const;
+export const QUORUM_OPERATIONS = ["DeleteUser", "ResetPassword", "ShareKey", "DeleteKey", "ApproveJoin", "TrimKeyVersions"] as const;
 
 /** Defaults of the `cluster` section. */
 export const CLUSTER_DEFAULTS = Object.freeze({ minNodes: 1, joinTtlSeconds: 600 });

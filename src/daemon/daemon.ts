@@ -7,7 +7,7 @@ import { AuditLog, UseTally, type AuditThrottle } from "../audit";
 import { Code, HsmError } from "../errors";
 import { buildGrpcServer, connectionBudget, describeTransport, grpcServerCredentials, listenGrpc, setServing, type CryptoStreams, type GrpcListener } from "../grpc";
 import { buildAdminApp } from "../http";
-import { type KeyPlacement, KeyService, SINGLE_NODE } from "../keys";
+import { type DueTimer, type KeyPlacement, KeyService, SINGLE_NODE } from "../keys";
 import { Metrics } from "../metrics";
 import type { Device } from "../pkcs11";
 import type { DirLock, StateStore } from "../store";
@@ -21,6 +21,7 @@ import { openDevice, openStore } from "./open";
 import { type DaemonOptions, stderrLog } from "./options";
 import { firstOfficerPasswordFile, officerPasswordFile } from "./paths";
 import { clusterStatus, readiness, status } from "./status";
+import { rotationTimer } from "./timers";
 
 /** How often expired quorum requests are marked (and audited) and dead sessions purged. */
 const SWEEP_MS = 30_000;
@@ -57,6 +58,8 @@ export class Daemon {
   /** In a cluster: the nodes' applied-revision watermarks (src/cluster/watermark.ts). */
   watermarks: Watermarks | undefined;
   private grpcListener: GrpcListener | undefined;
+  /** Periodic lifecycle passes (scheduled rotation, …: ./timers.ts), started last, stopped first. */
+  private readonly timers: DueTimer[] = [];
 
   private constructor(
     readonly config: Config,
@@ -107,7 +110,7 @@ export class Daemon {
       const nodeId = cluster ? config.node.id : undefined;
       const watermarks = nodeId ? new Watermarks({ store, nodeId, minNodes: cluster?.minNodes, log }) : undefined;
       const placement: KeyPlacement = watermarks ?? SINGLE_NODE;
-      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement, objectBudget: config.device.objectBudget });
+      const keys = new KeyService({ device, store, limits: config.limits, domainKeyId, log, nodeId, placement, objectBudget: config.device.objectBudget, lifecycle: config.lifecycle });
       const applier = new Applier({ store, device, records: keys.records, watermarks, nodeId, log });
       await startReplication({ store, keys, applier, watermarks, dataDir: config.node.dataDir, fullCheck: opts.fullCheck, log });
       const t0 = Date.now();
@@ -210,6 +213,9 @@ export class Daemon {
       });
       d.adminPort = (admin.server.address() as { port: number }).port;
       setServing(health, true);
+      // Lifecycle passes, one line each (every node runs them; updateRecord's compare-and-put makes each change once).
+      d.timers.push(rotationTimer(d, log));
+      for (const t of d.timers) t.start();
       return d;
     } catch (e) {
       if (grpcBound) {
@@ -293,6 +299,7 @@ export class Daemon {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    await Promise.all(this.timers.map((t) => t.stop()));
     clearInterval(this.sweeper);
     clearInterval(this.reporter);
     this.unwatchRemoval?.();

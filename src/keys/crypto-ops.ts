@@ -8,6 +8,7 @@ import type { KeyFactory } from "./key-create";
 import { residencyOf, type KeyRecords } from "./key-records";
 import type { KeyRecord, UserRef } from "./record";
 import { derToRaw, rawToDer } from "./signature";
+import { versionForUse } from "./version-use";
 import { HASH_LEN, algorithmOf, cipherFor, isSecret, macLengthFor, oaepLabelFor, resolveUsages, signFor, wrapFor } from "./spec";
 import type {
   DecryptInput,
@@ -228,27 +229,29 @@ export class KeyCrypto {
     return { keyId: r.id, signature: sig, keyVersion: r.currentVersion };
   }
 
+  /** Verifies with the version `keyVersion` names (0: the primary): one below min_decryption_version or gone is refused. */
   async verify(req: VerifyInput): Promise<VerifyOutput> {
     const { records, device } = this.opts;
     const r = records.record(req.keyId);
     const { alg, spec, msg, macLength } = this.signInput(req, r);
     records.needUsage(r, "verify");
+    const keyVersion = versionForUse(r, req.keyVersion, "verify");
     let sig: Buffer = Buffer.from(req.signature);
     if (sig.length === 0) throw invalid("signature is empty");
     if (sig.length > 2048) throw invalid("signature is longer than any supported key's signature");
-    if (macLength !== undefined) return { keyId: r.id, valid: await this.verifyTruncated(r, spec, msg, sig, macLength), keyVersion: r.currentVersion };
+    if (macLength !== undefined) return { keyId: r.id, valid: await this.verifyTruncated(r, spec, msg, sig, macLength, keyVersion), keyVersion };
     if (spec.name === "ECDSA") {
       const size = CURVE_BYTES[(alg as { curve: keyof typeof CURVE_BYTES }).curve];
       if (req.signatureFormat === "DER") {
         const raw = derToRaw(sig, size);
-        if (!raw) return { keyId: r.id, valid: false, keyVersion: r.currentVersion };
+        if (!raw) return { keyId: r.id, valid: false, keyVersion };
         sig = raw;
       } else if (sig.length !== 2 * size) {
-        return { keyId: r.id, valid: false, keyVersion: r.currentVersion };
+        return { keyId: r.id, valid: false, keyVersion };
       }
     }
-    const valid = await records.withKey(r, (id) => device.verify(id, spec, msg, sig));
-    return { keyId: r.id, valid, keyVersion: r.currentVersion };
+    const valid = await records.withKey(r, (id) => device.verify(id, spec, msg, sig), keyVersion);
+    return { keyId: r.id, valid, keyVersion };
   }
 
   /**
@@ -257,13 +260,13 @@ export class KeyCrypto {
    * usage) and its leftmost `macLength` bytes compared with the tag in constant time. A tag of
    * another length than `macLength` is `false`, as any malformed signature.
    */
-  private async verifyTruncated(r: KeyRecord, spec: SignSpec, msg: Buffer, tag: Buffer, macLength: number): Promise<boolean> {
+  private async verifyTruncated(r: KeyRecord, spec: SignSpec, msg: Buffer, tag: Buffer, macLength: number, version: number): Promise<boolean> {
     if (!r.usages.includes("sign")) {
       throw precondition(
         `key ${r.id} cannot verify a truncated tag (mac_length): the device checks full-length tags only, so the MAC is computed in the HSM and compared on the host, which needs the key's sign usage (its usages: ${r.usages.join(", ")})`,
       );
     }
-    const full = await this.opts.records.withKey(r, (id) => this.opts.device.sign(id, spec, msg));
+    const full = await this.opts.records.withKey(r, (id) => this.opts.device.sign(id, spec, msg), version);
     try {
       return tag.length === macLength && timingSafeEqual(full.subarray(0, macLength), tag);
     } finally {

@@ -1,11 +1,15 @@
 /** Key management and crypto, transport-free: domain types by name, no wire format. */
 export { KeyService, type KeyServiceOptions } from "./service";
-export { KeyRecords, mainPart, partsOf, residencyOf } from "./key-records";
+export { KeyRecords, addedVersions, mainPart, partsOf, removedVersions, residencyOf } from "./key-records";
+export { deviceIdOf, parseDeviceId, spkiOfVersion, versionOf } from "./versions";
 export { OwnerIndex } from "./owner-index";
 export { DEFAULT_OBJECT_BUDGET, MIN_OBJECT_BUDGET, objectsOf, type MaterializerStats } from "./materializer";
 export { parsePublicKey } from "./public-key";
 export { encryptionContextAad } from "./data-keys";
 export { SINGLE_NODE, type KeyPlacement } from "./placement";
+export type { KeyVersionList, KeyVersionView } from "./version-admin";
+export { DEFAULT_ROTATION_TIMING, type RotationTiming } from "./rotation-policy";
+export type { DueTimer } from "./due-timer";
 export type { KeyLimits } from "./validation";
 export { currentVersionOf, decodeRecord, recordKey, withoutMaterial, type KeyRecord, type KeyVersion, type UserRef } from "./record";
 export { originFromStored, specFromStored } from "./record-migration";

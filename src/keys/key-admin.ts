@@ -12,6 +12,8 @@ import { recordKey, toApiKey, type KeyRecord, type UserRef } from "./record";
 import { algorithmOf, isSecret, resolveUsages, specOf } from "./spec";
 import type { GenerateKeyInput, ImportKeyInput, ImportParameters, ImportPublicKeyInput, Key, KeyPage, ListKeysQuery, PublicKeyView } from "./types";
 import { ID_RE, checkLabel, checkPayload, checkRequestId, type KeyLimits } from "./validation";
+import { versionForUse } from "./version-use";
+import { spkiOfVersion, versionOf } from "./versions";
 
 /** What key administration needs. */
 export interface KeyAdminOptions {
@@ -24,6 +26,8 @@ export interface KeyAdminOptions {
   importKeys: ClusterImportKey;
   /** Index entries one ListKeys call examines at most (see {@link KeyAdmin.listKeys}). @default LIST_SCAN_LIMIT */
   listScanLimit?: number;
+  /** A new key's automatic rotation for GenerateKey's rotation_period_days (KeyRotation.rotationFor). */
+  rotationFor?: (days: number) => KeyRecord["rotation"];
 }
 
 /** Index entries one ListKeys call examines at most by default: about a millisecond of filtering. */
@@ -50,8 +54,9 @@ export class KeyAdmin {
     const label = checkLabel(limits, req.label);
     const usages = resolveUsages(alg, req.usages);
     const requestId = checkRequestId(limits, req.requestId);
+    const rotation = this.opts.rotationFor?.(req.rotationPeriodDays ?? 0);
     return this.opts.factory.create(
-      { label, spec: req.spec, usages, state: "ENABLED", origin: "GENERATED", publicOnly: false, exportable: req.exportable, requestId, owner },
+      { label, spec: req.spec, usages, state: "ENABLED", origin: "GENERATED", publicOnly: false, exportable: req.exportable, requestId, owner, ...(rotation ? { rotation } : {}) },
       async (id) => (await device.generate(id, alg, usages)).spki,
     );
   }
@@ -192,23 +197,29 @@ export class KeyAdmin {
 
   /** Deletes a key: its record durably first, then its objects. */
   async deleteKey(keyId: string): Promise<void> {
-    const { store, records, device } = this.opts;
+    const { store, records } = this.opts;
     const r = records.record(keyId);
     const ops = [{ type: "delete" as const, key: recordKey(r.id) }];
     const res = await store.txn([{ key: recordKey(r.id), op: "present" }], ops);
     if (!res.succeeded) throw notFound(`key ${r.id} not found`);
     records.delete(r.id);
-    // The record is gone (durably); the objects follow. A crash here leaves objects no record
-    // explains: the next start quarantines them (see reconcile).
-    await device.destroy(r.id);
+    // The record is gone (durably); the objects of every version follow. A crash here leaves
+    // objects no record explains: the next start quarantines them (see reconcile).
+    await records.destroyAll(r);
   }
 
-  /** A key's public half as SPKI DER, PEM and JWK; FAILED_PRECONDITION for a secret key. */
-  getPublicKey(keyId: string): PublicKeyView {
+  /**
+   * A version's (0: the primary's) public half as SPKI DER, PEM and JWK (kid `<id>:v<N>` past
+   * version 1); FAILED_PRECONDITION for a secret key, NOT_FOUND for a version it does not have.
+   */
+  getPublicKey(keyId: string, version = 0): PublicKeyView {
     const r = this.opts.records.record(keyId);
     if (!r.publicKeySpki) throw precondition(`key ${r.id} is a secret key: it has no public key`);
-    const k = createPublicKey({ key: r.publicKeySpki, format: "der", type: "spki" });
-    const jwk = { ...k.export({ format: "jwk" }), kid: r.id };
-    return { keyId: r.id, spkiDer: r.publicKeySpki, pem: k.export({ type: "spki", format: "pem" }).toString(), jwk: JSON.stringify(jwk), version: r.currentVersion };
+    const n = versionForUse(r, version, "public key");
+    const spki = spkiOfVersion(r, versionOf(r, n)!);
+    if (!spki) throw notFound(`key ${r.id} version ${n} has no public key on record`);
+    const k = createPublicKey({ key: spki, format: "der", type: "spki" });
+    const jwk = { ...k.export({ format: "jwk" }), kid: n > 1 ? `${r.id}:v${n}` : r.id };
+    return { keyId: r.id, spkiDer: spki, pem: k.export({ type: "spki", format: "pem" }).toString(), jwk: JSON.stringify(jwk), version: n };
   }
 }

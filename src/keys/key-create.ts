@@ -57,26 +57,7 @@ export class KeyFactory {
     const id = randomUUID();
     const createdAt = new Date().toISOString();
     try {
-      const spki = (await make(id)) ?? base.publicKeySpki;
-      const alg = algorithmOf(base.spec);
-      if (isSecret(alg)) {
-        const len = await device.secretLength(id, this.opts.domainKeyId);
-        // SoftHSM2 2.6's AES-KWP wrap zero-pads other lengths instead of following RFC 5649, so the
-        // record's copy would not round-trip exactly.
-        if (len === undefined) throw invalid("secret key material must be a multiple of 8 bytes long: the device cannot wrap other lengths faithfully under the domain key");
-        if (alg.type === "aes" && len !== alg.bits / 8) throw invalid(`an AES-${alg.bits} key is ${alg.bits / 8} bytes; the material is ${len}`);
-        const min = alg.type === "hmac" ? HASH_LEN[alg.hash] : 0;
-        if (len < min) throw invalid(`an HMAC-${(alg as { hash: string }).hash.toUpperCase()} key must be at least ${min} bytes (RFC 2104 §3, and the device's minimum); the material is ${len}`);
-      }
-      let version: KeyVersion;
-      if (base.publicOnly) {
-        version = { version: 1, createdAt, residency: "public" };
-      } else {
-        // The record's copy is wrapped from the new key's transient object, which the device then
-        // replaces by the kept one that nothing can wrap (see Device.sealForRecord).
-        const material = await device.sealForRecord(id, alg, base.usages, this.opts.domainKeyId);
-        version = material ? { version: 1, createdAt, residency: "wrapped", material } : { version: 1, createdAt, residency: "device" };
-      }
+      const { version, spki } = await this.makeVersion(id, base, make, 1, createdAt);
       const rec: KeyRecord = { ...base, id, createdAt, publicKeySpki: spki, currentVersion: 1, versions: [version] };
       // In a cluster the record names the node that made it: where a key only its device holds lives.
       const createdOn = (placement as { nodeId?: string }).nodeId;
@@ -105,6 +86,38 @@ export class KeyFactory {
       if (!records.has(id)) await device.destroy(id).catch(() => undefined);
       throw e;
     }
+  }
+
+  /**
+   * The device side of a new key version (every create's, and a rotation's): `make` puts the key in
+   * the device under `id`; a secret's length is checked (it must round-trip under the domain key);
+   * its material is wrapped under the domain key for the record from the new key's transient object,
+   * which the device then replaces by the kept one that nothing can wrap (see Device.sealForRecord).
+   * A key the device cannot wrap stays in it only (residency "device"). The caller destroys `id`'s
+   * objects on failure.
+   */
+  async makeVersion(
+    id: string,
+    base: Pick<NewKey, "spec" | "usages" | "publicOnly" | "publicKeySpki">,
+    make: (id: string) => Promise<Buffer | undefined>,
+    n: number,
+    createdAt: string,
+  ): Promise<{ version: KeyVersion; spki?: Buffer }> {
+    const { device } = this.opts;
+    const spki = (await make(id)) ?? base.publicKeySpki;
+    const alg = algorithmOf(base.spec);
+    if (isSecret(alg)) {
+      const len = await device.secretLength(id, this.opts.domainKeyId);
+      // SoftHSM2 2.6's AES-KWP wrap zero-pads other lengths instead of following RFC 5649, so the
+      // record's copy would not round-trip exactly.
+      if (len === undefined) throw invalid("secret key material must be a multiple of 8 bytes long: the device cannot wrap other lengths faithfully under the domain key");
+      if (alg.type === "aes" && len !== alg.bits / 8) throw invalid(`an AES-${alg.bits} key is ${alg.bits / 8} bytes; the material is ${len}`);
+      const min = alg.type === "hmac" ? HASH_LEN[alg.hash] : 0;
+      if (len < min) throw invalid(`an HMAC-${(alg as { hash: string }).hash.toUpperCase()} key must be at least ${min} bytes (RFC 2104 §3, and the device's minimum); the material is ${len}`);
+    }
+    if (base.publicOnly) return { version: { version: n, createdAt, residency: "public" }, spki };
+    const material = await device.sealForRecord(id, alg, base.usages, this.opts.domainKeyId);
+    return { version: material ? { version: n, createdAt, residency: "wrapped", material } : { version: n, createdAt, residency: "device" }, spki };
   }
 
   /** The public key given for an imported or unwrapped private key must match its spec. */

@@ -3,7 +3,6 @@
  * materialization (src/keys/materializer.ts): the applier, the start-up reconcile and on-demand use
  * all go through it, so that they never race on one key.
  */
-import { deviceIdOf } from "./versions";
 import { notFound, precondition } from "../errors";
 import type { KeyDevice, Part, Usage, WrappedMaterial } from "../pkcs11";
 import type { StateStore } from "../store";
@@ -14,6 +13,7 @@ import type { KeyPlacement } from "./placement";
 import { currentVersionOf, decodeRecord, recordKey, withoutMaterial, type KeyRecord } from "./record";
 import { algorithmOf, isSecret } from "./spec";
 import { ID_RE, checkKeyId } from "./validation";
+import { deviceIdOf, versionOf } from "./versions";
 
 /** Records read per page by {@link KeyRecords.load}. */
 const LOAD_PAGE = 1000;
@@ -41,8 +41,8 @@ interface Slot {
 export const partsOf = (r: KeyRecord): Part[] => (r.publicOnly ? ["public"] : isSecret(algorithmOf(r.spec)) ? ["secret"] : ["private", "public"]);
 /** The part a record's key is looked up by in the device (the secret or private one). */
 export const mainPart = (r: KeyRecord): Part => (r.publicOnly ? "public" : isSecret(algorithmOf(r.spec)) ? "secret" : "private");
-/** Where a record's current version lives: wrapped in the record, only in its device, or public. */
-export const residencyOf = (r: KeyRecord) => r.versions.find((v) => v.version === r.currentVersion)?.residency;
+/** Where a record's version (default: the primary) lives: wrapped in the record, only in its device, or public. */
+export const residencyOf = (r: KeyRecord, version = r.currentVersion) => versionOf(r, version)?.residency;
 
 /**
  * This node's copy of the key records (filled at start, kept current by the cluster applier): what
@@ -59,7 +59,7 @@ export class KeyRecords {
 
   constructor(private readonly opts: KeyRecordsOptions) {
     this.cache = new MaterialCache(opts.materialCacheBytes);
-    this.materializer = new Materializer({ device: opts.device, budget: opts.objectBudget ?? DEFAULT_OBJECT_BUDGET, material: (r) => this.material(r), log: opts.log });
+    this.materializer = new Materializer({ device: opts.device, budget: opts.objectBudget ?? DEFAULT_OBJECT_BUDGET, material: (r, v) => this.material(r, v), log: opts.log });
   }
 
   get size(): number {
@@ -77,24 +77,49 @@ export class KeyRecords {
    * the store revisions that created and last changed it. `madeHere`: the create path, after sealing
    * the key into the device, says so; the key then counts as resident if this process holds a handle
    * for it (no device call otherwise: loads, watch events and fresh reads never touch the device).
+   * Versions the previous copy had and `r` has not (trimmed) are forgotten (their cached material,
+   * their count in the device); the caller destroys their objects (see {@link removedVersions}).
    */
   set(r: KeyRecord, revs?: { createRevision: number; modRevision: number }, madeHere = false): void {
     const v = currentVersionOf(r);
-    if (v?.material) this.cache.put(r.id, v.version, v.material);
+    if (v?.material) this.cache.put(deviceIdOf(r.id, v.version), v.version, v.material);
     const prev = this.map.get(r.id);
-    if (prev) this.owners.remove(prev.record);
+    if (prev) {
+      this.owners.remove(prev.record);
+      for (const n of removedVersions(prev.record, r)) this.forgetVersion(r.id, n);
+    }
     this.owners.add(r);
     this.map.set(r.id, { record: withoutMaterial(r), createRevision: revs?.createRevision ?? prev?.createRevision, modRevision: revs?.modRevision ?? prev?.modRevision });
-    if (madeHere && !this.materializer.holds(r.id) && this.opts.device.cached(r.id, mainPart(r))) this.materializer.noteResident(r);
+    const dev = deviceIdOf(r.id, r.currentVersion);
+    if (madeHere && !this.materializer.holds(dev) && this.opts.device.cached(dev, mainPart(r))) this.materializer.noteResident(r);
   }
 
-  /** Forgets a record (deleted): its cached material, and its count in the device (the caller destroys its objects). */
+  /** Forgets a record (deleted): its cached material, and its count in the device (the caller destroys its objects: {@link destroyAll}). */
   delete(id: string): void {
     const prev = this.map.get(id);
     if (prev) this.owners.remove(prev.record);
     this.map.delete(id);
-    this.cache.delete(id);
-    this.materializer.forget(id);
+    for (const n of prev ? prev.record.versions.map((v) => v.version) : [1]) this.forgetVersion(id, n);
+  }
+
+  private forgetVersion(id: string, version: number): void {
+    const dev = deviceIdOf(id, version);
+    this.cache.delete(dev);
+    this.materializer.forget(dev);
+  }
+
+  /**
+   * Destroys the device objects of every version of a key (DeleteKey, scheduled destruction, a
+   * removed node). Call it after the record is gone (durably) and {@link delete}d: a crash between
+   * leaves objects no record explains, which the next start quarantines.
+   */
+  async destroyAll(r: KeyRecord): Promise<void> {
+    for (const v of r.versions) await this.opts.device.destroy(deviceIdOf(r.id, v.version));
+  }
+
+  /** Destroys the device objects of versions (by number) of a key (trimmed versions: the record no longer has them). */
+  async destroyVersions(keyId: string, versions: number[]): Promise<void> {
+    for (const n of versions) await this.opts.device.destroy(deviceIdOf(keyId, n));
   }
   *values(): IterableIterator<KeyRecord> {
     for (const s of this.map.values()) yield s.record;
@@ -140,19 +165,21 @@ export class KeyRecords {
   }
 
   /**
-   * The current version's wrapped material: the record's own when it carries it, else the cache's,
-   * else read from the store (and cached). Undefined for a key with none (public, or device-only).
+   * A version's (default: the primary's) wrapped material: the record's own when it carries it, else
+   * the cache's, else read from the store (and cached). Undefined for a version with none (public,
+   * device-only, or gone).
    */
-  async material(r: KeyRecord): Promise<WrappedMaterial | undefined> {
-    const v = currentVersionOf(r);
+  async material(r: KeyRecord, version = r.currentVersion): Promise<WrappedMaterial | undefined> {
+    const v = versionOf(r, version);
     if (v?.residency !== "wrapped") return undefined;
     if (v.material) return v.material;
-    const cached = this.cache.get(r.id, v.version);
+    const dev = deviceIdOf(r.id, version);
+    const cached = this.cache.get(dev, version);
     if (cached) return cached;
     const e = await this.opts.store.get(recordKey(r.id));
     if (!e) return undefined;
-    const m = currentVersionOf(decodeRecord(e.value))?.material;
-    if (m && this.map.has(r.id)) this.cache.put(r.id, v.version, m);
+    const m = versionOf(decodeRecord(e.value), version)?.material;
+    if (m && this.map.has(r.id)) this.cache.put(dev, version, m);
     return m;
   }
 
@@ -174,8 +201,8 @@ export class KeyRecords {
    * key share one run. `clean` first destroys whatever parts of it the device holds (a half-made
    * key, objects an older hsmd made) and unwraps it again; skipped when none can exist.
    */
-  materialize(r: KeyRecord, clean = true): Promise<void> {
-    return this.materializer.materialize(r, clean);
+  materialize(r: KeyRecord, clean = true, version = r.currentVersion): Promise<void> {
+    return this.materializer.materialize(r, clean, version);
   }
 
   /**
@@ -183,16 +210,16 @@ export class KeyRecords {
    * the device, kept if the budget has room without evicting, else destroyed at once. Throws
    * (HsmError) when the record cannot be materialized.
    */
-  prove(r: KeyRecord): Promise<void> {
-    const v = currentVersionOf(r);
-    if (v?.material) this.cache.put(r.id, v.version, v.material);
-    return this.materializer.prove(r);
+  prove(r: KeyRecord, version = r.currentVersion): Promise<void> {
+    const v = versionOf(r, version);
+    if (v?.material) this.cache.put(deviceIdOf(r.id, version), version, v.material);
+    return this.materializer.prove(r, version);
   }
 
-  /** Counts a key the device holds already (found in the token at start) as resident. */
-  noteResident(id: string): void {
+  /** Counts a key version (default: the primary) the device holds already (found in the token at start) as resident. */
+  noteResident(id: string, version?: number): void {
     const r = this.get(id);
-    if (r) this.materializer.noteResident(r);
+    if (r) this.materializer.noteResident(r, version ?? r.currentVersion);
   }
 
   /** Materialization counters (for /metrics): budget, resident objects, hits, misses, evictions, proofs. */
@@ -216,8 +243,18 @@ export class KeyRecords {
    */
   async withKey<T>(r: KeyRecord, fn: (deviceId: string) => Promise<T>, version = r.currentVersion): Promise<T> {
     await this.checkUsable(r);
-    // CONTRACT (issue 13): `fn` gets the device object id of `version` (versions.ts deviceIdOf); the
-    // versions lane makes the materializer materialize that version (today: the current one only).
-    return this.materializer.use(r, () => fn(deviceIdOf(r.id, version)));
+    if (!versionOf(r, version)) throw notFound(`key ${r.id} has no version ${version} (trimmed, or never made)`);
+    const id = deviceIdOf(r.id, version);
+    return this.materializer.use(r, () => fn(id), version);
   }
+}
+
+/** Version numbers `prev` has and `next` has not (trimmed between the two copies of a record). */
+export function removedVersions(prev: KeyRecord, next: KeyRecord): number[] {
+  return prev.versions.filter((v) => !versionOf(next, v.version)).map((v) => v.version);
+}
+
+/** Version numbers `next` has and `prev` has not (added by a rotation between the two copies). */
+export function addedVersions(prev: KeyRecord, next: KeyRecord): number[] {
+  return next.versions.filter((v) => !versionOf(prev, v.version)).map((v) => v.version);
 }

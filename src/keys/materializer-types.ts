@@ -3,7 +3,8 @@
  * how many device objects a key takes (see materializer.ts).
  */
 import type { KeyDevice, WrappedMaterial } from "../pkcs11";
-import { currentVersionOf, type KeyRecord } from "./record";
+import type { KeyRecord } from "./record";
+import { versionOf } from "./versions";
 import { algorithmOf, isSecret } from "./spec";
 
 /** The default budget of device objects for keys (config device.objectBudget) when the profile sets no maxObjects. */
@@ -19,8 +20,8 @@ export interface MaterializerOptions {
   device: MaterializerDevice;
   /** Device objects kept for keys (each part counts: a key pair is 2). */
   budget: number;
-  /** The record's current wrapped material (from the record, a cache or the store); undefined when it has none. */
-  material: (r: KeyRecord) => Promise<WrappedMaterial | undefined>;
+  /** A version's wrapped material (from the record, a cache or the store); undefined when it has none. */
+  material: (r: KeyRecord, version: number) => Promise<WrappedMaterial | undefined>;
   log?: (msg: string) => void;
 }
 
@@ -43,8 +44,9 @@ export interface MaterializerStats {
 /** Where an entry's key stands. */
 export type State = "loading" | "resident" | "evicting";
 
-/** One key the device holds (or is about to hold, or is destroying). */
+/** One key version the device holds (or is about to hold, or is destroying). */
 export interface Entry {
+  /** The version's device object id (versions.ts deviceIdOf: the key id for version 1, `K.vN` past it). */
   readonly id: string;
   /** Device objects it takes. */
   readonly cost: number;
@@ -64,5 +66,5 @@ export interface Entry {
 /** Device objects a record's key takes: 1 for a secret or public-only key, 2 for a pair. */
 export const objectsOf = (r: KeyRecord): number => (r.publicOnly || isSecret(algorithmOf(r.spec)) ? 1 : 2);
 
-/** A key that lives only in its device (residency "device"). */
-export const isLocal = (r: KeyRecord) => currentVersionOf(r)?.residency === "device";
+/** A key version that lives only in its device (residency "device"); default: the primary version. */
+export const isLocal = (r: KeyRecord, version = r.currentVersion) => versionOf(r, version)?.residency === "device";

@@ -5,18 +5,22 @@
  * one key unwrap it once; a key in use is pinned and never evicted; a key that lives only in its
  * device (residency "device") is never evicted. A single node (token objects) and a cluster node
  * (session objects) run the same code.
+ *
+ * Entries are per key version, by device object id (versions.ts: `K` for version 1, `K.vN` past it):
+ * each version is materialized from its own wrapped material and counted, evicted and destroyed on its own.
  */
 import { Code, HsmError } from "../errors";
 import { KeyNotMaterializedError } from "../pkcs11";
 import { type Entry, isLocal, type MaterializerOptions, type MaterializerStats, MIN_OBJECT_BUDGET, objectsOf, type State } from "./materializer-types";
-import { currentVersionOf, type KeyRecord } from "./record";
+import type { KeyRecord } from "./record";
 import { algorithmOf } from "./spec";
+import { deviceIdOf, spkiOfVersion, versionOf } from "./versions";
 
 export { DEFAULT_OBJECT_BUDGET, MIN_OBJECT_BUDGET, objectsOf, type MaterializerDevice, type MaterializerOptions, type MaterializerStats } from "./materializer-types";
 
 /** See the module comment. */
 export class Materializer {
-  /** Keys by id, least recently used first (a use moves its key to the end). */
+  /** Key versions by device id, least recently used first (a use moves its entry to the end). */
   private readonly entries = new Map<string, Entry>();
   /** Keys whose objects may be in the device although no entry says so: destroyed before the next load. */
   private readonly dirty = new Set<string>();
@@ -37,7 +41,7 @@ export class Materializer {
     return { budget: this.opts.budget, resident: this.used, ...this.counts };
   }
 
-  /** Is the key counted as held by the device (resident or being loaded)? */
+  /** Is the key version (by device id) counted as held by the device (resident or being loaded)? */
   holds(id: string): boolean {
     const e = this.entries.get(id);
     return e !== undefined && e.state !== "evicting";
@@ -53,15 +57,16 @@ export class Materializer {
    * the key's objects gone (KeyNotMaterializedError: a session recovery took session objects), the
    * key is materialized again, once.
    */
-  async use<T>(r: KeyRecord, fn: () => Promise<T>): Promise<T> {
-    if (isLocal(r)) return this.useLocal(r, fn);
+  async use<T>(r: KeyRecord, fn: () => Promise<T>, version = r.currentVersion): Promise<T> {
+    if (isLocal(r, version)) return this.useLocal(r, version, fn);
+    const id = deviceIdOf(r.id, version);
     for (let retried = false; ; retried = true) {
-      const e = await this.acquire(r);
+      const e = await this.acquire(r, version);
       try {
         return await fn();
       } catch (err) {
-        if (!(err instanceof KeyNotMaterializedError) || err.keyId !== r.id || retried) throw err;
-        this.opts.log?.(`key ${r.id} not in the device; materializing it again from its record`);
+        if (!(err instanceof KeyNotMaterializedError) || err.keyId !== id || retried) throw err;
+        this.opts.log?.(`key ${id} not in the device; materializing it again from its record`);
         this.lost(e);
       } finally {
         this.unpin(e);
@@ -74,18 +79,19 @@ export class Materializer {
    * and the key unwrapped again, even when it is counted resident (replacing objects an older hsmd
    * made; a half-made key).
    */
-  async materialize(r: KeyRecord, clean: boolean): Promise<void> {
-    if (isLocal(r)) {
-      throw new HsmError(Code.FailedPrecondition, `key ${r.id} exists only in the device that generated it (the device cannot wrap ${algorithmOf(r.spec).type} keys) and is missing there`);
+  async materialize(r: KeyRecord, clean: boolean, version = r.currentVersion): Promise<void> {
+    const id = deviceIdOf(r.id, version);
+    if (isLocal(r, version)) {
+      throw new HsmError(Code.FailedPrecondition, `key ${id} exists only in the device that generated it (the device cannot wrap ${algorithmOf(r.spec).type} keys) and is missing there`);
     }
     if (clean) {
-      const e = this.entries.get(r.id);
+      const e = this.entries.get(id);
       if (e && e.state !== "resident") await e.settled.catch(() => undefined);
-      const now = this.entries.get(r.id);
+      const now = this.entries.get(id);
       if (now?.state === "resident") this.lost(now);
-      this.dirty.add(r.id);
+      this.dirty.add(id);
     }
-    this.unpin(await this.acquire(r));
+    this.unpin(await this.acquire(r, version));
   }
 
   /**
@@ -93,16 +99,16 @@ export class Materializer {
    * that a bad record is found now rather than at first use. The key stays resident if the budget
    * has room without evicting anything; else it is destroyed at once. Throws what the device threw.
    */
-  async prove(r: KeyRecord): Promise<void> {
-    if (isLocal(r) || this.entries.has(r.id)) return;
+  async prove(r: KeyRecord, version = r.currentVersion): Promise<void> {
+    if (isLocal(r, version) || this.entries.has(deviceIdOf(r.id, version))) return;
     this.counts.proofs++;
     if (this.used + objectsOf(r) <= this.opts.budget) {
       // Room without evicting: the proof's objects stay, as a load's would.
-      const e = this.newEntry(r, "loading");
+      const e = this.newEntry(r, version, "loading");
       this.count(e);
       const settle = this.settle(e);
       try {
-        await this.load(r);
+        await this.load(r, version);
       } catch (err) {
         e.pins--;
         this.drop(e);
@@ -117,13 +123,13 @@ export class Materializer {
       return;
     }
     // No room: unwrapped and destroyed at once. The entry makes a use that comes meanwhile wait.
-    const e = this.newEntry(r, "evicting");
+    const e = this.newEntry(r, version, "evicting");
     e.pins = 0;
     this.count(e);
     this.freeing += e.cost;
     const settle = this.settle(e);
     try {
-      await this.load(r);
+      await this.load(r, version);
       await this.destroy(e);
     } catch (err) {
       this.drop(e);
@@ -139,17 +145,21 @@ export class Materializer {
    * Counts a key the device holds already (made on this node, or found in the token at start) as
    * resident; evicts others in the background if that puts the device over budget.
    */
-  noteResident(r: KeyRecord): void {
-    if (this.entries.has(r.id)) return;
-    const e = this.newEntry(r, "resident");
+  noteResident(r: KeyRecord, version = r.currentVersion): void {
+    const id = deviceIdOf(r.id, version);
+    if (this.entries.has(id)) return;
+    const e = this.newEntry(r, version, "resident");
     e.pins = 0;
     this.count(e);
     this.settle(e).ok();
-    this.dirty.delete(r.id);
+    this.dirty.delete(id);
     this.trim();
   }
 
-  /** The key's record was deleted (the caller destroys its objects): it is no longer counted. */
+  /**
+   * A key version (by device id) is gone from its record: the record deleted, or the version
+   * trimmed (the caller destroys its objects). It is no longer counted.
+   */
   forget(id: string): void {
     this.dirty.delete(id);
     const e = this.entries.get(id);
@@ -163,9 +173,9 @@ export class Materializer {
 
   // ---- internals -------------------------------------------------------------------------------
 
-  private newEntry(r: KeyRecord, state: State): Entry {
-    const e: Entry = { id: r.id, cost: objectsOf(r), local: isLocal(r), state, pins: 1, counted: false, forgotten: false, settled: Promise.resolve() };
-    this.entries.set(r.id, e);
+  private newEntry(r: KeyRecord, version: number, state: State): Entry {
+    const e: Entry = { id: deviceIdOf(r.id, version), cost: objectsOf(r), local: isLocal(r, version), state, pins: 1, counted: false, forgotten: false, settled: Promise.resolve() };
+    this.entries.set(e.id, e);
     return e;
   }
 
@@ -220,31 +230,32 @@ export class Materializer {
   }
 
   /** The key resident and pinned once more: a hit, a wait on its load or eviction, or a load (a miss). */
-  private async acquire(r: KeyRecord): Promise<Entry> {
+  private async acquire(r: KeyRecord, version: number): Promise<Entry> {
+    const id = deviceIdOf(r.id, version);
     for (;;) {
-      const e = this.entries.get(r.id);
+      const e = this.entries.get(id);
       if (e?.state === "resident") {
         this.counts.hits++;
-        this.entries.delete(r.id);
-        this.entries.set(r.id, e);
+        this.entries.delete(id);
+        this.entries.set(id, e);
         e.pins++;
         return e;
       }
-      if (!e) return this.loadEntry(r);
+      if (!e) return this.loadEntry(r, version);
       // Single flight: the first use's load is everyone's (its failure too); an eviction is waited out.
       if (e.state === "loading") await e.settled;
       else await e.settled.catch(() => undefined);
     }
   }
 
-  private async loadEntry(r: KeyRecord): Promise<Entry> {
-    const e = this.newEntry(r, "loading");
+  private async loadEntry(r: KeyRecord, version: number): Promise<Entry> {
+    const e = this.newEntry(r, version, "loading");
     const settle = this.settle(e);
     this.counts.misses++;
     try {
       await this.reserve(e);
-      if (this.dirty.delete(r.id)) await this.opts.device.destroy(r.id);
-      await this.load(r);
+      if (this.dirty.delete(e.id)) await this.opts.device.destroy(e.id);
+      await this.load(r, version);
     } catch (err) {
       e.pins--;
       this.drop(e);
@@ -254,7 +265,7 @@ export class Materializer {
     if (e.forgotten) {
       e.pins--;
       await this.destroy(e);
-      const err = new HsmError(Code.NotFound, `key ${r.id} not found (deleted while it was being used)`);
+      const err = new HsmError(Code.NotFound, `key ${e.id} not found (deleted while it was being used, or trimmed)`);
       settle.fail(err);
       throw err;
     }
@@ -263,16 +274,19 @@ export class Materializer {
     return e;
   }
 
-  /** The device work of a load: the public object of a public-only key, else an unwrap of the record's material. */
-  private async load(r: KeyRecord): Promise<void> {
-    const v = currentVersionOf(r);
-    if (v?.residency === "public") {
-      await this.opts.device.createPublic(r.id, r.publicKeySpki!, r.usages);
+  /** The device work of a load: the public object of a public-only key, else an unwrap of the version's material. */
+  private async load(r: KeyRecord, version: number): Promise<void> {
+    const id = deviceIdOf(r.id, version);
+    const v = versionOf(r, version);
+    if (!v) throw new HsmError(Code.NotFound, `key ${r.id} has no version ${version} (trimmed, or never made)`);
+    const spki = spkiOfVersion(r, v);
+    if (v.residency === "public") {
+      await this.opts.device.createPublic(id, spki!, r.usages);
       return;
     }
-    const material = await this.opts.material(r);
-    if (!material) throw new HsmError(Code.NotFound, `key ${r.id} not found (its record is gone from the store)`);
-    await this.opts.device.materialize(r.id, algorithmOf(r.spec), r.usages, material, r.publicKeySpki);
+    const material = await this.opts.material(r, version);
+    if (!material) throw new HsmError(Code.NotFound, `key ${id} not found (its record or version is gone from the store)`);
+    await this.opts.device.materialize(id, algorithmOf(r.spec), r.usages, material, spki);
   }
 
   /**
@@ -346,12 +360,13 @@ export class Materializer {
   }
 
   /** A key that lives only in this device: nothing to load or evict; its absence is an error with a reason. */
-  private async useLocal<T>(r: KeyRecord, fn: () => Promise<T>): Promise<T> {
+  private async useLocal<T>(r: KeyRecord, version: number, fn: () => Promise<T>): Promise<T> {
+    const id = deviceIdOf(r.id, version);
     try {
       return await fn();
     } catch (err) {
-      if (!(err instanceof KeyNotMaterializedError) || err.keyId !== r.id) throw err;
-      throw new HsmError(Code.FailedPrecondition, `key ${r.id} exists only in the device that generated it (the device cannot wrap ${algorithmOf(r.spec).type} keys) and is missing there`);
+      if (!(err instanceof KeyNotMaterializedError) || err.keyId !== id) throw err;
+      throw new HsmError(Code.FailedPrecondition, `key ${id} exists only in the device that generated it (the device cannot wrap ${algorithmOf(r.spec).type} keys) and is missing there`);
     }
   }
 }

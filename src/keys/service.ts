@@ -8,6 +8,11 @@ import { KeyAdmin } from "./key-admin";
 import { KeyFactory } from "./key-create";
 import { KeyRecords } from "./key-records";
 import { ReEncrypter, type ReEncryptInput, type ReEncryptOutput } from "./re-encrypt";
+import { KeyRotation } from "./key-rotation";
+import type { RotationTiming } from "./rotation-policy";
+import { rotationTimer, type RotationScheduleOptions } from "./rotation-schedule";
+import { VersionAdmin, type KeyVersionList } from "./version-admin";
+import type { DueTimer } from "./due-timer";
 import { SINGLE_NODE, type KeyPlacement } from "./placement";
 import type { KeyRecord, UserRef } from "./record";
 import type {
@@ -58,6 +63,8 @@ export interface KeyServiceOptions {
   objectBudget?: number;
   /** Index entries one ListKeys call examines at most (see KeyAdmin.listKeys). @default 10,000 */
   listScanLimit?: number;
+  /** config.lifecycle (rotation's day length and period bounds). @default DEFAULT_ROTATION_TIMING */
+  lifecycle?: RotationTiming;
 }
 
 /**
@@ -74,6 +81,9 @@ export class KeyService {
   private readonly dataKeys: DataKeys;
   private readonly reEncrypter: ReEncrypter;
   private readonly limits: KeyLimits;
+  /** Rotation on demand, on schedule, and its policy (key-rotation.ts). */
+  readonly rotation: KeyRotation;
+  private readonly versions: VersionAdmin;
 
   constructor(opts: KeyServiceOptions) {
     const { device, store, limits, domainKeyId } = opts;
@@ -83,7 +93,9 @@ export class KeyService {
     const factory = new KeyFactory({ device, store, records: this.records, placement, domainKeyId });
     // The BYOK import key, one for the whole cluster (a record, materialized on first use).
     const importKeys = new ClusterImportKey({ device, store, domainKeyId, nodeId: opts.nodeId, log: opts.log });
-    this.admin = new KeyAdmin({ device, store, limits, records: this.records, factory, placement, importKeys, listScanLimit: opts.listScanLimit });
+    this.rotation = new KeyRotation({ device, store, records: this.records, factory, placement, limits, timing: opts.lifecycle });
+    this.versions = new VersionAdmin({ store, records: this.records });
+    this.admin = new KeyAdmin({ device, store, limits, records: this.records, factory, placement, importKeys, listScanLimit: opts.listScanLimit, rotationFor: (d) => this.rotation.rotationFor(d) });
     this.crypto = new KeyCrypto({ device, limits, records: this.records, factory });
     this.dataKeys = new DataKeys({ device, records: this.records, crypto: this.crypto });
     this.reEncrypter = new ReEncrypter({ records: this.records, crypto: this.crypto, dataKeys: this.dataKeys, limits });
@@ -157,8 +169,35 @@ export class KeyService {
     return this.admin.deleteKey(req.keyId);
   }
   /** A key's public half (SPKI DER, PEM, JWK). */
-  getPublicKey(req: { keyId: string }): PublicKeyView {
-    return this.admin.getPublicKey(req.keyId);
+  getPublicKey(req: { keyId: string; version?: number }): PublicKeyView {
+    return this.admin.getPublicKey(req.keyId, req.version ?? 0);
+  }
+
+  // ---- versions and rotation (key-rotation.ts, version-admin.ts) ---------------------------------
+
+  /** A new primary version (GENERATED, ENABLED keys); a retried request id makes no second one. */
+  rotateKey(req: { keyId: string; requestId: string }, viewerId?: string): Promise<Key> {
+    return this.rotation.rotate(req.keyId, req.requestId, viewerId);
+  }
+  /** Every version, oldest first. */
+  listKeyVersions(req: { keyId: string }): KeyVersionList {
+    return this.versions.list(req.keyId);
+  }
+  /** Automatic rotation every `rotationPeriodDays` (0: off). */
+  updateRotationPolicy(req: { keyId: string; rotationPeriodDays: number }, viewerId?: string): Promise<Key> {
+    return this.rotation.setPolicy(req.keyId, req.rotationPeriodDays, viewerId);
+  }
+  /** The floor below which versions no longer decrypt or verify. */
+  setMinDecryptionVersion(req: { keyId: string; minDecryptionVersion: number }, viewerId?: string): Promise<Key> {
+    return this.versions.setMinDecryptionVersion(req.keyId, req.minDecryptionVersion, viewerId);
+  }
+  /** Destroys the versions below min_decryption_version (record and device). */
+  trimKeyVersions(req: { keyId: string }, viewerId?: string): Promise<Key> {
+    return this.versions.trim(req.keyId, viewerId);
+  }
+  /** The scheduled rotation pass on a timer (the daemon starts and stops it). */
+  rotationTimer(o: Omit<RotationScheduleOptions, "records" | "rotation"> & { intervalMs: number; now?: () => number }): DueTimer {
+    return rotationTimer({ ...o, records: this.records, rotation: this.rotation });
   }
 
   // ---- crypto (crypto-ops.ts, data-keys.ts) -----------------------------------------------------

@@ -103,6 +103,8 @@ export interface GenerateKeyInput {
   usages: Usage[];
   exportable: boolean;
   requestId: string;
+  /** Automatic rotation period in days (0 or absent: off; else lifecycle.rotationPeriodDays' bounds). */
+  rotationPeriodDays?: number;
 }
 
 /** ImportPublicKey: a public key in one of the accepted formats. */

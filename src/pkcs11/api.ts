@@ -60,6 +60,11 @@ export interface KeyDevice {
   makeUnextractable(id: string): Promise<void>;
   /** Destroys every object of a key (all parts, a transient one too). Idempotent. */
   destroy(id: string): Promise<void>;
+  /**
+   * Gives every object of key `fromId` the CKA_ID and CKA_LABEL of `toId` (a rotation's new version,
+   * generated under a transient id, becomes `K.vN` once its record committed).
+   */
+  rename(fromId: string, toId: string): Promise<void>;
 
   // ---- key objects ----
 

@@ -178,6 +178,10 @@ export class Device implements KeyDevice {
     return objects.destroy(this.c, id);
   }
 
+  rename(fromId: string, toId: string): Promise<void> {
+    return objects.rename(this.c, fromId, toId);
+  }
+
   // ---- key objects -----------------------------------------------------------------------------
 
   generate(id: string, alg: KeyAlgorithm, usages: readonly Usage[]): Promise<{ spki?: Buffer }> {

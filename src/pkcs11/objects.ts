@@ -110,6 +110,11 @@ export async function purgeQuarantined(c: DeviceCore, id: string): Promise<void>
   await destroy(c, `${QUARANTINE_PREFIX}${id}`);
 }
 
+/** Gives every object of key `fromId` the CKA_ID and CKA_LABEL of key `toId` (see KeyDevice.rename). */
+export async function rename(c: DeviceCore, fromId: string, toId: string): Promise<void> {
+  await relabel(c, fromId, idAttrs(toId));
+}
+
 /** Sets `attrs` (a new CKA_ID and CKA_LABEL) on every object of key `fromId`. */
 async function relabel(c: DeviceCore, fromId: string, attrs: pk.Template): Promise<void> {
   await c.run("C_SetAttributeValue", undefined, (s) => {

@@ -10,6 +10,12 @@ import {
   ImportKeyRequest,
   ImportPublicKeyRequest,
   ListKeysRequest,
+  ListKeyVersionsRequest,
+  RotateKeyRequest,
+  SetMinDecryptionVersionRequest,
+  TrimKeyVersionsRequest,
+  UpdateRotationPolicyRequest,
+  type ListKeyVersionsResponse,
   type DeleteKeyResponse,
   type GetImportParametersResponse,
   type GetPublicKeyResponse,
@@ -73,6 +79,33 @@ export abstract class HsmKeyCalls extends HsmClientStreams {
   /** An asymmetric key's public key as SPKI DER, PEM and JWK (`GetPublicKey`). */
   getPublicKey(request: Partial<GetPublicKeyRequest>, options?: CallOptions): Promise<GetPublicKeyResponse> {
     return this.call(KeyServiceService.getPublicKey, () => GetPublicKeyRequest.fromPartial(request), options);
+  }
+
+  // ---- versions (issue 13) ----
+
+  /** A new primary version of a key you own (`RotateKey`); old versions keep verifying and decrypting. Retried after a transient error only when it carries a `requestId`. */
+  rotateKey(request: Partial<RotateKeyRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(KeyServiceService.rotateKey, () => RotateKeyRequest.fromPartial(request), options);
+  }
+
+  /** Every version of a key, oldest first, with its public key (`ListKeyVersions`). */
+  listKeyVersions(request: Partial<ListKeyVersionsRequest>, options?: CallOptions): Promise<ListKeyVersionsResponse> {
+    return this.call(KeyServiceService.listKeyVersions, () => ListKeyVersionsRequest.fromPartial(request), options);
+  }
+
+  /** Automatic rotation every `rotationPeriodDays` (0 turns it off) (`UpdateRotationPolicy`). */
+  updateRotationPolicy(request: Partial<UpdateRotationPolicyRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(KeyServiceService.updateRotationPolicy, () => UpdateRotationPolicyRequest.fromPartial(request), options);
+  }
+
+  /** The floor below which versions no longer decrypt or verify (`SetMinDecryptionVersion`). */
+  setMinDecryptionVersion(request: Partial<SetMinDecryptionVersionRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(KeyServiceService.setMinDecryptionVersion, () => SetMinDecryptionVersionRequest.fromPartial(request), options);
+  }
+
+  /** Destroys every version below the floor, on every node (`TrimKeyVersions`); may need a quorum. */
+  trimKeyVersions(request: Partial<TrimKeyVersionsRequest>, options?: CallOptions): Promise<Key> {
+    return this.call(KeyServiceService.trimKeyVersions, () => TrimKeyVersionsRequest.fromPartial(request), options);
   }
 
   /** Imports a public key only (SPKI DER, PEM or JWK) for verify/encrypt/wrap (`ImportPublicKey`). Retried after a transient error only when it carries a `requestId`. */

@@ -62,6 +62,16 @@ export type {
   ShareKeyRequest,
   UnshareKeyRequest,
 } from "../gen/hsm/v1/keys";
+/** KeyService messages of key versions (issue 13). */
+export type {
+  KeyVersionInfo,
+  ListKeyVersionsRequest,
+  ListKeyVersionsResponse,
+  RotateKeyRequest,
+  SetMinDecryptionVersionRequest,
+  TrimKeyVersionsRequest,
+  UpdateRotationPolicyRequest,
+} from "../gen/hsm/v1/keys";
 /** UserService and QuorumService messages. */
 export type {
   ApproveQuorumRequestResponse,

@@ -62,6 +62,14 @@ async function ownersKey(opts: { share?: string } = {}): Promise<string> {
   return key.id;
 }
 
+/** A fresh key of the owner's (shared) with a version below its min_decryption_version: something to trim (issue 13 lane V). */
+async function trimmableKey(): Promise<string> {
+  const id = await ownersKey();
+  await clients["CU owner"].rotateKey({ keyId: id });
+  await clients["CU owner"].setMinDecryptionVersion({ keyId: id, minDecryptionVersion: 2 });
+  return id;
+}
+
 /** A throwaway user for the user-management rows. */
 async function throwaway(role: Role = Role.ROLE_CRYPTO_USER): Promise<string> {
   const name = fresh("tmp");
@@ -144,6 +152,13 @@ const ROWS: Array<{ rpc: string; kind: Kind; call: (c: HsmClient, col: Col) => P
   },
   { rpc: "ShareKey", kind: "own", call: async (c) => c.shareKey({ keyId: await ownersKey(), username: "fourth" }) },
   { rpc: "UnshareKey", kind: "own", call: async (c) => c.unshareKey({ keyId: await ownersKey({ share: "fourth" }), username: "fourth" }) },
+  // issue 13 lane V: versions
+  { rpc: "RotateKey", kind: "own", call: async (c) => c.rotateKey({ keyId: await ownersKey() }) },
+  { rpc: "ListKeyVersions", kind: "use", call: (c) => c.listKeyVersions({ keyId: k.aes }) },
+  { rpc: "UpdateRotationPolicy", kind: "own", call: async (c) => c.updateRotationPolicy({ keyId: await ownersKey(), rotationPeriodDays: 90 }) },
+  { rpc: "SetMinDecryptionVersion", kind: "own", call: async (c) => c.setMinDecryptionVersion({ keyId: await ownersKey(), minDecryptionVersion: 1 }) },
+  { rpc: "TrimKeyVersions", kind: "own", call: async (c) => c.trimKeyVersions({ keyId: await trimmableKey() }) },
+  // end issue 13 lane V
   // CryptoService
   { rpc: "Encrypt", kind: "use", call: (c) => c.encrypt({ keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: message }) },
   { rpc: "Decrypt", kind: "use", call: (c) => c.decrypt({ keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, ...ciphertext }) },

@@ -223,3 +223,30 @@ describe("Materializer", () => {
     expect(m.stats().resident).toBe(0);
   });
 });
+
+describe("Materializer, key versions (issue 13)", () => {
+  it("materializes each version from its own material under its own device id, and forgets one version alone", async () => {
+    const device = new FakeDevice();
+    const asked: string[] = [];
+    const m = new Materializer({
+      device: device as never,
+      budget: 16,
+      material: async (r, v) => {
+        asked.push(`${r.id}@${v}`);
+        return { alg: "AES_KWP", wrappingKeyId: "d", blob: Buffer.from(`blob:${v > 1 ? `${r.id}.v${v}` : r.id}`) };
+      },
+    });
+    const v = (n: number) => ({ version: n, createdAt: "2026-01-01T00:00:00Z", residency: "wrapped" as const });
+    const r: KeyRecord = { ...rec("k"), currentVersion: 2, versions: [v(1), v(2)] };
+    expect(await m.use(r, () => device.op("k.v2"))).toBe("ok k.v2");
+    expect(await m.use(r, () => device.op("k"), 1)).toBe("ok k");
+    expect(await m.use(r, () => device.op("k.v2"), 2)).toBe("ok k.v2");
+    expect(asked).toEqual(["k@2", "k@1"]);
+    expect(m.stats()).toMatchObject({ resident: 2, misses: 2, hits: 1 });
+    // Version 1 trimmed: only its entry goes.
+    m.forget("k");
+    expect([m.holds("k"), m.holds("k.v2")]).toEqual([false, true]);
+    expect(m.stats().resident).toBe(1);
+    await expect(m.use(r, () => device.op("k.v3"), 3)).rejects.toThrow(/no version 3/);
+  });
+});

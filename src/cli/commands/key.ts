@@ -5,7 +5,7 @@ import { UsageError } from "../errors";
 import { deliverBytes, readInput, writeOutputFile, writeStdout } from "../io";
 import { isSymmetric, keySpecs, keyUsages, parseUsages, SYMMETRIC_SPECS } from "../names";
 import { keysText, keyText, keyView } from "../render";
-import { choiceValue, requireString, stringValue, type CommandContext, type CommandSpec, type OptionSpec, type Values } from "../spec";
+import { choiceValue, intValue, requireString, stringValue, type CommandContext, type CommandSpec, type OptionSpec, type Values } from "../spec";
 
 const KEY_ID: OptionSpec = { type: "string", arg: "ID", required: true, description: "the key's id" };
 const LABEL: OptionSpec = { type: "string", arg: "LABEL", required: true, description: "a name for the key (not unique)" };
@@ -217,13 +217,14 @@ With --output json and no --out the answer is {"keyId", "format", and "pem", "jw
       "key-id": KEY_ID,
       format: { type: "string", arg: "FORMAT", description: "pem (default), der or jwk" },
       out: { type: "string", arg: "FILE", description: "write it to FILE (- for stdout)" },
+      "key-version": { type: "string", arg: "N", description: "that version's public key (default: the primary version; see key versions)" },
     },
     examples: ["hsmctl key public-key --key-id K --out pub.pem && openssl pkey -pubin -in pub.pem -noout -text"],
     async run(ctx, values) {
       const keyId = requireString(values, "key-id");
       const format = choiceValue(values, "format", ["pem", "der", "jwk"] as const, "pem");
       const out = stringValue(values, "out");
-      const pub = await ctx.client().getPublicKey({ keyId });
+      const pub = await ctx.client().getPublicKey({ keyId, version: intValue(values, "key-version", 0, 1, 2 ** 31) });
       if (format === "der") {
         await deliverBytes(ctx, values, "der", Buffer.from(pub.spkiDer), { keyId, format }, "public key (DER)");
         return;

@@ -124,7 +124,7 @@ export const stateFromProto = (s: KeyState): KeyStateName | undefined => Object.
 
 /** GenerateKeyRequest → domain. */
 export function generateKeyFromProto(r: GenerateKeyRequest): GenerateKeyInput {
-  return { spec: specFromProto(r.spec), label: r.label, usages: usagesFromProto(r.usages), exportable: r.exportable, requestId: r.requestId };
+  return { spec: specFromProto(r.spec), label: r.label, usages: usagesFromProto(r.usages), exportable: r.exportable, requestId: r.requestId, rotationPeriodDays: r.rotationPeriodDays };
 }
 
 const FORMAT_NAME: Partial<Record<PublicKeyFormat, PublicKeyFormatName>> = {
