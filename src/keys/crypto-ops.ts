@@ -27,7 +27,6 @@ import type {
   WrapKeyInput,
 } from "./types";
 import { checkLabel, checkPayload, checkRequestId, type KeyLimits } from "./validation";
-import { versionOf } from "./versions";
 
 /** What the crypto operations need. */
 export interface KeyCryptoOptions {
@@ -137,17 +136,6 @@ export class KeyCrypto {
     return this.decryptRaw(r, h.keyVersion, { algorithm, ciphertext: h.body, iv: h.iv, aad, tagLength: gcm ? BLOB_TAG_BYTES : 0, oaepLabel: Buffer.alloc(0) });
   }
 
-  /**
-   * FAILED_PRECONDITION for a version below the key's minimum decryption version, NOT_FOUND for one
-   * it does not have (never made, or trimmed): both name the version and what the key has.
-   */
-  private checkDecryptVersion(r: KeyRecord, version: number): void {
-    const min = r.minDecryptionVersion ?? 1;
-    const have = r.versions.map((v) => v.version).sort((a, b) => a - b);
-    if (version < min) throw precondition(`version ${version} of key ${r.id} is below its minimum decryption version ${min}: it cannot decrypt (re-encrypt data before raising the minimum)`);
-    if (!versionOf(r, version)) throw notFound(`key ${r.id} has no version ${version} (its versions: ${have.join(", ")})`);
-  }
-
   /** Decrypts a raw ciphertext with one version of a key, in the HSM. */
   private async decryptRaw(r: KeyRecord, version: number, req: Omit<DecryptInput, "keyId" | "ciphertextBlob" | "keyVersion" | "algorithm"> & { algorithm: EncryptionAlgorithmName }): Promise<Buffer> {
     const { records, device, limits } = this.opts;
@@ -155,7 +143,7 @@ export class KeyCrypto {
     const c = cipherFor(req.algorithm, alg);
     records.needUsage(r, "decrypt");
     if (r.publicOnly) throw precondition(`key ${r.id} is a public key: it cannot decrypt`);
-    this.checkDecryptVersion(r, version);
+    versionForUse(r, version, "decrypt");
     const ct = this.payload("ciphertext", Buffer.from(req.ciphertext), c.name === "AES_CTR");
     const label = oaepLabelFor(req.oaepLabel, c.name === "RSA_OAEP", `ENCRYPTION_ALGORITHM_${req.algorithm}`, limits.maxOaepLabelBytes);
     const aad = Buffer.from(req.aad);

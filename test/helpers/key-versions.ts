@@ -4,8 +4,9 @@
  * known AES material, so a test can check the HSM's ciphertexts with Node's crypto.
  */
 import * as grpc from "@grpc/grpc-js";
+import { createDecipheriv, randomBytes } from "node:crypto";
 import { KeyServiceClient } from "../../src/gen/hsm/v1/keys";
-import { HsmClientError, KeySpec, KeyUsage, wrapForImport, type HsmClient } from "../../src/sdk";
+import { HsmClientError, KeySpec, KeyUsage, WrapAlgorithm, wrapForImport, type HsmClient } from "../../src/sdk";
 
 /** Calls a KeyService method by its client name with `c`'s session; rejects with an HsmClientError. */
 export function keyServiceCall<Res>(endpoint: string, c: HsmClient, method: "rotateKey" | "setMinDecryptionVersion" | "listKeyVersions", req: object): Promise<Res> {
@@ -28,4 +29,30 @@ export async function importAes(c: HsmClient, material: Buffer, label = "known-a
   const blob = wrapForImport(Buffer.from(p.publicKeySpki), material, p.wrappingAlgorithm);
   const spec = material.length === 16 ? KeySpec.KEY_SPEC_AES_128 : KeySpec.KEY_SPEC_AES_256;
   return (await c.importKey({ spec, label, usages: [KeyUsage.KEY_USAGE_ENCRYPT, KeyUsage.KEY_USAGE_DECRYPT], importKeyId: p.importKeyId, wrappedKeyMaterial: blob })).id;
+}
+
+/**
+ * A generated (hence rotatable), exportable AES-256 key whose material a test can read: `material()`
+ * wraps its primary version out under an imported KEK (WrapKey, AES-KWP) and unwraps it with Node's
+ * crypto (RFC 5649).
+ */
+export async function knownGeneratedAes(c: HsmClient, label = "known-generated"): Promise<{ id: string; material: () => Promise<Buffer> }> {
+  const kek = randomBytes(32);
+  const p = await c.getImportParameters({});
+  const kekId = (
+    await c.importKey({
+      spec: KeySpec.KEY_SPEC_AES_256,
+      label: `${label}-kek`,
+      usages: [KeyUsage.KEY_USAGE_WRAP, KeyUsage.KEY_USAGE_UNWRAP],
+      importKeyId: p.importKeyId,
+      wrappedKeyMaterial: wrapForImport(Buffer.from(p.publicKeySpki), kek, p.wrappingAlgorithm),
+    })
+  ).id;
+  const id = (await c.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label, usages: [KeyUsage.KEY_USAGE_ENCRYPT, KeyUsage.KEY_USAGE_DECRYPT], exportable: true })).id;
+  const material = async () => {
+    const { wrappedKey } = await c.wrapKey({ wrappingKeyId: kekId, keyId: id, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP });
+    const d = createDecipheriv("id-aes256-wrap-pad", kek, Buffer.from("A65959A6", "hex"));
+    return Buffer.concat([d.update(wrappedKey), d.final()]);
+  };
+  return { id, material };
 }

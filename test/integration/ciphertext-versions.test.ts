@@ -11,7 +11,7 @@ import { encryptionContextAad } from "../../src/keys";
 import { EncryptionAlgorithm, HsmClientError, KeySpec, KeyUsage, type HsmClient } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { expectError } from "../helpers/expect-error";
-import { importAes, keyServiceCall } from "../helpers/key-versions";
+import { importAes, keyServiceCall, knownGeneratedAes } from "../helpers/key-versions";
 import { userClient } from "../helpers/users";
 
 const GCM = EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM;
@@ -185,27 +185,34 @@ describe("header tampering fails cleanly (never INTERNAL)", () => {
 });
 
 describe("versions", () => {
-  it("after RotateKey old blobs decrypt with the old version, new ones carry the new version (Node's crypto checks the old)", async (ctx) => {
+  it("after RotateKey old blobs decrypt with the old version, new ones carry the new version; Node's crypto checks both", async (ctx) => {
     if (!rotation) ctx.skip(); // RotateKey comes with the versions lane (V)
-    const id = await importAes(c, material, "rotating");
-    const old = await c.encrypt({ keyId: id, algorithm: GCM, plaintext: Buffer.from("before") });
-    await rotate(id);
-    const now = await c.encrypt({ keyId: id, algorithm: GCM, plaintext: Buffer.from("after") });
+    // Imported keys cannot rotate: a generated, exportable key whose versions' material is read with WrapKey.
+    const k = await knownGeneratedAes(c, "rotating");
+    const v1 = await k.material();
+    const old = await c.encrypt({ keyId: k.id, algorithm: GCM, plaintext: Buffer.from("before") });
+    await rotate(k.id);
+    const v2 = await k.material();
+    expect(v2.equals(v1)).toBe(false);
+    const now = await c.encrypt({ keyId: k.id, algorithm: GCM, plaintext: Buffer.from("after") });
     expect([old.keyVersion, now.keyVersion]).toEqual([1, 2]);
     expect(readBlob(Buffer.from(now.ciphertextBlob)).keyVersion).toBe(2);
     expect(await c.decrypt({ ciphertextBlob: old.ciphertextBlob })).toMatchObject({ keyVersion: 1, plaintext: Buffer.from("before") });
     expect(await c.decrypt({ ciphertextBlob: now.ciphertextBlob })).toMatchObject({ keyVersion: 2, plaintext: Buffer.from("after") });
-    // Version 1 is the imported material: Node's crypto opens the old blob, not the new one.
-    const open = (e: typeof old) => {
-      const d = createDecipheriv("aes-256-gcm", material, e.iv);
+    const open = (key: Buffer, e: typeof old) => {
+      const d = createDecipheriv("aes-256-gcm", key, e.iv);
       d.setAuthTag(e.ciphertext.subarray(e.ciphertext.length - 16));
       return Buffer.concat([d.update(e.ciphertext.subarray(0, e.ciphertext.length - 16)), d.final()]).toString();
     };
-    expect(open(old)).toBe("before");
-    expect(() => open(now)).toThrow();
+    expect([open(v1, old), open(v2, now)]).toEqual(["before", "after"]);
+    expect(() => open(v1, now)).toThrow();
     // Raw ciphertexts name their version.
-    expect(Buffer.from((await c.decrypt({ keyId: id, algorithm: GCM, ciphertext: old.ciphertext, iv: old.iv, keyVersion: 1 })).plaintext).toString()).toBe("before");
-    await expectError(c.decrypt({ keyId: id, algorithm: GCM, ciphertext: old.ciphertext, iv: old.iv }), "INVALID_ARGUMENT");
+    expect(Buffer.from((await c.decrypt({ keyId: k.id, algorithm: GCM, ciphertext: old.ciphertext, iv: old.iv, keyVersion: 1 })).plaintext).toString()).toBe("before");
+    await expectError(c.decrypt({ keyId: k.id, algorithm: GCM, ciphertext: old.ciphertext, iv: old.iv }), "INVALID_ARGUMENT");
+    // The header names version 2 for a blob of version 1: authentication fails.
+    const lying = Buffer.from(old.ciphertextBlob);
+    lying.writeUInt32BE(2, 6);
+    await expectError(c.decrypt({ ciphertextBlob: lying }), "INVALID_ARGUMENT");
   });
 
   it("the minimum decryption version refuses older blobs with FAILED_PRECONDITION naming it", async (ctx) => {
@@ -214,7 +221,7 @@ describe("versions", () => {
     const old = await c.encrypt({ keyId: id, algorithm: GCM, plaintext: Buffer.from("old") });
     await rotate(id);
     await setMin(id, 2);
-    await expectError(c.decrypt({ ciphertextBlob: old.ciphertextBlob }), "FAILED_PRECONDITION", "minimum decryption version 2");
+    await expectError(c.decrypt({ ciphertextBlob: old.ciphertextBlob }), "FAILED_PRECONDITION", "min_decryption_version 2");
     const now = await c.encrypt({ keyId: id, algorithm: GCM, plaintext: Buffer.from("new") });
     expect(Buffer.from((await c.decrypt({ ciphertextBlob: now.ciphertextBlob })).plaintext).toString()).toBe("new");
   });

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decryptEnvelope, EncryptionAlgorithm, encryptEnvelope, HsmClientError, KeySpec, KeyUsage, readEnvelopeHeader, rewrapEnvelope, type HsmClient } from "../../src/sdk";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
 import { expectError } from "../helpers/expect-error";
-import { importAes, keyServiceCall } from "../helpers/key-versions";
+import { importAes, keyServiceCall, knownGeneratedAes } from "../helpers/key-versions";
 import { userClient } from "../helpers/users";
 
 const GCM = EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM;
@@ -145,21 +145,28 @@ describe("ReEncrypt", () => {
     expect(Buffer.from((await bob.decrypt({ ciphertextBlob: r.ciphertextBlob })).plaintext).toString()).toBe("shared source");
   });
 
-  it("after a rotation, rewraps old ciphertexts to the primary version", async (ctx) => {
+  it("after a rotation, rewraps old ciphertexts and data keys to the primary version", async (ctx) => {
     if (!rotation) ctx.skip(); // RotateKey comes with the versions lane (V)
-    const id = await importAes(alice, matA, "rotating");
-    const old = await alice.encrypt({ keyId: id, algorithm: GCM, plaintext: Buffer.from("v1 data"), aad: Buffer.from("a") });
-    await keyServiceCall(td.grpc, alice, "rotateKey", { keyId: id, requestId: "" });
+    const k = await knownGeneratedAes(alice, "rotating");
+    const v1 = await k.material();
+    const old = await alice.encrypt({ keyId: k.id, algorithm: GCM, plaintext: Buffer.from("v1 data"), aad: Buffer.from("a") });
+    const dk = await alice.generateDataKey({ keyId: k.id });
+    await keyServiceCall(td.grpc, alice, "rotateKey", { keyId: k.id, requestId: "" });
+    const v2 = await k.material();
     const r = await alice.reEncrypt({ ciphertextBlob: old.ciphertextBlob, sourceAad: Buffer.from("a") });
-    expect(r).toMatchObject({ sourceKeyId: id, sourceKeyVersion: 1, keyId: id, keyVersion: 2 });
+    expect(r).toMatchObject({ sourceKeyId: k.id, sourceKeyVersion: 1, keyId: k.id, keyVersion: 2 });
     expect(parts(r.ciphertextBlob).version).toBe(2);
-    expect(() => nodeGcm(matA, r.ciphertextBlob, Buffer.from("a"))).toThrow();
+    expect(nodeGcm(v2, r.ciphertextBlob, Buffer.from("a")).toString()).toBe("v1 data");
+    expect(() => nodeGcm(v1, r.ciphertextBlob, Buffer.from("a"))).toThrow();
     expect(await alice.decrypt({ ciphertextBlob: r.ciphertextBlob, aad: Buffer.from("a") })).toMatchObject({ keyVersion: 2, plaintext: Buffer.from("v1 data") });
-    // Data keys too.
-    const dk = await alice.generateDataKeyWithoutPlaintext({ keyId: B });
-    await keyServiceCall(td.grpc, alice, "rotateKey", { keyId: B, requestId: "" });
+    // Data keys too; the data key itself is unchanged.
     const rdk = await alice.reEncrypt({ ciphertextBlob: dk.wrappedDataKey });
     expect(rdk).toMatchObject({ sourceKeyVersion: 1, keyVersion: 2 });
+    expect(Buffer.from((await alice.decryptDataKey({ wrappedDataKey: rdk.ciphertextBlob })).plaintextDataKey).equals(Buffer.from(dk.plaintextDataKey))).toBe(true);
+    // Once the floor is raised, the old blob cannot be re-encrypted any more; its rewrap can.
+    await keyServiceCall(td.grpc, alice, "setMinDecryptionVersion", { keyId: k.id, minDecryptionVersion: 2 });
+    await expectError(alice.reEncrypt({ ciphertextBlob: old.ciphertextBlob, sourceAad: Buffer.from("a") }), "FAILED_PRECONDITION", "min_decryption_version 2");
+    expect((await alice.reEncrypt({ ciphertextBlob: r.ciphertextBlob, sourceAad: Buffer.from("a") })).sourceKeyVersion).toBe(2);
   });
 });
 
