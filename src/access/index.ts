@@ -4,5 +4,5 @@
  */
 export { AccessGuard } from "./guard";
 export { keyAccess, type KeyAccess } from "./key-access";
-export { RULES, ROLE_NAMES, type KeyNeed, type KeyRef, type Rule } from "./policy";
+export { RULES, ROLE_NAMES, reEncryptKeys, type KeyNeed, type KeyRef, type Rule } from "./policy";
 export { DEFAULT_LOGIN_RATE, PeerRateLimiter, peerAddress, type RateDecision, type RateLimitOptions } from "./rate-limit";

@@ -2,6 +2,7 @@
  * Who may call what: one rule per RPC, the only place that says so. Everything not listed here is
  * denied (the gRPC layer refuses to register a handler without a rule).
  */
+import { blobKeyOf, isCiphertextBlob } from "../keys";
 import type { Role } from "../users";
 
 /** The access a request needs on a key: `use` for crypto and reads, `own` for delete, share and wrap-out. */
@@ -12,6 +13,11 @@ export interface KeyRef {
   field: string;
   id: string;
   need: KeyNeed;
+  /**
+   * Set when the request names its key in a form that cannot be read (a malformed ciphertext
+   * header): the request is refused with INVALID_ARGUMENT and this message before anything else.
+   */
+  invalid?: string;
 }
 
 /** The rule of one RPC. */
@@ -37,10 +43,48 @@ export interface Rule {
 const CO: readonly Role[] = ["CO"];
 const CU: readonly Role[] = ["CU"];
 const str = (v: unknown) => (typeof v === "string" ? v : "");
+/** The .proto name of a field (keyId → key_id). */
+const snake = (field: string) => field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 const key = (field: string, need: KeyNeed) => {
   // The .proto name of the field (keyId → key_id), once: this runs for every crypto call.
-  const name = field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+  const name = snake(field);
   return (req: Record<string, unknown>) => [{ field: name, id: str(req[field]), need }];
+};
+
+/**
+ * The key a self-describing ciphertext (docs/CIPHERTEXT.md) names in its header, and the request's
+ * own key field when it names another (the handler then refuses the mismatch, after alias
+ * resolution). Without a blob (or `blobOnly` false and a blob in an older format, such as an HDK1
+ * data key): the key field alone. Never throws: a malformed header is an `invalid` ref.
+ */
+const blobKey =
+  (blobField: string, keyField: string, need: KeyNeed, newFormatOnly = false) =>
+  (req: Record<string, unknown>): KeyRef[] => {
+    const blob = req[blobField];
+    const explicit = str(req[keyField]);
+    const hasBlob = blob instanceof Uint8Array && blob.length > 0 && (!newFormatOnly || isCiphertextBlob(blob));
+    if (!hasBlob) return key(keyField, need)(req);
+    const field = snake(blobField);
+    const h = blobKeyOf(blob, field);
+    if ("error" in h) return [{ field, id: "", need, invalid: h.error }];
+    const refs: KeyRef[] = [{ field, id: h.keyId, need }];
+    if (explicit && explicit !== h.keyId) refs.push({ field: snake(keyField), id: explicit, need });
+    return refs;
+  };
+
+/**
+ * ReEncrypt: `use` of the source key (the blob's header, or `source_key_id` for an HDK1 data key,
+ * which names none) and `use` of the destination (`destination_key_id`; empty: the source key).
+ */
+export const reEncryptKeys = (req: Record<string, unknown>): KeyRef[] => {
+  const blob = req["ciphertextBlob"];
+  const hdk1 = blob instanceof Uint8Array && blob.length >= 4 && Buffer.from(blob.buffer, blob.byteOffset, 4).toString("latin1") === "HDK1";
+  const refs: KeyRef[] = hdk1 ? key("sourceKeyId", "use")(req) : blobKey("ciphertextBlob", "sourceKeyId", "use")(req);
+  if (hdk1 && !refs[0]!.id) refs[0]!.invalid = "ciphertext_blob is a wrapped data key in the HDK1 format (made before ciphertext headers), which names no key: pass its key as source_key_id";
+  if (!(blob instanceof Uint8Array) || blob.length === 0) return [{ field: "ciphertext_blob", id: "", need: "use", invalid: "ciphertext_blob is required" }];
+  const dest = str(req["destinationKeyId"]);
+  if (dest) refs.push({ field: "destination_key_id", id: dest, need: "use" });
+  return refs;
 };
 
 /**
@@ -106,7 +150,8 @@ export const RULES: Readonly<Record<string, Rule>> = Object.freeze({
   ListAliases: { who: CU },
   // CryptoService
   Encrypt: { who: CU, keys: key("keyId", "use") },
-  Decrypt: { who: CU, keys: key("keyId", "use") },
+  // Decrypt and DecryptDataKey: the key a self-describing ciphertext's header names (key_id may then be empty).
+  Decrypt: { who: CU, keys: blobKey("ciphertextBlob", "keyId", "use") },
   Sign: { who: CU, keys: key("keyId", "use") },
   Verify: { who: CU, keys: key("keyId", "use") },
   // Wrapping a key out of the service is its owner's decision; the wrapping key only needs use.
@@ -116,7 +161,7 @@ export const RULES: Readonly<Record<string, Rule>> = Object.freeze({
   GenerateRandom: { who: CU },
   GenerateDataKey: { who: CU, keys: key("keyId", "use") },
   GenerateDataKeyWithoutPlaintext: { who: CU, keys: key("keyId", "use") },
-  DecryptDataKey: { who: CU, keys: key("keyId", "use") },
+  DecryptDataKey: { who: CU, keys: blobKey("wrappedDataKey", "keyId", "use", true) },
   BatchSign: { who: CU, batch: true },
   BatchVerify: { who: CU, batch: true },
   BatchEncrypt: { who: CU, batch: true },
@@ -124,10 +169,10 @@ export const RULES: Readonly<Record<string, Rule>> = Object.freeze({
   // Opening the stream needs a crypto user's session; each message is then authorized by the rule
   // of its unary method (Sign, Encrypt, …), here, as if it came alone.
   CryptoStream: { who: CU },
-  // The source key is named by the ciphertext's header, the destination by the request: the handler
-  // checks use of both (and each item's, for the batch).
-  ReEncrypt: { who: CU },
-  BatchReEncrypt: { who: CU },
+  // The source key is named by the ciphertext's header, the destination by the request: use of both
+  // (reEncryptKeys; the batch checks each item's the same way, a denied item failing alone).
+  ReEncrypt: { who: CU, keys: reEncryptKeys },
+  BatchReEncrypt: { who: CU, batch: true },
 });
 
 /** Role names as people read them. */

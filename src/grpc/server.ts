@@ -116,7 +116,9 @@ export function buildGrpcServer(opts: GrpcServerOptions): BuiltGrpcServer {
     // channelz bookkeeping costs CPU on every call and nothing reads it.
     "grpc.enable_channelz": 0,
     "grpc.max_receive_message_length": opts.maxMessageBytes + TRANSPORT_SLACK_BYTES,
-    "grpc.max_send_message_length": opts.maxMessageBytes + TRANSPORT_SLACK_BYTES,
+    // An answer may be twice its request: an Encrypt answer carries its ciphertext both raw and in
+    // the self-describing blob (issue 13, docs/CIPHERTEXT.md), and a full BatchEncrypt is a full request.
+    "grpc.max_send_message_length": 2 * opts.maxMessageBytes + TRANSPORT_SLACK_BYTES,
     "grpc.max_concurrent_streams": c.maxConcurrentStreams,
     "grpc-node.max_session_memory": c.maxSessionMemoryMiB,
     "grpc.max_connection_idle_ms": c.idleTimeoutMs,

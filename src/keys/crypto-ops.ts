@@ -1,5 +1,6 @@
 /** Crypto with keys (encrypt, decrypt, sign, verify, wrap, unwrap, derive, random): each call's rules and its device work. */
 import { timingSafeEqual } from "node:crypto";
+import { BLOB_TAG_BYTES, encodeCiphertextHeader, parseCiphertextHeader, type CiphertextHeader, type CiphertextKind } from "./ciphertext-header";
 import { freshIv } from "./iv-pool";
 import { exhausted, invalid, notFound, precondition } from "../errors";
 import { CURVE_BYTES, partsFromSpki, type KeyDevice, type Part, type SignSpec, type WrapSpec } from "../pkcs11";
@@ -15,6 +16,7 @@ import type {
   DeriveKeyInput,
   EncryptInput,
   EncryptOutput,
+  EncryptionAlgorithmName,
   Key,
   SignInput,
   SignOutput,
@@ -79,17 +81,69 @@ export class KeyCrypto {
     }
     const spec = c.name === "AES_GCM" ? { name: c.name, iv, aad, tagBytes: 16 } : c.name === "RSA_OAEP" ? { name: c.name, hash: c.hash!, k, label } : { name: c.name, iv };
     const part: Part = r.publicKeySpki ? "public" : "secret";
-    const ct = await records.withKey(r, (id) => device.encrypt(id, part, spec, pt, outLen));
-    return { keyId: r.id, ciphertext: ct, iv: c.name === "RSA_OAEP" ? Buffer.alloc(0) : iv, keyVersion: r.currentVersion, ciphertextBlob: Buffer.alloc(0) };
+    const version = r.currentVersion;
+    const ct = await records.withKey(r, (id) => device.encrypt(id, part, spec, pt, outLen), version);
+    if (c.name === "RSA_OAEP") return { keyId: r.id, ciphertext: ct, iv: Buffer.alloc(0), keyVersion: version, ciphertextBlob: Buffer.alloc(0) };
+    // The blob and the raw output are two views of one encryption (GCM AAD: the caller's only; docs/CIPHERTEXT.md).
+    const ciphertextBlob = encodeCiphertextHeader({ kind: c.name, keyId: r.id, keyVersion: version, iv, body: ct });
+    return { keyId: r.id, ciphertext: ct, iv, keyVersion: version, ciphertextBlob };
   }
 
+  /**
+   * Decrypt: a self-describing ciphertext (`ciphertextBlob`, docs/CIPHERTEXT.md) with the key and
+   * version its header names, or a raw one with `keyId` and `keyVersion` (0: the primary version).
+   */
   async decrypt(req: DecryptInput): Promise<DecryptOutput> {
-    const { records, device, limits } = this.opts;
+    const { records } = this.opts;
+    const blob = Buffer.from(req.ciphertextBlob ?? []);
+    if (blob.length > 0) return this.decryptBlob(req, blob);
+    if (!req.algorithm) throw invalid("algorithm is required for a raw ciphertext (or pass the ciphertext_blob Encrypt returned)");
     const r = records.record(req.keyId);
+    const version = req.keyVersion || r.currentVersion;
+    const plaintext = await this.decryptRaw(r, version, { ...req, algorithm: req.algorithm });
+    return { keyId: r.id, plaintext, keyVersion: version };
+  }
+
+  /** Decrypt of a self-describing ciphertext: everything but the AAD comes from its header. */
+  private async decryptBlob(req: DecryptInput, blob: Buffer): Promise<DecryptOutput> {
+    this.payload("ciphertext_blob", blob);
+    const h = parseCiphertextHeader(blob, "ciphertext_blob");
+    if (h.kind === "DATA_KEY") throw invalid("ciphertext_blob is a wrapped data key: unwrap it with DecryptDataKey");
+    if (req.ciphertext.length || req.iv.length || req.tagLength) throw invalid("ciphertext, iv and tag_length must be empty with ciphertext_blob: its header holds them");
+    if (req.keyVersion) throw invalid(`key_version is for raw ciphertexts; the ciphertext_blob's header names version ${h.keyVersion}`);
+    const r = this.headerKey(h, req.keyId, "key_id");
+    const plaintext = await this.decryptParsed(r, h, Buffer.from(req.aad));
+    return { keyId: r.id, plaintext, keyVersion: h.keyVersion };
+  }
+
+  /**
+   * The record of the key a header names; `named` (a request's key field, may be empty) must be the
+   * same key: INVALID_ARGUMENT naming both otherwise.
+   */
+  headerKey(h: CiphertextHeader, named: string, field: string): KeyRecord {
+    const { records } = this.opts;
+    const r = records.record(h.keyId, "the ciphertext header's key id");
+    if (named && records.record(named, field).id !== r.id) {
+      throw invalid(`${field} ${named} is not the key the ciphertext names (${h.keyId}): leave ${field} empty, or name that key`);
+    }
+    return r;
+  }
+
+  /** The plaintext of a parsed blob under `r` (the version its header names); GCM kinds with `aad`. */
+  decryptParsed(r: KeyRecord, h: CiphertextHeader, aad: Buffer): Promise<Buffer> {
+    const gcm = h.kind === "AES_GCM" || h.kind === "DATA_KEY";
+    const algorithm = gcm ? "AES_GCM" : h.kind === "AES_CBC_PAD" ? "AES_CBC_PAD" : "AES_CTR";
+    return this.decryptRaw(r, h.keyVersion, { algorithm, ciphertext: h.body, iv: h.iv, aad, tagLength: gcm ? BLOB_TAG_BYTES : 0, oaepLabel: Buffer.alloc(0) });
+  }
+
+  /** Decrypts a raw ciphertext with one version of a key, in the HSM. */
+  private async decryptRaw(r: KeyRecord, version: number, req: Omit<DecryptInput, "keyId" | "ciphertextBlob" | "keyVersion" | "algorithm"> & { algorithm: EncryptionAlgorithmName }): Promise<Buffer> {
+    const { records, device, limits } = this.opts;
     const alg = algorithmOf(r.spec);
     const c = cipherFor(req.algorithm, alg);
     records.needUsage(r, "decrypt");
     if (r.publicOnly) throw precondition(`key ${r.id} is a public key: it cannot decrypt`);
+    versionForUse(r, version, "decrypt");
     const ct = this.payload("ciphertext", Buffer.from(req.ciphertext), c.name === "AES_CTR");
     const label = oaepLabelFor(req.oaepLabel, c.name === "RSA_OAEP", `ENCRYPTION_ALGORITHM_${req.algorithm}`, limits.maxOaepLabelBytes);
     const aad = Buffer.from(req.aad);
@@ -116,8 +170,25 @@ export class KeyCrypto {
       }
     }
     const part: Part = r.publicKeySpki ? "private" : "secret";
-    const pt = await records.withKey(r, (id) => device.decrypt(id, part, spec as never, ct, ct.length + 32));
-    return { keyId: r.id, plaintext: pt, keyVersion: r.currentVersion };
+    return records.withKey(r, (id) => device.decrypt(id, part, spec as never, ct, ct.length + 32), version);
+  }
+
+  /**
+   * Encrypts `pt` with the primary version of AES key `r` into a self-describing ciphertext of
+   * `kind` (ReEncrypt, data keys): a fresh IV; the GCM kinds bind `aad`.
+   */
+  async encryptBlob(r: KeyRecord, kind: CiphertextKind, pt: Buffer, aad: Buffer): Promise<{ blob: Buffer; keyVersion: number }> {
+    const { records, device } = this.opts;
+    const alg = algorithmOf(r.spec);
+    if (alg.type !== "aes") throw invalid(`key ${r.id} is ${alg.type.toUpperCase()}: this ciphertext needs an AES key`);
+    records.needUsage(r, "encrypt");
+    const gcm = kind === "AES_GCM" || kind === "DATA_KEY";
+    if (!gcm && aad.length) throw invalid("aad is only for AES_GCM");
+    const iv = freshIv(gcm ? 12 : 16);
+    const spec = gcm ? { name: "AES_GCM" as const, iv, aad, tagBytes: BLOB_TAG_BYTES } : { name: kind as "AES_CBC_PAD" | "AES_CTR", iv };
+    const version = r.currentVersion;
+    const body = await records.withKey(r, (id) => device.encrypt(id, "secret", spec, pt, pt.length + 32), version);
+    return { blob: encodeCiphertextHeader({ kind, keyId: r.id, keyVersion: version, iv, body }), keyVersion: version };
   }
 
   private signInput(req: SignInput, r: KeyRecord) {

@@ -1,14 +1,15 @@
 /** Envelope encryption's data keys (GenerateDataKey, DecryptDataKey) and the encryption context's AAD. */
 import { Code, HsmError, invalid } from "../errors";
 import type { KeyDevice } from "../pkcs11";
+import { isCiphertextBlob, parseCiphertextHeader, type CiphertextHeader } from "./ciphertext-header";
 import type { KeyCrypto } from "./crypto-ops";
 import type { KeyRecords } from "./key-records";
 import type { KeyRecord } from "./record";
 import { algorithmOf } from "./spec";
 import type { DataKeyInput, DataKeyOutput, DecryptDataKeyInput, DecryptDataKeyOutput } from "./types";
 
-/** First bytes of a wrapped data key: the format's name and version. */
-const DATA_KEY_MAGIC = Buffer.from("HDK1", "ascii");
+/** First bytes of a wrapped data key in the format before ciphertext headers (read, no longer written). */
+export const DATA_KEY_MAGIC = Buffer.from("HDK1", "ascii");
 const MAX_CONTEXT_ENTRIES = 64;
 
 /**
@@ -31,9 +32,10 @@ export class DataKeys {
   constructor(private readonly opts: { device: KeyDevice; records: KeyRecords; crypto: KeyCrypto }) {}
 
   /**
-   * A fresh data key from the HSM's random generator, wrapped under the key-encryption key with
-   * AES-GCM (the service's IV), the encryption context bound as AAD. `withPlaintext` false answers
-   * only the wrapped key (GenerateDataKeyWithoutPlaintext).
+   * A fresh data key from the HSM's random generator, wrapped under the primary version of the
+   * key-encryption key with AES-GCM (the service's IV), the encryption context bound as AAD, in the
+   * self-describing form (docs/CIPHERTEXT.md, kind 4: DecryptDataKey needs no key id).
+   * `withPlaintext` false answers only the wrapped key (GenerateDataKeyWithoutPlaintext).
    */
   async generateDataKey(req: DataKeyInput, withPlaintext: boolean): Promise<DataKeyOutput> {
     const r = this.dataKek(req.keyId);
@@ -42,46 +44,55 @@ export class DataKeys {
     const aad = encryptionContextAad(req.encryptionContext);
     const dk = await this.opts.device.random(spec === "AES_256" ? 32 : 16);
     try {
-      const { ciphertext, iv } = await this.opts.crypto.encrypt({ keyId: r.id, algorithm: "AES_GCM", plaintext: dk, aad, iv: Buffer.alloc(0), oaepLabel: Buffer.alloc(0) });
-      return {
-        keyId: r.id,
-        keyVersion: r.currentVersion,
-        spec,
-        plaintextDataKey: withPlaintext ? Buffer.from(dk) : Buffer.alloc(0),
-        wrappedDataKey: Buffer.concat([DATA_KEY_MAGIC, iv, ciphertext]),
-      };
+      const { blob, keyVersion } = await this.opts.crypto.encryptBlob(r, "DATA_KEY", dk, aad);
+      return { keyId: r.id, keyVersion, spec, plaintextDataKey: withPlaintext ? Buffer.from(dk) : Buffer.alloc(0), wrappedDataKey: blob };
     } finally {
       dk.fill(0);
     }
   }
 
-  /** Unwraps a data key made by {@link generateDataKey}: the same key, and exactly the same encryption context. */
+  /**
+   * Unwraps a data key made by {@link generateDataKey}: exactly the same encryption context. The
+   * key and version come from the blob's header (`keyId` may be empty, or must name the same key);
+   * a data key in the format before headers (HDK1) needs `keyId`, and opens with its version 1.
+   */
   async decryptDataKey(req: DecryptDataKeyInput): Promise<DecryptDataKeyOutput> {
-    const r = this.dataKek(req.keyId);
     const blob = Buffer.from(req.wrappedDataKey);
     if (blob.length === 0) throw invalid("wrapped_data_key is required");
-    if (blob.length !== 4 + 12 + 16 + 16 && blob.length !== 4 + 12 + 32 + 16) throw invalid("wrapped_data_key is not a data key this service wrapped (wrong length)");
-    if (!blob.subarray(0, 4).equals(DATA_KEY_MAGIC)) throw invalid("wrapped_data_key is not a data key this service wrapped (unknown format)");
+    const h = this.parse(blob, req.keyId);
+    const r = isCiphertextBlob(blob) ? this.opts.crypto.headerKey(h, req.keyId, "key_id") : this.dataKek(h.keyId);
+    if (algorithmOf(r.spec).type !== "aes") throw invalid(`data keys are wrapped under an AES key; ${r.id} is ${algorithmOf(r.spec).type.toUpperCase()}`);
     const aad = encryptionContextAad(req.encryptionContext);
     try {
-      const { plaintext } = await this.opts.crypto.decrypt({
-        keyId: r.id,
-        algorithm: "AES_GCM",
-        ciphertext: blob.subarray(16),
-        iv: blob.subarray(4, 16),
-        aad,
-        tagLength: 16,
-        oaepLabel: Buffer.alloc(0),
-        ciphertextBlob: Buffer.alloc(0),
-        keyVersion: 0,
-      });
-      return { keyId: r.id, keyVersion: r.currentVersion, plaintextDataKey: plaintext };
+      const plaintext = await this.opts.crypto.decryptParsed(r, h, aad);
+      return { keyId: r.id, keyVersion: h.keyVersion, plaintextDataKey: plaintext };
     } catch (e) {
-      if (e instanceof HsmError && e.code === Code.InvalidArgument) {
-        throw invalid(`wrapped_data_key does not open under key ${r.id} with this encryption context: a different key, a different context, or a damaged blob`);
-      }
-      throw e;
+      throw this.openError(e, r.id);
     }
+  }
+
+  /** A failed unwrap as people read it: the device's INVALID_ARGUMENT (the tag did not verify) says why it can fail. */
+  openError(e: unknown, keyId: string, field = "wrapped_data_key"): unknown {
+    if (e instanceof HsmError && e.code === Code.InvalidArgument) {
+      return invalid(`${field} does not open under key ${keyId} with this encryption context: a different key, a different context, or a damaged blob`);
+    }
+    return e;
+  }
+
+  /**
+   * A wrapped data key as a parsed header: the self-describing form (kind 4 only), or the HDK1
+   * format (magic "HDK1" || IV (12) || ciphertext || tag), which names no key: `keyId`, version 1.
+   */
+  parse(blob: Buffer, keyId: string): CiphertextHeader {
+    if (isCiphertextBlob(blob)) {
+      const h = parseCiphertextHeader(blob, "wrapped_data_key");
+      if (h.kind !== "DATA_KEY") throw invalid(`wrapped_data_key is a ciphertext of kind ${h.kind}, not a wrapped data key: decrypt it with Decrypt`);
+      return h;
+    }
+    if (blob.length !== 4 + 12 + 16 + 16 && blob.length !== 4 + 12 + 32 + 16) throw invalid("wrapped_data_key is not a data key this service wrapped (wrong length)");
+    if (!blob.subarray(0, 4).equals(DATA_KEY_MAGIC)) throw invalid("wrapped_data_key is not a data key this service wrapped (unknown format)");
+    if (!keyId) throw invalid("key_id is required for a wrapped data key in the HDK1 format (made before ciphertext headers): it names no key");
+    return { kind: "DATA_KEY", keyId, keyVersion: 1, iv: blob.subarray(4, 16), body: blob.subarray(16) };
   }
 
   /** A key-encryption key for data keys: AES, with encrypt and decrypt usages. */

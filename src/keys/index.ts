@@ -24,3 +24,5 @@ export { DueTimer } from "./due-timer";
 export type * from "./types";
 export { KeyAliases, ALIAS_SCAN_LIMIT, type AliasPage } from "./aliases";
 export { ALIAS_PREFIX, RESERVED_ALIAS_PREFIX, MAX_ALIAS_NAME_LENGTH, aliasVisible, checkAliasName, isAliasName, repointRefusal, type AliasRecord } from "./alias-rules";
+export { blobKeyOf, isCiphertextBlob } from "./ciphertext-header";
+export type { ReEncryptInput, ReEncryptOutput } from "./re-encrypt";

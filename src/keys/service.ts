@@ -11,6 +11,7 @@ import { KeyLifecycle } from "./key-lifecycle";
 import type { DueAuditEntry, DuePassResult } from "./deletion-schedule";
 import type { DeletionWindow } from "./key-states";
 import { KeyRecords } from "./key-records";
+import { ReEncrypter, type ReEncryptInput, type ReEncryptOutput } from "./re-encrypt";
 import { KeyRotation } from "./key-rotation";
 import type { RotationTiming } from "./rotation-policy";
 import { rotationTimer, type RotationScheduleOptions } from "./rotation-schedule";
@@ -85,6 +86,7 @@ export class KeyService {
   private readonly crypto: KeyCrypto;
   private readonly dataKeys: DataKeys;
   private readonly lifecycle: KeyLifecycle;
+  private readonly reEncrypter: ReEncrypter;
   private readonly limits: KeyLimits;
   /** Rotation on demand, on schedule, and its policy (key-rotation.ts). */
   readonly rotation: KeyRotation;
@@ -116,6 +118,7 @@ export class KeyService {
     this.crypto = new KeyCrypto({ device, limits, records: this.records, factory });
     this.dataKeys = new DataKeys({ device, records: this.records, crypto: this.crypto });
     this.lifecycle = new KeyLifecycle({ store, records: this.records, window: opts.lifecycle, log: opts.log });
+    this.reEncrypter = new ReEncrypter({ records: this.records, crypto: this.crypto, dataKeys: this.dataKeys, limits });
   }
 
   /** Loads every record; answers the store revision they were read at (the applier follows from there). */
@@ -287,6 +290,10 @@ export class KeyService {
   }
   decryptDataKey(req: DecryptDataKeyInput): Promise<DecryptDataKeyOutput> {
     return this.dataKeys.decryptDataKey(req);
+  }
+  /** A self-describing ciphertext re-encrypted under another key or the primary version (re-encrypt.ts). */
+  reEncrypt(req: ReEncryptInput): Promise<ReEncryptOutput> {
+    return this.reEncrypter.reEncrypt(req);
   }
 
   /** Runs every item concurrently (the session pool bounds the device work); one result or error each. */

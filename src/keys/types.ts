@@ -205,7 +205,8 @@ export interface DecryptInput {
   ciphertextBlob: Uint8Array;
   /** Raw form: the version to decrypt with (0: primary). */
   keyVersion: number;
-  algorithm: EncryptionAlgorithmName;
+  /** Raw form only (undefined with a ciphertextBlob: its header names it). */
+  algorithm: EncryptionAlgorithmName | undefined;
   ciphertext: Uint8Array;
   iv: Uint8Array;
   aad: Uint8Array;

@@ -18,6 +18,10 @@ import {
   WrapKeyRequest,
   GenerateDataKeyRequest,
   DecryptDataKeyRequest,
+  ReEncryptRequest,
+  BatchReEncryptRequest,
+  type ReEncryptResponse,
+  type BatchReEncryptResponse,
   type GenerateDataKeyResponse,
   type DecryptDataKeyResponse,
   type BatchDecryptResponse,
@@ -115,5 +119,21 @@ export abstract class HsmCryptoCalls extends HsmKeyCalls {
   /** Unwraps a data key (`DecryptDataKey`); the encryption context must be exactly the one it was made with. */
   decryptDataKey(request: Partial<DecryptDataKeyRequest>, options?: CallOptions): Promise<DecryptDataKeyResponse> {
     return this.streamed("decryptDataKey", CryptoServiceService.decryptDataKey, () => DecryptDataKeyRequest.fromPartial(request), options);
+  }
+
+  // ---- re-encryption (issue 13) ----
+
+  /**
+   * Re-encrypts a self-describing ciphertext (an `Encrypt` ciphertextBlob or a wrapped data key)
+   * under `destinationKeyId` (empty: the primary version of its own key) inside the service
+   * (`ReEncrypt`): the plaintext never reaches the client.
+   */
+  reEncrypt(request: Partial<ReEncryptRequest>, options?: CallOptions): Promise<ReEncryptResponse> {
+    return this.call(CryptoServiceService.reEncrypt, () => ReEncryptRequest.fromPartial(request), options);
+  }
+
+  /** Many re-encryptions in one call (`BatchReEncrypt`), with per-item results. */
+  batchReEncrypt(request: BatchRequestInit<ReEncryptRequest>, options?: CallOptions): Promise<BatchReEncryptResponse> {
+    return this.call(CryptoServiceService.batchReEncrypt, () => BatchReEncryptRequest.fromPartial(request), options);
   }
 }

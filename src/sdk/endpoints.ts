@@ -47,8 +47,12 @@ const PROBE_BACKOFF_MS = { initial: 500, max: 30_000 } as const;
  * a server without the health service, as A17 treats it); a transient refusal by a serving node thus
  * costs it one round trip out of rotation, while a NOT_SERVING or unreachable one stays out.
  */
-/** Largest answer the client reads: the daemon's largest possible `limits.maxMessageBytes` (256 MiB) plus its 1 MiB transport slack. */
-const MAX_ANSWER_BYTES = 257 * 1024 * 1024;
+/**
+ * Largest answer the client reads: twice the daemon's largest possible `limits.maxMessageBytes`
+ * (256 MiB; an Encrypt answer carries its ciphertext raw and in the self-describing blob) plus its
+ * 1 MiB transport slack.
+ */
+const MAX_ANSWER_BYTES = 513 * 1024 * 1024;
 
 export class EndpointPool {
   readonly endpoints: readonly Endpoint[];

@@ -151,3 +151,6 @@ export type {
   EnvelopeEncryptStreamOptions,
   EnvelopeHeaderEvent,
 } from "./envelope";
+/** Re-wraps an envelope message's data key under another key or version, the frames untouched (issue 13). */
+export { rewrapEnvelope } from "./envelope-rewrap";
+export type { EnvelopeRewrapOptions, EnvelopeRewrapResult, RewrapSource } from "./envelope-rewrap";

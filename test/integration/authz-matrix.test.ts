@@ -44,6 +44,8 @@ const clients = {} as Record<Col, HsmClient>;
 /** Keys owned by "owner" and shared with "shared". */
 const k = {} as Record<"aes" | "p256" | "wrap" | "exportable" | "ecdh", string>;
 let ciphertext: { ciphertext: Buffer; iv: Buffer };
+/** The same encryption's self-describing form (issue 13 lane E). */
+let ciphertextBlob: Buffer;
 let signature: Buffer;
 let wrappedBlob: Buffer;
 let wrappedDataKey: Buffer;
@@ -208,6 +210,10 @@ const ROWS: Array<{ rpc: string; kind: Kind; call: (c: HsmClient, col: Col) => P
     kind: "batch",
     call: async (c) => itemOutcome(await c.batchDecrypt({ items: [{ keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, ...ciphertext }] })),
   },
+  // issue 13 lane E: ReEncrypt needs use of the source (named by the blob's header) and of the destination.
+  { rpc: "ReEncrypt", kind: "use", call: (c) => c.reEncrypt({ ciphertextBlob, destinationKeyId: k.aes }) },
+  { rpc: "BatchReEncrypt", kind: "batch", call: async (c) => itemOutcome(await c.batchReEncrypt({ items: [{ ciphertextBlob, destinationKeyId: k.aes }] })) },
+  // end issue 13 lane E
 ];
 
 // issue 13 lane A: the alias RPCs (key-taking calls made with alias/NAME: authz-matrix-aliases.test.ts).
@@ -244,7 +250,10 @@ beforeAll(async () => {
   k.exportable = await gen(KeySpec.KEY_SPEC_AES_256, [], true);
   k.ecdh = await gen(KeySpec.KEY_SPEC_EC_P256, [KeyUsage.KEY_USAGE_DERIVE]);
   for (const id of Object.values(k)) await o.shareKey({ keyId: id, username: "shared" });
-  ciphertext = await o.encrypt({ keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: message });
+  // The raw parts only: Decrypt refuses raw fields beside a ciphertext_blob (issue 13).
+  const encrypted = await o.encrypt({ keyId: k.aes, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: message });
+  ciphertext = { ciphertext: encrypted.ciphertext, iv: encrypted.iv };
+  ciphertextBlob = encrypted.ciphertextBlob;
   signature = (await o.sign({ keyId: k.p256, algorithm: SigningAlgorithm.SIGNING_ALGORITHM_ECDSA_SHA256, message })).signature;
   wrappedDataKey = (await o.generateDataKeyWithoutPlaintext({ keyId: k.aes, encryptionContext: { purpose: "matrix" } })).wrappedDataKey;
   wrappedBlob = (await o.wrapKey({ wrappingKeyId: k.wrap, keyId: k.exportable, algorithm: WrapAlgorithm.WRAP_ALGORITHM_AES_KWP })).wrappedKey;

@@ -46,7 +46,9 @@ describe("data keys", () => {
       const dk = await c.generateDataKey({ keyId: kek, spec, encryptionContext: ctx });
       expect(dk.plaintextDataKey.length).toBe(len);
       expect(dk.keyVersion).toBe(1);
-      expect(dk.wrappedDataKey.subarray(0, 4).toString()).toBe("HDK1");
+      // Self-describing (docs/CIPHERTEXT.md): "hsm1", kind 4 (wrapped data key), version 1.
+      expect(dk.wrappedDataKey.subarray(0, 4).toString()).toBe("hsm1");
+      expect([dk.wrappedDataKey[5], dk.wrappedDataKey.readUInt32BE(6)]).toEqual([4, 1]);
       expect(dk.wrappedDataKey.includes(Buffer.from(dk.plaintextDataKey))).toBe(false);
       const iv = randomBytes(12);
       const alg = len === 32 ? "aes-256-gcm" : "aes-128-gcm";
@@ -79,7 +81,7 @@ describe("data keys", () => {
     expect(await code(c.decryptDataKey({ keyId: kek, wrappedDataKey: dk.wrappedDataKey, encryptionContext: { a: "2" } }))).toBe("INVALID_ARGUMENT");
     expect(await code(c.decryptDataKey({ keyId: kek, wrappedDataKey: dk.wrappedDataKey }))).toBe("INVALID_ARGUMENT");
     const flipped = Buffer.from(dk.wrappedDataKey);
-    flipped[20]! ^= 1;
+    flipped[flipped.length - 20]! ^= 1;
     expect(await code(c.decryptDataKey({ keyId: kek, wrappedDataKey: flipped, encryptionContext: { a: "1" } }))).toBe("INVALID_ARGUMENT");
     expect(await code(c.decryptDataKey({ keyId: kek, wrappedDataKey: dk.wrappedDataKey.subarray(0, 40), encryptionContext: { a: "1" } }))).toBe("INVALID_ARGUMENT");
     const kek2 = (await c.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label: "kek2" })).id;

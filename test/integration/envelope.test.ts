@@ -102,7 +102,7 @@ describe("envelope through the service", () => {
     p += 4;
     const wrapped = m.subarray(p + 2, p + 2 + m.readUInt16BE(p));
     p += 2 + wrapped.length;
-    expect(wrapped.subarray(0, 4).toString()).toBe("HDK1");
+    expect(wrapped.subarray(0, 4).toString()).toBe("hsm1");
     const entries = m.readUInt16BE(p);
     p += 2;
     const context: Record<string, string> = {};
@@ -184,7 +184,8 @@ describe("envelope through the service", () => {
     for (let i = 0; i < 10; i++) ms.push(await encryptEnvelope(source, { keyId: kek, encryptionContext: CTX, cache }, Buffer.from(`message ${i}`)));
     expect(calls.generate).toBe(3); // messages 1-4, 5-8, 9-10
     // Data keys 1, 1, 1, 1, 2, 2, 2, 2, 3, 3 (the wrapped key in each header) — and every message has its own id.
-    const wrapped = ms.map((m) => m.subarray(m.indexOf(Buffer.from("HDK1")), m.indexOf(Buffer.from("HDK1")) + 64).toString("base64"));
+    const w = 11 + kek.length + 13 + 48; // a wrapped data key: its header (docs/CIPHERTEXT.md), then 32 + 16 bytes
+    const wrapped = ms.map((m) => m.subarray(m.indexOf(Buffer.from("hsm1")), m.indexOf(Buffer.from("hsm1")) + w).toString("base64"));
     expect([0, 0, 0, 0, 1, 1, 1, 1, 2, 2].map((g) => wrapped.indexOf(wrapped[g * 4]!))).toEqual([0, 0, 0, 0, 4, 4, 4, 4, 8, 8]);
     expect(new Set(wrapped).size).toBe(3);
     expect(new Set(ms.map((m) => m.subarray(6, 38).toString("hex"))).size).toBe(10);

@@ -275,6 +275,43 @@ describe("keys", () => {
       expect(badContext.code).toBe(2);
       expect(badContext.stderr).toContain("--context: expected KEY=VALUE");
     });
+
+    // issue 13 lane E: self-describing ciphertexts, ReEncrypt and envelope rewrap from the command line.
+    it("encrypt --blob, re-encrypt to another key and decrypt by header; envelope-rewrap keeps the frames", async () => {
+      const other = await json<{ id: string }>(["key", "generate-symmetric", "--spec", "aes-256", "--label", "cli-aes-2"]);
+      writeFileSync(file("re.txt"), "re-encrypt me");
+      const enc = await json<{ keyVersion: number }>(["crypto", "encrypt", "--key-id", ids.aes!, "--blob", "--in", "re.txt", "--out", "re.ct", "--aad", "r1"]);
+      expect(enc.keyVersion).toBe(1);
+      expect(readFileSync(file("re.ct")).subarray(0, 4).toString()).toBe("hsm1");
+      const re = await json<{ sourceKeyId: string; keyId: string; keyVersion: number }>([
+        "crypto",
+        "re-encrypt",
+        "--in",
+        "re.ct",
+        "--to",
+        other.id,
+        "--aad",
+        "r1",
+        "--new-aad",
+        "r2",
+        "--out",
+        "re2.ct",
+      ]);
+      expect(re).toMatchObject({ sourceKeyId: ids.aes, keyId: other.id, keyVersion: 1 });
+      expect((await ok(["crypto", "decrypt", "--key-id", other.id, "--in", "re2.ct", "--aad", "r2"])).stdout).toBe("re-encrypt me");
+      const wrongAad = await hsmctl(["crypto", "re-encrypt", "--in", "re.ct", "--to", other.id, "--aad", "nope", "--out", "re3.ct"]);
+      expect(wrongAad.code).toBe(1);
+      expect(wrongAad.stderr).toMatch(/^error: INVALID_ARGUMENT: /);
+
+      await ok(["crypto", "envelope-encrypt", "--in", "big.bin", "--out", "big.hsme", "--key-id", ids.aes!, "--context", "purpose=test"]);
+      const rw = await json<{ keyId: string; previousKeyId: string }>(["crypto", "envelope-rewrap", "--in", "big.hsme", "--out", "big2.hsme", "--to", other.id]);
+      expect(rw).toMatchObject({ keyId: other.id, previousKeyId: ids.aes });
+      const [a, b] = [readFileSync(file("big.hsme")), readFileSync(file("big2.hsme"))];
+      const tail = 300_000 - 65_536; // the frames after the first are byte for byte the same
+      expect(b.subarray(b.length - tail).equals(a.subarray(a.length - tail))).toBe(true);
+      await ok(["crypto", "envelope-decrypt", "--in", "big2.hsme", "--out", "big2.out", "--context", "purpose=test"]);
+      expect(readFileSync(file("big2.out")).equals(readFileSync(file("big.bin")))).toBe(true);
+    });
   });
 
   it("bad input: missing files, unknown keys, wrong formats, each with a clear message and a non-zero exit", async () => {

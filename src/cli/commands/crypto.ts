@@ -8,6 +8,7 @@ import { keyText, keyView } from "../render";
 import { choiceValue, intValue, requireString, stringValue, type CommandContext, type CommandSpec, type OptionSpec, type Values } from "../spec";
 import { checkPublicKey } from "./key";
 import { envelopeCommands } from "./envelope";
+import { reEncryptCommands } from "./re-encrypt";
 
 const KEY_ID: OptionSpec = { type: "string", arg: "ID", required: true, description: "the key's id, or alias/NAME" };
 const IN: OptionSpec = { type: "string", arg: "FILE", required: true, description: "the input (- for stdin)" };
@@ -182,6 +183,7 @@ ciphertext (decrypt it with --iv FILE). With --output json and no --out the answ
       ...AAD_OPTIONS,
       ...OAEP_LABEL_OPTIONS,
       "iv-out": { type: "string", arg: "FILE", description: "write the IV to FILE and the bare ciphertext to --out" },
+      blob: { type: "boolean", description: "AES: write the self-describing ciphertext (names key, version, IV; docs/CIPHERTEXT.md) instead of HCE1" },
       out: OUT_OPTION,
       encoding: ENCODING_OPTION,
     },
@@ -203,6 +205,17 @@ ciphertext (decrypt it with --iv FILE). With --output json and no --out the answ
       }
       if (aad.length > 0 && algorithm !== EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM) throw new UsageError("--aad and --aad-file are for aes-gcm only");
       const res = await client.encrypt({ keyId, algorithm, plaintext, aad, oaepLabel });
+      if (values["blob"] === true) {
+        if (res.ciphertextBlob.length === 0) throw new UsageError("--blob is for AES keys (RSA-OAEP ciphertexts have no self-describing form)");
+        return void (await deliverBytes(
+          ctx,
+          values,
+          "ciphertext",
+          Buffer.from(res.ciphertextBlob),
+          { keyId, algorithm: encryptionAlgorithms.name(algorithm), keyVersion: res.keyVersion },
+          "ciphertext",
+        ));
+      }
       const iv = Buffer.from(res.iv);
       const ciphertext = Buffer.from(res.ciphertext);
       const name = encryptionAlgorithms.name(algorithm);
@@ -219,7 +232,8 @@ ciphertext (decrypt it with --iv FILE). With --output json and no --out the answ
   {
     words: ["crypto", "decrypt"],
     summary: "decrypt with a key in the HSM (an hsmctl ciphertext file, or a bare ciphertext with --iv)",
-    details: `--in is the file crypto encrypt wrote (its header names the algorithm and IV), or with --iv FILE a
+    details: `--in is the file crypto encrypt wrote (its header names the algorithm and IV; with --blob the key
+version too), or with --iv FILE a
 bare ciphertext (for AES-GCM followed by its tag). RSA-OAEP ciphertexts need no IV. A ciphertext, tag
 or AAD that does not match fails with the server's error and writes nothing.`,
     options: {
@@ -241,6 +255,11 @@ or AAD that does not match fails with the server's error and writes nothing.`,
       const aad = await aadOf(ctx, values);
       const oaepLabel = await oaepLabelOf(ctx, values);
       const data = await readInput(ctx.io, path, "in");
+      if (ivPath === undefined && algorithm === undefined && data.subarray(0, 4).toString("latin1") === "hsm1") {
+        // A self-describing ciphertext (crypto encrypt --blob): its header names key version, algorithm and IV.
+        const { plaintext, keyVersion } = await ctx.client().decrypt({ keyId, ciphertextBlob: data, aad });
+        return void (await deliverBytes(ctx, values, "plaintext", Buffer.from(plaintext), { keyId, keyVersion }, "plaintext"));
+      }
       let iv: Buffer;
       let ciphertext: Buffer;
       const packed = ivPath === undefined ? unpackCiphertext(data) : undefined;
@@ -362,4 +381,4 @@ or AAD that does not match fails with the server's error and writes nothing.`,
   },
 ];
 
-export const cryptoCommands: CommandSpec[] = [...cryptoCore, ...envelopeCommands];
+export const cryptoCommands: CommandSpec[] = [...cryptoCore, ...envelopeCommands, ...reEncryptCommands];

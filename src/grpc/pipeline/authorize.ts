@@ -1,4 +1,5 @@
 import type { AccessGuard, KeyRef } from "../../access";
+import { invalid } from "../../errors";
 import { isAliasName } from "../../keys";
 import type { Principal } from "../../users";
 
@@ -9,8 +10,9 @@ const propOf = (field: string) => field.replace(/_([a-z])/g, (_, c: string) => c
  * The one decision of whether `principal` may make a request of `method`: the method's role rule
  * ({@link AccessGuard.authorize}: role, one-time password) and then each key the request names
  * (`keyRefs`, from the rule's `keys(req)`) through {@link AccessGuard.key} (owner, shared, or
- * NOT_FOUND). A unary call and each message of the crypto stream both come here, so the two can
- * never decide differently. Rejects with the refusal (an HsmError).
+ * NOT_FOUND). A key ref that could not be read from the request (a malformed ciphertext header:
+ * `ref.invalid`) answers INVALID_ARGUMENT. A unary call and each message of the crypto stream both
+ * come here, so the two can never decide differently. Rejects with the refusal (an HsmError).
  *
  * A key ref that names an alias ("alias/NAME") is resolved first, for the caller, and the key id
  * is written back into `req` (the ref's field) and into the ref, so that services never see
@@ -19,6 +21,7 @@ const propOf = (field: string) => field.replace(/_([a-z])/g, (_, c: string) => c
 export async function authorizeRequest(guard: AccessGuard, method: string, principal: Principal | undefined, keyRefs: KeyRef[], req?: Record<string, unknown>): Promise<void> {
   guard.authorize(method, principal);
   for (const ref of keyRefs) {
+    if (ref.invalid !== undefined) throw invalid(ref.invalid);
     if (isAliasName(ref.id)) {
       const id = await guard.resolveKeyId(principal!, ref.id, ref.field);
       const prop = propOf(ref.field);
