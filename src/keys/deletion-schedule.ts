@@ -6,6 +6,7 @@
  * whose write landed writes the audit entry. The device objects follow the record on every node
  * (the applier destroys them when the delete, or the change to PENDING_IMPORT, arrives).
  */
+import type { KeyAliases } from "./aliases";
 import { Code, HsmError } from "../errors";
 import type { StateStore } from "../store";
 import { expired } from "./key-states";
@@ -28,6 +29,8 @@ export interface DuePassDeps {
   /** Writes a daemon-originated audit entry (durably). */
   audit?: (entry: DueAuditEntry) => Promise<unknown>;
   log?: (msg: string) => void;
+  /** The aliases (aliases.ts): a destroyed key's go in the txn that deletes its record, as with DeleteKey. */
+  aliases?: Pick<KeyAliases, "namesOf" | "deleteOpsFor" | "deletedWithKey">;
 }
 
 /** What one pass did on this node (the writes that landed here). */
@@ -53,9 +56,11 @@ export async function destroyIfDue(deps: DuePassDeps, id: string, now: number): 
   if (!e) return false;
   const r = decodeRecord(e.value);
   if (!deletionDue(r, now)) return false;
-  const res = await deps.store.txn([{ key, op: "modRevision", equals: e.modRevision }], [{ type: "delete", key }]);
+  const aliasNames = deps.aliases?.namesOf(id) ?? [];
+  const res = await deps.store.txn([{ key, op: "modRevision", equals: e.modRevision }], [{ type: "delete", key }, ...(deps.aliases?.deleteOpsFor(id) ?? [])]);
   if (!res.succeeded) return false;
   deps.records.delete(id);
+  deps.aliases?.deletedWithKey(aliasNames, res.revision);
   await deps.audit?.({ operation: "ScheduledKeyDeletion", keyId: id, status: "OK", detail: `key destroyed: its deletion date ${r.deletionDate} passed` });
   return true;
 }

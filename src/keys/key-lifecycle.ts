@@ -5,7 +5,7 @@
  */
 import { invalid } from "../errors";
 import type { StateStore } from "../store";
-import { type DueAuditEntry, type DuePassResult, duePass } from "./deletion-schedule";
+import { type DueAuditEntry, type DuePassDeps, type DuePassResult, duePass } from "./deletion-schedule";
 import type { KeyRecords } from "./key-records";
 import { type DeletionWindow, deletionCancelled, disabled, enabled, scheduledForDeletion, windowDays } from "./key-states";
 import { checkDescription, checkTagKey, checkTags, withDescription, withTags, withoutTags } from "./key-tags";
@@ -22,6 +22,8 @@ export interface KeyLifecycleOptions {
   store: StateStore;
   records: KeyRecords;
   window?: DeletionWindow;
+  /** A destroyed key's aliases go with its record (deletion-schedule.ts). */
+  aliases?: DuePassDeps["aliases"];
   /** The clock (tests). @default Date.now */
   now?: () => number;
   log?: (msg: string) => void;
@@ -86,6 +88,6 @@ export class KeyLifecycle {
 
   /** One due pass at `now` (deletions and expiries that fell due); see deletion-schedule.ts. */
   duePass(now: number, audit?: (e: DueAuditEntry) => Promise<unknown>): Promise<DuePassResult> {
-    return duePass({ store: this.opts.store, records: this.opts.records, audit, log: this.opts.log }, now);
+    return duePass({ store: this.opts.store, records: this.opts.records, audit, log: this.opts.log, aliases: this.opts.aliases }, now);
   }
 }

@@ -117,7 +117,7 @@ export class KeyService {
     });
     this.crypto = new KeyCrypto({ device, limits, records: this.records, factory });
     this.dataKeys = new DataKeys({ device, records: this.records, crypto: this.crypto });
-    this.lifecycle = new KeyLifecycle({ store, records: this.records, window: opts.lifecycle, log: opts.log });
+    this.lifecycle = new KeyLifecycle({ store, records: this.records, window: opts.lifecycle, log: opts.log, aliases: this.aliases });
     this.reEncrypter = new ReEncrypter({ records: this.records, crypto: this.crypto, dataKeys: this.dataKeys, limits });
   }
 

@@ -133,6 +133,7 @@ export function generateKeyFromProto(r: GenerateKeyRequest): GenerateKeyInput {
     requestId: r.requestId,
     description: r.description,
     tags: { ...r.tags },
+    rotationPeriodDays: r.rotationPeriodDays,
   };
 }
 
