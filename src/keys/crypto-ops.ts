@@ -109,8 +109,14 @@ export class KeyCrypto {
     this.payload("ciphertext_blob", blob);
     const h = parseCiphertextHeader(blob, "ciphertext_blob");
     if (h.kind === "DATA_KEY") throw invalid("ciphertext_blob is a wrapped data key: unwrap it with DecryptDataKey");
-    if (req.ciphertext.length || req.iv.length || req.tagLength) throw invalid("ciphertext, iv and tag_length must be empty with ciphertext_blob: its header holds them");
-    if (req.keyVersion) throw invalid(`key_version is for raw ciphertexts; the ciphertext_blob's header names version ${h.keyVersion}`);
+    // The raw fields may come along (a client passing a whole EncryptResponse back), but only as the
+    // blob's own: anything else is ambiguous.
+    const same = (given: Uint8Array, own: Buffer) => given.length === 0 || Buffer.from(given).equals(own);
+    if (req.algorithm && req.algorithm !== h.kind) throw invalid(`algorithm ${req.algorithm} is not the ciphertext_blob's (${h.kind}): leave it unspecified`);
+    if (!same(req.ciphertext, h.body) || !same(req.iv, h.iv) || (req.tagLength && req.tagLength !== 16)) {
+      throw invalid("ciphertext, iv and tag_length must be empty with ciphertext_blob (or the blob's own): its header holds them");
+    }
+    if (req.keyVersion && req.keyVersion !== h.keyVersion) throw invalid(`key_version ${req.keyVersion} is not the ciphertext_blob's: its header names version ${h.keyVersion}`);
     const r = this.headerKey(h, req.keyId, "key_id");
     const plaintext = await this.decryptParsed(r, h, Buffer.from(req.aad));
     return { keyId: r.id, plaintext, keyVersion: h.keyVersion };

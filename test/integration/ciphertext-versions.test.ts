@@ -114,10 +114,13 @@ describe("Encrypt's ciphertext_blob", () => {
     const b = e.ciphertextBlob;
     const another = (await c.generateKey({ spec: KeySpec.KEY_SPEC_AES_256, label: "another" })).id;
     for (const client of [c, unary]) {
-      await expectError(client.decrypt({ ciphertextBlob: b, algorithm: GCM }), "INVALID_ARGUMENT", "algorithm must be unspecified");
-      await expectError(client.decrypt({ ciphertextBlob: b, iv: e.iv }), "INVALID_ARGUMENT", "must be empty with ciphertext_blob");
-      await expectError(client.decrypt({ ciphertextBlob: b, ciphertext: e.ciphertext }), "INVALID_ARGUMENT", "must be empty with ciphertext_blob");
-      await expectError(client.decrypt({ ciphertextBlob: b, keyVersion: 1 }), "INVALID_ARGUMENT", "key_version is for raw ciphertexts");
+      // The whole EncryptResponse passed back decrypts (its raw fields are the blob's own) ...
+      expect(Buffer.from((await client.decrypt({ ...e, ciphertextBlob: b, algorithm: GCM, keyVersion: e.keyVersion })).plaintext)).toEqual(Buffer.from("x"));
+      // ... any other value beside a blob is refused.
+      await expectError(client.decrypt({ ciphertextBlob: b, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_CTR }), "INVALID_ARGUMENT", "is not the ciphertext_blob's");
+      await expectError(client.decrypt({ ciphertextBlob: b, iv: Buffer.alloc(12, 7) }), "INVALID_ARGUMENT", "must be empty with ciphertext_blob");
+      await expectError(client.decrypt({ ciphertextBlob: b, ciphertext: Buffer.from("other") }), "INVALID_ARGUMENT", "must be empty with ciphertext_blob");
+      await expectError(client.decrypt({ ciphertextBlob: b, keyVersion: 2 }), "INVALID_ARGUMENT", "its header names version 1");
       await expectError(client.decrypt({ keyId: another, ciphertextBlob: b }), "INVALID_ARGUMENT", another, known);
       const dk = await client.generateDataKeyWithoutPlaintext({ keyId: known });
       await expectError(client.decrypt({ ciphertextBlob: dk.wrappedDataKey }), "INVALID_ARGUMENT", "DecryptDataKey");

@@ -81,13 +81,10 @@ export function encryptFromProto(r: EncryptRequest): EncryptInput {
 /** DecryptRequest → domain. */
 export function decryptFromProto(r: DecryptRequest): DecryptInput {
   const blob = r.ciphertextBlob.length > 0;
-  // A self-describing ciphertext names its algorithm; one named beside it is refused by the domain.
-  if (blob && r.algorithm !== EncryptionAlgorithm.ENCRYPTION_ALGORITHM_UNSPECIFIED) {
-    throw invalid(`algorithm must be unspecified with ciphertext_blob: its header names the algorithm (got ${EncryptionAlgorithm[r.algorithm] ?? r.algorithm})`);
-  }
+  // A self-describing ciphertext names its algorithm; one named beside it must be the same (checked by the domain).
   return {
     keyId: r.keyId,
-    algorithm: blob ? undefined : encryptionAlgorithmFromProto(r.algorithm),
+    algorithm: blob && r.algorithm === EncryptionAlgorithm.ENCRYPTION_ALGORITHM_UNSPECIFIED ? undefined : encryptionAlgorithmFromProto(r.algorithm),
     ciphertext: r.ciphertext,
     iv: r.iv,
     aad: r.aad,

@@ -32,7 +32,7 @@ export function reEncryptHandlers(opts: GrpcServerOptions, p: Pipeline): Pick<Cr
       results: (
         await k.runBatch(r.items, async (i) => {
           // Each item is authorized as a ReEncrypt of its own (the rule's key refs: source and destination).
-          await authorizeRequest(opts.guard, "ReEncrypt", c.principal, reEncryptKeys(i as unknown as Record<string, unknown>));
+          await authorizeRequest(opts.guard, "ReEncrypt", c.principal, reEncryptKeys(i as unknown as Record<string, unknown>), i as unknown as Record<string, unknown>);
           return one(i);
         })
       ).map((res) => ({ result: batchResultToProto(res) })),
