@@ -8,7 +8,7 @@ import { keyText, keyView } from "../render";
 import { choiceValue, intValue, requireString, stringValue, type CommandContext, type CommandSpec, type OptionSpec, type Values } from "../spec";
 import { checkPublicKey } from "./key";
 import { envelopeCommands } from "./envelope";
-import { reEncryptCommands } from "./re-encrypt";
+import { reEncryptCommands, textOrFile } from "./re-encrypt";
 
 const KEY_ID: OptionSpec = { type: "string", arg: "ID", required: true, description: "the key's id, or alias/NAME" };
 const IN: OptionSpec = { type: "string", arg: "FILE", required: true, description: "the input (- for stdin)" };
@@ -35,15 +35,6 @@ async function specOf(client: HsmClient, keyId: string): Promise<KeySpec> {
 }
 
 /** --aad TEXT or --aad-file FILE (AES-GCM's additional authenticated data). */
-/** Bytes given as `--NAME TEXT` (UTF-8) or `--NAME-file FILE`; empty when neither is given. */
-async function textOrFile(ctx: CommandContext, values: Values, name: string): Promise<Buffer> {
-  const text = stringValue(values, name);
-  const file = stringValue(values, `${name}-file`);
-  if (text !== undefined && file !== undefined) throw new UsageError(`give --${name} or --${name}-file, not both`);
-  if (file !== undefined) return readInput(ctx.io, file, `${name}-file`);
-  return Buffer.from(text ?? "", "utf8");
-}
-
 const aadOf = (ctx: CommandContext, values: Values) => textOrFile(ctx, values, "aad");
 const oaepLabelOf = (ctx: CommandContext, values: Values) => textOrFile(ctx, values, "oaep-label");
 

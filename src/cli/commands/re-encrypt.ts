@@ -15,7 +15,7 @@ import { requireString, stringValue, type CommandContext, type CommandSpec, type
 import { parseContext } from "./envelope";
 
 /** Bytes given as `--NAME TEXT` (UTF-8) or `--NAME-file FILE`; empty when neither is given. */
-async function textOrFile(ctx: CommandContext, values: Values, name: string): Promise<Buffer> {
+export async function textOrFile(ctx: CommandContext, values: Values, name: string): Promise<Buffer> {
   const text = stringValue(values, name);
   const file = stringValue(values, `${name}-file`);
   if (text !== undefined && file !== undefined) throw new UsageError(`give --${name} or --${name}-file, not both`);
