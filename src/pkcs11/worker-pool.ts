@@ -339,15 +339,23 @@ export class WorkerPool {
 
   private async replace(dead: WorkerThread): Promise<void> {
     if (this.closed) return;
-    if (dead.session) this.o.closeSession(dead.session);
-    dead.session = undefined;
+    // SoftHSM2 is fragile when sessions close and open while other sessions run operations: the
+    // dead worker's session is closed and its replacement's opened with the other workers idle
+    // (dispatch paused; their batches in flight finish first, at most 10 s). A replacement is rare
+    // (a worker that crashed or hung), so the pause costs nothing in steady state.
+    this.paused = true;
     try {
+      await this.idle(10_000);
+      if (dead.session) this.o.closeSession(dead.session);
+      dead.session = undefined;
       await this.startThread(dead.slot);
       this.stats[dead.slot]!.restarts++;
     } catch (e) {
       this.o.log?.(`pkcs11: ${(e as Error).message}; trying again in 1 s`);
       const failed = this.threads[dead.slot]!;
       setTimeout(() => void this.withLock(() => this.replace(failed)), 1_000).unref();
+    } finally {
+      this.paused = false;
     }
     this.schedule();
   }
