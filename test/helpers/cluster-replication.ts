@@ -5,7 +5,7 @@
 import { createPublicKey, verify as verifySignature } from "node:crypto";
 import { afterAll, afterEach, beforeAll } from "vitest";
 import { EncryptionAlgorithm, HsmClient, SigningAlgorithm, type HsmClientOptions, type Key } from "../../src/sdk";
-import { CLUSTER_PREFIX, etcdClient, eventually, initNode, joinNode, teardownCluster } from "./cluster";
+import { CLUSTER_PREFIX, etcdClient, eventually, initNode, joinNode, stderrTailsOnFail, teardownCluster } from "./cluster";
 import { buildDist, type DaemonProcess } from "./daemon-process";
 import { startEtcdCluster, type EtcdCluster } from "./etcd";
 import { USER_PASSWORD, ensureUser, officerClient } from "./users";
@@ -154,16 +154,13 @@ export function useReplicationCluster(): void {
     await ensureUser(reach(n1), "alice");
   }, 180_000);
 
-  afterEach((ctx) => {
-    if (ctx.task.result?.state !== "fail") return;
-    for (const [name, n] of [
+  afterEach((ctx) =>
+    stderrTailsOnFail(ctx, [
       ["n1", n1],
       ["n2", n2],
       ["n3", n3],
-    ] as const) {
-      if (n) process.stderr.write(`---- ${name} stderr (tail) ----\n${n.stderr().slice(-4000)}\n`);
-    }
-  });
+    ]),
+  );
 
   afterAll(async () => {
     await teardownCluster({ clients: [co, ...clients], daemons: [n3, n2, n1], etcd });

@@ -327,3 +327,9 @@ export async function loginToken(hostPort: string, username: string, password: s
     client.close();
   }
 }
+
+/** After a failed test, each node's stderr tail (the cause of a cluster failure is usually there). */
+export function stderrTailsOnFail(ctx: { task: { result?: { state?: string } } }, nodes: ReadonlyArray<readonly [string, DaemonProcess | undefined]>): void {
+  if (ctx.task.result?.state !== "fail") return;
+  for (const [name, n] of nodes) if (n) process.stderr.write(`---- ${name} stderr (tail) ----\n${n.stderr().slice(-4000)}\n`);
+}

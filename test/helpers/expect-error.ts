@@ -23,3 +23,14 @@ export async function expectError(p: Promise<unknown>, codeName: string, ...phra
   expect(e.details).not.toMatch(/CKR_|internal error/);
   return e;
 }
+
+/** A call's outcome as the authorization matrices compare it: "OK" or the HsmClientError's code name (anything else is rethrown). */
+export async function callOutcome(fn: () => Promise<unknown>): Promise<string> {
+  try {
+    await fn();
+    return "OK";
+  } catch (e) {
+    if (e instanceof HsmClientError) return e.codeName;
+    throw e;
+  }
+}

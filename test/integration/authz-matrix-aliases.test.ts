@@ -7,6 +7,7 @@
  */
 import { generateKeyPairSync, randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { callOutcome } from "../helpers/expect-error";
 import { EncryptionAlgorithm, HsmClient, HsmClientError, KeySpec, KeyUsage, Role, SigningAlgorithm, WrapAlgorithm } from "../../src/sdk";
 import { TestStream, cryptoClient } from "../helpers/crypto-stream";
 import { startTestDaemon, type TestDaemon } from "../helpers/daemon";
@@ -130,22 +131,12 @@ afterAll(async () => {
   await td?.cleanup();
 });
 
-async function outcome(fn: () => Promise<unknown>): Promise<string> {
-  try {
-    await fn();
-    return "OK";
-  } catch (e) {
-    if (e instanceof HsmClientError) return e.codeName;
-    throw e;
-  }
-}
-
 describe("authorization matrix: alias/NAME in place of the key id", () => {
   for (const row of ROWS) {
     for (const col of COLS) {
       const want = EXPECT[row.kind][col];
       it(`${row.rpc} via alias × ${col} → ${want}`, async () => {
-        expect(await outcome(() => row.call(clients[col]))).toBe(want);
+        expect(await callOutcome(() => row.call(clients[col]))).toBe(want);
       });
     }
   }

@@ -8,6 +8,7 @@
 import { generateKeyPairSync, randomBytes, randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RULES } from "../../src/access";
+import { callOutcome } from "../helpers/expect-error";
 import { EncryptionAlgorithm, HsmClient, HsmClientError, KeySpec, KeyUsage, PublicKeyFormat, Role, SigningAlgorithm, WrapAlgorithm, wrapForImport } from "../../src/sdk";
 import { QuorumService } from "../../src/users";
 import { TestStream, cryptoClient } from "../helpers/crypto-stream";
@@ -280,16 +281,6 @@ async function streamSign(c: HsmClient): Promise<void> {
   }
 }
 
-async function outcome(fn: () => Promise<unknown>): Promise<string> {
-  try {
-    await fn();
-    return "OK";
-  } catch (e) {
-    if (e instanceof HsmClientError) return e.codeName;
-    throw e;
-  }
-}
-
 describe("authorization matrix", () => {
   it("covers every RPC that has a rule, and every rule's RPC", () => {
     expect(ROWS.map((r) => r.rpc).sort()).toEqual(Object.keys(RULES).sort());
@@ -299,7 +290,7 @@ describe("authorization matrix", () => {
     for (const col of COLS) {
       const want = EXPECT[row.kind][col];
       it(`${row.rpc} × ${col} → ${want}`, async () => {
-        expect(await outcome(() => row.call(clients[col], col))).toBe(want);
+        expect(await callOutcome(() => row.call(clients[col], col))).toBe(want);
       });
     }
   }
@@ -327,12 +318,12 @@ describe("what the matrix implies", () => {
     const id = await ownersKey({ share: "other" });
     await clients["CU other"].encrypt({ keyId: id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: message });
     await clients["CU owner"].unshareKey({ keyId: id, username: "other" });
-    expect(await outcome(() => clients["CU other"].encrypt({ keyId: id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: message }))).toBe("NOT_FOUND");
+    expect(await callOutcome(() => clients["CU other"].encrypt({ keyId: id, algorithm: EncryptionAlgorithm.ENCRYPTION_ALGORITHM_AES_GCM, plaintext: message }))).toBe("NOT_FOUND");
   });
 
   it("keys are shared with crypto users only, and with users that exist", async () => {
-    expect(await outcome(() => clients["CU owner"].shareKey({ keyId: k.aes, username: "admin" }))).toBe("FAILED_PRECONDITION");
-    expect(await outcome(() => clients["CU owner"].shareKey({ keyId: k.aes, username: "nobody-here" }))).toBe("NOT_FOUND");
+    expect(await callOutcome(() => clients["CU owner"].shareKey({ keyId: k.aes, username: "admin" }))).toBe("FAILED_PRECONDITION");
+    expect(await callOutcome(() => clients["CU owner"].shareKey({ keyId: k.aes, username: "nobody-here" }))).toBe("NOT_FOUND");
   });
 
   it("a retried create with the same request id is the same key for one user, another user's request id makes its own", async () => {
@@ -353,7 +344,7 @@ describe("what the matrix implies", () => {
     await clients.CO.createUser({ username: name, role: Role.ROLE_CRYPTO_USER, password: USER_PASSWORD });
     const c = new HsmClient({ endpoint: td.grpc });
     await c.login(name, USER_PASSWORD);
-    expect(await outcome(() => c.getKey({ keyId: id }))).toBe("NOT_FOUND");
+    expect(await callOutcome(() => c.getKey({ keyId: id }))).toBe("NOT_FOUND");
     c.close();
   });
 
@@ -363,10 +354,10 @@ describe("what the matrix implies", () => {
     const c = new HsmClient({ endpoint: td.grpc });
     await c.login(name, USER_PASSWORD);
     const key = await c.generateKey({ spec: KeySpec.KEY_SPEC_AES_128, label: "kept" });
-    expect(await outcome(() => clients.CO.deleteUser({ username: name }))).toBe("FAILED_PRECONDITION");
+    expect(await callOutcome(() => clients.CO.deleteUser({ username: name }))).toBe("FAILED_PRECONDITION");
     await c.deleteKey({ keyId: key.id });
     c.close();
-    expect(await outcome(() => clients.CO.deleteUser({ username: name }))).toBe("OK");
+    expect(await callOutcome(() => clients.CO.deleteUser({ username: name }))).toBe("OK");
   });
 
   it("refusals that need no quorum or device come first, with their reasons", async () => {
@@ -374,9 +365,9 @@ describe("what the matrix implies", () => {
     expect(self).toMatchObject({ codeName: "FAILED_PRECONDITION", details: expect.stringContaining("cannot delete itself") });
     const reset = await clients.CO.resetPassword({ username: "admin", newPassword: "another-password-9" }).catch((e: HsmClientError) => e);
     expect(reset).toMatchObject({ codeName: "FAILED_PRECONDITION", details: expect.stringContaining("ChangePassword") });
-    expect(await outcome(() => clients["CU owner"].unshareKey({ keyId: k.aes, username: "Not A Name" }))).toBe("INVALID_ARGUMENT");
-    expect(await outcome(() => clients["CU owner"].shareKey({ keyId: k.aes, username: "" }))).toBe("INVALID_ARGUMENT");
-    expect(await outcome(() => clients.CO.queryAuditLog({ limit: 1001 }))).toBe("INVALID_ARGUMENT");
+    expect(await callOutcome(() => clients["CU owner"].unshareKey({ keyId: k.aes, username: "Not A Name" }))).toBe("INVALID_ARGUMENT");
+    expect(await callOutcome(() => clients["CU owner"].shareKey({ keyId: k.aes, username: "" }))).toBe("INVALID_ARGUMENT");
+    expect(await callOutcome(() => clients.CO.queryAuditLog({ limit: 1001 }))).toBe("INVALID_ARGUMENT");
   });
 
   it("a denied batch item fails alone: the others in the same call still answer", async () => {

@@ -12,7 +12,7 @@
 import { createPublicKey, verify as nodeVerify } from "node:crypto";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { EncryptionAlgorithm, type HsmClient, KeySpec, KeyUsage, SigningAlgorithm } from "../../src/sdk";
-import { eventually, initNode, joinNode, teardownCluster } from "../helpers/cluster";
+import { eventually, initNode, joinNode, stderrTailsOnFail, teardownCluster } from "../helpers/cluster";
 import { buildDist, type DaemonProcess } from "../helpers/daemon-process";
 import { startEtcdCluster, type EtcdCluster } from "../helpers/etcd";
 import { expectError } from "../helpers/expect-error";
@@ -54,16 +54,13 @@ beforeAll(async () => {
   }
 }, 180_000);
 
-afterEach((ctx) => {
-  if (ctx.task.result?.state !== "fail") return;
-  for (const [name, n] of [
+afterEach((ctx) =>
+  stderrTailsOnFail(ctx, [
     ["n1", n1],
     ["n2", n2],
     ["n3", n3],
-  ] as const) {
-    if (n) process.stderr.write(`---- ${name} stderr (tail) ----\n${n.stderr().slice(-4000)}\n`);
-  }
-});
+  ]),
+);
 
 afterAll(async () => {
   await teardownCluster({ clients: [co, ...clients], daemons: [n3, n2, n1], etcd });
